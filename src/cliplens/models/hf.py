@@ -1,0 +1,94 @@
+"""Hugging Face backend: `CLIPModel` (or `CLIPVisionModelWithProjection`) described as the same ViT spec.
+
+HF names map one-to-one onto the open_clip ones (METHODS §0.3); only q/k/v are separate linears here, so we
+concatenate them into the fused layout the decomposition uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import CliplensError
+from .spec import BlockSpec, LayerNormSpec, ViTSpec
+
+ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+
+
+def _layer_norm(module: nn.LayerNorm) -> LayerNormSpec:
+    return LayerNormSpec(module.weight, module.bias, module.eps)
+
+
+def vit_spec(model: nn.Module) -> ViTSpec:
+    vision, projection = model.vision_model, model.visual_projection
+    config = vision.config
+    if config.hidden_act not in ACTIVATIONS:
+        raise CliplensError(f"activation {config.hidden_act!r} is not supported; cliplens handles gelu and quick_gelu")
+    if projection.bias is not None:
+        raise CliplensError("a visual projection with a bias is not a CLIP model; cliplens cannot read it out")
+    blocks = []
+    for layer in vision.encoder.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        blocks.append(
+            BlockSpec(
+                ln1=_layer_norm(layer.layer_norm1),
+                qkv_weight=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                qkv_bias=torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+                out_weight=attn.out_proj.weight,
+                out_bias=attn.out_proj.bias,
+                ln2=_layer_norm(layer.layer_norm2),
+                fc_weight=mlp.fc1.weight,
+                fc_bias=mlp.fc1.bias,
+                proj_weight=mlp.fc2.weight,
+                proj_bias=mlp.fc2.bias,
+                activation=ACTIVATIONS[config.hidden_act],
+            )
+        )
+    embeddings = vision.embeddings
+    return ViTSpec(
+        patch_size=config.patch_size,
+        image_size=config.image_size,
+        heads=config.num_attention_heads,
+        conv_weight=embeddings.patch_embedding.weight,
+        class_embedding=embeddings.class_embedding,
+        positional_embedding=embeddings.position_embedding.weight,
+        ln_pre=_layer_norm(vision.pre_layrnorm),
+        blocks=tuple(blocks),
+        ln_post=_layer_norm(vision.post_layernorm),
+        proj=projection.weight.T,
+    )
+
+
+def pooled(output: object) -> torch.Tensor:
+    """transformers >= 5 returns a model output from get_*_features; older versions return the tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def create(ident: str) -> tuple[nn.Module, Callable, Callable | None]:
+    """(model, preprocess, tokenizer) for a Hub repo id or a local folder, offline if the files are cached."""
+    try:
+        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
+    except ImportError as exc:
+        raise CliplensError("Hugging Face models need transformers: pip install 'cliplens[hf]'") from exc
+    local = Path(ident).expanduser().is_dir()
+    try:
+        model = CLIPModel.from_pretrained(ident, attn_implementation="eager")
+        processor = CLIPImageProcessor.from_pretrained(ident)
+        tokenizer = CLIPTokenizerFast.from_pretrained(ident)
+    except (OSError, ValueError) as exc:
+        where = "the folder" if local else "the local Hugging Face cache, and it cannot be downloaded here"
+        raise CliplensError(
+            f"CLIP model {ident!r} is not in {where} ({type(exc).__name__}); download it on a connected machine "
+            "(huggingface-cli download) and pass hf:/path/to/folder"
+        ) from exc
+
+    def preprocess(image) -> torch.Tensor:
+        return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+        return tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+
+    return model, preprocess, tokenize

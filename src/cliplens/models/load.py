@@ -1,0 +1,109 @@
+"""`cliplens.load`: model ids → a Lens, for open_clip, Hugging Face, local checkpoints and the shipped toys."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import CliplensError
+from ..lens import DTYPES, Lens
+
+
+def _ready(model: nn.Module, device: str, precision: str) -> nn.Module:
+    if precision not in DTYPES:
+        raise CliplensError(f"precision {precision!r} is unknown; choose one of {', '.join(DTYPES)}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise CliplensError(f"device {device!r} is not a valid torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliplensError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+    return model.to(device=device, dtype=DTYPES[precision]).eval().requires_grad_(False)
+
+
+def from_openclip(
+    model: nn.Module, preprocess, tokenizer, *, name: str, pretrained: str | None, device="cpu", precision="fp32",
+    backend: str = "open_clip",
+) -> Lens:
+    """Wrap an open_clip CLIP model (built elsewhere) as a Lens."""
+    from .openclip import spec_of
+
+    model = _ready(model, device, precision)
+    dev = torch.device(device)
+    return Lens(
+        model,
+        name=name,
+        pretrained=pretrained,
+        backend=backend,
+        preprocess=preprocess,
+        tokenize=tokenizer,
+        encode_image=model.encode_image,
+        encode_text=lambda tokens: model.encode_text(tokens.to(dev)),
+        spec=lambda: spec_of(model),
+        precision=precision,
+        device=device,
+    )
+
+
+def from_hf(
+    model: nn.Module, preprocess=None, tokenizer=None, *, name: str, pretrained: str | None = None, device="cpu",
+    precision="fp32",
+) -> Lens:
+    """Wrap a Hugging Face `CLIPModel` as a Lens; without a processor, CLIP's standard eval transform is used."""
+    from . import hf
+
+    model = _ready(model, device, precision)
+    dev = torch.device(device)
+    if preprocess is None:
+        preprocess = standard_transform(model.config.vision_config.image_size)
+    return Lens(
+        model,
+        name=name,
+        pretrained=pretrained,
+        backend="hf",
+        preprocess=preprocess,
+        tokenize=tokenizer,
+        encode_image=lambda images: hf.pooled(model.get_image_features(pixel_values=images)),
+        encode_text=lambda tokens: hf.pooled(model.get_text_features(**{k: v.to(dev) for k, v in tokens.items()})),
+        spec=lambda: hf.vit_spec(model),
+        precision=precision,
+        device=device,
+    )
+
+
+def standard_transform(size: int):
+    """CLIP's eval transform (bicubic short-side resize, centre crop, CLIP mean/std), via open_clip."""
+    from open_clip import image_transform
+
+    return image_transform(size, is_train=False)
+
+
+def load(
+    model: str, pretrained: str | None = None, *, device: str = "cpu", precision: str = "fp32", seed: int = 0
+) -> Lens:
+    """Load a CLIP model as a Lens.
+
+    `model` is an open_clip id ("ViT-B-32"), "hf:<repo id or local folder>", or "toy:vit" / "toy:rn".
+    `pretrained` is an open_clip tag ("openai"), a checkpoint path (.safetensors or a plain .pt state dict), or None
+    for a random initialisation seeded by `seed`.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise CliplensError("model must be an id such as 'ViT-B-32', 'hf:openai/clip-vit-base-patch32' or 'toy:vit'")
+    if model.startswith("toy:"):
+        from .toy import load_toy
+
+        toy, preprocess, tokenizer, _ = load_toy(model.removeprefix("toy:"))
+        return from_openclip(toy, preprocess, tokenizer, name=model, pretrained="shipped", device=device,
+                             precision=precision, backend="toy")
+    if model.startswith("hf:"):
+        from . import hf
+
+        ident = model.removeprefix("hf:")
+        hf_model, preprocess, tokenizer = hf.create(ident)
+        return from_hf(hf_model, preprocess, tokenizer, name=model, pretrained=pretrained, device=device,
+                       precision=precision)
+    from .openclip import create
+
+    oc_model, preprocess, tokenizer = create(model, pretrained, seed=seed)
+    return from_openclip(oc_model, preprocess, tokenizer, name=model, pretrained=pretrained, device=device,
+                         precision=precision)
