@@ -10,6 +10,7 @@ model (Φ = W_Oᵀ diag(γ) P); the [B, N, N, H, D] tensor of the reference code
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,31 @@ class ReadOut:
     out_bias: torch.Tensor  # [L, d]: each layer's out-projection bias read out, b_O R
     gamma: torch.Tensor  # [d]: 1ᵀ diag(γ) P, what a unit shift of every residual coordinate reads out as
     beta: torch.Tensor  # [d]: β P, LN_post's bias read out
+
+
+@dataclass
+class LayerState:
+    """One block's intermediate values for a batch (heads split, before the out-projection)."""
+
+    layer: int
+    block: BlockSpec
+    residual: torch.Tensor  # x_l [B, N, D], the block's input
+    queries: torch.Tensor  # [B, H, N, d_h]
+    keys: torch.Tensor  # [B, H, N, d_h]
+    values: torch.Tensor  # [B, H, N, d_h], value bias included
+    attended: torch.Tensor  # [B, H, N, d_h]: Σ_m A_{·m} v_m per head
+    middle: torch.Tensor  # x_{l+½} [B, N, D]
+    hidden: torch.Tensor  # post-activation MLP neurons a_l [B, N, F]
+    mlp: torch.Tensor  # MLP output [B, N, D], c_proj bias included
+
+    @property
+    def output(self) -> torch.Tensor:
+        return self.middle + self.mlp
+
+    def cls_attention(self) -> torch.Tensor:
+        """The CLS query's attention row per head, A_{0,:} [B, H, N] (recomputed: fused attention hides it)."""
+        logits = torch.einsum("bhe,bhne->bhn", self.queries[:, :, 0], self.keys) * self.queries.shape[-1] ** -0.5
+        return logits.softmax(-1)
 
 
 @dataclass
@@ -84,44 +110,42 @@ class ViTDecomposer:
             )
         return spec.ln_pre(tokens + spec.positional_embedding)
 
-    def trace(self, images: torch.Tensor, convention: str, *, tokens: bool = False) -> Trace:
-        spec, readout = self.spec, self.readout(convention)
+    def layers(self, images: torch.Tensor) -> Iterator[LayerState]:
+        """Run the transformer one block at a time, exposing what the decompositions read at each block."""
+        spec = self.spec
         x = self.embed_tokens(images)
-        embed = x[:, 0] @ readout.matrix
-        heads, mlps, token_pieces = [], [], []
+        batch, n = x.shape[:2]
         for layer, block in enumerate(spec.blocks):
-            head_values, attended, cls_attention = self._attention(block, x, tokens=tokens)
-            x = x + F.linear(attended, block.out_weight, block.out_bias)
-            mlp = F.linear(activation(block.activation, block.ln2(x) @ block.fc_weight.T + block.fc_bias),
-                           block.proj_weight, block.proj_bias)
-            x = x + mlp
-            phi = readout.heads[layer]
-            heads.append(torch.einsum("bhe,hed->bhd", attended_cls_heads(attended, spec), phi))
-            mlps.append(mlp[:, 0] @ readout.matrix)
+            qkv = F.linear(block.ln1(x), block.qkv_weight, block.qkv_bias)
+            q, k, v = qkv.view(batch, n, 3, spec.heads, spec.head_dim).permute(2, 0, 3, 1, 4)
+            attended = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d_h]
+            middle = x + F.linear(attended.transpose(1, 2).reshape(batch, n, spec.width), block.out_weight,
+                                  block.out_bias)
+            hidden = activation(block.activation, F.linear(block.ln2(middle), block.fc_weight, block.fc_bias))
+            mlp = F.linear(hidden, block.proj_weight, block.proj_bias)
+            state = LayerState(layer, block, x, q, k, v, attended, middle, hidden, mlp)
+            yield state
+            x = middle + mlp
+
+    def trace(self, images: torch.Tensor, convention: str, *, tokens: bool = False) -> Trace:
+        readout = self.readout(convention)
+        heads, mlps, token_pieces = [], [], []
+        for state in self.layers(images):
+            if state.layer == 0:
+                embed = state.residual[:, 0] @ readout.matrix
+            phi = readout.heads[state.layer]
+            heads.append(torch.einsum("bhe,hed->bhd", state.attended[:, :, 0], phi))
+            mlps.append(state.mlp[:, 0] @ readout.matrix)
             if tokens:
-                token_pieces.append(cls_attention[..., None] * torch.einsum("bhne,hed->bhnd", head_values, phi))
+                values = torch.einsum("bhne,hed->bhnd", state.values, phi)
+                token_pieces.append(state.cls_attention()[..., None] * values)
         return Trace(
-            residual=x[:, 0],
+            residual=state.output[:, 0],
             embed=embed,
             heads=torch.stack(heads, 1),
             mlps=torch.stack(mlps, 1),
             tokens=torch.stack(token_pieces, 1) if tokens else None,
         )
-
-    def _attention(
-        self, block: BlockSpec, x: torch.Tensor, *, tokens: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Multi-head attention before the out-projection: values [B,H,N,d_h], output [B,N,D], CLS row [B,H,N]."""
-        spec = self.spec
-        batch, n = x.shape[:2]
-        qkv = F.linear(block.ln1(x), block.qkv_weight, block.qkv_bias)
-        q, k, v = qkv.view(batch, n, 3, spec.heads, spec.head_dim).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, n, spec.width)
-        cls_attention = None
-        if tokens:
-            logits = torch.einsum("bhe,bhne->bhn", q[:, :, 0], k) * spec.head_dim**-0.5
-            cls_attention = logits.softmax(-1)
-        return v, attended, cls_attention
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The image embedding z, computed from the spec (parity with the backend is a tested invariant)."""
@@ -151,11 +175,6 @@ class ViTDecomposer:
             norms = embedding.norm(dim=-1).view(-1, *([1] * (result.components.dim() - 1)))
             result.components = result.components / norms
         return result
-
-
-def attended_cls_heads(attended: torch.Tensor, spec: ViTSpec) -> torch.Tensor:
-    """The CLS row of the attention output split by head: [B, H, d_h]."""
-    return attended[:, 0].view(-1, spec.heads, spec.head_dim)
 
 
 def check_options(granularity: str, convention: str, granularities: tuple[str, ...]) -> None:
