@@ -1,0 +1,6 @@
+"""Image sources and the batch loop every streaming pass shares."""
+
+from .folders import ImageFolder
+from .loader import Batch, LoadReport, batches, as_source
+
+__all__ = ["Batch", "ImageFolder", "LoadReport", "as_source", "batches"]

@@ -1,0 +1,111 @@
+"""The batch loop shared by every streaming pass: preprocess in workers, skip what cannot be read, keep order."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import CliplensError
+from .folders import ImageFolder
+
+
+@dataclass
+class Batch:
+    indices: torch.Tensor  # positions in the source, so top-k results can name their images
+    images: torch.Tensor  # [B, 3, H, W], preprocessed
+    labels: torch.Tensor  # [B], -1 where the source has no labels
+
+
+@dataclass
+class LoadReport:
+    """What a pass read: counts and the first few files it had to skip."""
+
+    total: int = 0
+    loaded: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        line = f"{self.loaded} of {self.total} images used"
+        if self.skipped:
+            shown = ", ".join(self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
+            line += f"; skipped {len(self.skipped)} unreadable file(s): {shown}"
+        return line
+
+
+def as_source(data: Any) -> Any:
+    """A folder path, a file list or a path list become an ImageFolder; datasets pass through unchanged."""
+    if isinstance(data, (str, os.PathLike)):
+        return ImageFolder(data)
+    if isinstance(data, (list, tuple)) and data and isinstance(data[0], (str, os.PathLike)):
+        return ImageFolder(list(data))
+    if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+        raise CliplensError("data must be a folder path, a list of image paths, or a dataset with __len__/__getitem__")
+    return data
+
+
+def fingerprint(source: Any) -> str:
+    """The source's own fingerprint if it has one, else a hash of its type and length (weak: say so in metadata)."""
+    own = getattr(source, "fingerprint", None)
+    if isinstance(own, str):
+        return own
+    return "unverified-" + hashlib.sha256(f"{type(source).__qualname__}:{len(source)}".encode()).hexdigest()[:12]
+
+
+class _Preprocessed(Dataset):
+    def __init__(self, source: Any, preprocess: Any):
+        self.source, self.preprocess = source, preprocess
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, int]:
+        item = self.source[i]
+        image, label = item if isinstance(item, tuple) else (item, -1)
+        if image is None:
+            return i, None, label
+        try:
+            tensor = image if isinstance(image, torch.Tensor) else self.preprocess(image)
+        except (OSError, ValueError, SyntaxError):  # truncated data surfaces only when pixels are decoded
+            return i, None, label
+        return i, tensor, int(label) if label is not None else -1
+
+
+def _collate(items: Sequence[tuple[int, torch.Tensor | None, int]]) -> tuple[list[int], Batch | None]:
+    good = [item for item in items if item[1] is not None]
+    skipped = [i for i, tensor, _ in items if tensor is None]
+    if not good:
+        return skipped, None
+    indices, tensors, labels = zip(*good)
+    return skipped, Batch(torch.tensor(indices), torch.stack(tensors), torch.tensor(labels))
+
+
+def batches(
+    source: Any, preprocess: Any, *, batch_size: int = 32, num_workers: int = 0, report: LoadReport | None = None,
+    progress: bool = False, description: str = "images",
+) -> Iterator[Batch]:
+    """Preprocessed batches in source order; unreadable items are skipped and recorded in `report`."""
+    if batch_size < 1:
+        raise CliplensError(f"batch size must be at least 1, got {batch_size}")
+    report = report if report is not None else LoadReport()
+    report.total = len(source)
+    loader = DataLoader(_Preprocessed(source, preprocess), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate, shuffle=False)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(source), desc=description, unit="img", leave=False)
+    for skipped, batch in loader:
+        describe = getattr(source, "describe", lambda i: f"item {i}")
+        report.skipped.extend(describe(i) for i in skipped)
+        if progress:
+            bar.update(len(skipped) + (len(batch.indices) if batch is not None else 0))
+        if batch is not None:
+            report.loaded += len(batch.indices)
+            yield batch
+    if progress:
+        bar.close()

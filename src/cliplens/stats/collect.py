@@ -1,0 +1,163 @@
+"""One streaming pass over a dataset: decompose each batch and reduce it to statistics at once.
+
+Nothing per image is kept, so memory does not grow with the number of images; everything is accumulated in float64
+and the result is a mergeable, self-describing artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..errors import CliplensError
+from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from .identity import check_compatible, merged_metadata
+from .moments import Moments
+from .pairs import PairStats
+
+class PieceStats:
+    """Count, mean [C, d] and covariance [C, d, d] of every piece; with spatial pieces also token means [C, N, d]."""
+
+    def __init__(self, labels: list[str], moments: Moments, metadata: dict[str, Any],
+                 token_mean: torch.Tensor | None = None):
+        self.labels, self.moments, self.metadata, self.token_mean = list(labels), moments, dict(metadata), token_mean
+        self.report: LoadReport | None = None
+
+    @property
+    def count(self) -> int:
+        return self.moments.count
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.moments.mean
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        return self.moments.covariance
+
+    @property
+    def second_moment(self) -> torch.Tensor:
+        return self.moments.second_moment
+
+    def __getitem__(self, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean [d], covariance [d, d]) of one piece."""
+        if label not in self.labels:
+            raise KeyError(f"no piece labelled {label!r} in these statistics")
+        i = self.labels.index(label)
+        return self.mean[i], self.covariance[i]
+
+    def merge(self, other: "PieceStats") -> "PieceStats":
+        """Statistics of both shards' images together (equal to one pass over all of them, to round-off)."""
+        check_compatible(self.metadata, other.metadata)
+        token_mean = None
+        if self.token_mean is not None and other.token_mean is not None:
+            total = max(self.count + other.count, 1)
+            token_mean = (self.token_mean * self.count + other.token_mean * other.count) / total
+        moments = self.moments.merge(other.moments)
+        return PieceStats(self.labels, moments, merged_metadata(self.metadata, other.metadata, moments.count), token_mean)
+
+    def save(self, path: str | Path) -> Path:
+        tensors = {"count": torch.tensor([self.count]), "mean": self.mean, "scatter": self.moments.scatter}
+        if self.token_mean is not None:
+            tensors["token_mean"] = self.token_mean
+        return save_artifact(path, tensors, {**self.metadata, "count": self.count, "labels": self.labels})
+
+
+def collect(
+    lens: Any,
+    data: Any,
+    *,
+    granularity: str = "head",
+    spatial: bool = False,
+    convention: str = "separate",
+    normalize: bool = False,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    top_k: int = 50,
+    progress: bool = False,
+) -> PieceStats | PairStats:
+    """Statistics of `lens`'s pieces over `data` (a folder, a path list, or a dataset of (image, label) items).
+
+    ResNet models with granularity "pair" give `PairStats` (scalar moments and extremes, closed-form directions);
+    everything else gives `PieceStats`.
+    """
+    source = as_source(data)
+    report = LoadReport()
+    decomposer = lens.decomposer
+    pairs = granularity == "pair"
+    if pairs and lens.kind != "resnet":
+        raise CliplensError("granularity 'pair' exists for ResNet CLIP models only; use 'head' or 'layer' for a ViT")
+    stats = moments = token_mean = labels = None
+    with torch.no_grad():
+        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
+                             progress=progress, description=f"collect {lens.name}"):
+            images = lens.images_to_tensor(batch.images)
+            result = decomposer.decompose(images, granularity=granularity, spatial=spatial, convention=convention,
+                                          normalize=normalize)
+            if pairs:
+                _require_finite(result.coefficients, report)
+                if stats is None:
+                    stats = PairStats(_pair_factors(result), top_k)
+                stats.update(result.coefficients, batch.indices)
+                continue
+            _require_finite(result.components, report)
+            pieces = result.components.sum(2) if spatial else result.components
+            if moments is None:
+                labels, moments = result.labels, Moments(pieces.shape[1], pieces.shape[2])
+                if spatial:
+                    token_mean = torch.zeros(result.components.shape[1:], dtype=torch.float64)
+            seen = moments.count
+            moments.update(pieces)
+            if spatial:
+                batch_mean = result.components.double().cpu().mean(0)
+                token_mean += (batch_mean - token_mean) * (len(images) / (seen + len(images)))
+    if report.loaded == 0:
+        raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")
+    metadata = {
+        "kind": "pair-stats" if pairs else "piece-stats",
+        **lens.describe(),
+        "architecture": lens.kind,
+        "granularity": granularity,
+        "spatial": spatial,
+        "convention": convention,
+        "normalize": normalize,
+        "data_fingerprint": fingerprint(source),
+        "data_size": report.total,
+        "skipped": len(report.skipped),
+    }
+    if pairs:
+        stats.metadata.update(metadata, top_k=top_k, count=stats.count)
+    else:
+        stats = PieceStats(labels, moments, metadata, token_mean)
+    stats.report = report
+    return stats
+
+
+def _pair_factors(result: Any) -> dict[str, torch.Tensor]:
+    return {"out_weight": result.out_weight, "value_weight": result.value_weight, "offsets": result.offsets,
+            "bias": result.bias}
+
+
+def _require_finite(values: torch.Tensor, report: LoadReport) -> None:
+    if not torch.isfinite(values).all():
+        raise CliplensError(
+            f"the model produced NaN or infinite pieces after {report.loaded} images; "
+            "use --precision fp32 (fp16 overflows) and check the weights"
+        )
+
+
+def load_stats(path: str | Path, lens: Any = None, **expect: Any) -> PieceStats | PairStats:
+    """Read statistics; with `lens`, refuse ones made for another model; `expect` pins other settings."""
+    if lens is not None:
+        expect = {"fingerprint": lens.fingerprint, **expect}
+    kind = read_metadata(path).get("kind")
+    if kind not in ("piece-stats", "pair-stats"):
+        raise CliplensError(f"{path} holds {kind!r}, not statistics; pass the folder `cliplens collect` wrote")
+    tensors, metadata = load_artifact(path, expect)
+    if kind == "pair-stats":
+        return PairStats.from_state(tensors, metadata)
+    moments = Moments.from_state(int(tensors["count"][0]), tensors["mean"], tensors["scatter"])
+    return PieceStats(metadata["labels"], moments, metadata, tensors.get("token_mean"))
