@@ -37,8 +37,26 @@ class LoadReport:
         return line
 
 
+SHAPES_PREFIX = "shapes:"
+
+
+def shapes_source(spec: str) -> Any:
+    """`shapes:<split>[:<n>[:<seed>]]`: the built-in shapes world, rendered on the fly (nothing to download)."""
+    from ..shapes import ShapesDataset
+
+    parts = spec.removeprefix(SHAPES_PREFIX).split(":")
+    try:
+        split, n, seed = parts[0] or "test", int(parts[1]) if len(parts) > 1 else 512, int(parts[2]) if len(parts) > 2 else 0
+    except ValueError:
+        raise CliplensError(f"bad shapes data spec {spec!r}; write shapes:<split>[:<n>[:<seed>]], e.g. shapes:test:512")
+    return ShapesDataset(n, seed=seed, split=split)
+
+
 def as_source(data: Any) -> Any:
-    """A folder path, a file list or a path list become an ImageFolder; datasets pass through unchanged."""
+    """A folder path, a file list or a path list become an ImageFolder; `shapes:...` the built-in world; datasets
+    pass through unchanged."""
+    if isinstance(data, str) and data.startswith(SHAPES_PREFIX):
+        return shapes_source(data)
     if isinstance(data, (str, os.PathLike)):
         return ImageFolder(data)
     if isinstance(data, (list, tuple)) and data and isinstance(data[0], (str, os.PathLike)):
