@@ -11,20 +11,18 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import CliplensError
+
 EncodeText = Callable[[list[str]], torch.Tensor]
 
 
 def classifier(encode_text: EncodeText, classnames: Sequence[str], templates: Sequence[str] = ("{}",)) -> torch.Tensor:
     """Zero-shot weights W [d, n_classes]; templates are format strings with one `{}` for the class name."""
+    from ..text.embed import template_average
+
     if not classnames:
-        raise ValueError("zero-shot classifier needs at least one class name")
-    columns = []
-    for name in classnames:
-        embeddings = encode_text([template.format(name) for template in templates]).float()
-        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
-        centroid = embeddings.mean(0)
-        columns.append(centroid / centroid.norm())
-    return torch.stack(columns, dim=1)
+        raise CliplensError("zero-shot classifier needs at least one class name")
+    return template_average(encode_text, list(classnames), tuple(templates)).T
 
 
 def predict(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -35,5 +33,5 @@ def predict(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def accuracy(embeddings: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in [0, 1]."""
     if len(labels) == 0:
-        raise ValueError("accuracy of an empty set is undefined")
+        raise CliplensError("accuracy of an empty set is undefined; check that the evaluation data has images")
     return (predict(embeddings, weights).cpu() == torch.as_tensor(labels).cpu()).double().mean().item()

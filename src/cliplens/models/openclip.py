@@ -7,6 +7,7 @@ user never gets pieces that silently fail to add up.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 
@@ -180,6 +181,7 @@ def create(name: str, pretrained: str | None, *, seed: int) -> tuple[nn.Module, 
             )
         tag = pretrained
     torch.manual_seed(seed)
+    logging.disable(logging.ERROR)  # open_clip logs its own download errors and random-init warnings; we say it once
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -189,6 +191,8 @@ def create(name: str, pretrained: str | None, *, seed: int) -> tuple[nn.Module, 
             f"weights for {name}/{tag} are not in the local cache and cannot be downloaded here ({type(exc).__name__}); "
             f"download them on a connected machine and pass pretrained='/path/to/weights.safetensors'"
         ) from exc
+    finally:
+        logging.disable(logging.NOTSET)
     if pretrained is not None and tag is None:
         state = read_state_dict(pretrained)
         missing, unexpected = model.load_state_dict(state, strict=False)

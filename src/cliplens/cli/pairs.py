@@ -1,0 +1,229 @@
+"""`cliplens pairs`: ResNet neuron×head pairs end to end (METHODS §6).
+
+Pair statistics (collected, or read with --stats), a summary of every pair, the words of each kept pair's and neuron's
+principal direction (OMP over a text pool), and the zero-shot accuracy with all but the top --keep % of pairs (or
+neurons) mean-ablated and with every pair rebuilt from its principal direction and from its words. The helpers below
+are shared with `cliplens neuron-ablate`.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import click
+import torch
+
+from ..data.loader import as_source
+from ..errors import CliplensError
+from ..evaluate.pair_ablation import (
+    AccuracyBoard, PairAblation, check_keep, is_in_sample, neuron_principal_directions, neuron_scores, pair_batches,
+    require_resnet, standard_variants, text_reconstruction, top_mask,
+)
+from ..evaluate.zeroshot import classifier
+from ..explain.omp import SparseTextDecomposition
+from ..explain.tables import write_descriptions
+from ..stats.collect import load_stats
+from ..stats.moments import Moments
+from ..stats.pairs import PairStats
+from .options import data_options, load_lens, model_options, output_option
+
+
+# shared with neuron-ablate -----------------------------------------------------------------------------------------
+def pair_fit_options(command: Callable) -> Callable:
+    """--stats --fit-path --top-k --templates: where the pair statistics and the classifier come from."""
+    for option in reversed([
+        click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="Pair statistics from `cliplens collect --granularity pair`; collected here if omitted."),
+        click.option("--fit-path", default=None,
+                     help="Data to collect the statistics on (default: --data-path, i.e. in-sample means)."),
+        click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
+                     help="Top images kept per pair when collecting (the reference uses 50)."),
+        click.option("--templates", default="auto", show_default=True,
+                     help="Classifier prompts: a template set (none, photo, simple, openai) or a format string; "
+                          "auto uses the shapes world's prompts on shapes data and 'photo' elsewhere."),
+    ]):
+        command = option(command)
+    return command
+
+
+def text_options(default_atoms: int) -> Callable:
+    """--omp-atoms --pool --pool-size --pool-templates --dict-norm: the sparse-text side."""
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed([
+            click.option("--omp-atoms", type=click.IntRange(min=0), default=default_atoms, show_default=True,
+                         help="Texts per principal direction (k of OMP); 0 skips the text reconstruction."),
+            click.option("--pool", default="words", show_default=True,
+                         help="Text pool: words, descriptions, imagenet, shapes, or a file with one text per line."),
+            click.option("--pool-size", type=click.IntRange(min=1), default=None, help="Keep the pool's first N texts."),
+            click.option("--pool-templates", default="photo", show_default=True,
+                         help="Templates the pool texts are embedded with (the reference averages 80: 'openai')."),
+            click.option("--dict-norm", type=click.Choice(["row", "axis0"]), default="row", show_default=True,
+                         help="OMP dictionary normalisation; axis0 reproduces the reference's word lists."),
+        ]):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def fit_statistics(lens: Any, stats_path: str | None, fit_path: str, *, top_k: int, batch_size: int,
+                   num_workers: int, output_dir: Path) -> PairStats:
+    """The pair statistics: read (refused if made for another model) or collected and saved to output_dir."""
+    if stats_path is not None:
+        stats = load_stats(stats_path, lens)
+        if not isinstance(stats, PairStats):
+            raise CliplensError(f"{stats_path} holds piece statistics; collect with --granularity pair")
+        return stats
+    stats = lens.collect(fit_path, granularity="pair", top_k=top_k, batch_size=batch_size, num_workers=num_workers,
+                         progress=True)
+    stats.save(output_dir / "pair_stats")
+    return stats
+
+
+def zero_shot_weights(lens: Any, source: Any, templates: str) -> torch.Tensor | None:
+    """The classifier W [O, K] for a labelled source, or None when it has no class names."""
+    classnames = getattr(source, "classnames", None)
+    if not classnames:
+        return None
+    if templates == "auto":
+        from ..shapes import ShapesDataset
+
+        if isinstance(source, ShapesDataset):
+            from ..shapes.prompts import TEMPLATES, class_phrases
+
+            try:
+                return classifier(lens.encode_text, class_phrases(source.label), TEMPLATES)
+            except CliplensError:  # labels without prompt phrases (groups, years) use their class names
+                pass
+        templates = "photo"
+    from ..text.templates import resolve_templates
+
+    return classifier(lens.encode_text, classnames, resolve_templates(templates))
+
+
+def text_pool(lens: Any, pool: str, size: int | None, templates: str) -> tuple[list[str], torch.Tensor]:
+    from ..text import embed_texts, get_pool
+
+    texts = get_pool(pool, size)
+    return texts, embed_texts(lens, texts, templates=templates)
+
+
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    rows = list(rows)
+    if not rows:
+        raise CliplensError(f"nothing to write to {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def echo_table(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        kept = f"{row['kept']}/{row['total']}" if row["kept"] is not None else ""
+        click.echo(f"  {row['variant']:<28} {kept:>15}  {100 * row['accuracy']:6.2f}%")
+    sample = "in-sample (means fitted on the evaluation data)" if rows[0]["in_sample"] else "out-of-sample"
+    click.echo(f"  {rows[0]['images']} images, {sample}")
+
+
+# this command ------------------------------------------------------------------------------------------------------
+def pair_summary(stats: PairStats, scores: torch.Tensor, keep: torch.Tensor) -> list[dict[str, Any]]:
+    """One row per pair, by score descending: its score, spread, principal sign and whether the mask keeps it."""
+    signs, lengths = stats.principal_signs(), stats.direction_norms()
+    spread = stats.coef_variance.sqrt()
+    order = scores.flatten().argsort(descending=True, stable=True)
+    rows = []
+    for flat in order.tolist():
+        h, n = divmod(flat, stats.neurons)
+        rows.append({
+            "head": h, "neuron": n, "label": f"H{h}N{n}", "score": scores[h, n].item(),
+            "top_mean_abs_deviation": scores[h, n].item() / lengths[h, n].item() if lengths[h, n] > 0 else 0.0,
+            "coef_mean": stats.coef_mean[h, n].item(), "coef_std": spread[h, n].item(),
+            "direction_norm": lengths[h, n].item(), "sign": int(signs[h, n]), "kept": bool(keep[h, n]),
+        })
+    return rows
+
+
+def word_rows(omp: SparseTextDecomposition, units: list[tuple[str, int]], targets: list[int], texts_per_unit: int,
+              method: str) -> list[dict[str, Any]]:
+    """Description rows (layer, unit, description, similarity = OMP coefficient, rank, method) for chosen targets."""
+    rows = []
+    for (layer, unit), target in zip(units, targets):
+        for rank, (text, coef) in enumerate(omp.texts_[target][:texts_per_unit]):
+            rows.append({"layer": layer, "unit": unit, "description": text, "similarity": coef, "rank": rank,
+                         "method": method})
+    return rows
+
+
+@click.command("pairs")
+@model_options
+@data_options
+@pair_fit_options
+@text_options(default_atoms=64)
+@click.option("--keep", type=float, default=10.0, show_default=True,
+              help="Percentage of pairs (and of neurons) kept by score; the rest are mean-ablated.")
+@click.option("--texts-per-unit", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Words written per kept pair or neuron.")
+@output_option("cliplens-pairs")
+def command(**options: Any) -> None:
+    """Statistics, words and ablation accuracy of ResNet neuron×head pairs."""
+    keep_percent = check_keep(options.pop("keep"))
+    lens = load_lens(options)
+    require_resnet(lens, "cliplens pairs")
+    output_dir: Path = options["output_dir"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    data_path, batch_size, workers = options["data_path"], options["batch_size"], options["num_workers"]
+    stats = fit_statistics(lens, options["stats_path"], options["fit_path"] or data_path, top_k=options["top_k"],
+                           batch_size=batch_size, num_workers=workers, output_dir=output_dir)
+    scores = stats.scores()
+    pair_mask, neuron_mask = top_mask(scores, keep_percent), top_mask(neuron_scores(scores), keep_percent)
+    write_csv(output_dir / "pairs.csv", pair_summary(stats, scores, pair_mask))
+
+    atoms, method = options["omp_atoms"], f"omp-k{options['omp_atoms']}"
+    text = texts = pool_embeddings = None
+    if atoms:
+        texts, pool_embeddings = text_pool(lens, options["pool"], options["pool_size"], options["pool_templates"])
+        text, pair_omp = text_reconstruction(stats, pool_embeddings, texts, n_atoms=atoms,
+                                             dict_norm=options["dict_norm"])
+        kept = [divmod(flat, stats.neurons) for flat in scores.flatten().argsort(descending=True, stable=True).tolist()
+                if pair_mask.flatten()[flat]]
+        rows = word_rows(pair_omp, [(f"H{h}", n) for h, n in kept], [h * stats.neurons + n for h, n in kept],
+                         options["texts_per_unit"], method)
+        write_descriptions(output_dir / "pair_words.csv", rows)
+
+    source = as_source(data_path)
+    weights = zero_shot_weights(lens, source, options["templates"])
+    ablation = PairAblation(stats, lens.device)
+    board = None
+    if weights is not None:
+        board = AccuracyBoard(weights, standard_variants(ablation, keeps=[keep_percent], text=text,
+                                                         text_label=f"text k={atoms}"))
+    moments = Moments(stats.neurons, stats.heads)
+    for dec, batch in pair_batches(lens, source, batch_size=batch_size, num_workers=workers, progress=True):
+        moments.update(dec.coefficients.transpose(1, 2))
+        if board is not None:
+            board.update(dec, batch.labels)
+
+    if atoms:
+        directions, _ = neuron_principal_directions(stats, moments)
+        order = neuron_scores(scores).argsort(descending=True, stable=True).tolist()
+        kept_neurons = [n for n in order if neuron_mask[n]]
+        neuron_omp = SparseTextDecomposition(atoms, dict_norm=options["dict_norm"], dtype=torch.float64)
+        neuron_omp.fit(directions[kept_neurons], pool_embeddings, texts)
+        rows = word_rows(neuron_omp, [("layer4", n) for n in kept_neurons], list(range(len(kept_neurons))),
+                         options["texts_per_unit"], method)
+        write_descriptions(output_dir / "neuron_words.csv", rows)
+
+    click.echo(f"{stats.heads * stats.neurons} pairs from {stats.count} images; kept {int(pair_mask.sum())} pairs and "
+               f"{int(neuron_mask.sum())} neurons (top {keep_percent:g}%); results in {output_dir}")
+    if board is None:
+        click.echo("  the evaluation data has no class names, so no accuracy was measured")
+        return
+    rows = board.rows(in_sample=is_in_sample(stats, source))
+    write_csv(output_dir / "ablation.csv", rows)
+    echo_table(rows)
