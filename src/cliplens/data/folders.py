@@ -22,9 +22,7 @@ class ImageFolder:
         self.root, self.paths = _list_source(source)
         if not self.paths:
             raise CliplensError(f"no files found in {source}; pass a folder of images or a text file listing them")
-        parents = {p.relative_to(self.root).parts[0] for p in self.paths if len(p.relative_to(self.root).parts) > 1}
-        nested = all(len(p.relative_to(self.root).parts) > 1 for p in self.paths)
-        self.classnames: list[str] | None = sorted(parents) if nested and self.root is not None else None
+        self.classnames: list[str] | None = _class_folders(self.root, self.paths)
         index = {name: i for i, name in enumerate(self.classnames or [])}
         self.labels = [index[p.relative_to(self.root).parts[0]] for p in self.paths] if self.classnames else None
 
@@ -50,6 +48,16 @@ class ImageFolder:
             name = path.relative_to(self.root).as_posix() if self.root else str(path)
             digest.update(f"{name}\0{path.stat().st_size}\n".encode())
         return digest.hexdigest()[:16]
+
+
+def _class_folders(root: Path | None, paths: list[Path]) -> list[str] | None:
+    """Sorted first-level folder names when every file sits inside one (ImageNet layout), else None."""
+    if root is None:
+        return None
+    parts = [p.relative_to(root).parts for p in paths]
+    if any(len(part) < 2 for part in parts):
+        return None
+    return sorted({part[0] for part in parts})
 
 
 def _list_source(source: str | os.PathLike | list) -> tuple[Path | None, list[Path]]:

@@ -9,9 +9,13 @@ from ..errors import CliplensError
 from ..lens import DTYPES, Lens
 
 
-def _ready(model: nn.Module, device: str, precision: str) -> nn.Module:
+def _check_precision(precision: str) -> None:
     if precision not in DTYPES:
         raise CliplensError(f"precision {precision!r} is unknown; choose one of {', '.join(DTYPES)}")
+
+
+def _ready(model: nn.Module, device: str, precision: str) -> nn.Module:
+    _check_precision(precision)
     try:
         device = torch.device(device)
     except RuntimeError as exc:
@@ -89,6 +93,7 @@ def load(
     """
     if not isinstance(model, str) or not model.strip():
         raise CliplensError("model must be an id such as 'ViT-B-32', 'hf:openai/clip-vit-base-patch32' or 'toy:vit'")
+    _check_precision(precision)  # before any slow model construction
     if model.startswith("toy:"):
         from .toy import load_toy
 
