@@ -67,13 +67,39 @@ class LayerState:
 
 @dataclass
 class Trace:
-    """Raw read-outs (before dividing by s) of every additive term at the CLS query, from one forward pass."""
+    """What one forward pass leaves at the CLS query: raw read-outs of embed and MLPs, head outputs before W_O."""
 
     residual: torch.Tensor  # r [B, D]
+    embed: torch.Tensor  # [B, d], read out with the convention's matrix but not yet divided by s
+    mlps: torch.Tensor  # [B, L, d], likewise
+    heads: torch.Tensor  # [B, L, H, d_h]: Σ_m A_0m v_m per head (value bias included)
+    tokens: torch.Tensor | None  # [B, L, H, N, d_h]: A_0m v_m per source token
+
+
+@dataclass
+class Factorised:
+    """All pieces of a batch, heads kept as per-image coefficients times fixed per-head bases.
+
+    Head (l, h) of image b is `coefficients[b, l, h] @ basis[l, h]` (k = d_h coefficients in the separate
+    convention, d_h + 3 in the reference one, whose LN shares and biases ride on three per-image scalars); its
+    token-m piece is `token_coefficients[b, l, h, m] @ token_basis[l, h]`. Statistics of a head therefore live in a
+    k-dimensional space and expand exactly to d dimensions, which is what makes streaming them cheap.
+    """
+
     embed: torch.Tensor  # [B, d]
-    heads: torch.Tensor  # [B, L, H, d]
     mlps: torch.Tensor  # [B, L, d]
-    tokens: torch.Tensor | None  # [B, L, H, N, d], heads split over source tokens
+    bias: torch.Tensor | None  # [B, d] in the separate convention
+    coefficients: torch.Tensor  # [B, L, H, k]
+    basis: torch.Tensor  # [L, H, k, d]
+    token_coefficients: torch.Tensor | None  # [B, L, H, N, k]
+    token_basis: torch.Tensor | None  # [L, H, k, d]
+    embedding: torch.Tensor  # z [B, d]
+
+    def heads(self) -> torch.Tensor:
+        return torch.einsum("blhk,lhkd->blhd", self.coefficients, self.basis)
+
+    def tokens(self) -> torch.Tensor:
+        return torch.einsum("blhnk,lhkd->blhnd", self.token_coefficients, self.token_basis)
 
 
 class ViTDecomposer:
@@ -129,22 +155,20 @@ class ViTDecomposer:
 
     def trace(self, images: torch.Tensor, convention: str, *, tokens: bool = False) -> Trace:
         readout = self.readout(convention)
-        heads, mlps, token_pieces = [], [], []
+        heads, mlps, token_values = [], [], []
         for state in self.layers(images):
             if state.layer == 0:
                 embed = state.residual[:, 0] @ readout.matrix
-            phi = readout.heads[state.layer]
-            heads.append(torch.einsum("bhe,hed->bhd", state.attended[:, :, 0], phi))
+            heads.append(state.attended[:, :, 0])
             mlps.append(state.mlp[:, 0] @ readout.matrix)
             if tokens:
-                values = torch.einsum("bhne,hed->bhnd", state.values, phi)
-                token_pieces.append(state.cls_attention()[..., None] * values)
+                token_values.append(state.cls_attention()[..., None] * state.values)
         return Trace(
             residual=state.output[:, 0],
             embed=embed,
-            heads=torch.stack(heads, 1),
             mlps=torch.stack(mlps, 1),
-            tokens=torch.stack(token_pieces, 1) if tokens else None,
+            heads=torch.stack(heads, 1),
+            tokens=torch.stack(token_values, 1) if tokens else None,
         )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,6 +176,63 @@ class ViTDecomposer:
         trace = self.trace(images, "separate")
         spec = self.spec
         return spec.ln_post(trace.residual) @ spec.proj
+
+    def factorise(
+        self, images: torch.Tensor, *, convention: str = "separate", normalize: bool = False, tokens: bool = False
+    ) -> Factorised:
+        """Every piece of the batch, heads in coefficient form (METHODS §1.3 bookkeeping, §1.4 folding)."""
+        check_options("head", convention, GRANULARITIES)
+        spec, readout = self.spec, self.readout(convention)
+        trace = self.trace(images, convention, tokens=tokens)
+        r = trace.residual
+        mean = r.mean(-1)
+        inv_s = (r.var(-1, unbiased=False) + spec.ln_post.eps).rsqrt()
+        embedding = spec.ln_post(r) @ spec.proj
+        inv_nu = 1 / embedding.norm(dim=-1) if normalize else torch.ones_like(mean)
+        scale = inv_s * inv_nu
+        per_head, per_token = trace.heads * scale[:, None, None, None], None
+        if tokens:
+            per_token = trace.tokens * scale[:, None, None, None, None]
+        if convention == "separate":
+            return Factorised(
+                embed=trace.embed * scale[:, None],
+                mlps=trace.mlps * scale[:, None, None],
+                bias=(readout.out_bias.sum(0) * inv_s[:, None] + readout.beta) * inv_nu[:, None],
+                coefficients=per_head,
+                basis=readout.heads,
+                token_coefficients=per_token,
+                token_basis=readout.heads if tokens else None,
+                embedding=embedding,
+            )
+        # reference: K top-level terms share LN_post's mean and bias uniformly; heads split their layer's share and
+        # b_O over H, tokens split a head's share over N. The shares ride on the scalars (1/sν, μ/sν, 1/ν).
+        share = 1 / (2 * spec.layers + 1)
+        scalars = torch.stack([scale, mean * scale, inv_nu], -1)  # [B, 3]
+
+        def offsets(split: int) -> torch.Tensor:
+            rows = [readout.out_bias[:, None, :] / split, -share / split * readout.gamma.expand(spec.layers, 1, -1),
+                    share / split * readout.beta.expand(spec.layers, 1, -1)]
+            extra = torch.cat(rows, 1)[:, None].expand(-1, spec.heads, -1, -1)  # [L, H, 3, d]
+            return torch.cat([readout.heads, extra], 2)
+
+        dense_shift = share * (scale * mean)[:, None] * readout.gamma - share * inv_nu[:, None] * readout.beta
+        batch, layers, heads = per_head.shape[:3]
+        coefficients = torch.cat([per_head, scalars[:, None, None].expand(batch, layers, heads, 3)], -1)
+        token_coefficients = token_basis = None
+        if tokens:
+            token_scalars = scalars[:, None, None, None].expand(batch, layers, heads, spec.tokens, 3)
+            token_coefficients = torch.cat([per_token, token_scalars], -1)
+            token_basis = offsets(spec.heads * spec.tokens)
+        return Factorised(
+            embed=trace.embed * scale[:, None] - dense_shift,
+            mlps=trace.mlps * scale[:, None, None] - dense_shift[:, None],
+            bias=None,
+            coefficients=coefficients,
+            basis=offsets(spec.heads),
+            token_coefficients=token_coefficients,
+            token_basis=token_basis,
+            embedding=embedding,
+        )
 
     def decompose(
         self,
@@ -163,18 +244,26 @@ class ViTDecomposer:
         normalize: bool = False,
     ) -> Decomposition:
         check_options(granularity, convention, GRANULARITIES)
-        spec, readout = self.spec, self.readout(convention)
-        trace = self.trace(images, convention, tokens=spatial)
-        r = trace.residual
-        mean = r.mean(-1, keepdim=True)
-        scale = (r.var(-1, unbiased=False, keepdim=True) + spec.ln_post.eps).rsqrt()  # 1/s
-        embedding = spec.ln_post(r) @ spec.proj
-        pieces = _assemble(trace, readout, mean, scale, convention, spec, spatial=spatial)
-        result = _group(pieces, embedding, granularity, convention, spatial, normalize, spec)
-        if normalize:  # ν = ‖z‖ divides every piece, biases and LN shares included
-            norms = embedding.norm(dim=-1).view(-1, *([1] * (result.components.dim() - 1)))
-            result.components = result.components / norms
-        return result
+        factors = self.factorise(images, convention=convention, normalize=normalize, tokens=spatial)
+        pieces = {"embed": factors.embed, "mlps": factors.mlps, "heads": factors.tokens() if spatial else factors.heads()}
+        if factors.bias is not None:
+            pieces["bias"] = factors.bias
+        return _group(pieces, factors.embedding, granularity, convention, spatial, normalize, self.spec)
+
+    def labels(self, granularity: str, convention: str) -> list[str]:
+        return piece_labels(self.spec, granularity, convention)
+
+
+def piece_labels(spec: ViTSpec, granularity: str, convention: str) -> list[str]:
+    """Piece labels in residual order: embed, L0H0.. (or L0.attn), L0.mlp, ..., bias (separate convention)."""
+    labels = ["embed"]
+    for layer in range(spec.layers):
+        if granularity == "layer":
+            labels.append(f"L{layer}.attn")
+        else:
+            labels.extend(f"L{layer}H{h}" for h in range(spec.heads))
+        labels.append(f"L{layer}.mlp")
+    return labels + (["bias"] if convention == "separate" else [])
 
 
 def check_options(granularity: str, convention: str, granularities: tuple[str, ...]) -> None:
@@ -184,74 +273,32 @@ def check_options(granularity: str, convention: str, granularities: tuple[str, .
         raise CliplensError(f"convention {convention!r} is unknown; choose one of {CONVENTIONS}")
 
 
-def _assemble(
-    trace: Trace, readout: ReadOut, mean: torch.Tensor, scale: torch.Tensor, convention: str, spec: ViTSpec,
-    *, spatial: bool,
-) -> dict[str, torch.Tensor]:
-    """Apply the convention's bias and LN-share bookkeeping (METHODS §1.3) and the per-image 1/s."""
-    layers, heads, tokens = spec.layers, spec.heads, spec.tokens
-    s = scale[:, :, None]  # broadcasts over [B, L, d]
-    if convention == "separate":
-        pieces = {
-            "embed": trace.embed * scale,
-            "heads": trace.heads * s[..., None],
-            "mlps": trace.mlps * s,
-            "bias": readout.out_bias.sum(0) * scale + readout.beta,
-        }
-        if spatial:
-            pieces["tokens"] = trace.tokens * scale[:, :, None, None, None]
-        return pieces
-    terms = 2 * layers + 1  # K top-level terms share LN_post's mean and bias uniformly
-
-    def share(raw: torch.Tensor, weight: float, per_image_scale: torch.Tensor) -> torch.Tensor:
-        shift = mean.view(-1, *([1] * (raw.dim() - 2)), 1) * readout.gamma
-        return (raw - weight * shift) * per_image_scale + weight * readout.beta
-
-    pieces = {
-        "embed": share(trace.embed, 1 / terms, scale),
-        "heads": share(trace.heads + readout.out_bias[None, :, None] / heads, 1 / (terms * heads), s[..., None]),
-        "mlps": share(trace.mlps, 1 / terms, s),
-    }
-    if spatial:
-        token_bias = readout.out_bias[None, :, None, None] / (heads * tokens)
-        pieces["tokens"] = share(trace.tokens + token_bias, 1 / (terms * heads * tokens), scale[:, :, None, None, None])
-    return pieces
-
-
 def _group(
     pieces: dict[str, torch.Tensor], embedding: torch.Tensor, granularity: str, convention: str, spatial: bool,
     normalize: bool, spec: ViTSpec,
 ) -> Decomposition:
-    """Lay the pieces out in residual order with their labels: embed, L0 heads (or L0.attn), L0.mlp, ..., bias."""
-    batch, dim, tokens = embedding.shape[0], embedding.shape[1], spec.tokens
-    per_layer_heads = pieces["tokens"] if spatial else pieces["heads"]  # [B, L, H, (N,) d]
+    """Lay the pieces out in residual order (embed, L0 heads or L0.attn, L0.mlp, ..., bias)."""
+    tokens, dim = spec.tokens, embedding.shape[1]
+    heads = pieces["heads"]  # [B, L, H, (N,) d]
     if granularity == "layer":
-        per_layer_heads = per_layer_heads.sum(2, keepdim=True)
+        heads = heads.sum(2, keepdim=True)
 
     def at_cls(piece: torch.Tensor) -> torch.Tensor:
-        """A pooled-token-only piece [B, ..., d] laid out over tokens: all of it at token 0."""
+        """A pooled-token-only piece [B, d] as one piece [B, 1, (N,) d]: in spatial form all of it at token 0."""
         if not spatial:
-            return piece
-        placed = piece.new_zeros(*piece.shape[:-1], tokens, dim)
-        placed[..., 0, :] = piece
+            return piece[:, None]
+        placed = piece.new_zeros(piece.shape[0], 1, tokens, dim)
+        placed[:, 0, 0] = piece
         return placed
 
-    blocks, labels = [at_cls(pieces["embed"])[:, None]], ["embed"]
+    blocks = [at_cls(pieces["embed"])]
     for layer in range(spec.layers):
-        blocks.append(per_layer_heads[:, layer])
-        if granularity == "layer":
-            labels.append(f"L{layer}.attn")
-        else:
-            labels.extend(f"L{layer}H{h}" for h in range(spec.heads))
-        blocks.append(at_cls(pieces["mlps"][:, layer])[:, None])
-        labels.append(f"L{layer}.mlp")
+        blocks += [heads[:, layer], at_cls(pieces["mlps"][:, layer])]
     if "bias" in pieces:
-        bias = pieces["bias"].expand(batch, dim)
-        blocks.append(at_cls(bias)[:, None])
-        labels.append("bias")
+        blocks.append(at_cls(pieces["bias"]))
     return Decomposition(
         components=torch.cat(blocks, 1),
-        labels=labels,
+        labels=piece_labels(spec, granularity, convention),
         embedding=embedding,
         granularity=granularity,
         convention=convention,

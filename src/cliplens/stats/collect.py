@@ -14,6 +14,7 @@ import torch
 from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..errors import CliplensError
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from .accumulate import DenseReducer, HeadReducer, PairReducer
 from .identity import check_compatible, merged_metadata
 from .moments import Moments
 from .pairs import PairStats
@@ -86,38 +87,23 @@ def collect(
     """
     source = as_source(data)
     report = LoadReport()
-    decomposer = lens.decomposer
-    pairs = granularity == "pair"
-    if pairs and lens.kind != "resnet":
-        raise CliplensError("granularity 'pair' exists for ResNet CLIP models only; use 'head' or 'layer' for a ViT")
-    stats = moments = token_mean = labels = None
+    options = dict(convention=convention, normalize=normalize)
+    if granularity == "pair":
+        if lens.kind != "resnet":
+            raise CliplensError("granularity 'pair' exists for ResNet CLIP models only; use 'head' or 'layer' for a ViT")
+        reducer = PairReducer(lens.decomposer, top_k=top_k, **options)
+    elif granularity == "head" and lens.kind == "vit":
+        reducer = HeadReducer(lens.decomposer, spatial=spatial, **options)
+    else:
+        reducer = DenseReducer(lens.decomposer, granularity=granularity, spatial=spatial, **options)
     with torch.no_grad():
         for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
                              progress=progress, description=f"collect {lens.name}"):
-            images = lens.images_to_tensor(batch.images)
-            result = decomposer.decompose(images, granularity=granularity, spatial=spatial, convention=convention,
-                                          normalize=normalize)
-            if pairs:
-                _require_finite(result.coefficients, report)
-                if stats is None:
-                    stats = PairStats(_pair_factors(result), top_k)
-                stats.update(result.coefficients, batch.indices)
-                continue
-            _require_finite(result.components, report)
-            pieces = result.components.sum(2) if spatial else result.components
-            if moments is None:
-                labels, moments = result.labels, Moments(pieces.shape[1], pieces.shape[2])
-                if spatial:
-                    token_mean = torch.zeros(result.components.shape[1:], dtype=torch.float64)
-            seen = moments.count
-            moments.update(pieces)
-            if spatial:
-                batch_mean = result.components.double().cpu().mean(0)
-                token_mean += (batch_mean - token_mean) * (len(images) / (seen + len(images)))
+            reducer.update(lens.images_to_tensor(batch.images), batch.indices)
     if report.loaded == 0:
         raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")
     metadata = {
-        "kind": "pair-stats" if pairs else "piece-stats",
+        "kind": "pair-stats" if granularity == "pair" else "piece-stats",
         **lens.describe(),
         "architecture": lens.kind,
         "granularity": granularity,
@@ -128,25 +114,14 @@ def collect(
         "data_size": report.total,
         "skipped": len(report.skipped),
     }
-    if pairs:
+    if granularity == "pair":
+        stats = reducer.stats
         stats.metadata.update(metadata, top_k=top_k, count=stats.count)
     else:
+        labels, moments, token_mean = reducer.finish()
         stats = PieceStats(labels, moments, metadata, token_mean)
     stats.report = report
     return stats
-
-
-def _pair_factors(result: Any) -> dict[str, torch.Tensor]:
-    return {"out_weight": result.out_weight, "value_weight": result.value_weight, "offsets": result.offsets,
-            "bias": result.bias}
-
-
-def _require_finite(values: torch.Tensor, report: LoadReport) -> None:
-    if not torch.isfinite(values).all():
-        raise CliplensError(
-            f"the model produced NaN or infinite pieces after {report.loaded} images; "
-            "use --precision fp32 (fp16 overflows) and check the weights"
-        )
 
 
 def load_stats(path: str | Path, lens: Any = None, **expect: Any) -> PieceStats | PairStats:

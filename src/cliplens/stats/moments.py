@@ -24,15 +24,28 @@ class Moments:
         return moments
 
     def update(self, batch: torch.Tensor) -> None:
-        """Add a batch of pieces [B, C, d] (any float dtype)."""
+        """Add a batch of pieces [B, C, d] (any float dtype).
+
+        The batch is centred on its own mean first (so a large common offset cannot cancel catastrophically), then
+        combined with the running state by Chan's formula, written as in-place batched products: no [C, d, d]
+        temporaries, which would otherwise dominate the cost for many pieces.
+        """
         batch = batch.to(self.mean.device, torch.float64)
         n = batch.shape[0]
         if n == 0:
             return
         batch_mean = batch.mean(0)
-        centred = batch - batch_mean
-        batch_scatter = torch.einsum("bci,bcj->cij", centred, centred)
-        self._combine(n, batch_mean, batch_scatter)
+        centred = (batch - batch_mean).transpose(0, 1)  # [C, B, d]
+        self.scatter.baddbmm_(centred.transpose(1, 2), centred)
+        self._shift(n, batch_mean)
+
+    def _shift(self, n: int, mean: torch.Tensor) -> None:
+        """Account for n more points with mean `mean` whose own scatter is already added."""
+        total = self.count + n
+        delta = mean - self.mean
+        self.scatter.baddbmm_(delta[:, :, None], delta[:, None, :], alpha=self.count * n / total)
+        self.mean += delta * (n / total)
+        self.count = total
 
     def merge(self, other: "Moments") -> "Moments":
         """A new Moments equal to having seen both shards' data (order does not matter)."""
@@ -43,13 +56,9 @@ class Moments:
         return merged
 
     def _combine(self, n: int, mean: torch.Tensor, scatter: torch.Tensor) -> None:
-        total = self.count + n
-        if n == 0:
-            return
-        delta = mean - self.mean
-        self.scatter += scatter + torch.einsum("ci,cj->cij", delta, delta) * (self.count * n / total)
-        self.mean += delta * (n / total)
-        self.count = total
+        if n:
+            self.scatter += scatter
+            self._shift(n, mean)
 
     @property
     def covariance(self) -> torch.Tensor:

@@ -1,0 +1,80 @@
+"""How much a statistics pass costs over the plain forward pass it rides on.
+
+For each model: the backend's own `encode_image` over a set of images, then `lens.collect` over the same images at
+each granularity, in the same process (times are medians over repeats; memory is the process's peak RSS after each
+phase, which only grows). Random-init full-size models on CPU: the numbers are about computation, not weights.
+
+    python benchmarks/collect_overhead.py --images 64 --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import time
+
+import torch
+
+import cliplens
+
+MODES = {"vit": [("head", False), ("layer", False), ("head", True)], "resnet": [("head", False), ("pair", False)]}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def timed(run, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_model(name: str, images: int, batch_size: int, repeats: int) -> list[dict[str, object]]:
+    lens = cliplens.load(name, seed=0)
+    size = lens.spec.image_size
+    data = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0))
+    dataset = [(image, 0) for image in data]
+    batches = data.split(batch_size)
+
+    def plain() -> None:
+        with torch.no_grad():
+            for batch in batches:
+                lens.encode_image(batch)
+
+    plain(), lens.collect(dataset[:batch_size], batch_size=batch_size)  # warm-up
+    base = timed(plain, repeats)
+    rows = [{"model": name, "mode": "encode_image", "img/s": images / base, "ratio": 1.0, "peak GiB": peak_rss_gib()}]
+    for granularity, spatial in MODES[lens.kind]:
+        seconds = timed(lambda: lens.collect(dataset, granularity=granularity, spatial=spatial,
+                                             batch_size=batch_size), repeats)
+        mode = f"collect {granularity}" + (" spatial" if spatial else "")
+        rows.append({"model": name, "mode": mode, "img/s": images / seconds, "ratio": seconds / base,
+                     "peak GiB": peak_rss_gib()})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="ViT-B-32,RN50")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+          f"{args.images} images, batch {args.batch_size}, median of {args.repeats}")
+    print(f"{'model':10} {'mode':22} {'img/s':>8} {'ratio':>6} {'peak GiB':>9}")
+    for name in args.models.split(","):
+        for row in bench_model(name, args.images, args.batch_size, args.repeats):
+            print(f"{row['model']:10} {row['mode']:22} {row['img/s']:8.1f} {row['ratio']:6.2f} {row['peak GiB']:9.2f}")
+
+
+if __name__ == "__main__":
+    main()

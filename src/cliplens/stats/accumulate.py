@@ -1,0 +1,113 @@
+"""Per-batch reducers behind `collect`: each turns one batch of images into running statistics and forgets it.
+
+Three shapes of data need three reducers: materialised pieces (layers, ResNet heads), ViT heads in their
+low-dimensional coefficient form (the cheap path that keeps `collect` close to a plain forward pass), and ResNet
+pairs as scalar coefficients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..decompose.vit import ViTDecomposer, piece_labels
+from ..errors import CliplensError
+from .moments import Moments
+from .pairs import PairStats
+
+
+def require_finite(*values: torch.Tensor) -> None:
+    if not all(torch.isfinite(v).all() for v in values):
+        raise CliplensError("the model produced NaN or infinite pieces; use --precision fp32 (fp16 overflows) and "
+                            "check the weights")
+
+
+class DenseReducer:
+    """Moments of materialised pieces [B, C, d]; with spatial pieces also their per-token means [C, N, d]."""
+
+    def __init__(self, decomposer, **options):
+        self.decomposer, self.options = decomposer, options
+        self.labels, self.moments, self.token_mean = None, None, None
+
+    def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
+        result = self.decomposer.decompose(images, **self.options)
+        require_finite(result.components)
+        pieces = result.components.sum(2) if result.spatial else result.components
+        if self.moments is None:
+            self.labels, self.moments = result.labels, Moments(pieces.shape[1], pieces.shape[2])
+            if result.spatial:
+                self.token_mean = torch.zeros(result.components.shape[1:], dtype=torch.float64)
+        if result.spatial:
+            batch_mean = result.components.double().cpu().mean(0)
+            self.token_mean += (batch_mean - self.token_mean) * (len(images) / (self.moments.count + len(images)))
+        self.moments.update(pieces)
+
+    def finish(self) -> tuple[list[str], Moments, torch.Tensor | None]:
+        return self.labels, self.moments, self.token_mean
+
+
+class HeadReducer:
+    """ViT heads: moments of each head's k coefficients (k = d_h or d_h + 3), expanded to d dimensions once.
+
+    mean = m̄ B and covariance = Bᵀ Σ_m B for a head with basis B [k, d]: exact, and k² instead of d² work per image
+    and head (64² vs 512² for ViT-B-32).
+    """
+
+    def __init__(self, decomposer: ViTDecomposer, *, spatial: bool, convention: str, normalize: bool):
+        self.decomposer, self.spatial, self.convention, self.normalize = decomposer, spatial, convention, normalize
+        self.heads = self.dense = self.basis = self.token_basis = self.token_mean = None
+
+    def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
+        f = self.decomposer.factorise(images, convention=self.convention, normalize=self.normalize,
+                                      tokens=self.spatial)
+        dense = torch.cat([f.embed[:, None], f.mlps] + ([f.bias[:, None]] if f.bias is not None else []), 1)
+        coefficients = f.coefficients.flatten(1, 2)  # [B, L·H, k]
+        require_finite(dense, coefficients)
+        if self.heads is None:
+            self.heads, self.dense = Moments(*coefficients.shape[1:]), Moments(*dense.shape[1:])
+            self.basis = f.basis.flatten(0, 1).double().cpu()
+            if self.spatial:
+                self.token_basis = f.token_basis.flatten(0, 1).double().cpu()
+                self.token_mean = torch.zeros(f.token_coefficients.flatten(1, 2).shape[1:], dtype=torch.float64)
+        if self.spatial:
+            batch_mean = f.token_coefficients.flatten(1, 2).double().cpu().mean(0)
+            self.token_mean += (batch_mean - self.token_mean) * (len(images) / (self.heads.count + len(images)))
+        self.heads.update(coefficients)
+        self.dense.update(dense)
+
+    def finish(self) -> tuple[list[str], Moments, torch.Tensor | None]:
+        spec = self.decomposer.spec
+        labels = piece_labels(spec, "head", self.convention)
+        is_head = torch.tensor(["H" in label for label in labels])
+        basis = self.basis
+        count = self.heads.count
+        mean = torch.empty(len(labels), basis.shape[-1], dtype=torch.float64)
+        scatter = torch.empty(len(labels), basis.shape[-1], basis.shape[-1], dtype=torch.float64)
+        mean[is_head] = torch.einsum("ck,ckd->cd", self.heads.mean, basis)
+        scatter[is_head] = basis.transpose(1, 2) @ self.heads.scatter @ basis
+        mean[~is_head], scatter[~is_head] = self.dense.mean, self.dense.scatter
+        token_mean = None
+        if self.spatial:
+            token_mean = torch.zeros(len(labels), spec.tokens, basis.shape[-1], dtype=torch.float64)
+            token_mean[is_head] = torch.einsum("cnk,ckd->cnd", self.token_mean, self.token_basis)
+            token_mean[~is_head, 0] = self.dense.mean
+        return labels, Moments.from_state(count, mean, scatter), token_mean
+
+
+class PairReducer:
+    """ResNet pairs: scalar moments and extremes of the coefficients s [B, H, C]."""
+
+    def __init__(self, decomposer, *, top_k: int, convention: str, normalize: bool):
+        if normalize:
+            raise CliplensError("pair statistics describe the unnormalised embedding (pairs of a normalised one are "
+                                "not rank-1); drop normalize")
+        self.decomposer, self.top_k, self.convention = decomposer, top_k, convention
+        self.stats: PairStats | None = None
+
+    def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
+        pairs = self.decomposer.pairs(images, convention=self.convention)
+        require_finite(pairs.coefficients)
+        if self.stats is None:
+            factors = {"out_weight": pairs.out_weight, "value_weight": pairs.value_weight, "offsets": pairs.offsets,
+                       "bias": pairs.bias}
+            self.stats = PairStats(factors, self.top_k)
+        self.stats.update(pairs.coefficients, indices)

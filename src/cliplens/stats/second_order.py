@@ -1,0 +1,361 @@
+"""Per-neuron statistics of second-order effects over a dataset (METHODS §4.5, §14.2 item 4), streamed in two passes.
+
+A neuron's effect is φ_n = x_n·B_n: per-image coordinates x_n [J + K] times fixed directions B_n [J + K, d]. So its
+mean, its covariance and every centred norm live in the coordinate space: ‖Δ_n‖² = δᵀG_nδ with δ = x_n − x̄_n and
+G_n = B_nB_nᵀ. Pass 1 accumulates the moments of x. Ranking images by ‖Δ_n‖ needs the final mean x̄, so pass 2
+measures every image from it and keeps, per neuron, the k largest norms with their deviations δ: O(k·F·(J + K))
+numbers, and nothing per image beyond that. Principal directions then come from those k×(J + K) blocks (the
+reference's top-k SVD) or from the coordinate covariance (all images), without a [k, d] or [d, d] matrix per neuron.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
+from ..errors import CliplensError
+from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from .identity import check_compatible, merged_metadata
+from .moments import Moments
+
+KIND = "second-order-stats"
+SIGN_RULE = "majority of the top-k rows project positively; a k/2 tie takes the sign of their summed projection"
+DERIVED = ("mean_effects", "principal_directions", "principal_coordinates", "topk_variance_explained",
+           "principal_directions_all", "principal_coordinates_all", "variance_explained")
+
+
+class SecondOrderStats:
+    """Moments of every neuron's coordinates (pass 1) and its top-k images by centred norm (pass 2)."""
+
+    def __init__(self, basis: SecondOrderBasis, *, scale: float, normalize: bool, top_k: int = 100,
+                 metadata: dict[str, Any] | None = None):
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise CliplensError(f"top_k must be a positive integer, got {top_k!r}")
+        self.basis, self.scale, self.normalize, self.top_k = basis, float(scale), bool(normalize), top_k
+        self.metadata = dict(metadata or {})
+        self.report: LoadReport | None = None
+        neurons, dim, device = basis.num_neurons, basis.dim, basis.neurons.device
+        self.moments = Moments(neurons, dim, device=device)
+        self.centre: torch.Tensor | None = None  # x̄ [F, J + K] that pass 2 measured norms from
+        self.ranked = 0
+        self.top_norms = torch.empty(neurons, 0, dtype=FLOAT, device=device)  # [F, k] descending
+        self.top_index = torch.empty(neurons, 0, dtype=torch.int64, device=device)  # image positions
+        self.top_deviations = torch.empty(neurons, 0, dim, dtype=FLOAT, device=device)  # δ [F, k, J + K]
+        self._derived: dict[str, torch.Tensor] = {}
+
+    @property
+    def layer(self) -> int:
+        return self.basis.layer
+
+    @property
+    def convention(self) -> str:
+        return self.basis.convention
+
+    @property
+    def count(self) -> int:
+        return self.moments.count
+
+    # pass 1 ----------------------------------------------------------------------------------------------------------
+    def update(self, effects: SecondOrderEffects) -> None:
+        """Add a batch to the moments."""
+        self._check(effects)
+        self.moments.update(effects.coordinates())
+        self._derived.clear()
+
+    # pass 2 ----------------------------------------------------------------------------------------------------------
+    def start_ranking(self, centre: torch.Tensor | None = None) -> None:
+        """Fix the centre norms are measured from: the moments' mean, or a given one (shards of one dataset)."""
+        if centre is None:
+            if self.count == 0:
+                raise CliplensError("no images in the moments yet: run the first pass (update) before ranking")
+            centre = self.moments.mean
+        self.centre = centre.to(self.moments.mean).clone()
+        self.ranked = 0
+        self.top_norms, self.top_index = self.top_norms[:, :0], self.top_index[:, :0]
+        self.top_deviations = self.top_deviations[:, :0]
+        self._derived.clear()
+
+    def rank(self, effects: SecondOrderEffects, indices: torch.Tensor) -> None:
+        """Measure a batch from the centre and keep each neuron's k largest norms; `indices` are image positions."""
+        self._check(effects)
+        deviations = self.deviations(effects)  # [F, B, J + K]
+        index = indices.to(self.top_index).view(1, -1).expand(len(deviations), -1)
+        self._keep_top(self.norms_of(deviations), index, deviations)
+        self.ranked += len(indices)
+        self._derived.clear()
+
+    def deviations(self, effects: SecondOrderEffects) -> torch.Tensor:
+        """δ = x_n − x̄_n [F, B, J + K] for a batch, from the ranking centre."""
+        if self.centre is None:
+            raise CliplensError("the ranking centre is not set: call start_ranking() after the first pass")
+        return (effects.coordinates().to(self.centre.device) - self.centre).transpose(0, 1)
+
+    def deviation_norms(self, effects: SecondOrderEffects) -> torch.Tensor:
+        """‖Δ_n(I)‖ [B, F] for a batch: exact, through the Gram quadratic form."""
+        return self.norms_of(self.deviations(effects)).T
+
+    def norms_of(self, deviations: torch.Tensor) -> torch.Tensor:
+        """‖δ·B_n‖ [F, B] for deviations [F, B, J + K]."""
+        return ((deviations @ self.basis.gram) * deviations).sum(-1).clamp_min(0).sqrt()
+
+    def _keep_top(self, norms: torch.Tensor, index: torch.Tensor, deviations: torch.Tensor) -> None:
+        norms = torch.cat([self.top_norms, norms], 1)
+        index = torch.cat([self.top_index, index], 1)
+        deviations = torch.cat([self.top_deviations, deviations], 1)
+        top = norms.topk(min(self.top_k, norms.shape[1]), dim=1)
+        self.top_norms, self.top_index = top.values, index.gather(1, top.indices)
+        self.top_deviations = deviations.gather(1, top.indices[..., None].expand(-1, -1, deviations.shape[-1]))
+
+    def _check(self, effects: SecondOrderEffects) -> None:
+        basis = effects.basis
+        if (basis.layer, basis.convention, basis.neurons.shape) != (self.layer, self.convention,
+                                                                     self.basis.neurons.shape):
+            raise CliplensError(f"these effects are for layer {basis.layer} ({basis.convention}) but the statistics "
+                                f"are for layer {self.layer} ({self.convention}); use one SecondOrderLens for both")
+        if (effects.scale, effects.normalize) != (self.scale, self.normalize):
+            raise CliplensError(f"effects computed with scale={effects.scale}, normalize={effects.normalize} cannot "
+                                f"join statistics with scale={self.scale}, normalize={self.normalize}")
+
+    # merging ---------------------------------------------------------------------------------------------------------
+    def merge(self, other: "SecondOrderStats") -> "SecondOrderStats":
+        """Both shards' statistics; shards ranked from one shared centre merge their top-k exactly as well.
+
+        `other`'s image positions follow all of `self`'s, so they shift by self's data size.
+        """
+        check_compatible(self.metadata, other.metadata)
+        mine = (self.layer, self.convention, self.scale, self.normalize, self.top_k)
+        theirs = (other.layer, other.convention, other.scale, other.normalize, other.top_k)
+        if mine != theirs:
+            raise CliplensError(f"cannot merge second-order statistics with different (layer, convention, scale, "
+                                f"normalize, top_k): {mine} vs {theirs}")
+        merged = SecondOrderStats(self.basis, scale=self.scale, normalize=self.normalize, top_k=self.top_k)
+        merged.moments = self.moments.merge(other.moments)
+        if self.centre is not None or other.centre is not None:
+            if self.centre is None or other.centre is None or not torch.equal(self.centre, other.centre):
+                raise CliplensError("shards ranked from different centres cannot be merged: merge their first-pass "
+                                    "moments, then rank every shard from the merged mean (start_ranking(centre))")
+            merged.centre = self.centre.clone()
+            shift = int(self.metadata.get("data_size", self.ranked))
+            for source, offset in ((self, 0), (other, shift)):
+                merged._keep_top(source.top_norms, source.top_index + offset, source.top_deviations)
+            merged.ranked = self.ranked + other.ranked
+        merged.metadata = merged_metadata(self.metadata, other.metadata, merged.count)
+        merged.metadata["ranked"] = merged.ranked
+        return merged
+
+    # results ---------------------------------------------------------------------------------------------------------
+    @property
+    def mean_coordinates(self) -> torch.Tensor:
+        return self.moments.mean
+
+    @property
+    def coordinate_covariance(self) -> torch.Tensor:
+        """Population covariance of x_n [F, J + K, J + K]; J×J head block first, offsets after."""
+        return self.moments.covariance
+
+    @property
+    def mean_effects(self) -> torch.Tensor:
+        """φ̄_n [F, d]: the dataset mean of every neuron's effect, Σ_j E[κ s_j] u_j + E[c]."""
+        return self._cached("mean_effects", lambda: self.basis.combine(self.moments.mean))
+
+    @property
+    def mean_square_deviation(self) -> torch.Tensor:
+        """E‖Δ_n‖² [F] = tr(Σ_n G_n): each neuron's total variance over the images."""
+        return torch.einsum("fij,fji->f", self.coordinate_covariance, self.basis.gram)
+
+    def norms(self) -> torch.Tensor:
+        """The reference's `norms` [F, k]: each neuron's k largest centred norms, ascending."""
+        self._require_ranking()
+        return self.top_norms.flip(1)
+
+    @property
+    def thresholds(self) -> torch.Tensor:
+        """thr_n [F] = norms[n, 0], the k-th largest centred norm: an image is significant for n above it."""
+        return self.norms()[:, 0]
+
+    @property
+    def top_images(self) -> torch.Tensor:
+        """Image positions [F, k], largest centred norm first."""
+        self._require_ranking()
+        return self.top_index
+
+    @property
+    def principal_directions(self) -> torch.Tensor:
+        """pc_n [F, d], unit: first right singular vector of the neuron's top-k centred block (the reference's)."""
+        self._principal_topk()
+        return self._derived["principal_directions"]
+
+    @property
+    def principal_coordinates(self) -> torch.Tensor:
+        """w_n [F, J + K] with pc_n = w_n·B_n, so ⟨Δ_n, pc_n⟩ = δᵀG_n w_n costs no d-dimensional work."""
+        self._principal_topk()
+        return self._derived["principal_coordinates"]
+
+    @property
+    def topk_variance_explained(self) -> torch.Tensor:
+        """σ₁² / Σσ² [F] of each neuron's top-k block."""
+        self._principal_topk()
+        return self._derived["topk_variance_explained"]
+
+    @property
+    def principal_directions_all(self) -> torch.Tensor:
+        """First principal direction [F, d] of each neuron's effect over all images, oriented by the sign rule."""
+        self._principal_all()
+        return self._derived["principal_directions_all"]
+
+    @property
+    def principal_coordinates_all(self) -> torch.Tensor:
+        self._principal_all()
+        return self._derived["principal_coordinates_all"]
+
+    @property
+    def variance_explained(self) -> torch.Tensor:
+        """λ₁ / tr [F]: the share of a neuron's variance over all images along its first principal direction."""
+        self._principal_all()
+        return self._derived["variance_explained"]
+
+    def _principal_topk(self) -> None:
+        """SVD of Δ = δB_n through its k×k Gram δG_nδᵀ: top eigenvector e, σ₁ = √λ₁, pc = eᵀδB_n / σ₁."""
+        if "principal_directions" in self._derived:
+            return
+        self._require_ranking()
+        deviations = self.top_deviations
+        rows = (deviations @ self.basis.gram) @ deviations.transpose(1, 2)  # [F, k, k]
+        values, vectors = torch.linalg.eigh(rows)
+        top = values[:, -1].clamp_min(0)
+        coordinates = (vectors[:, :, -1:].transpose(1, 2) @ deviations)[:, 0] / _safe(top.sqrt())[:, None]
+        total = torch.einsum("fkk->f", rows)
+        self._store_principal("", coordinates, top / _safe(total), "topk_variance_explained")
+
+    def _principal_all(self) -> None:
+        """Top eigenvector of B_nᵀΣ_nB_n via Σ_n = SSᵀ: eigen-solve SᵀG_nS [J + K]², pc = B_nᵀSe / √λ₁."""
+        if "principal_directions_all" in self._derived:
+            return
+        self._require_ranking()
+        values, vectors = torch.linalg.eigh(self.coordinate_covariance)
+        root = vectors * values.clamp_min(0).sqrt()[:, None, :]  # S [F, J + K, J + K]
+        inner = root.transpose(1, 2) @ self.basis.gram @ root
+        values, vectors = torch.linalg.eigh(inner)
+        top = values[:, -1].clamp_min(0)
+        coordinates = (root @ vectors[:, :, -1:])[..., 0] / _safe(top.sqrt())[:, None]
+        total = torch.einsum("fkk->f", inner)
+        self._store_principal("_all", coordinates, top / _safe(total), "variance_explained")
+
+    def _store_principal(self, suffix: str, coordinates: torch.Tensor, explained: torch.Tensor, name: str) -> None:
+        """Orient by SIGN_RULE (projections of the top-k rows: δ_i G_n w_n), then materialise pc = w·B_n."""
+        projections = ((self.top_deviations @ self.basis.gram) @ coordinates[..., None])[..., 0]  # [F, k]
+        positive = 2 * (projections > 0).sum(1)
+        rows = projections.shape[1]
+        tie = torch.where(projections.sum(1) < 0, -1.0, 1.0).to(FLOAT)
+        sign = torch.where(positive > rows, 1.0, torch.where(positive < rows, -1.0, tie)).to(coordinates)
+        coordinates = coordinates * sign[:, None]
+        self._derived[f"principal_coordinates{suffix}"] = coordinates
+        self._derived[f"principal_directions{suffix}"] = self.basis.combine(coordinates)
+        self._derived[name] = explained
+
+    def _require_ranking(self) -> None:
+        if self.centre is None or self.top_norms.shape[1] == 0:
+            raise CliplensError("top-k results need the second pass: call start_ranking() and rank() (or use "
+                                "collect_second_order, which runs both passes)")
+
+    def _cached(self, name: str, compute: Any) -> torch.Tensor:
+        if name not in self._derived:
+            self._derived[name] = compute()
+        return self._derived[name]
+
+    # persistence -----------------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Accumulators (enough to merge or recompute) plus the derived per-neuron results, for readers elsewhere."""
+        tensors = {"count": torch.tensor([self.count]), "ranked": torch.tensor([self.ranked]),
+                   "mean": self.moments.mean, "scatter": self.moments.scatter}
+        if self.centre is not None:
+            tensors.update(centre=self.centre, top_norms=self.top_norms, top_index=self.top_index,
+                           top_deviations=self.top_deviations, thresholds=self.thresholds)
+            tensors.update({name: getattr(self, name) for name in DERIVED})
+        else:
+            tensors["mean_effects"] = self.mean_effects
+        metadata = {**self.metadata, "kind": KIND, "layer": self.layer, "convention": self.convention,
+                    "scale": self.scale, "normalize": self.normalize, "top_k": self.top_k, "count": self.count,
+                    "ranked": self.ranked, "heads": self.basis.heads, "sign_rule": SIGN_RULE,
+                    "coordinates": f"{self.basis.num_heads} head coefficients (κ·s) then "
+                                   f"{self.basis.offsets.shape[0]} shared offset coefficients"}
+        return save_artifact(path, tensors, metadata)
+
+
+def _safe(values: torch.Tensor) -> torch.Tensor:
+    """Divisor that leaves a zero numerator at zero (a neuron with no variation gets a zero direction)."""
+    return torch.where(values > 0, values, torch.ones_like(values))
+
+
+def load_second_order(path: str | Path, lens: Any) -> SecondOrderStats:
+    """Read statistics written by `SecondOrderStats.save`; refuses another model's, rebuilds the directions."""
+    metadata = read_metadata(path)
+    if metadata.get("kind") != KIND:
+        raise CliplensError(f"{path} holds {metadata.get('kind')!r}, not second-order statistics; pass the folder "
+                            "`cliplens second-order` wrote")
+    tensors, metadata = load_artifact(path, {"fingerprint": lens.fingerprint})
+    basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), metadata["convention"]).basis
+    stats = SecondOrderStats(basis, scale=metadata["scale"], normalize=metadata["normalize"],
+                             top_k=int(metadata["top_k"]), metadata=metadata)
+    device = basis.neurons.device
+    stats.moments = Moments.from_state(int(tensors["count"][0]), tensors["mean"].to(device),
+                                       tensors["scatter"].to(device))
+    stats.ranked = int(tensors["ranked"][0])
+    if "centre" in tensors:
+        stats.centre = tensors["centre"].to(device)
+        stats.top_norms, stats.top_index = tensors["top_norms"].to(device), tensors["top_index"].to(device)
+        stats.top_deviations = tensors["top_deviations"].to(device)
+        stats._derived.update({name: tensors[name].to(device) for name in DERIVED})
+    return stats
+
+
+def collect_second_order(
+    lens: Any,
+    data: Any,
+    *,
+    layer: int,
+    convention: str = "separate",
+    scale: float = 1.0,
+    normalize: bool = False,
+    top_k: int = 100,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> SecondOrderStats:
+    """Second-order statistics of MLP layer `layer` over `data`, in two streaming passes.
+
+    Pass 1 gives the moments (mean effects, covariances, all-image principal directions need only these); pass 2,
+    from the pass-1 mean, gives exact centred norms, top-k images, thresholds and top-k principal directions.
+    """
+    if lens.kind != "vit":
+        raise CliplensError("the second-order lens explains ViT MLP neurons; for ResNet CLIP use neuron×head pairs")
+    second_order = SecondOrderLens(lens.decomposer, layer, convention)
+    source = as_source(data)
+    stats = SecondOrderStats(second_order.basis, scale=scale, normalize=normalize, top_k=top_k)
+    report = LoadReport()
+    for stage in ("moments", "ranking"):
+        report = LoadReport()
+        if stage == "ranking":
+            stats.start_ranking()
+        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
+                             progress=progress, description=f"second order L{layer} ({stage})"):
+            effects = second_order(lens.images_to_tensor(batch.images), scale=scale, normalize=normalize)
+            if not torch.isfinite(effects.coefficients).all() or not torch.isfinite(effects.kappa).all():
+                raise CliplensError(f"the model produced NaN or infinite activations after {report.loaded} images; "
+                                    "use --precision fp32 (fp16 overflows) and check the weights")
+            if stage == "moments":
+                stats.update(effects)
+            else:
+                stats.rank(effects, batch.indices)
+        if report.loaded == 0:
+            raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")
+    stats.metadata = {**lens.describe(), "architecture": lens.kind, "granularity": f"second-order:L{layer}",
+                      "spatial": False, "convention": convention, "normalize": normalize,
+                      "data_fingerprint": fingerprint(source), "data_size": report.total,
+                      "skipped": len(report.skipped)}
+    stats.report = report
+    return stats
