@@ -37,10 +37,13 @@ def test_moments_match_torch_and_survive_a_large_offset():
     assert torch.allclose(moments.mean, data.mean(0), rtol=1e-15, atol=0)
 
 
-def test_collect_equals_statistics_of_materialised_pieces(vit_lens, images):
-    stats = vit_lens.collect(as_dataset(images), granularity="head", batch_size=5)
-    pieces = vit_lens.decompose(images, granularity="head").components
-    assert stats.count == len(images) and stats.labels == vit_lens.decompose(images[:1]).labels
+@pytest.mark.parametrize("granularity,convention,normalize", [("head", "separate", False), ("head", "reference", True),
+                                                               ("head", "reference", False), ("layer", "separate", True)])
+def test_collect_equals_statistics_of_materialised_pieces(vit_lens, images, granularity, convention, normalize):
+    options = dict(granularity=granularity, convention=convention, normalize=normalize)
+    stats = vit_lens.collect(as_dataset(images), batch_size=5, **options)
+    pieces = vit_lens.decompose(images, **options).components
+    assert stats.count == len(images) and stats.labels == vit_lens.decompose(images[:1], **options).labels
     assert torch.allclose(stats.mean, pieces.mean(0), atol=1e-10, rtol=0)
     for c in range(pieces.shape[1]):
         assert torch.allclose(stats.covariance[c], torch.cov(pieces[:, c].T, correction=0), atol=1e-10, rtol=0)
