@@ -18,9 +18,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from . import collect, decompose, info
+    from . import ablate, collect, decompose, explain, info, neuron_ablate, pairs, reconstruct, retrieve, textspan
 
-    for module in (info, decompose, collect):
+    for module in (info, decompose, collect, textspan, explain, ablate, reconstruct, pairs, neuron_ablate, retrieve):
         cli.add_command(module.command)
 
 

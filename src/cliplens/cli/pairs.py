@@ -1,9 +1,11 @@
 """`cliplens pairs`: ResNet neuron×head pairs end to end (METHODS §6).
 
-Pair statistics (collected, or read with --stats), a summary of every pair, the words of each kept pair's and neuron's
-principal direction (OMP over a text pool), and the zero-shot accuracy with all but the top --keep % of pairs (or
-neurons) mean-ablated and with every pair rebuilt from its principal direction and from its words. The helpers below
-are shared with `cliplens neuron-ablate`.
+Pair statistics (collected on --fit-path, or read with --stats), a summary of every pair, the words of each kept
+pair's and neuron's principal direction (OMP over a text pool), and the zero-shot accuracy on --data-path with all but
+the top --keep % of pairs (or neurons) mean-ablated and with every pair rebuilt from its principal direction and from
+its words. A neuron's direction needs the covariance of its H coefficients, which the pair statistics do not hold, so
+it is accumulated during the evaluation pass: neuron words describe --data-path. The helpers below are shared with
+`cliplens neuron-ablate`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def text_options(default_atoms: int) -> Callable:
                          help="Texts per principal direction (k of OMP); 0 skips the text reconstruction."),
             click.option("--pool", default="words", show_default=True,
                          help="Text pool: words, descriptions, imagenet, shapes, or a file with one text per line."),
-            click.option("--pool-size", type=click.IntRange(min=1), default=None, help="Keep the pool's first N texts."),
+            click.option("--pool-size", type=click.IntRange(min=1), default=None,
+                         help="Keep the pool's first N texts."),
             click.option("--pool-templates", default="photo", show_default=True,
                          help="Templates the pool texts are embedded with (the reference averages 80: 'openai')."),
             click.option("--dict-norm", type=click.Choice(["row", "axis0"]), default="row", show_default=True,
@@ -134,19 +137,29 @@ def echo_table(rows: list[dict[str, Any]]) -> None:
 # this command ------------------------------------------------------------------------------------------------------
 def pair_summary(stats: PairStats, scores: torch.Tensor, keep: torch.Tensor) -> list[dict[str, Any]]:
     """One row per pair, by score descending: its score, spread, principal sign and whether the mask keeps it."""
-    signs, lengths = stats.principal_signs(), stats.direction_norms()
-    spread = stats.coef_variance.sqrt()
-    order = scores.flatten().argsort(descending=True, stable=True)
+    lengths = stats.direction_norms()
+    columns = {
+        "score": scores,
+        "top_mean_abs_deviation": torch.where(lengths > 0, scores / lengths, 0.0),  # mean top-k |s − s̄|
+        "coef_mean": stats.coef_mean,
+        "coef_std": stats.coef_variance.sqrt(),
+        "direction_norm": lengths,
+        "sign": stats.principal_signs().int(),
+        "kept": keep,
+    }
+    order = ranked(scores)
+    values = {name: column.flatten()[order].tolist() for name, column in columns.items()}
     rows = []
-    for flat in order.tolist():
+    for i, flat in enumerate(order.tolist()):
         h, n = divmod(flat, stats.neurons)
-        rows.append({
-            "head": h, "neuron": n, "label": f"H{h}N{n}", "score": scores[h, n].item(),
-            "top_mean_abs_deviation": scores[h, n].item() / lengths[h, n].item() if lengths[h, n] > 0 else 0.0,
-            "coef_mean": stats.coef_mean[h, n].item(), "coef_std": spread[h, n].item(),
-            "direction_norm": lengths[h, n].item(), "sign": int(signs[h, n]), "kept": bool(keep[h, n]),
-        })
+        rows.append({"head": h, "neuron": n, "label": f"H{h}N{n}", **{name: values[name][i] for name in columns}})
     return rows
+
+
+def ranked(scores: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Flat indices of `scores` by score descending (ties: lower index first), only those in `keep` if given."""
+    order = scores.flatten().argsort(descending=True, stable=True)
+    return order if keep is None else order[keep.flatten()[order]]
 
 
 def word_rows(omp: SparseTextDecomposition, units: list[tuple[str, int]], targets: list[int], texts_per_unit: int,
@@ -190,9 +203,8 @@ def command(**options: Any) -> None:
         texts, pool_embeddings = text_pool(lens, options["pool"], options["pool_size"], options["pool_templates"])
         text, pair_omp = text_reconstruction(stats, pool_embeddings, texts, n_atoms=atoms,
                                              dict_norm=options["dict_norm"])
-        kept = [divmod(flat, stats.neurons) for flat in scores.flatten().argsort(descending=True, stable=True).tolist()
-                if pair_mask.flatten()[flat]]
-        rows = word_rows(pair_omp, [(f"H{h}", n) for h, n in kept], [h * stats.neurons + n for h, n in kept],
+        kept = ranked(scores, pair_mask).tolist()
+        rows = word_rows(pair_omp, [(f"H{flat // stats.neurons}", flat % stats.neurons) for flat in kept], kept,
                          options["texts_per_unit"], method)
         write_descriptions(output_dir / "pair_words.csv", rows)
 
@@ -208,11 +220,12 @@ def command(**options: Any) -> None:
         moments.update(dec.coefficients.transpose(1, 2))
         if board is not None:
             board.update(dec, batch.labels)
+    if moments.count == 0:
+        raise CliplensError(f"no readable images in {data_path}; check --data-path")
 
     if atoms:
         directions, _ = neuron_principal_directions(stats, moments)
-        order = neuron_scores(scores).argsort(descending=True, stable=True).tolist()
-        kept_neurons = [n for n in order if neuron_mask[n]]
+        kept_neurons = ranked(neuron_scores(scores), neuron_mask).tolist()
         neuron_omp = SparseTextDecomposition(atoms, dict_norm=options["dict_norm"], dtype=torch.float64)
         neuron_omp.fit(directions[kept_neurons], pool_embeddings, texts)
         rows = word_rows(neuron_omp, [("layer4", n) for n in kept_neurons], list(range(len(kept_neurons))),

@@ -1,0 +1,258 @@
+"""Top images per component (METHODS §11.1): ResNet pairs and neurons, and ViT heads against a query.
+
+A ranking needs one scalar per image and component, so a pass keeps exactly that and sorts at the end: exact, and
+memory grows by one number per image. Pairs need no pass when their statistics were collected on the same data: the
+streaming extremes already are their top images.
+
+Scores, all in embedding units:
+- pair H{h}N{n}: |s − s̄|·‖u‖, the centred pair's norm; signed, (s − s̄)·‖u‖, its projection on u/‖u‖;
+- neuron N{n}: ‖Σ_h r^{n,h}‖, uncentred, bias shares included in the reference convention (as the reference ranks);
+- ViT head L{l}H{h}: ⟨p_{l,h}(x), q⟩ (or the cosine) for a unit text embedding q, or q = the query image's piece.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from ..data.loader import as_source, batches, fingerprint
+from ..errors import CliplensError
+from ..evaluate.pair_ablation import check_same_model
+from ..report.grids import save_grid
+from ..stats.pairs import PairStats
+
+COMPONENT = re.compile(r"H(?P<pair_head>\d+)N(?P<pair_neuron>\d+)|N(?P<neuron>\d+)|L(?P<layer>\d+)H(?P<head>\d+)")
+COLUMNS = ("rank", "index", "item", "score")
+
+
+@dataclass(frozen=True)
+class Component:
+    label: str
+    kind: str  # "pair", "neuron" or "head"
+    index: tuple[int, ...]  # (head, neuron), (neuron,) or (layer, head)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    component: str
+    score: str  # what the values measure
+    positions: torch.Tensor  # [k] dataset positions, best first
+    values: torch.Tensor  # [k]
+
+
+def parse_component(label: str, lens: Any) -> Component:
+    """`H3N17` (pair), `N17` (neuron) or `L3H2` (ViT head), checked against the model's shape."""
+    match = COMPONENT.fullmatch(label.strip())
+    if match is None:
+        raise CliplensError(f"cannot read component {label!r}; write H<head>N<neuron>, N<neuron> or L<layer>H<head>")
+    spec = lens.spec
+    if match["layer"] is not None:
+        kind, index, limits = "head", (int(match["layer"]), int(match["head"])), ("layers", "heads")
+    elif match["neuron"] is not None:
+        kind, index, limits = "neuron", (int(match["neuron"]),), ("channels",)
+    else:
+        kind, index, limits = "pair", (int(match["pair_head"]), int(match["pair_neuron"])), ("heads", "channels")
+    wanted = "vit" if kind == "head" else "resnet"
+    if lens.kind != wanted:
+        raise CliplensError(
+            f"{label} is a {'ViT head' if kind == 'head' else 'ResNet pair or neuron'} but {lens.name} is a "
+            f"{lens.kind}; use {'H<head>N<neuron> or N<neuron>' if kind == 'head' else 'L<layer>H<head>'}"
+        )
+    for value, limit in zip(index, limits):
+        if value >= getattr(spec, limit):
+            raise CliplensError(f"{label} is out of range: the model has {getattr(spec, limit)} {limit}")
+    return Component(label.strip(), kind, index)
+
+
+def top_ranking(component: str, score: str, values: torch.Tensor, positions: torch.Tensor, top: int) -> Ranking:
+    """The `top` largest values, best first; equal values keep dataset order."""
+    order = values.argsort(descending=True, stable=True)[:top]
+    return Ranking(component, score, positions[order], values[order])
+
+
+def pair_score_name(signed: bool) -> str:
+    return "(s - mean s)*|u|" if signed else "|s - mean s|*|u|"
+
+
+def pair_ranking_from_stats(stats: PairStats, head: int, neuron: int, top: int, *, signed: bool = False) -> Ranking:
+    """A pair's top images straight from its statistics (no pass): needs top ≤ the statistics' top_k."""
+    if top > min(stats.top_k, stats.count):
+        raise CliplensError(f"these statistics keep {min(stats.top_k, stats.count)} images per pair; ask for fewer")
+    length = stats.directions(torch.tensor([head]), torch.tensor([neuron])).norm()
+    if signed:
+        values = stats.high_values[head, neuron, :top] - stats.coef_mean[head, neuron]
+        positions = stats.high_index[head, neuron, :top]
+    else:
+        deviation, index = stats.top_deviations()
+        values, positions = deviation[head, neuron, :top].abs(), index[head, neuron, :top]
+    return Ranking(f"H{head}N{neuron}", pair_score_name(signed), positions, values * length)
+
+
+def query_vector(lens: Any, component: Component, *, text: str | None, image: Any, convention: str) -> torch.Tensor:
+    """q for a ViT head: the unit text embedding, or the query image's own piece p_{l,h}(q) (unnormalised)."""
+    if text is not None:
+        embedding = lens.encode_text([text])[0].to(lens.dtype)
+        return embedding / embedding.norm()
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        except OSError as exc:
+            raise CliplensError(f"cannot read the query image {image} ({exc}); pass an image file") from exc
+    pieces = lens.decompose(image, granularity="head", convention=convention)
+    return pieces[component.label][0]
+
+
+def retrieve(
+    lens: Any,
+    data: Any,
+    components: Sequence[str],
+    *,
+    top: int = 16,
+    signed: bool = False,
+    cosine: bool = False,
+    query_text: str | None = None,
+    query_image: Any = None,
+    stats: PairStats | None = None,
+    convention: str = "reference",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> dict[str, Ranking]:
+    """Top `top` images of `data` per component label, best first (see the module docstring for the scores).
+
+    `stats` gives the pairs' means s̄ (otherwise they are the mean over `data`); when they were collected on `data`
+    itself and keep at least `top` images, pairs are read from them without a pass. `convention` decides whether a
+    neuron's norm includes its bias shares ("reference") or not ("separate"), and the ViT head pieces' LN shares.
+    """
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise CliplensError(f"top must be a positive integer, got {top!r}")
+    parsed = [parse_component(label, lens) for label in components]
+    if not parsed:
+        raise CliplensError("name at least one component, e.g. H3N17, N17 or L3H2")
+    kinds = {c.kind for c in parsed}
+    if "head" in kinds and (query_text is None) == (query_image is None):
+        raise CliplensError("ranking a ViT head needs exactly one query: a text or an image")
+    if "head" not in kinds and (query_text is not None or query_image is not None or cosine):
+        raise CliplensError("queries and --cosine rank ViT heads (L<layer>H<head>) only")
+    if signed and "pair" not in kinds:
+        raise CliplensError("--signed ranks pairs (H<head>N<neuron>) only")
+    source = as_source(data)
+    if stats is not None:
+        check_same_model(stats, lens)
+    rankings: dict[str, Ranking] = {}
+    same_data = stats is not None and stats.metadata.get("data_fingerprint") == fingerprint(source)
+    pending = []
+    for component in parsed:
+        if component.kind == "pair" and same_data and top <= min(stats.top_k, stats.count):
+            rankings[component.label] = pair_ranking_from_stats(stats, *component.index, top, signed=signed)
+        else:
+            pending.append(component)
+    if pending:
+        queries = {c.label: query_vector(lens, c, text=query_text, image=query_image, convention=convention)
+                   for c in pending if c.kind == "head"}
+        rankings.update(_scan(lens, source, pending, queries, top=top, signed=signed, cosine=cosine, stats=stats,
+                              convention=convention, batch_size=batch_size, num_workers=num_workers,
+                              progress=progress))
+    return {c.label: rankings[c.label] for c in parsed}
+
+
+def _scan(
+    lens: Any, source: Any, components: list[Component], queries: dict[str, torch.Tensor], *, top: int, signed: bool,
+    cosine: bool, stats: PairStats | None, convention: str, batch_size: int, num_workers: int, progress: bool,
+) -> dict[str, Ranking]:
+    """One pass over `source` keeping each component's per-image scalar, then the rankings."""
+    values: dict[str, list[torch.Tensor]] = {c.label: [] for c in components}
+    positions = []
+    resnet = lens.kind == "resnet"
+    with torch.no_grad():
+        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers,
+                             progress=progress, description=f"retrieve {lens.name}"):
+            images = lens.images_to_tensor(batch.images)
+            if resnet:
+                result = lens.decomposer.pairs(images, convention=convention)
+            else:
+                result = lens.decomposer.decompose(images, granularity="head", convention=convention)
+            for c in components:
+                values[c.label].append(_batch_values(c, result, queries.get(c.label), cosine).double().cpu())
+            positions.append(batch.indices)
+    if not positions:
+        raise CliplensError("no readable images in the data; check the path")
+    positions = torch.cat(positions)
+    rankings = {}
+    for c in components:
+        scores = torch.cat(values[c.label])
+        if c.kind == "pair":
+            head, neuron = c.index
+            mean = stats.coef_mean[head, neuron] if stats is not None else scores.mean()
+            decomposer = lens.decomposer
+            length = (decomposer.out_weight[head] @ decomposer.value_weight[head, :, neuron]).double().norm().cpu()
+            centred = (scores - mean) * length
+            rankings[c.label] = top_ranking(c.label, pair_score_name(signed), centred if signed else centred.abs(),
+                                            positions, top)
+        else:
+            name = "|sum_h r^{n,h}|" if c.kind == "neuron" else ("cos(p, q)" if cosine else "<p, q>")
+            rankings[c.label] = top_ranking(c.label, name, scores, positions, top)
+    return rankings
+
+
+def _batch_values(component: Component, result: Any, query: torch.Tensor | None, cosine: bool) -> torch.Tensor:
+    """The per-image scalar a component is ranked by, for one batch ([B]); pairs give raw coefficients s."""
+    if component.kind == "pair":
+        return result.coefficients[:, component.index[0], component.index[1]]
+    if component.kind == "neuron":
+        n = component.index[0]
+        directions = result.directions(torch.arange(result.heads), torch.full((result.heads,), n))  # [H, O]
+        total = result.coefficients[:, :, n] @ directions + result.offsets.sum(0)
+        return total.norm(dim=1)
+    pieces = result[component.label]
+    if cosine:
+        return pieces @ query / (pieces.norm(dim=1) * query.norm()).clamp_min(torch.finfo(pieces.dtype).tiny)
+    return pieces @ query
+
+
+def describe_item(source: Any, position: int) -> str:
+    describe = getattr(source, "describe", None)
+    return describe(position) if describe is not None else f"item {position}"
+
+
+def ranking_rows(ranking: Ranking, data: Any) -> list[dict[str, Any]]:
+    """CSV rows (rank, index, item, score): `item` is the file path where the source knows it."""
+    source = as_source(data)
+    return [
+        {"rank": rank, "index": int(position), "item": describe_item(source, int(position)), "score": float(value)}
+        for rank, (position, value) in enumerate(zip(ranking.positions, ranking.values))
+    ]
+
+
+def write_ranking(directory: str | os.PathLike, ranking: Ranking, data: Any, *, columns: int = 8) -> tuple[Path, Path]:
+    """`<component>.csv` and `<component>.png` (the top images with their scores) in `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    source = as_source(data)
+    rows = ranking_rows(ranking, source)
+    table = directory / f"{ranking.component}.csv"
+    with open(table, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    images = [_item_image(source, row["index"]) for row in rows]
+    captions = [f"#{row['index']}  {row['score']:.3g}" for row in rows]
+    grid = save_grid(directory / f"{ranking.component}.png", images, captions, columns=columns,
+                     title=f"{ranking.component}: top {len(rows)} by {ranking.score}")
+    return table, grid
+
+
+def _item_image(source: Any, position: int) -> Any:
+    item = source[position]
+    image = item[0] if isinstance(item, tuple) else item
+    if image is None:
+        raise CliplensError(f"{describe_item(source, position)} can no longer be read; was it changed since the pass?")
+    return image

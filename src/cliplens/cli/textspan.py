@@ -1,0 +1,21 @@
+"""`cliplens textspan`: TextSpan texts for every head of the last layers (METHODS §3), the reference's entry point.
+
+The same as `cliplens explain --method textspan`, with the reference's flag names: --texts-per-head (m),
+--num-last-layers, --w-ov-rank (r) and --pool. Writes textspan.csv (layer, unit, description, similarity = variance
+explained, rank, method) and metadata.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .explain import explain_options, run_explain
+
+
+@click.command("textspan")
+@explain_options
+def command(**options: Any) -> None:
+    """Name every head of the last layers with its TextSpan texts, from one pass of statistics."""
+    run_explain("textspan", options)

@@ -1,0 +1,301 @@
+"""Mean-ablation (METHODS §2.1) as one streaming pass: per batch, every variant's embedding is rebuilt from the pieces.
+
+A variant keeps some pieces, replaces others by their mean over a reference set, and (for the reconstructions of
+§2.2) sends others through a fixed projection. With δ_i = p_i − μ_i, every variant is
+
+    y_v(I) = Σ_i μ_i + Σ_{kept} δ_i(I) + Σ_{projected} δ_i(I) U_i U_iᵀ,
+
+so all variants of a run share one decomposition per batch, and nothing per image is stored. Only the direct effect
+is ablated: later layers still saw the original activations. Zero-shot predictions are scale-invariant, so no
+variant needs renormalising.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..data.loader import LoadReport, as_source, batches
+from ..errors import CliplensError
+from ..stats.collect import PieceStats
+from .groups import heads_of_layers, layer_count, mlp_set, select
+
+MEAN_SOURCES = ("reference", "eval")
+# A basis whose Gram matrix is farther than this from the identity is not orthonormal: bases built in float64 by
+# eigh, QR or SVD are orthonormal to ~1e-14·sqrt(d), so anything near this size is a caller's mistake, not rounding.
+ORTHONORMAL_TOLERANCE = 1e-8
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to rebuild an image's embedding from its pieces.
+
+    `ablated` pieces are replaced by their reference mean; each `projected` piece p becomes μ + (p − μ) U Uᵀ with U
+    [d, r] orthonormal columns; every other piece is kept as it is.
+    """
+
+    name: str
+    ablated: tuple[str, ...] = ()
+    projected: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+class VariantBank:
+    """Variants compiled against one label list and one set of reference means, ready to apply to batches."""
+
+    def __init__(self, variants: Sequence[Variant], labels: Sequence[str], means: torch.Tensor):
+        if not variants:
+            raise CliplensError("nothing to evaluate: pass at least one variant")
+        names = [variant.name for variant in variants]
+        if len(set(names)) != len(names):
+            raise CliplensError(f"variant names must be distinct, got {names}")
+        self.names, self.labels = names, list(labels)
+        self.means = means.to(torch.float64)
+        position = {label: i for i, label in enumerate(self.labels)}
+        keep = torch.ones(len(variants), len(self.labels), dtype=torch.float64, device=self.means.device)
+        self.projections: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        for v, variant in enumerate(variants):
+            touched = list(variant.ablated) + list(variant.projected)
+            unknown = [label for label in touched if label not in position]
+            if unknown:
+                raise CliplensError(f"variant {variant.name!r} names {unknown[0]!r}, which is not a piece here")
+            if len(set(touched)) != len(touched):
+                raise CliplensError(f"variant {variant.name!r} names a piece twice (ablated and projected?)")
+            for label in touched:
+                keep[v, position[label]] = 0.0
+            if variant.projected:
+                index = torch.tensor([position[label] for label in variant.projected], device=self.means.device)
+                self.projections.append((v, index, self._stacked_bases(variant)))
+        self.keep = keep
+        self.total_mean = self.means.sum(0)
+
+    def _stacked_bases(self, variant: Variant) -> torch.Tensor:
+        """The variant's bases as one [P, d, r] tensor, zero-padded to the widest (zero columns change nothing)."""
+        dim = self.means.shape[1]
+        bases = [torch.as_tensor(basis).to(self.means.device, torch.float64) for basis in variant.projected.values()]
+        for label, basis in zip(variant.projected, bases):
+            if basis.ndim != 2 or basis.shape[0] != dim:
+                raise CliplensError(f"the basis for {label!r} must be [{dim}, r], got {tuple(basis.shape)}")
+            error = basis.T @ basis - torch.eye(basis.shape[1], dtype=basis.dtype, device=basis.device)
+            if error.numel() and error.abs().max() > ORTHONORMAL_TOLERANCE:
+                raise CliplensError(f"the basis for {label!r} does not have orthonormal columns")
+        width = max(basis.shape[1] for basis in bases)
+        padded = torch.zeros(len(bases), dim, width, dtype=torch.float64, device=self.means.device)
+        for i, basis in enumerate(bases):
+            padded[i, :, : basis.shape[1]] = basis
+        return padded
+
+    def combine(self, pieces: torch.Tensor) -> torch.Tensor:
+        """Every variant's embedding [B, V, d] (float64) from one batch of pieces [B, C, d]."""
+        if pieces.shape[1:] != self.means.shape:
+            raise CliplensError(
+                f"pieces of shape {tuple(pieces.shape[1:])} do not match the reference means {tuple(self.means.shape)}"
+            )
+        deviations = pieces.to(self.means.device, torch.float64) - self.means
+        out = self.total_mean + torch.einsum("vc,bcd->bvd", self.keep, deviations)
+        for v, index, bases in self.projections:
+            coordinates = torch.einsum("bpd,pdr->bpr", deviations[:, index], bases)
+            out[:, v] += torch.einsum("bpr,pdr->bd", coordinates, bases)
+        return out
+
+
+@dataclass
+class Scores:
+    """Correct predictions per variant over one evaluation pass, with the unablated model's own score."""
+
+    names: list[str]
+    correct: list[int]
+    full_correct: int
+    count: int
+    classes: int
+
+    def accuracy(self, name: str) -> float:
+        return self.correct[self.names.index(name)] / self.count
+
+    @property
+    def full_accuracy(self) -> float:
+        return self.full_correct / self.count
+
+    @property
+    def chance(self) -> float:
+        """The expected accuracy of a uniform random guess."""
+        return 1 / self.classes
+
+
+def check_statistics(stats: Any, lens: Any) -> PieceStats:
+    """The statistics, if they are per-piece, non-spatial and made with this lens's model; else a CliplensError."""
+    if not isinstance(stats, PieceStats):
+        raise CliplensError(
+            f"mean-ablation needs per-piece statistics, got {type(stats).__name__}; collect them with "
+            "granularity 'head' or 'layer'"
+        )
+    if stats.metadata.get("spatial"):
+        raise CliplensError("these statistics are per token (spatial); collect non-spatial ones for ablations")
+    found = stats.metadata.get("fingerprint")
+    if found != lens.fingerprint:
+        raise CliplensError(
+            f"the statistics were made with another model (fingerprint {found!r}, model "
+            f"{stats.metadata.get('model')!r}), not {lens.name} ({lens.fingerprint}); collect them with this model"
+        )
+    return stats
+
+
+def evaluate_variants(
+    lens: Any,
+    data: Any,
+    variants: Sequence[Variant],
+    weights: torch.Tensor,
+    stats: PieceStats,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Scores:
+    """Zero-shot accuracy of every variant over `data` (labelled), in one pass; means come from `stats`.
+
+    The pieces are decomposed with the statistics' own granularity, convention and normalisation, so means and
+    pieces always agree.
+    """
+    stats = check_statistics(stats, lens)
+    source = as_source(data)
+    device = lens.device
+    bank = VariantBank(variants, stats.labels, stats.mean.to(device))
+    weights = torch.as_tensor(weights).to(device, torch.float64)
+    if weights.ndim != 2 or weights.shape[0] != stats.mean.shape[1]:
+        raise CliplensError(f"zero-shot weights must be [{stats.mean.shape[1]}, classes], got {tuple(weights.shape)}")
+    settings = {key: stats.metadata[key] for key in ("granularity", "convention", "normalize")}
+    correct = torch.zeros(len(variants), dtype=torch.long, device=device)
+    full_correct, report = 0, LoadReport()
+    with torch.no_grad():
+        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
+                             progress=progress, description=f"ablate {lens.name}"):
+            labels = batch.labels.to(device)
+            if (labels < 0).any():
+                raise CliplensError("the evaluation data has no class labels; use a folder with one sub-folder per "
+                                    "class, or shapes:<split>")
+            result = lens.decomposer.decompose(lens.images_to_tensor(batch.images), spatial=False, **settings)
+            if result.labels != bank.labels:
+                raise CliplensError("the statistics' pieces do not match this model's decomposition; recollect them")
+            predicted = (bank.combine(result.components) @ weights).argmax(-1)  # [B, V]
+            correct += (predicted == labels[:, None]).sum(0)
+            full_correct += int(((result.embedding.to(torch.float64) @ weights).argmax(-1) == labels).sum())
+    if report.loaded == 0:
+        raise CliplensError(f"no readable images in the evaluation data ({report.summary()}); check the path")
+    return Scores(bank.names, correct.tolist(), full_correct, report.loaded, weights.shape[1])
+
+
+def mean_ablation(
+    lens: Any,
+    data: Any,
+    variants: Sequence[Variant],
+    weights: torch.Tensor,
+    *,
+    stats: PieceStats | None = None,
+    mean_source: str = "reference",
+    granularity: str = "head",
+    convention: str = "separate",
+    normalize: bool = False,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[Scores, PieceStats]:
+    """Accuracy of each variant with means from `stats` (a separate reference set), or from `data` itself.
+
+    `mean_source="eval"` reproduces the references' in-sample protocol: a first pass collects the means on the
+    evaluation data (with `granularity`, `convention`, `normalize`), a second evaluates. Returns the scores and the
+    statistics whose means were used.
+    """
+    if mean_source not in MEAN_SOURCES:
+        raise CliplensError(f"mean_source must be one of {', '.join(MEAN_SOURCES)}, got {mean_source!r}")
+    if mean_source == "eval":
+        if stats is not None:
+            raise CliplensError("mean_source='eval' computes the means on the evaluation data; do not pass stats too")
+        stats = lens.collect(data, granularity=granularity, spatial=False, convention=convention,
+                             normalize=normalize, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    elif stats is None:
+        raise CliplensError("pass statistics of a reference set (from `cliplens collect`) or use mean_source='eval'")
+    scores = evaluate_variants(lens, data, variants, weights, stats, batch_size=batch_size, num_workers=num_workers,
+                               progress=progress)
+    return scores, stats
+
+
+# Ready-made variant lists ------------------------------------------------------------------------------------------
+def pattern_variants(labels: Sequence[str], groups: Sequence[Sequence[str]]) -> list[Variant]:
+    """One variant per group of patterns (named by the patterns), each ablating the union of what they name."""
+    return [Variant(",".join(patterns), tuple(select(labels, patterns))) for patterns in groups]
+
+
+def nothing_ablated() -> Variant:
+    return Variant("none")
+
+
+def mlp_variants(labels: Sequence[str]) -> list[Variant]:
+    """Nothing ablated, and every MLP plus `embed` mean-ablated (METHODS §2.1 "MLPs")."""
+    return [nothing_ablated(), Variant("mlps", tuple(mlp_set(labels)))]
+
+
+def layer_curve(labels: Sequence[str]) -> list[Variant]:
+    """L + 1 variants: entry 0 ablates nothing, entry k + 1 the attention of layers 0..k (MLPs always kept)."""
+    count = layer_count(labels)
+    if count == 0:
+        raise CliplensError("the layer curve needs transformer layers; these pieces have none (a ResNet?)")
+    return [nothing_ablated()] + [
+        Variant(f"attn[:{k + 1}]", tuple(heads_of_layers(labels, range(k + 1)))) for k in range(count)
+    ]
+
+
+# The zero-shot task of a dataset -----------------------------------------------------------------------------------
+def class_prompts(source: Any) -> tuple[list[str], str | tuple[str, ...]]:
+    """What to write in the templates for each class, and the default templates, for a data source.
+
+    Shapes-world datasets use the world's own class phrases ("a red object") and held-out templates
+    (`cliplens.shapes.prompts`); anything else uses its `classnames` with OpenAI's 80 ImageNet templates.
+    """
+    classnames = getattr(source, "classnames", None)
+    if not classnames:
+        raise CliplensError(
+            "the evaluation data has no class names; use a folder with one sub-folder per class, or shapes:<split>"
+        )
+    from ..shapes import ShapesDataset
+
+    if isinstance(source, ShapesDataset):
+        from ..shapes.prompts import TEMPLATES, class_phrases
+
+        try:
+            return class_phrases(source.label), TEMPLATES
+        except CliplensError:  # labels without phrases (spurious groups, shift years) are already phrases
+            return list(classnames), TEMPLATES
+    return list(classnames), "openai"
+
+
+def zero_shot_weights(lens: Any, source: Any, templates: str | Sequence[str] | None = None) -> torch.Tensor:
+    """Zero-shot classifier W [d, classes] for a data source (float64), text embeddings cached on disk.
+
+    `templates`: None for the source's default, a named set ("openai", "simple", "photo", "none", or "shapes" for the
+    shapes world's held-out templates), or format strings with one "{}".
+    """
+    from ..text.embed import embed_texts
+
+    phrases, default = class_prompts(source)
+    if templates == "shapes":
+        from ..shapes.prompts import TEMPLATES
+
+        templates = TEMPLATES
+    return embed_texts(lens, phrases, templates=default if templates is None else templates).to(torch.float64).T
+
+
+def write_scores(path: str | os.PathLike, scores: Scores, variants: Sequence[Variant]) -> Path:
+    """CSV `variant,ablated,accuracy,correct,images`: the unablated model first, then each variant in order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["variant", "ablated", "accuracy", "correct", "images"])
+        writer.writerow(["full model", 0, scores.full_accuracy, scores.full_correct, scores.count])
+        for variant, correct in zip(variants, scores.correct):
+            writer.writerow([variant.name, len(variant.ablated), correct / scores.count, correct, scores.count])
+    return path

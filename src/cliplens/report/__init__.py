@@ -1,0 +1,1 @@
+"""Reports: figures and image grids made from results."""

@@ -1,0 +1,79 @@
+"""Image grids as PNG: thumbnails in rows with a caption under each, to see at a glance what top images share."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from ..errors import CliplensError
+
+BACKGROUND = (255, 255, 255)
+INK = (20, 20, 20)
+PADDING = 4
+
+
+def to_image(item: Image.Image | torch.Tensor) -> Image.Image:
+    """An RGB PIL image from a PIL image or a [3, H, W] tensor (min–max scaled: preprocessed tensors are not pixels)."""
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, torch.Tensor) and item.dim() == 3 and item.shape[0] == 3:
+        pixels = item.detach().float().cpu()
+        low, high = pixels.min(), pixels.max()
+        scaled = (pixels - low) / (high - low) if high > low else torch.zeros_like(pixels)
+        return Image.fromarray((scaled * 255).round().byte().permute(1, 2, 0).numpy(), "RGB")
+    raise CliplensError(f"cannot draw {type(item).__name__} as an image; pass PIL images or [3, H, W] tensors")
+
+
+def _fitted(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """`text`, shortened with "..." until it fits in `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def image_grid(
+    images: Sequence[Image.Image | torch.Tensor],
+    captions: Sequence[str],
+    *,
+    columns: int = 8,
+    size: int = 112,
+    title: str | None = None,
+) -> Image.Image:
+    """Thumbnails of `size` pixels (aspect kept, padded white), `columns` per row, one caption line under each."""
+    if not images:
+        raise CliplensError("an image grid needs at least one image")
+    if len(captions) != len(images):
+        raise CliplensError(f"{len(captions)} captions for {len(images)} images; pass one caption per image")
+    if columns < 1 or size < 16:
+        raise CliplensError("grid columns must be at least 1 and thumbnails at least 16 pixels")
+    font = ImageFont.load_default()
+    line = font.getbbox("Ag")[3] + PADDING
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    header = line + PADDING if title else 0
+    cell_w, cell_h = size + PADDING, size + line + PADDING
+    canvas = Image.new("RGB", (columns * cell_w + PADDING, header + rows * cell_h + PADDING), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((PADDING, PADDING), _fitted(draw, title, font, canvas.width - 2 * PADDING), fill=INK, font=font)
+    for i, (item, caption) in enumerate(zip(images, captions)):
+        x = PADDING + (i % columns) * cell_w
+        y = header + PADDING + (i // columns) * cell_h
+        canvas.paste(ImageOps.pad(to_image(item), (size, size), color=BACKGROUND), (x, y))
+        draw.text((x, y + size + 1), _fitted(draw, caption, font, size), fill=INK, font=font)
+    return canvas
+
+
+def save_grid(path: str | os.PathLike, images: Sequence[Image.Image | torch.Tensor], captions: Sequence[str],
+              **options) -> Path:
+    """Write `image_grid(images, captions, **options)` as a PNG file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, captions, **options).save(path, format="PNG")
+    return path

@@ -1,0 +1,161 @@
+"""Image retrieval per component (METHODS §11.1) against brute-force sorts of literally computed scores, in float64.
+
+Tolerance 1e-10: fp64 scores of O(1) built from sums of a few thousand terms (~1e5 ulps of headroom).
+"""
+
+from __future__ import annotations
+
+import csv
+from functools import partial
+
+import open_clip
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import cliplens
+from cliplens.apps.retrieval import pair_ranking_from_stats, parse_component, retrieve, write_ranking
+from cliplens.cli import retrieve as retrieve_cli
+from cliplens.errors import CliplensError
+from cliplens.report.grids import image_grid
+from test_pairs import IMAGES, literal_pairs, tiny_resnet_lens, to_tensor
+
+TOL = 1e-10
+TOP = 6
+
+
+@pytest.fixture(scope="module")
+def lens():
+    return tiny_resnet_lens()
+
+
+@pytest.fixture(scope="module")
+def data():
+    images = torch.randn(IMAGES, 3, 64, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    return [(image, -1) for image in images]
+
+
+@pytest.fixture(scope="module")
+def oracle(lens, data):
+    with torch.no_grad():
+        return literal_pairs(lens.model, torch.stack([image for image, _ in data]))  # [B, H, C, O], reference
+
+
+def brute_force(scores, top=TOP):
+    """Positions and values of the `top` largest scores, by a full sort."""
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))[:top]
+    return torch.tensor(order), scores[order]
+
+
+def assert_ranking(ranking, scores):
+    positions, values = brute_force(scores)
+    assert ranking.positions.tolist() == positions.tolist()
+    torch.testing.assert_close(ranking.values, values, rtol=0, atol=TOL)
+
+
+def test_pair_rankings_match_a_brute_force_sort(lens, data, oracle):
+    h, n = 3, 17
+    pair = oracle[:, h, n]
+    centred = pair - pair.mean(0)
+    u = lens.decomposer.out_weight[h] @ lens.decomposer.value_weight[h, :, n]
+    # |s − s̄|·‖u‖ is the centred pair's norm; the signed score is its projection on u/‖u‖
+    rankings = retrieve(lens, data, ["H3N17"], top=TOP, batch_size=7)
+    assert_ranking(rankings["H3N17"], centred.norm(dim=1))
+    signed = retrieve(lens, data, ["H3N17"], top=TOP, signed=True, batch_size=7)
+    assert_ranking(signed["H3N17"], centred @ u / u.norm())
+
+    # statistics of the same data: read without a pass, same answer; of other data: only their mean is used
+    stats = lens.collect(data, granularity="pair", top_k=10, batch_size=16)
+    from_stats = retrieve(lens, data, ["H3N17"], top=TOP, stats=stats)["H3N17"]
+    assert_ranking(from_stats, centred.norm(dim=1))
+    assert_ranking(pair_ranking_from_stats(stats, h, n, TOP, signed=True), centred @ u / u.norm())
+    other = lens.collect(data[:20], granularity="pair", convention="reference", top_k=10)  # means comparable to r
+    shifted = (pair - other.means(torch.tensor([h]), torch.tensor([n]))[0]).norm(dim=1)
+    assert_ranking(retrieve(lens, data, ["H3N17"], top=TOP, stats=other)["H3N17"], shifted)
+    with pytest.raises(CliplensError, match="ask for fewer"):
+        pair_ranking_from_stats(stats, h, n, 11)
+
+
+def test_neuron_ranking_is_the_norm_of_its_heads_sum(lens, data, oracle):
+    total = oracle[:, :, 40].sum(1)  # Σ_h r^{n,h}, bias shares included (reference convention)
+    assert_ranking(retrieve(lens, data, ["N40"], top=TOP, batch_size=8)["N40"], total.norm(dim=1))
+    separate = retrieve(lens, data, ["N40"], top=TOP, convention="separate")["N40"]
+    shares = lens.decompose(data[0][0], granularity="pair", convention="reference").offsets.sum(0)
+    assert_ranking(separate, (total - shares).norm(dim=1))
+
+
+def tiny_vit_lens():
+    torch.manual_seed(0)
+    model = open_clip.CLIP(32, dict(layers=3, width=64, head_width=16, patch_size=8, image_size=32),
+                           dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+    return cliplens.from_openclip(model, lambda image: image, partial(open_clip.tokenize, context_length=16),
+                                  name="tiny-vit", pretrained=None, precision="fp64")
+
+
+def test_vit_head_rankings_for_a_text_and_an_image_query():
+    lens = tiny_vit_lens()
+    images = torch.randn(30, 3, 32, 32, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    data = [(image, -1) for image in images]
+    pieces = lens.decompose(images, granularity="head", convention="reference")["L2H1"]  # all at once, no batches
+    text = lens.encode_text(["a red circle"])[0]
+    text = text / text.norm()
+    assert_ranking(retrieve(lens, data, ["L2H1"], top=TOP, query_text="a red circle", batch_size=7)["L2H1"],
+                   pieces @ text)
+    query = pieces[4]
+    by_image = retrieve(lens, data, ["L2H1"], top=TOP, query_image=images[4], cosine=True, batch_size=7)["L2H1"]
+    assert_ranking(by_image, pieces @ query / (pieces.norm(dim=1) * query.norm()))
+    assert by_image.positions[0] == 4  # an image is its own best cosine match
+    with pytest.raises(CliplensError, match="exactly one query"):
+        retrieve(lens, data, ["L2H1"])
+    with pytest.raises(CliplensError, match="ResNet pair or neuron"):
+        parse_component("H0N1", lens)
+
+
+def test_bad_components_and_options_are_refused(lens, data):
+    for label, message in (("L1H2", "is a ViT head"), ("H99N0", "out of range"), ("N100000", "out of range"),
+                           ("head3", "cannot read")):
+        with pytest.raises(CliplensError, match=message):
+            parse_component(label, lens)
+    with pytest.raises(CliplensError, match="positive integer"):
+        retrieve(lens, data, ["N1"], top=0)
+    with pytest.raises(CliplensError, match="ViT heads"):
+        retrieve(lens, data, ["N1"], query_text="a dog")
+    with pytest.raises(CliplensError, match="pairs"):
+        retrieve(lens, data, ["N1"], signed=True)
+
+
+def test_rankings_are_written_as_csv_and_png(lens, data, tmp_path):
+    ranking = retrieve(lens, data, ["H1N2"], top=TOP)["H1N2"]
+    table, grid = write_ranking(tmp_path, ranking, data, columns=4)
+    with open(table, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [int(r["rank"]) for r in rows] == list(range(TOP))
+    assert [int(r["index"]) for r in rows] == ranking.positions.tolist()
+    assert rows[0]["item"] == f"item {rows[0]['index']}"
+    assert float(rows[0]["score"]) == pytest.approx(float(ranking.values[0]), rel=1e-12)
+    with Image.open(grid) as png:
+        assert png.format == "PNG" and png.width > 4 * 112 and png.height > 2 * 112  # 4 columns, 2 rows
+    with pytest.raises(CliplensError, match="one caption per image"):
+        image_grid([Image.new("RGB", (8, 8))], [])
+
+
+def test_retrieve_command_writes_a_grid_per_component(lens, tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.new("RGB", (64, 64), (40 * i, 255 - 40 * i, 90)).save(folder / f"{i}.png")
+
+    def load_tiny(options):  # stands in for cliplens.load: pops the model options and returns the tiny model
+        for key in ("model", "pretrained", "device", "precision", "seed"):
+            options.pop(key)
+        return tiny_resnet_lens(to_tensor)
+
+    monkeypatch.setattr(retrieve_cli, "load_lens", load_tiny)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(retrieve_cli.command, ["--data-path", str(folder), "--component", "H3N17",
+                                                       "--component", "N5", "--top", "3", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert sorted(p.name for p in out.iterdir()) == ["H3N17.csv", "H3N17.png", "N5.csv", "N5.png"]
+    with open(out / "N5.csv", newline="") as stream:
+        assert next(csv.DictReader(stream))["item"].endswith(".png")
