@@ -57,8 +57,7 @@ class PairDecomposition:
 
     def directions(self, heads: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
         """u for the listed pairs: [k, O]."""
-        values = self.value_weight[heads, :, neurons]  # [k, d_h]
-        return torch.einsum("koe,ke->ko", self.out_weight[heads], values)
+        return pair_directions(self.out_weight, self.value_weight, heads, neurons)
 
     def pieces(self, heads: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
         """The listed pairs materialised: [B, k, O]."""
@@ -87,6 +86,21 @@ class PairDecomposition:
 
     def target(self) -> torch.Tensor:
         return self.embedding / self.norm
+
+
+def pair_directions(out_weight: torch.Tensor, value_weight: torch.Tensor, heads: torch.Tensor,
+                    neurons: torch.Tensor) -> torch.Tensor:
+    """u^{n,h} = W_o^h W_v^h[:, n] for listed pairs [k, O], one head at a time.
+
+    Gathering W_o per pair would build [k, O, d_h] (tens of GB for every pair of RN50x16); per head the work is one
+    [O, d_h] × [d_h, k_h] product.
+    """
+    heads, neurons = torch.as_tensor(heads).reshape(-1), torch.as_tensor(neurons).reshape(-1)
+    result = out_weight.new_empty(len(heads), out_weight.shape[1])
+    for head in heads.unique().tolist():
+        rows = (heads == head).nonzero().squeeze(1)
+        result[rows] = (out_weight[head] @ value_weight[head][:, neurons[rows]]).T
+    return result
 
 
 class ResNetDecomposer:

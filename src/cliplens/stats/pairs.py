@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..decompose.resnet_pairs import pair_directions
 from ..errors import CliplensError
 from ..io.artifacts import save_artifact
 from .identity import check_compatible, merged_metadata
@@ -95,8 +96,7 @@ class PairStats:
 
     def directions(self, heads: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
         """u = W_o^h W_v^h[:, n] for the listed pairs: [k, O]."""
-        values = self.factors["value_weight"][heads, :, neurons]
-        return torch.einsum("koe,ke->ko", self.factors["out_weight"][heads], values)
+        return pair_directions(self.factors["out_weight"], self.factors["value_weight"], heads, neurons)
 
     def direction_norms(self) -> torch.Tensor:
         """‖u‖ for every pair [H, C], one head at a time (never all directions at once)."""
