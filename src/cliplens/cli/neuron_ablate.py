@@ -30,7 +30,7 @@ from .pairs import echo_table, fit_statistics, pair_fit_options, text_options, t
               help="Percentages of units kept by score (repeat the option for several).")
 @click.option("--level", type=click.Choice(["pair", "neuron", "both"]), default="both", show_default=True,
               help="Mask whole neurons (all their heads), single pairs, or report both.")
-@output_option("cliplens-neuron-ablate")
+@output_option("cliplens-out/neuron-ablate")
 def command(**options: Any) -> None:
     """Zero-shot accuracy of a ResNet CLIP with most neuron×head pairs mean-ablated or rebuilt from text."""
     keeps = [check_keep(keep) for keep in options.pop("keeps")]

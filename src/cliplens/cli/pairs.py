@@ -182,7 +182,7 @@ def word_rows(omp: SparseTextDecomposition, units: list[tuple[str, int]], target
               help="Percentage of pairs (and of neurons) kept by score; the rest are mean-ablated.")
 @click.option("--texts-per-unit", type=click.IntRange(min=1), default=10, show_default=True,
               help="Words written per kept pair or neuron.")
-@output_option("cliplens-pairs")
+@output_option("cliplens-out/pairs")
 def command(**options: Any) -> None:
     """Statistics, words and ablation accuracy of ResNet neuron×head pairs."""
     keep_percent = check_keep(options.pop("keep"))

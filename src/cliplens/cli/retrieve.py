@@ -31,7 +31,7 @@ from .options import data_options, load_lens, model_options, output_option
 @click.option("--convention", type=click.Choice(["reference", "separate"]), default="reference", show_default=True,
               help="Bias convention: whether neuron norms include their bias shares.")
 @click.option("--columns", type=click.IntRange(min=1), default=8, show_default=True, help="Thumbnails per grid row.")
-@output_option("cliplens-retrieve")
+@output_option("cliplens-out/retrieve")
 def command(**options: Any) -> None:
     """Top images per ResNet pair or neuron, or per ViT head for a query text or image."""
     lens = load_lens(options)
