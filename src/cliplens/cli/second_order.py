@@ -1,0 +1,79 @@
+"""`cliplens second-order`: per-neuron second-order statistics of one ViT MLP layer, and optionally its ablations.
+
+Writes OUTPUT_DIR/second_order_L{l} (the statistics artifact: mean effects, principal directions, thresholds, top
+images), OUTPUT_DIR/neurons_L{l}.csv (one summary row per neuron) and, with --eval-data-path, the five zero-shot
+accuracies of METHODS §4.5 to OUTPUT_DIR/ablation_L{l}.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..data.loader import as_source
+from ..errors import CliplensError
+from ..evaluate.neuron_ablation import neuron_ablation
+from ..stats.second_order import SecondOrderStats, collect_second_order
+from .options import data_options, load_lens, model_options, output_option
+from .pairs import write_csv, zero_shot_weights
+
+
+def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
+    """One row per neuron: the size of its mean effect and spread, its threshold, PC1's share, its top images."""
+    mean_norms = stats.mean_effects.norm(dim=-1).tolist()
+    spread = stats.mean_square_deviation.clamp_min(0).sqrt().tolist()
+    thresholds, explained = stats.thresholds.tolist(), stats.variance_explained.tolist()
+    explained_topk, top = stats.topk_variance_explained.tolist(), stats.top_images.tolist()
+    return [{"layer": stats.layer, "neuron": n, "mean_norm": mean_norms[n], "rms_deviation": spread[n],
+             "threshold": thresholds[n], "variance_explained_pc1": explained[n],
+             "topk_variance_explained_pc1": explained_topk[n], "top_images": " ".join(map(str, top[n]))}
+            for n in range(stats.basis.num_neurons)]
+
+
+@click.command("second-order")
+@model_options
+@data_options
+@output_option("cliplens-out/second-order")
+@click.option("--mlp-layer", type=int, required=True, help="MLP layer whose neurons to explain (0-based).")
+@click.option("--convention", type=click.Choice(["separate", "reference"]), default="separate", show_default=True,
+              help="LayerNorm/bias bookkeeping; 'reference' (with --scale 100 --normalize) matches the paper's code.")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Multiply every effect (the reference uses 100).")
+@click.option("--normalize", is_flag=True, help="Effects of the unit embedding (the reference's convention).")
+@click.option("--top-k", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Images kept per neuron for its threshold and principal direction (the reference uses 100).")
+@click.option("--eval-data-path", default=None,
+              help="Labelled data for the ablation accuracies (class folders or shapes:<split>[:<n>]); "
+                   "omit to skip the ablations.")
+@click.option("--templates", default="auto", show_default=True,
+              help="Classifier prompts: a template set (none, photo, simple, openai) or a format string; auto uses "
+                   "the shapes world's prompts on shapes data and 'photo' elsewhere.")
+def command(output_dir: Path, mlp_layer: int, convention: str, scale: float, normalize: bool, top_k: int,
+            eval_data_path: str | None, templates: str, data_path: str, batch_size: int, num_workers: int,
+            **model: Any) -> None:
+    """Second-order statistics of every neuron of --mlp-layer over --data-path (two streaming passes)."""
+    lens = load_lens(model)
+    stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
+                                 normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
+                                 progress=True)
+    artifact = stats.save(output_dir / f"second_order_L{mlp_layer}")
+    table = write_csv(output_dir / f"neurons_L{mlp_layer}.csv", neuron_rows(stats))
+    click.echo(f"{lens.name} layer {mlp_layer}: {stats.report.summary()}")
+    click.echo(f"wrote {artifact} and {table}")
+    if eval_data_path is None:
+        return
+    source = as_source(eval_data_path)
+    weights = zero_shot_weights(lens, source, templates)
+    if weights is None:
+        raise CliplensError(f"{eval_data_path} has no class labels; ablations need a labelled set (a folder of class "
+                            "folders or shapes:<split>)")
+    result = neuron_ablation(lens, stats, source, weights, batch_size=batch_size, num_workers=num_workers,
+                             progress=True)
+    path = write_csv(output_dir / f"ablation_L{mlp_layer}.csv", result.rows())
+    for row in result.rows():
+        click.echo(f"  {row['variant']:<24} {100 * row['accuracy']:6.2f}%")
+    sample = "in-sample" if result.metadata["in_sample"] else "out-of-sample"
+    click.echo(f"  {result.count} images ({sample}); significant neuron-image pairs: "
+               f"{100 * result.significant_fraction:.2f}%\nwrote {path}")

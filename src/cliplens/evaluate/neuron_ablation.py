@@ -1,0 +1,111 @@
+"""Mean-ablation of second-order neuron effects, read out as zero-shot accuracy (METHODS §4.5).
+
+An ablation replaces chosen neurons' effects by their fit-set means inside the representation rep = scale·z/ν, i.e.
+subtracts Σ_{chosen n} Δ_n with Δ_n = φ_n − φ̄_n. In coordinates Σ_n m_n Δ_n = Σ_j (Σ_n m_n δ_{n,j} u_{j,n}) + (Σ_n m_n)
+δ_g·V, one [J, F] × [J, F, d] contraction per image, and a neuron's significance ‖Δ_n‖ > thr_n is a Gram quadratic
+form: no effect is materialised. The evaluation set is a second stream and may differ from the fit set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..decompose.second_order import FLOAT, SecondOrderEffects, SecondOrderLens
+from ..errors import CliplensError
+from ..stats.second_order import SecondOrderStats
+from .zeroshot import predict
+
+VARIANTS = ("baseline", "without_all", "without_significant", "without_insignificant", "pc_reconstruction")
+
+
+def remove_deviations(effects: SecondOrderEffects, stats: SecondOrderStats, mask: torch.Tensor) -> torch.Tensor:
+    """rep − Σ_{n: mask[b, n]} Δ_n(b) [B, d]: mean-ablate the neurons selected per image by `mask` [B, F]."""
+    deviations = stats.deviations(effects)  # [F, B, J + K]
+    return _without(effects, deviations, stats, mask.to(device=deviations.device, dtype=FLOAT))
+
+
+def ablation_variants(effects: SecondOrderEffects, stats: SecondOrderStats) -> dict[str, torch.Tensor]:
+    """The five representations of METHODS §4.5 for a batch, keyed by VARIANTS, each [B, d] float64."""
+    return _variants(effects, stats)[0]
+
+
+def _variants(effects: SecondOrderEffects, stats: SecondOrderStats) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(the five representations, the significance mask ‖Δ_n‖ > thr_n [B, F])."""
+    deviations = stats.deviations(effects)
+    significant = stats.norms_of(deviations).T > stats.thresholds  # [B, F]
+    without_all = _without(effects, deviations, stats, torch.ones_like(significant, dtype=FLOAT))
+    without_significant = _without(effects, deviations, stats, significant.to(FLOAT))
+    representation = effects.representation.to(device=deviations.device, dtype=FLOAT)
+    # pc_n = w_n·B_n, so ⟨Δ_n, pc_n⟩ = δ_nᵀ G_n w_n
+    along = ((deviations @ stats.basis.gram) @ stats.principal_coordinates[..., None])[..., 0].T  # [B, F]
+    variants = {
+        "baseline": representation,
+        "without_all": without_all,
+        "without_significant": without_significant,
+        "without_insignificant": without_all - without_significant + representation,
+        "pc_reconstruction": without_all + along @ stats.principal_directions,
+    }
+    return variants, significant
+
+
+def _without(effects: SecondOrderEffects, deviations: torch.Tensor, stats: SecondOrderStats,
+             mask: torch.Tensor) -> torch.Tensor:
+    heads = stats.basis.num_heads
+    weighted = deviations * mask.T[..., None]  # [F, B, J + K]
+    removed = torch.einsum("fbj,jfd->bd", weighted[..., :heads], stats.basis.neurons)
+    removed = removed + weighted[..., heads:].sum(0) @ stats.basis.offsets
+    return effects.representation.to(device=removed.device, dtype=FLOAT) - removed
+
+
+@dataclass
+class NeuronAblation:
+    """Zero-shot accuracy of each variant on an evaluation set, and how often neurons were significant there."""
+
+    layer: int
+    accuracies: dict[str, float]
+    count: int
+    significant_fraction: float  # mean over images and neurons of [‖Δ_n‖ > thr_n]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"layer": self.layer, "variant": name, "accuracy": self.accuracies[name], "images": self.count,
+                 "significant_fraction": self.significant_fraction, "in_sample": self.metadata.get("in_sample")}
+                for name in VARIANTS]
+
+
+@torch.no_grad()
+def neuron_ablation(
+    lens: Any, stats: SecondOrderStats, data: Any, weights: torch.Tensor, *, batch_size: int = 32,
+    num_workers: int = 0, progress: bool = False,
+) -> NeuronAblation:
+    """Stream the labelled evaluation `data` once; zero-shot accuracy of every variant with classifier `weights`."""
+    if stats.metadata.get("fingerprint") not in (None, lens.fingerprint):
+        raise CliplensError("these second-order statistics were made with another model; refit them for this one")
+    second_order = SecondOrderLens(lens.decomposer, stats.layer, stats.convention, basis=stats.basis)
+    source = as_source(data)
+    report = LoadReport()
+    correct = dict.fromkeys(VARIANTS, 0)
+    significant = 0.0
+    weights = weights.to(device=stats.basis.neurons.device, dtype=FLOAT)
+    for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
+                         progress=progress, description=f"neuron ablation L{stats.layer}"):
+        if (batch.labels < 0).any():
+            raise CliplensError("the evaluation data has unlabelled images; pass a labelled set (class folders or "
+                                "shapes:<split>)")
+        effects = second_order(lens.images_to_tensor(batch.images), scale=stats.scale, normalize=stats.normalize)
+        labels = batch.labels.to(weights.device)
+        variants, mask = _variants(effects, stats)
+        for name, representation in variants.items():
+            correct[name] += int((predict(representation, weights) == labels).sum())
+        significant += float(mask.double().sum())
+    if report.loaded == 0:
+        raise CliplensError(f"no readable images in the evaluation data ({report.summary()}); check the path")
+    metadata = {"eval_fingerprint": fingerprint(source), "fit_fingerprint": stats.metadata.get("data_fingerprint"),
+                "in_sample": fingerprint(source) == stats.metadata.get("data_fingerprint"),
+                "skipped": len(report.skipped)}
+    return NeuronAblation(stats.layer, {name: hits / report.loaded for name, hits in correct.items()}, report.loaded,
+                          significant / (report.loaded * stats.basis.num_neurons), metadata)
