@@ -18,9 +18,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from . import ablate, collect, decompose, explain, info, neuron_ablate, pairs, reconstruct, retrieve, textspan
+    from . import (ablate, collect, decompose, demo, explain, info, neuron_ablate, pairs, reconstruct, retrieve,
+                   second_order, textspan, train_toy)
 
-    for module in (info, decompose, collect, textspan, explain, ablate, reconstruct, pairs, neuron_ablate, retrieve):
+    for module in (demo, info, decompose, collect, textspan, explain, ablate, reconstruct, second_order, pairs,
+                   neuron_ablate, retrieve, train_toy):
         cli.add_command(module.command)
 
 

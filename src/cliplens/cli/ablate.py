@@ -18,10 +18,11 @@ import click
 from ..data.loader import as_source, fingerprint
 from ..errors import CliplensError
 from ..evaluate.ablation import (
-    MEAN_SOURCES, class_prompts, evaluate_variants, layer_curve, mlp_variants, nothing_ablated,
-    pattern_variants, write_scores, zero_shot_weights,
+    MEAN_SOURCES, evaluate_variants, layer_curve, mlp_variants, nothing_ablated,
+    pattern_variants, write_scores,
 )
 from ..evaluate.groups import PATTERN_HELP, split_patterns
+from ..evaluate.zeroshot import source_classifier, source_prompts
 from ..stats.collect import PieceStats
 from .explain import piece_statistics, statistics_options, statistics_record, write_metadata
 from .options import data_options, load_lens, model_options, output_option
@@ -94,7 +95,7 @@ def reference_statistics(
 
 
 def evaluation_record(source: Any, images: int, templates: str | None) -> dict[str, Any]:
-    phrases, default = class_prompts(source)
+    phrases, default = source_prompts(source)
     return {"fingerprint": fingerprint(source), "images": images, "classes": phrases,
             "templates": templates or (default if isinstance(default, str) else list(default)),
             "label": getattr(source, "label", None)}
@@ -131,7 +132,7 @@ def command(**options: Any) -> None:
     for preset in dict.fromkeys(presets):
         variants += (mlp_variants if preset == "mlps" else layer_curve)(stats.labels)[1:]
     variants += pattern_variants(stats.labels, [split_patterns(text) for text in components])
-    weights = zero_shot_weights(lens, source, options["templates"])
+    weights = source_classifier(lens, source, options["templates"])
     scores = evaluate_variants(lens, source, variants, weights, stats, batch_size=options["batch_size"],
                                num_workers=options["num_workers"], progress=True)
     output_dir: Path = options["output_dir"]

@@ -13,12 +13,13 @@ from typing import Any
 import click
 
 from ..data.loader import as_source
-from ..errors import CliplensError
 from ..evaluate.pair_ablation import (
     DEFAULT_KEEPS, PairAblation, ablation_table, check_keep, require_resnet, standard_variants, text_reconstruction,
 )
 from .options import data_options, load_lens, model_options, output_option
-from .pairs import echo_table, fit_statistics, pair_fit_options, text_options, text_pool, write_csv, zero_shot_weights
+from ..evaluate.zeroshot import source_classifier
+from ..io.tables import write_rows
+from .pairs import echo_table, fit_statistics, pair_fit_options, text_options, text_pool
 
 
 @click.command("neuron-ablate")
@@ -40,9 +41,7 @@ def command(**options: Any) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     data_path, batch_size, workers = options["data_path"], options["batch_size"], options["num_workers"]
     source = as_source(data_path)
-    weights = zero_shot_weights(lens, source, options["templates"])
-    if weights is None:
-        raise CliplensError("the evaluation data has no class names; use a folder of class folders or a shapes split")
+    weights = source_classifier(lens, source, options["templates"])
     stats = fit_statistics(lens, options["stats_path"], options["fit_path"] or data_path, top_k=options["top_k"],
                            batch_size=batch_size, num_workers=workers, output_dir=output_dir)
     text, atoms = None, options["omp_atoms"]
@@ -54,6 +53,6 @@ def command(**options: Any) -> None:
                                  text_label=f"text k={atoms}")
     rows = ablation_table(lens, source, weights, variants, stats, batch_size=batch_size, num_workers=workers,
                           progress=True)
-    path = write_csv(output_dir / "ablation.csv", rows)
+    path = write_rows(output_dir / "ablation.csv", rows)
     click.echo(f"accuracy of {lens.name} with pairs mean-ablated or reconstructed ({path}):")
     echo_table(rows)

@@ -10,9 +10,8 @@ it is accumulated during the evaluation pass: neuron words describe --data-path.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable
 
 import click
 import torch
@@ -23,9 +22,10 @@ from ..evaluate.pair_ablation import (
     AccuracyBoard, PairAblation, check_keep, is_in_sample, neuron_principal_directions, neuron_scores, pair_batches,
     require_resnet, standard_variants, text_reconstruction, top_mask,
 )
-from ..evaluate.zeroshot import classifier
+from ..evaluate.zeroshot import source_classifier
 from ..explain.omp import SparseTextDecomposition
 from ..explain.tables import write_descriptions
+from ..io.tables import write_rows
 from ..stats.collect import load_stats
 from ..stats.moments import Moments
 from ..stats.pairs import PairStats
@@ -86,44 +86,11 @@ def fit_statistics(lens: Any, stats_path: str | None, fit_path: str, *, top_k: i
     return stats
 
 
-def zero_shot_weights(lens: Any, source: Any, templates: str) -> torch.Tensor | None:
-    """The classifier W [O, K] for a labelled source, or None when it has no class names."""
-    classnames = getattr(source, "classnames", None)
-    if not classnames:
-        return None
-    if templates == "auto":
-        from ..shapes import ShapesDataset
-
-        if isinstance(source, ShapesDataset):
-            from ..shapes.prompts import TEMPLATES, class_phrases
-
-            try:
-                return classifier(lens.encode_text, class_phrases(source.label), TEMPLATES)
-            except CliplensError:  # labels without prompt phrases (groups, years) use their class names
-                pass
-        templates = "photo"
-    from ..text.templates import resolve_templates
-
-    return classifier(lens.encode_text, classnames, resolve_templates(templates))
-
-
 def text_pool(lens: Any, pool: str, size: int | None, templates: str) -> tuple[list[str], torch.Tensor]:
     from ..text import embed_texts, get_pool
 
     texts = get_pool(pool, size)
     return texts, embed_texts(lens, texts, templates=templates)
-
-
-def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    rows = list(rows)
-    if not rows:
-        raise CliplensError(f"nothing to write to {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def echo_table(rows: list[dict[str, Any]]) -> None:
@@ -195,7 +162,7 @@ def command(**options: Any) -> None:
                            batch_size=batch_size, num_workers=workers, output_dir=output_dir)
     scores = stats.scores()
     pair_mask, neuron_mask = top_mask(scores, keep_percent), top_mask(neuron_scores(scores), keep_percent)
-    write_csv(output_dir / "pairs.csv", pair_summary(stats, scores, pair_mask))
+    write_rows(output_dir / "pairs.csv", pair_summary(stats, scores, pair_mask))
 
     atoms, method = options["omp_atoms"], f"omp-k{options['omp_atoms']}"
     text = texts = pool_embeddings = None
@@ -209,7 +176,7 @@ def command(**options: Any) -> None:
         write_descriptions(output_dir / "pair_words.csv", rows)
 
     source = as_source(data_path)
-    weights = zero_shot_weights(lens, source, options["templates"])
+    weights = source_classifier(lens, source, options["templates"]) if getattr(source, "classnames", None) else None
     ablation = PairAblation(stats, lens.device)
     board = None
     if weights is not None:
@@ -238,5 +205,5 @@ def command(**options: Any) -> None:
         click.echo("  the evaluation data has no class names, so no accuracy was measured")
         return
     rows = board.rows(in_sample=is_in_sample(stats, source))
-    write_csv(output_dir / "ablation.csv", rows)
+    write_rows(output_dir / "ablation.csv", rows)
     echo_table(rows)

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from ..errors import CliplensError
-from ..evaluate.ablation import zero_shot_weights
 from ..evaluate.reconstruction import METHODS, plot, reconstruction_accuracy, write_csv
+from ..evaluate.zeroshot import source_classifier
 from .ablate import echo_rows, evaluation_options, evaluation_source, evaluation_record, reference_statistics
 from .explain import default_pool, pool_options, statistics_options, statistics_record, text_pool, write_metadata
 from .options import data_options, load_lens, model_options, output_option
@@ -67,7 +67,7 @@ def command(**options: Any) -> None:
             counts = [int(item) for item in parse_list(texts_option, "texts")]
         except ValueError:
             raise CliplensError(f"--texts must be comma-separated integers, got {texts_option!r}") from None
-    weights = zero_shot_weights(lens, source, options["templates"])
+    weights = source_classifier(lens, source, options["templates"])
     result = reconstruction_accuracy(
         lens, source, weights, stats, embeddings, texts, methods=methods, counts=counts,
         num_last_layers=options["num_last_layers"], rank=options["w_ov_rank"], seed=options["random_seed"],

@@ -13,11 +13,11 @@ from typing import Any
 import click
 
 from ..data.loader import as_source
-from ..errors import CliplensError
 from ..evaluate.neuron_ablation import neuron_ablation
+from ..evaluate.zeroshot import source_classifier
+from ..io.tables import write_rows
 from ..stats.second_order import SecondOrderStats, collect_second_order
 from .options import data_options, load_lens, model_options, output_option
-from .pairs import write_csv, zero_shot_weights
 
 
 def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
@@ -59,19 +59,16 @@ def command(output_dir: Path, mlp_layer: int, convention: str, scale: float, nor
                                  normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
                                  progress=True)
     artifact = stats.save(output_dir / f"second_order_L{mlp_layer}")
-    table = write_csv(output_dir / f"neurons_L{mlp_layer}.csv", neuron_rows(stats))
+    table = write_rows(output_dir / f"neurons_L{mlp_layer}.csv", neuron_rows(stats))
     click.echo(f"{lens.name} layer {mlp_layer}: {stats.report.summary()}")
     click.echo(f"wrote {artifact} and {table}")
     if eval_data_path is None:
         return
     source = as_source(eval_data_path)
-    weights = zero_shot_weights(lens, source, templates)
-    if weights is None:
-        raise CliplensError(f"{eval_data_path} has no class labels; ablations need a labelled set (a folder of class "
-                            "folders or shapes:<split>)")
+    weights = source_classifier(lens, source, templates)
     result = neuron_ablation(lens, stats, source, weights, batch_size=batch_size, num_workers=num_workers,
                              progress=True)
-    path = write_csv(output_dir / f"ablation_L{mlp_layer}.csv", result.rows())
+    path = write_rows(output_dir / f"ablation_L{mlp_layer}.csv", result.rows())
     for row in result.rows():
         click.echo(f"  {row['variant']:<24} {100 * row['accuracy']:6.2f}%")
     sample = "in-sample" if result.metadata["in_sample"] else "out-of-sample"

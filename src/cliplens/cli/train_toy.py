@@ -16,7 +16,7 @@ from ..toys.train import TrainConfig, train_toy
 @click.option("--steps", type=int, default=TrainConfig.steps, show_default=True, help="Optimizer steps.")
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads, show_default=True,
-              help="CPU threads (the shipped weights used 2; results depend on it only through float rounding).")
+              help="CPU threads (the shipped weights used 1; other counts change the weights by float rounding).")
 @click.option("--output-dir", type=click.Path(file_okay=False), required=True,
               help="Folder for <model>.safetensors and <model>.json.")
 @click.option("--eval-images", type=int, default=1000, show_default=True,

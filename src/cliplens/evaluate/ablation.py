@@ -249,45 +249,6 @@ def layer_curve(labels: Sequence[str]) -> list[Variant]:
 
 
 # The zero-shot task of a dataset -----------------------------------------------------------------------------------
-def class_prompts(source: Any) -> tuple[list[str], str | tuple[str, ...]]:
-    """What to write in the templates for each class, and the default templates, for a data source.
-
-    Shapes-world datasets use the world's own class phrases ("a red object") and held-out templates
-    (`cliplens.shapes.prompts`); anything else uses its `classnames` with OpenAI's 80 ImageNet templates.
-    """
-    classnames = getattr(source, "classnames", None)
-    if not classnames:
-        raise CliplensError(
-            "the evaluation data has no class names; use a folder with one sub-folder per class, or shapes:<split>"
-        )
-    from ..shapes import ShapesDataset
-
-    if isinstance(source, ShapesDataset):
-        from ..shapes.prompts import TEMPLATES, class_phrases
-
-        try:
-            return class_phrases(source.label), TEMPLATES
-        except CliplensError:  # labels without phrases (spurious groups, shift years) are already phrases
-            return list(classnames), TEMPLATES
-    return list(classnames), "openai"
-
-
-def zero_shot_weights(lens: Any, source: Any, templates: str | Sequence[str] | None = None) -> torch.Tensor:
-    """Zero-shot classifier W [d, classes] for a data source (float64), text embeddings cached on disk.
-
-    `templates`: None for the source's default, a named set ("openai", "simple", "photo", "none", or "shapes" for the
-    shapes world's held-out templates), or format strings with one "{}".
-    """
-    from ..text.embed import embed_texts
-
-    phrases, default = class_prompts(source)
-    if templates == "shapes":
-        from ..shapes.prompts import TEMPLATES
-
-        templates = TEMPLATES
-    return embed_texts(lens, phrases, templates=default if templates is None else templates).to(torch.float64).T
-
-
 def write_scores(path: str | os.PathLike, scores: Scores, variants: Sequence[Variant]) -> Path:
     """CSV `variant,ablated,accuracy,correct,images`: the unablated model first, then each variant in order."""
     path = Path(path)

@@ -7,7 +7,7 @@ scale of the image-side vector and a sum of pieces needs no normalisation.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -35,3 +35,44 @@ def accuracy(embeddings: torch.Tensor, weights: torch.Tensor, labels: torch.Tens
     if len(labels) == 0:
         raise CliplensError("accuracy of an empty set is undefined; check that the evaluation data has images")
     return (predict(embeddings, weights).cpu() == torch.as_tensor(labels).cpu()).double().mean().item()
+
+
+def source_prompts(source: Any) -> tuple[list[str], str | tuple[str, ...]]:
+    """What to write in the templates for each class, and the default templates, for a data source.
+
+    Shapes-world datasets use the world's own class phrases ("a red object") and held-out templates
+    (`cliplens.shapes.prompts`); anything else uses its `classnames` with OpenAI's 80 ImageNet templates.
+    """
+    classnames = getattr(source, "classnames", None)
+    if not classnames:
+        raise CliplensError(
+            "the evaluation data has no class names; use a folder with one sub-folder per class, or shapes:<split>"
+        )
+    from ..shapes import ShapesDataset
+
+    if isinstance(source, ShapesDataset):
+        from ..shapes.prompts import TEMPLATES, class_phrases
+
+        try:
+            return class_phrases(source.label), TEMPLATES
+        except CliplensError:  # labels without phrases (spurious groups, shift years) are already phrases
+            return list(classnames), TEMPLATES
+    return list(classnames), "openai"
+
+
+def source_classifier(lens: Any, source: Any, templates: str | Sequence[str] | None = None) -> torch.Tensor:
+    """Zero-shot classifier W [d, classes] for a data source (float64), text embeddings cached on disk.
+
+    `templates`: None or "auto" for the source's default, a named set ("openai", "simple", "photo", "none", or
+    "shapes" for the shapes world's held-out templates), or format strings with one "{}".
+    """
+    if templates == "auto":
+        templates = None
+    from ..text.embed import embed_texts
+
+    phrases, default = source_prompts(source)
+    if templates == "shapes":
+        from ..shapes.prompts import TEMPLATES
+
+        templates = TEMPLATES
+    return embed_texts(lens, phrases, templates=default if templates is None else templates).to(torch.float64).T

@@ -1,0 +1,60 @@
+"""`cliplens demo`: the whole pipeline on the shipped toy models and the shapes world, offline.
+
+Each step is the real subcommand with small settings, so the demo shows exactly what a user would run; its outputs
+land in one folder per step.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .options import output_option
+
+FIT, EVAL = "shapes:test:512:0", "shapes:test:512:1"  # two independent draws: fit statistics on one, score on the other
+
+
+def steps(out: Path) -> list[tuple[str, str, list[str]]]:
+    """(title, subcommand, arguments) in order; later steps reuse earlier artifacts."""
+    vit, rn = ["--model", "toy:vit"], ["--model", "toy:rn"]
+    stats = str(out / "vit-collect" / "stats")
+    return [
+        ("Statistics of every head of toy:vit (one streaming pass)", "collect",
+         vit + ["--data-path", FIT, "--output-dir", str(out / "vit-collect")]),
+        ("TextSpan: what each head of the last two layers writes, in the world's words", "textspan",
+         vit + ["--data-path", FIT, "--stats", stats, "--pool", "shapes", "--texts-per-head", "5",
+                "--num-last-layers", "2", "--output-dir", str(out / "vit-textspan")]),
+        ("Reconstruction accuracy: last two layers' heads rebuilt from m texts each", "reconstruct",
+         vit + ["--data-path", EVAL, "--fit-path", FIT, "--num-last-layers", "2", "--texts", "1,2,4,8",
+                "--output-dir", str(out / "vit-reconstruct")]),
+        ("Mean-ablation: MLPs, and attention layers from the bottom up", "ablate",
+         vit + ["--data-path", EVAL, "--fit-path", FIT, "--preset", "mlps", "--preset", "layer-curve",
+                "--output-dir", str(out / "vit-ablate")]),
+        ("Second-order lens: the neurons of MLP layer 1 through the later heads", "second-order",
+         vit + ["--data-path", FIT, "--eval-data-path", EVAL, "--mlp-layer", "1",
+                "--output-dir", str(out / "vit-second-order")]),
+        ("Retrieval: the images whose last-layer head 0 piece best matches 'a red object'", "retrieve",
+         vit + ["--data-path", EVAL, "--component", "L3H0", "--query-text", "a red object", "--top", "16",
+                "--output-dir", str(out / "vit-retrieve")]),
+        ("ResNet neuron x head pairs of toy:rn: scores, words, 90 % of pairs mean-ablated", "pairs",
+         rn + ["--data-path", EVAL, "--fit-path", FIT, "--pool", "shapes", "--omp-atoms", "8", "--keep", "10",
+               "--output-dir", str(out / "rn-pairs")]),
+    ]
+
+
+@click.command("demo")
+@output_option("cliplens-out/demo")
+@click.pass_context
+def command(ctx: click.Context, output_dir: Path) -> None:
+    """Run the pipeline on toy:vit and toy:rn with the shapes world and write every result under OUTPUT_DIR."""
+    from . import cli
+
+    started = time.perf_counter()
+    plan = steps(output_dir)
+    for number, (title, name, arguments) in enumerate(plan, 1):
+        click.secho(f"\n[{number}/{len(plan)}] {title}", bold=True)
+        click.echo(f"$ cliplens {name} {' '.join(arguments)}")
+        cli.commands[name].main(args=arguments, standalone_mode=False, obj=ctx.obj)
+    click.secho(f"\ndone in {time.perf_counter() - started:.0f} s; results in {output_dir}/", bold=True)
