@@ -1,0 +1,1 @@
+"""Training and measuring the toy CLIP zoo shipped in `cliplens/assets/toys`."""

@@ -1,0 +1,216 @@
+"""Train a toy CLIP on the shapes world, reproducibly, on CPU.
+
+Every batch is freshly rendered (no image is seen twice): 85 % `train` scenes captioned with attributes and 15 %
+`spurious-train` scenes captioned only "round"/"angular", whose background type agrees with that label 95 % of the
+time. The loss is CLIP's symmetric contrastive loss with one change: a caption counts as a positive for every image
+in the batch it is true of ("a red shape" matches all red images), since partial captions make such duplicates
+common and calling them negatives would teach the model to contradict itself. Roundness was never annotated on the
+`train` scenes, so roundness captions and `train` images are left out of each other's softmax; the words "round"
+and "angular" are therefore learned only where the background predicts them, which is what makes the toys'
+zero-shot round-vs-angular classifier spurious.
+
+The same seed, steps and thread count give the same weights (deterministic CPU kernels, single process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import CliplensError
+from ..models.toy import (
+    ARCHITECTURES, CLIP_MEAN, CLIP_STD, build_model, check_name, image_size, make_preprocess, make_tokenizer, save_toy,
+)
+from ..shapes import render
+from ..shapes.scene import Scene
+from ..shapes.vocabulary import OBJECT_ATTRIBUTES, SCENE_ATTRIBUTES, VOCABULARY
+from .evaluate import spurious_accuracies, zero_shot_accuracies
+
+FACT_ATTRIBUTES = OBJECT_ATTRIBUTES + SCENE_ATTRIBUTES
+_ROUNDNESS = FACT_ATTRIBUTES.index("roundness")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    spurious_fraction: float = 0.15
+    threads: int = 1  # on a shared 2-core machine one thread is ~4x faster than two (OpenMP barriers stall)
+    log_every: int = 50
+    eval_every: int = 500
+
+    def check(self) -> None:
+        check_name(self.model)
+        if self.steps < 1 or self.batch_size < 2:
+            raise CliplensError("train-toy needs --steps >= 1 and a batch size >= 2")
+        if self.seed < 0:
+            raise CliplensError(f"--seed must be a non-negative integer, got {self.seed}")
+
+
+def _value_index(attribute: str, value: str) -> int:
+    return VOCABULARY[attribute].index(value)
+
+
+def scene_values(scene: Scene) -> list[int]:
+    """The attribute values of a single-object scene, as indices into VOCABULARY, in FACT_ATTRIBUTES order."""
+    obj = scene.objects[0]
+    values = [_value_index(name, obj.attribute(name)) for name in OBJECT_ATTRIBUTES]
+    return values + [_value_index(name, scene.background.attribute(name)) for name in SCENE_ATTRIBUTES]
+
+
+def caption_values(facts: frozenset[tuple[int, str, str]]) -> list[int]:
+    """A single-object caption's facts in FACT_ATTRIBUTES order, -1 where the caption is silent."""
+    stated = {name: value for _, name, value in facts}
+    return [_value_index(name, stated[name]) if name in stated else -1 for name in FACT_ATTRIBUTES]
+
+
+def truth_masks(
+    image_values: torch.Tensor, text_values: torch.Tensor, roundness_annotated: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, unknown) [B_images, B_texts]: caption j is true of image i / was never annotated for image i."""
+    silent = text_values[None, :, :] == -1
+    agrees = text_values[None, :, :] == image_values[:, None, :]
+    positive = (silent | agrees).all(-1)
+    unknown = (text_values[None, :, _ROUNDNESS] != -1) & ~roundness_annotated[:, None]
+    return positive & ~unknown, unknown
+
+
+def multi_positive_clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+    positive: torch.Tensor, unknown: torch.Tensor,
+) -> torch.Tensor:
+    """Symmetric cross-entropy against uniform targets over each row's/column's positives; unknown pairs are
+    removed from the softmax. Reduces to CLIP's loss when the positives are the diagonal."""
+    logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
+    logits = logits.masked_fill(unknown, -1e4)  # exp(-1e4) underflows to exactly 0 in float32
+    target = positive.to(logits.dtype)
+    image_to_text = -(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    text_to_image = -(target / target.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+    return (image_to_text + text_to_image) / 2
+
+
+def batch_preprocess(images: list[Image.Image], size: int) -> torch.Tensor:
+    """open_clip's eval transform for square images, batched: PIL bicubic resize (skipped by PIL when the size
+    already matches), then x / 255, minus CLIP's mean, over its std, elementwise exactly as ToTensor + Normalize do."""
+    resized = [image if image.size == (size, size) else image.resize((size, size), Image.BICUBIC) for image in images]
+    pixels = torch.from_numpy(np.stack([np.asarray(image) for image in resized])).permute(0, 3, 1, 2)
+    mean = torch.tensor(CLIP_MEAN)[:, None, None]
+    std = torch.tensor(CLIP_STD)[:, None, None]
+    return pixels.float().div(255).sub_(mean).div_(std)
+
+
+class BatchStream:
+    """Deterministic batches: step s renders its own scenes and picks one caption per scene."""
+
+    def __init__(self, config: TrainConfig, image_size: int, tokenizer: Callable) -> None:
+        self.config, self.image_size, self.tokenizer = config, image_size, tokenizer
+        self.spurious = round(config.batch_size * config.spurious_fraction)
+        self.plain = config.batch_size - self.spurious
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        seed = self.config.seed
+        scenes = render(self.plain, seed, "train", start=step * self.plain)
+        scenes += render(self.spurious, seed, "spurious-train", start=step * self.spurious)
+        rng = np.random.default_rng([seed, step])
+        captions = [scene.captions[int(rng.integers(len(scene.captions)))] for scene in scenes]
+        images = batch_preprocess([scene.image for scene in scenes], self.image_size)
+        texts = self.tokenizer([caption.text for caption in captions])
+        image_values = torch.tensor([scene_values(scene) for scene in scenes])
+        text_values = torch.tensor([caption_values(caption.facts) for caption in captions])
+        annotated = torch.tensor([scene.split == "spurious-train" for scene in scenes])
+        return images, texts, image_values, text_values, annotated
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on gains, biases, embeddings and the temperature (CLIP's recipe)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        exempt = parameter.ndim < 2 or "embedding" in name or "logit_scale" in name
+        (no_decay if exempt else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98), eps=1e-6, fused=True)
+
+
+def evaluate(model: torch.nn.Module, architecture: dict, n: int = 1000) -> dict[str, dict[str, float]]:
+    preprocess, tokenizer = make_preprocess(architecture), make_tokenizer(architecture)
+    was_training = model.training
+    model.eval()
+    report = {
+        "zero_shot_test": zero_shot_accuracies(model, preprocess, tokenizer, n=n),
+        "spurious_test": spurious_accuracies(model, preprocess, tokenizer, n=n),
+    }
+    model.train(was_training)
+    return report
+
+
+def train_toy(
+    config: TrainConfig, output_dir: str | Path | None = None, *, command: str = "", evaluate_n: int = 1000,
+    log: Callable[[str], None] = print,
+) -> tuple[torch.nn.Module, dict]:
+    """Train `config.model` from scratch; write `<model>.safetensors` and `<model>.json` to `output_dir` if given."""
+    config.check()
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    architecture = ARCHITECTURES[config.model]
+    model = build_model(architecture).train()
+    stream = BatchStream(config, image_size(architecture), make_tokenizer(architecture))
+    optimizer = _optimizer(model, config)
+    started = time.time()
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        images, texts, image_values, text_values, annotated = stream.batch(step)
+        positive, unknown = truth_masks(image_values, text_values, annotated)
+        loss = multi_positive_clip_loss(
+            model.encode_image(images), model.encode_text(texts), model.logit_scale.exp(), positive, unknown
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if (step + 1) % config.log_every == 0 or step == 0:
+            log(f"step {step + 1}/{config.steps} loss {loss.item():.4f} "
+                f"scale {model.logit_scale.exp().item():.1f} elapsed {time.time() - started:.0f}s")
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+            log(f"step {step + 1} quick eval: {json.dumps(evaluate(model, architecture, n=256))}")
+    wall = time.time() - started
+    model.eval()
+    with torch.no_grad():  # the shipped weights are fp16: measure and return exactly what is shipped
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half())
+    record = {
+        "architecture": architecture,
+        "training": {**asdict(config), "wall_time_s": round(wall, 1), "command": command,
+                     "torch": torch.__version__},
+    }
+    if evaluate_n:
+        record["measured"] = evaluate(model, architecture, n=evaluate_n)
+        log(f"measured: {json.dumps(record['measured'])}")
+    if output_dir is not None:
+        save_toy(model, Path(output_dir), config.model, record)
+        log(f"wrote {config.model} to {output_dir} after {wall:.0f}s of training")
+    return model, record
