@@ -11,28 +11,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
-import statistics
-import time
 
 import torch
 
 import cliplens
+from measure import peak_rss_gib, timed
 
 MODES = {"vit": [("head", False), ("layer", False), ("head", True)], "resnet": [("head", False), ("pair", False)]}
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-def timed(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_model(name: str, images: int, batch_size: int, repeats: int) -> list[dict[str, object]]:

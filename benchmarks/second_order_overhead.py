@@ -16,29 +16,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
-import statistics
 import time
-from typing import Callable
 
 import torch
 
 import cliplens
+from measure import peak_rss_gib, timed
 from cliplens.decompose.second_order import SecondOrderLens
 from cliplens.stats.second_order import DERIVED, SecondOrderStats, collect_second_order
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-def timed(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
