@@ -124,6 +124,26 @@ def test_ties_go_to_the_lowest_atom_id() -> None:
     assert not {25, 40} & set(codes.ids[0].tolist()) and not {520, 530} & set(codes.ids[1].tolist())
 
 
+def test_float64_picks_survive_float32_screening() -> None:
+    # float64 work screens atoms in float32 and rescores the near-best ones in float64. Twins 1e-7 apart are closer
+    # than float32 can order (its error here is ~1e-7 relative): rescoring must find the float64 best (target 0), in
+    # another block too (target 2), and with more exact copies than one rescoring holds (target 1).
+    targets, dictionary = random_problem(15, atoms=600, targets=3)
+    generator = torch.Generator().manual_seed(16)
+    for twin, original in ((7, 5), (8, 5), (9, 5), (450, 50)):
+        dictionary[twin] = dictionary[original] + 1e-7 * torch.randn(20, generator=generator, dtype=torch.float64)
+    dictionary[10:30] = dictionary[31]
+    dictionary /= dictionary.norm(dim=1, keepdim=True)
+    for b, atom in enumerate((5, 31, 50)):
+        targets[b] = 0.95 * dictionary[atom] + 0.05 * targets[b] / targets[b].norm()
+    codes = orthogonal_matching_pursuit(targets, dictionary, 3)
+    first = [int(np.argmax(np.abs(dictionary.numpy() @ y))) for y in targets.numpy()]  # float64, lowest id on ties
+    assert first[0] in (5, 7, 8, 9) and first[1] == 10 and first[2] in (50, 450)
+    single = [orthogonal_matching_pursuit(targets[b : b + 1], dictionary, 1).ids[0, 0].item() for b in range(3)]
+    assert single == first
+    assert all(first[b] in codes.ids[b].tolist() for b in range(3))
+
+
 def test_stops_early_when_the_target_is_in_the_span() -> None:
     _, dictionary = random_problem(7)
     dictionary[:2] = torch.eye(20, dtype=torch.float64)[:2]
