@@ -84,3 +84,18 @@ def test_info_describes_the_architecture(lenses, monkeypatch, which, expected):
     result = run(lenses, monkeypatch, which, info.command, "any-model", "--images", "10")
     assert result.exit_code == 0, result.output
     assert expected in result.output and "independent of the number of images" in result.output
+
+
+@pytest.mark.parametrize("shipped", [[], ["rn"], ["vit", "rn"]])
+def test_demo_runs_each_shipped_toy_and_stands_in_for_the_others(monkeypatch, tmp_path, shipped):
+    from cliplens.cli import demo
+    from cliplens.models import toy
+
+    monkeypatch.setattr(toy, "shipped_toys", lambda: shipped)
+    commands = [name for _, name, _ in demo.plan(tmp_path)]
+    models = {args[args.index("--model") + 1] for _, _, args in demo.plan(tmp_path)}
+    assert ("textspan" in commands) == ("vit" in shipped) and ("pairs" in commands) == ("rn" in shipped)
+    assert models == {"toy:vit" if "vit" in shipped else "ViT-B-32", "toy:rn" if "rn" in shipped else "RN50"}
+    from cliplens.cli import cli
+
+    assert all(name in cli.commands for name in commands)

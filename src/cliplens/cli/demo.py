@@ -16,9 +16,12 @@ from .options import output_option
 FIT, EVAL = "shapes:test:512:0", "shapes:test:512:1"  # two independent draws: fit statistics on one, score on the other
 
 
-def steps(out: Path) -> list[tuple[str, str, list[str]]]:
-    """(title, subcommand, arguments) in order; later steps reuse earlier artifacts."""
-    vit, rn = ["--model", "toy:vit"], ["--model", "toy:rn"]
+Step = tuple[str, str, list[str]]
+
+
+def vit_steps(out: Path) -> list[Step]:
+    """(title, subcommand, arguments) for toy:vit, in order; later steps reuse earlier artifacts."""
+    vit = ["--model", "toy:vit"]
     stats = str(out / "vit-collect" / "stats")
     return [
         ("Statistics of every head of toy:vit (one streaming pass)", "collect",
@@ -38,10 +41,33 @@ def steps(out: Path) -> list[tuple[str, str, list[str]]]:
         ("Retrieval: the images whose last-layer head 0 piece best matches 'a red object'", "retrieve",
          vit + ["--data-path", EVAL, "--component", "L3H0", "--query-text", "a red object", "--top", "16",
                 "--output-dir", str(out / "vit-retrieve")]),
-        ("ResNet neuron x head pairs of toy:rn: scores, words, 90 % of pairs mean-ablated", "pairs",
-         rn + ["--data-path", EVAL, "--fit-path", FIT, "--pool", "shapes", "--omp-atoms", "8", "--keep", "10",
-               "--output-dir", str(out / "rn-pairs")]),
     ]
+
+
+def rn_steps(out: Path) -> list[Step]:
+    return [
+        ("ResNet neuron x head pairs of toy:rn: scores, words, 90 % of pairs mean-ablated", "pairs",
+         ["--model", "toy:rn", "--data-path", EVAL, "--fit-path", FIT, "--pool", "shapes", "--omp-atoms", "8",
+          "--keep", "10", "--output-dir", str(out / "rn-pairs")]),
+    ]
+
+
+def stand_in_steps(out: Path, toy: str) -> list[Step]:
+    """Without a toy's weights: the statistics pass on the random-init full-size model of the same family."""
+    model, granularity = {"vit": ("ViT-B-32", "head"), "rn": ("RN50", "pair")}[toy]
+    return [
+        (f"toy:{toy} is not shipped in this build: statistics of random-init {model} on the shapes world instead",
+         "collect", ["--model", model, "--data-path", "shapes:test:64", "--granularity", granularity,
+                     "--batch-size", "16", "--output-dir", str(out / f"{model}-collect")]),
+    ]
+
+
+def plan(out: Path) -> list[Step]:
+    from ..models.toy import shipped_toys
+
+    shipped = shipped_toys()
+    return [step for toy, steps in (("vit", vit_steps), ("rn", rn_steps))
+            for step in (steps(out) if toy in shipped else stand_in_steps(out, toy))]
 
 
 @click.command("demo")
@@ -52,9 +78,9 @@ def command(ctx: click.Context, output_dir: Path) -> None:
     from . import cli
 
     started = time.perf_counter()
-    plan = steps(output_dir)
-    for number, (title, name, arguments) in enumerate(plan, 1):
-        click.secho(f"\n[{number}/{len(plan)}] {title}", bold=True)
+    todo = plan(output_dir)
+    for number, (title, name, arguments) in enumerate(todo, 1):
+        click.secho(f"\n[{number}/{len(todo)}] {title}", bold=True)
         click.echo(f"$ cliplens {name} {' '.join(arguments)}")
         cli.commands[name].main(args=arguments, standalone_mode=False, obj=ctx.obj)
     click.secho(f"\ndone in {time.perf_counter() - started:.0f} s; results in {output_dir}/", bold=True)

@@ -25,7 +25,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "vit": {
         "embed_dim": 128,
         "quick_gelu": False,
-        "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 4, "head_width": 16, "mlp_ratio": 4.0},
+        "vision_cfg": {"image_size": 96, "patch_size": 16, "width": 64, "layers": 4, "head_width": 16, "mlp_ratio": 4.0},
         "text_cfg": TEXT_TOWER,
     },
     "rn": {
@@ -127,3 +127,10 @@ def load_toy(
     model = model.to(device=device, dtype=dtype).eval()
     info = {"name": f"toy:{name}", "weights": str(weights), **config}
     return model, make_preprocess(architecture), make_tokenizer(architecture), info
+
+
+def shipped_toys(directory: Path | None = None) -> list[str]:
+    """Names of the toys whose weights and config are present (what `cliplens.load("toy:...")` can load)."""
+    directory = toy_directory() if directory is None else Path(directory)
+    return [name for name in ARCHITECTURES
+            if weight_file(directory, name).is_file() and config_file(directory, name).is_file()]
