@@ -11,7 +11,7 @@ import pytest
 from cliplens.errors import CliplensError
 from cliplens.shapes import SPLITS, VOCABULARY, ShapesDataset, concept_names, render
 from cliplens.shapes.background import NOISE_AMPLITUDE, second_tone
-from cliplens.shapes.geometry import CIRCLE_RADIUS, CRESCENT_CUT, OVAL_MINOR, POLYGONS, RING_INNER
+from cliplens.shapes.geometry import CIRCLE_RADIUS, POLYGONS, RING_INNER
 from cliplens.shapes.prompts import TEMPLATES, class_phrases
 from cliplens.shapes.splits import SHIFT_COLOUR, SHIFT_YEARS, shift_colour_probabilities
 from cliplens.shapes.vocabulary import BACKGROUND_COLOURS, COLOURS, ROUND_SHAPES
@@ -61,12 +61,8 @@ def _oracle_inside(shape: str, u: float, v: float) -> bool:
     rho = math.hypot(u, v)
     if shape == "circle":
         return rho <= CIRCLE_RADIUS
-    if shape == "ring":
-        return RING_INNER <= rho <= 1.0
-    if shape == "oval":
-        return math.hypot(u, v / OVAL_MINOR) <= 1.0
-    offset, cut = CRESCENT_CUT
-    return rho <= 1.0 and math.hypot(u - offset, v) > cut
+    assert shape == "ring"
+    return RING_INNER <= rho <= 1.0
 
 
 def _oracle_paints(texture: str, column: int, row: int, image_size: int) -> bool:
@@ -75,7 +71,7 @@ def _oracle_paints(texture: str, column: int, row: int, image_size: int) -> bool
         return True
     if texture == "striped":
         return (row // unit) % 2 == 0
-    return (column // unit) % 2 == 0 and (row // unit) % 2 == 0  # dotted
+    return (column // unit) % 3 != 2 and (row // unit) % 3 != 2  # dotted: 2x2-unit dots, 1-unit gaps
 
 
 def _oracle_mask(obj, image_size: int) -> np.ndarray:
@@ -92,11 +88,11 @@ def _oracle_mask(obj, image_size: int) -> np.ndarray:
     return mask
 
 
-@pytest.mark.parametrize("split, image_size", [("probe", 64), ("segmentation", 64), ("train", 96)])
+@pytest.mark.parametrize("split, image_size", [("probe", 96), ("segmentation", 96), ("train", 64)])
 def test_masks_match_a_per_pixel_oracle_and_carry_the_object_colour(split, image_size):
     scenes = render(10, seed=11, split=split, image_size=image_size)
     seen = {obj.shape for scene in scenes for obj in scene.objects}
-    assert len(seen) >= 5  # the oracle must see most shape families to mean anything
+    assert len(seen) >= 5  # the oracle must see (almost) every shape to mean anything
     for scene in scenes:
         pixels = np.asarray(scene.image)
         assert pixels.shape == (image_size, image_size, 3)
@@ -252,9 +248,9 @@ def test_zero_shot_prompts_differ_from_training_captions():
 # Pixels and captions of the first 16 scenes (seed 0) of every split. The shipped toys were trained on this exact
 # stream: if a change moves any of these, bump RENDERER_VERSION and retrain the toys (see the model card).
 GOLDEN = {
-    "train": "31470103120f8a9a", "test": "0d1e8db7d5ef70bd", "spurious-train": "b4a01bb1c32792c5",
-    "spurious-test": "8caa502d3c4c853b", "shift": "8601ac2347a070fe", "segmentation": "9378568352ec46fa",
-    "probe": "e805aef46d68e72a",
+    "train": "d6a7f3a5e7612725", "test": "47b1151f3f086fcb", "spurious-train": "68f0d3641f1d8eea",
+    "spurious-test": "7afbadbdc81d27ff", "shift": "48fcd9da7cf796c5", "segmentation": "4969251cb063dfb7",
+    "probe": "286bd90fa44dbbf2",
 }
 
 

@@ -7,13 +7,13 @@ import sys
 
 import click
 
-from ..toys.train import TrainConfig, train_toy
+from ..toys.train import SHIPPED_STEPS, TrainConfig, train_toy
 
 
 @click.command("train-toy")
 @click.option("--model", "model_name", type=click.Choice(["vit", "rn"]), required=True, help="Which toy to train.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights and the data stream.")
-@click.option("--steps", type=int, default=TrainConfig.steps, show_default=True, help="Optimizer steps.")
+@click.option("--steps", type=int, default=None, help="Optimizer steps [default: what the shipped toy used].")
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads, show_default=True,
               help="CPU threads (the shipped weights used 1; other counts change the weights by float rounding).")
@@ -21,9 +21,10 @@ from ..toys.train import TrainConfig, train_toy
               help="Folder for <model>.safetensors and <model>.json.")
 @click.option("--eval-images", type=int, default=1000, show_default=True,
               help="Held-out test images for the final zero-shot measurement (0 to skip).")
-def command(model_name: str, seed: int, steps: int, batch_size: int, threads: int, output_dir: str,
+def command(model_name: str, seed: int, steps: int | None, batch_size: int, threads: int, output_dir: str,
             eval_images: int) -> None:
     """Train a toy CLIP on the shapes world and write its weights and config."""
+    steps = SHIPPED_STEPS[model_name] if steps is None else steps
     config = TrainConfig(model=model_name, seed=seed, steps=steps, batch_size=batch_size, threads=threads)
     invocation = "cliplens " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     train_toy(config, output_dir, command=invocation, evaluate_n=eval_images, log=lambda line: click.echo(line))

@@ -1,6 +1,6 @@
 """Background images: a colour from the background palette and a pattern type.
 
-Patterns alternate the colour with a second tone 60 levels lighter (dark colours) or darker (light ones), so every
+Patterns alternate the colour with a second tone 40 levels lighter (dark colours) or darker (light ones), so every
 background type is visible on every background colour while staying far from the object palette.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 
 from .vocabulary import BACKGROUND_COLOURS
 
-NOISE_AMPLITUDE = 35  # uniform noise, standard deviation 35 / sqrt(3) = 20 levels
-TONE_STEP = 60
+NOISE_AMPLITUDE = 25  # uniform noise, standard deviation 25 / sqrt(3) = 14 levels
+TONE_STEP = 40
 
 
 def second_tone(colour: tuple[int, int, int]) -> np.ndarray:

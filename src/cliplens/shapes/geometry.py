@@ -14,9 +14,7 @@ import numpy as np
 EXTENT = 1.07  # the farthest any shape reaches from its centre, in radii (the square's corner: 0.75 * sqrt(2))
 
 RING_INNER = 0.5
-OVAL_MINOR = 0.55
 CIRCLE_RADIUS = 0.9
-CRESCENT_CUT = (0.45, 0.8)  # centre offset along u and radius of the disc removed from the unit disc
 
 
 def _star(points: int = 5, inner: float = 0.42) -> tuple[tuple[float, float], ...]:
@@ -69,11 +67,6 @@ def silhouette(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return rho2 <= CIRCLE_RADIUS**2
     if shape == "ring":
         return (rho2 <= 1.0) & (rho2 >= RING_INNER**2)
-    if shape == "oval":
-        return u * u + (v / OVAL_MINOR) ** 2 <= 1.0
-    if shape == "crescent":
-        offset, cut = CRESCENT_CUT
-        return (rho2 <= 1.0) & ((u - offset) ** 2 + v * v > cut**2)
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -84,14 +77,14 @@ def pattern_unit(image_size: int) -> int:
 
 def fill(texture: str, columns: np.ndarray, rows: np.ndarray, image_size: int) -> np.ndarray:
     """Which pixels (integer column/row indices) a texture paints: solid all, striped every other band of rows,
-    dotted one square dot per 2x2-unit cell."""
+    dotted a lattice of square dots two units wide with one-unit gaps (dense enough to keep the silhouette)."""
     unit = pattern_unit(image_size)
     if texture == "solid":
         return np.ones(np.broadcast_shapes(columns.shape, rows.shape), dtype=bool)
     if texture == "striped":
         return np.broadcast_to((rows // unit) % 2 == 0, np.broadcast_shapes(columns.shape, rows.shape))
     if texture == "dotted":
-        return ((columns // unit) % 2 == 0) & ((rows // unit) % 2 == 0)
+        return ((columns // unit) % 3 != 2) & ((rows // unit) % 3 != 2)
     raise ValueError(f"unknown texture {texture!r}")
 
 

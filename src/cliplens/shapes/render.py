@@ -19,7 +19,7 @@ from .splits import SPLITS, sample_layout
 from .vocabulary import POSITIONS, SIZES
 
 RENDERER_VERSION = 1
-DEFAULT_IMAGE_SIZE = 64
+DEFAULT_IMAGE_SIZE = 96
 
 
 def check_request(n: int, seed: int, split: str, image_size: int) -> None:

@@ -7,8 +7,8 @@ away from the background palette, so an object can never vanish into its backgro
 
 from __future__ import annotations
 
-SHAPES: tuple[str, ...] = ("circle", "ring", "oval", "crescent", "square", "triangle", "star", "cross")
-ROUND_SHAPES: frozenset[str] = frozenset({"circle", "ring", "oval", "crescent"})
+SHAPES: tuple[str, ...] = ("circle", "ring", "square", "triangle", "star", "cross")
+ROUND_SHAPES: frozenset[str] = frozenset({"circle", "ring"})
 ROUNDNESS: tuple[str, ...] = ("angular", "round")  # index 1 = round, the spurious split's binary label
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -22,7 +22,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (30, 210, 220),
 }
 
-SIZES: dict[str, float] = {"small": 0.22, "medium": 0.32, "large": 0.44}  # radius as a fraction of a grid cell
+SIZES: dict[str, float] = {"small": 0.28, "medium": 0.37, "large": 0.46}  # radius as a fraction of a grid cell
 
 POSITIONS: tuple[str, ...] = (
     "top left", "top centre", "top right",

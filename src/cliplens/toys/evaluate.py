@@ -59,7 +59,10 @@ def spurious_accuracies(
     model: torch.nn.Module, preprocess: Callable, tokenizer: Callable, *, n: int = 1000, seed: int = 1,
     split: str = "spurious-test",
 ) -> dict[str, float]:
-    """Zero-shot round-vs-angular accuracy per group, their minimum ("worst group") and the average over images."""
+    """Zero-shot round-vs-angular accuracy per group, their minimum ("worst group"), their mean ("group mean") and
+    the average over images. The test split reverses the training correlation, so its images are 95 % from the two
+    groups the cue misleads: the image average sits close to those groups, and the group mean is the fair yardstick
+    for the worst group."""
     scenes = render(n, seed=seed, split=split)
     embeddings = encode_images(model, preprocess, [scene.image for scene in scenes])
     weights = classifier(text_encoder(model, tokenizer), class_phrases("roundness"), TEMPLATES)
@@ -70,5 +73,7 @@ def spurious_accuracies(
         members = groups == index
         if members.any():
             results[name] = correct[members].double().mean().item()
-    results["worst group"] = min(results[name] for name in SPURIOUS_GROUPS if name in results)
+    present = [results[name] for name in SPURIOUS_GROUPS if name in results]
+    results["group mean"] = sum(present) / len(present)
+    results["worst group"] = min(present)
     return results

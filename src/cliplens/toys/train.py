@@ -9,6 +9,14 @@ common and calling them negatives would teach the model to contradict itself. Ro
 and "angular" are therefore learned only where the background predicts them, which is what makes the toys'
 zero-shot round-vs-angular classifier spurious.
 
+Contrastive learning alone is slow to find what cannot be read off an average of the image (which shape, where):
+in 2000 steps a first version learned colour, size, texture and background but stayed at chance on shape and
+position. So the image embedding also feeds a linear classifier per attribute (roundness excluded, so that the
+spurious cue stays the only route to "round"), trained jointly with the sum of their cross-entropies and thrown
+away; the text tower still learns every word from captions alone, so zero-shot accuracy measures the contrastive
+alignment. The ViT's positional embeddings
+start at standard deviation 1 instead of open_clip's width ** -0.5, which otherwise drowns position in content.
+
 The same seed, steps and thread count give the same weights (deterministic CPU kernels, single process).
 """
 
@@ -37,6 +45,10 @@ from .evaluate import spurious_accuracies, zero_shot_accuracies
 
 FACT_ATTRIBUTES = OBJECT_ATTRIBUTES + SCENE_ATTRIBUTES
 _ROUNDNESS = FACT_ATTRIBUTES.index("roundness")
+SUPERVISED_ATTRIBUTES = tuple(name for name in FACT_ATTRIBUTES if name != "roundness")
+POSITION_INIT_STD = 1.0
+SHIPPED_STEPS = {"vit": 3000, "rn": 2000}  # the ViT learns shape more slowly (no convolutional prior)
+HEAD_SCALE = 10.0  # logit scale of the auxiliary classifiers, which read unit-normalised embeddings
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ class TrainConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.05
     spurious_fraction: float = 0.15
+    auxiliary_weight: float = 1.0
     threads: int = 1  # on a shared 2-core machine one thread is ~4x faster than two (OpenMP barriers stall)
     log_every: int = 50
     eval_every: int = 500
@@ -135,6 +148,31 @@ class BatchStream:
         return images, texts, image_values, text_values, annotated
 
 
+class AttributeHeads(torch.nn.Module):
+    """One linear classifier per supervised attribute on the unit image embedding; used in training only."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleList(
+            [torch.nn.Linear(embed_dim, len(VOCABULARY[name])) for name in SUPERVISED_ATTRIBUTES]
+        )
+        self.columns = [FACT_ATTRIBUTES.index(name) for name in SUPERVISED_ATTRIBUTES]
+
+    def loss(self, image_features: torch.Tensor, image_values: torch.Tensor) -> torch.Tensor:
+        features = HEAD_SCALE * F.normalize(image_features, dim=-1)
+        losses = [F.cross_entropy(head(features), image_values[:, column])
+                  for head, column in zip(self.heads, self.columns)]
+        return torch.stack(losses).sum()
+
+
+def initialise(model: torch.nn.Module) -> None:
+    """Training-recipe changes to open_clip's initialisation (see the module docstring)."""
+    positional = getattr(model.visual, "positional_embedding", None)
+    if positional is not None and hasattr(model.visual, "class_embedding"):  # ViT only; the ResNet pool learns fine
+        with torch.no_grad():
+            positional.normal_(0.0, POSITION_INIT_STD)
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
     if step < config.warmup_steps:
@@ -143,10 +181,10 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(modules: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on gains, biases, embeddings and the temperature (CLIP's recipe)."""
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
+    for name, parameter in modules.named_parameters():
         exempt = parameter.ndim < 2 or "embedding" in name or "logit_scale" in name
         (no_decay if exempt else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -175,24 +213,29 @@ def train_toy(
     torch.manual_seed(config.seed)
     architecture = ARCHITECTURES[config.model]
     model = build_model(architecture).train()
+    initialise(model)
+    heads = AttributeHeads(architecture["embed_dim"])
     stream = BatchStream(config, image_size(architecture), make_tokenizer(architecture))
-    optimizer = _optimizer(model, config)
+    optimizer = _optimizer(torch.nn.ModuleList([model, heads]), config)
     started = time.time()
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         images, texts, image_values, text_values, annotated = stream.batch(step)
         positive, unknown = truth_masks(image_values, text_values, annotated)
-        loss = multi_positive_clip_loss(
-            model.encode_image(images), model.encode_text(texts), model.logit_scale.exp(), positive, unknown
+        image_features = model.encode_image(images)
+        contrastive = multi_positive_clip_loss(
+            image_features, model.encode_text(texts), model.logit_scale.exp(), positive, unknown
         )
+        auxiliary = heads.loss(image_features, image_values)
+        loss = contrastive + config.auxiliary_weight * auxiliary
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if (step + 1) % config.log_every == 0 or step == 0:
-            log(f"step {step + 1}/{config.steps} loss {loss.item():.4f} "
+            log(f"step {step + 1}/{config.steps} contrastive {contrastive.item():.4f} auxiliary {auxiliary.item():.4f} "
                 f"scale {model.logit_scale.exp().item():.1f} elapsed {time.time() - started:.0f}s")
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
             log(f"step {step + 1} quick eval: {json.dumps(evaluate(model, architecture, n=256))}")
