@@ -92,8 +92,10 @@ def test_toys_reach_the_model_card_accuracies_on_a_fresh_seed(toy):
 def test_spurious_cue_hurts_the_worst_group(toy):
     name, (model, preprocess, tokenizer, info) = toy
     results = spurious_accuracies(model, preprocess, tokenizer, n=FRESH_N, seed=FRESH_SEED)
-    # A group of ~75 images has a binomial std of at most 0.058: a 0.15 gap is beyond sampling noise.
-    assert results["worst group"] < results["average"] - 0.15, results
+    # The test split reverses the training correlation, so most of its images sit in the two hard groups and the
+    # image-weighted average is itself dragged down; the comparison that means "the cue hurts" is against the mean of
+    # the four group accuracies. A group of ~75 images has a binomial std of at most 0.058: a 0.15 gap is beyond noise.
+    assert results["worst group"] < results["group mean"] - 0.15, results
 
 
 # --- the training objective ----------------------------------------------------------------------------------
@@ -176,3 +178,17 @@ def test_training_smoke_is_deterministic_and_round_trips(name, tmp_path):
     for (key, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), key  # the returned model already carries the shipped fp16 rounding
     assert info["training"]["steps"] == 2 and info["training"]["seed"] == 3
+
+
+@pytest.mark.parametrize("name", TOYS)
+def test_decompositions_are_exact_on_the_toys(name):
+    require_shipped(name)
+    import cliplens
+
+    lens = cliplens.load(f"toy:{name}", precision="fp64")
+    images = [scene.image for scene in render(4, seed=7, split="test")]
+    granularity = "head" if lens.kind == "vit" else "pair"
+    dec = lens.decompose(images, granularity=granularity, convention="reference")
+    total = dec.components.sum(1) if granularity == "head" else dec.total()
+    # float64: pieces and the backend's forward agree to round-off; 1e-10 catches any missing term
+    assert torch.allclose(total, lens.encode_image(images), atol=1e-10, rtol=0)
