@@ -92,9 +92,11 @@ def test_toys_reach_the_model_card_accuracies_on_a_fresh_seed(toy):
 def test_spurious_cue_hurts_the_worst_group(toy):
     name, (model, preprocess, tokenizer, info) = toy
     results = spurious_accuracies(model, preprocess, tokenizer, n=FRESH_N, seed=FRESH_SEED)
-    # The test split reverses the training correlation, so most of its images sit in the two hard groups and the
-    # image-weighted average is itself dragged down; the comparison that means "the cue hurts" is against the mean of
-    # the four group accuracies. A group of ~75 images has a binomial std of at most 0.058: a 0.15 gap is beyond noise.
+    # The test split reverses the training correlation, so 95 % of its images sit in the two groups the cue misleads
+    # and the image-weighted average is itself dragged down; "the cue hurts" means the worst group falls below the
+    # mean of the four group accuracies. On 300 images the misled groups hold ~140 images each (binomial std <= 0.042)
+    # and the aligned ones ~8 each (one error moves the group mean by ~0.03); the card's gap is > 0.3, so requiring
+    # 0.15 leaves more than 3 std of room while still failing for a model that ignores the background.
     assert results["worst group"] < results["group mean"] - 0.15, results
 
 
