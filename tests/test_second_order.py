@@ -417,9 +417,11 @@ def test_command_writes_statistics_summaries_and_ablations(tmp_path, monkeypatch
                                        pretrained=None, precision="fp64")
     monkeypatch.setattr(cli_module, "load_lens", lambda options: tree_lens)
     fit, held_out, out = image_tree(tmp_path / "fit", 0), image_tree(tmp_path / "eval", 1), tmp_path / "out"
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(["red", "blue", "circle", "square", "striped", "dotted", "top left", "centre"]))
     arguments = ["--mlp-layer", "0", "--data-path", str(fit), "--eval-data-path", str(held_out), "--output-dir",
                  str(out), "--top-k", "3", "--convention", "reference", "--scale", "100", "--normalize",
-                 "--batch-size", "3"]
+                 "--batch-size", "3", "--pool", str(pool), "--omp-atoms", "3", "--texts-per-unit", "2"]
     result = CliRunner().invoke(cli_module.command, arguments)
     assert result.exit_code == 0, result.output
     stats = load_second_order(out / "second_order_L0", tree_lens)
@@ -430,5 +432,11 @@ def test_command_writes_statistics_summaries_and_ablations(tmp_path, monkeypatch
     assert float(rows[5]["threshold"]) == pytest.approx(stats.thresholds[5].item(), rel=1e-12)
     ablation = list(csv.DictReader((out / "ablation_L0.csv").open()))
     assert [row["variant"] for row in ablation] == list(VARIANTS)
+    words = list(csv.DictReader((out / "neuron_words_L0.csv").open()))
+    alive = (stats.principal_directions.norm(dim=-1) > 0).sum().item()
+    assert len(words) == 2 * alive and {row["method"] for row in words} == {"omp-k3"}
+    first = [row for row in words if row["unit"] == words[0]["unit"]]
+    assert [row["rank"] for row in first] == ["0", "1"]
+    assert abs(float(first[0]["similarity"])) >= abs(float(first[1]["similarity"]))
     result = CliRunner().invoke(cli_module.command, ["--mlp-layer", "2", "--data-path", str(fit)])
     assert isinstance(result.exception, CliplensError)

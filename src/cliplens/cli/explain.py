@@ -26,6 +26,7 @@ from ..explain.tables import description_rows, label_position, write_description
 from ..explain.textspan import TextSpan, fit_pieces
 from ..stats.collect import PieceStats, load_stats
 from .options import data_options, load_lens, model_options
+from .texts import default_pool, pool_options, text_pool
 
 EXPLAIN_METHODS = ("textspan", "svd", "omp")
 
@@ -43,25 +44,6 @@ def statistics_options(command: Callable) -> Callable:
     ]):
         command = option(command)
     return command
-
-
-def pool_options(default_pool: str | None) -> Callable:
-    """--pool --pool-size --pool-templates: the candidate texts."""
-
-    def decorate(command: Callable) -> Callable:
-        for option in reversed([
-            click.option("--pool", default=default_pool,
-                         help="Text pool: words, descriptions, imagenet, shapes, or a file with one text per line "
-                              "[default: shapes for shapes:... data, else descriptions]."),
-            click.option("--pool-size", type=click.IntRange(min=1), default=None,
-                         help="Keep the pool's first N texts."),
-            click.option("--pool-templates", default="none", show_default=True,
-                         help="Templates the pool is embedded with (TextSpan uses none)."),
-        ]):
-            command = option(command)
-        return command
-
-    return decorate
 
 
 def piece_statistics(
@@ -87,20 +69,6 @@ def piece_statistics(
         return stats
     return lens.collect(data, granularity=granularity or "head", convention=convention or "separate",
                         normalize=bool(normalize), batch_size=batch_size, num_workers=num_workers, progress=True)
-
-
-def default_pool(pool: str | None, data_path: str) -> str:
-    if pool is not None:
-        return pool
-    return "shapes" if str(data_path).startswith("shapes:") else "descriptions"
-
-
-def text_pool(lens: Any, pool: str, size: int | None, templates: str) -> tuple[list[str], torch.Tensor]:
-    """The pool's texts and their unit embeddings [M, d] (float32, cached on disk per model)."""
-    from ..text import embed_texts, get_pool
-
-    texts = get_pool(pool, size)
-    return texts, embed_texts(lens, texts, templates=templates)
 
 
 def statistics_record(stats: PieceStats, source: str | None) -> dict[str, Any]:
@@ -167,7 +135,7 @@ def run_explain(method: str, options: dict[str, Any]) -> Path:
                              normalize=options["normalize"], batch_size=options["batch_size"],
                              num_workers=options["num_workers"])
     heads, _ = split_heads(stats.labels, options["num_last_layers"])
-    pool = default_pool(options["pool"], data_path)
+    pool = default_pool(options["pool"], data_path, "descriptions")
     texts, embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
     rows, extra = explain_heads(method, stats, heads, embeddings, texts, texts_per_head=options["texts_per_head"],
                                 w_ov_rank=options["w_ov_rank"], max_components=options["max_components"],
@@ -193,7 +161,7 @@ def run_explain(method: str, options: dict[str, Any]) -> Path:
 def explain_options(command: Callable) -> Callable:
     """Everything `cliplens textspan` and `cliplens explain` share."""
     for option in reversed([
-        model_options, data_options, statistics_options, pool_options(None),
+        model_options, data_options, statistics_options, pool_options("none"),
         click.option("--texts-per-head", type=click.IntRange(min=1), default=20, show_default=True,
                      help="textspan: texts per head; svd: texts per pole; omp: atoms per principal direction."),
         click.option("--num-last-layers", type=click.IntRange(min=1), default=4, show_default=True,

@@ -16,17 +16,18 @@ from ..data.loader import as_source
 from ..evaluate.pair_ablation import (
     DEFAULT_KEEPS, PairAblation, ablation_table, check_keep, require_resnet, standard_variants, text_reconstruction,
 )
-from .options import data_options, load_lens, model_options, output_option
 from ..evaluate.zeroshot import source_classifier
 from ..io.tables import write_rows
-from .pairs import echo_table, fit_statistics, pair_fit_options, text_options, text_pool
+from .options import data_options, load_lens, model_options, output_option
+from .pairs import PAIR_ATOMS, echo_table, fit_statistics, pair_fit_options
+from .texts import atom_count, default_pool, omp_options, text_pool
 
 
 @click.command("neuron-ablate")
 @model_options
 @data_options
 @pair_fit_options
-@text_options(default_atoms=64)
+@omp_options(PAIR_ATOMS)
 @click.option("--keep", "keeps", type=float, multiple=True, default=DEFAULT_KEEPS, show_default=True,
               help="Percentages of units kept by score (repeat the option for several).")
 @click.option("--level", type=click.Choice(["pair", "neuron", "both"]), default="both", show_default=True,
@@ -45,8 +46,10 @@ def command(**options: Any) -> None:
     stats = fit_statistics(lens, options["stats_path"], options["fit_path"] or data_path, top_k=options["top_k"],
                            batch_size=batch_size, num_workers=workers, output_dir=output_dir)
     text, atoms = None, options["omp_atoms"]
-    if atoms:
-        texts, embeddings = text_pool(lens, options["pool"], options["pool_size"], options["pool_templates"])
+    if atoms != 0:
+        pool = default_pool(options["pool"], data_path, "words")
+        texts, embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
+        atoms = atom_count(atoms, PAIR_ATOMS, len(texts))
         text, _ = text_reconstruction(stats, embeddings, texts, n_atoms=atoms, dict_norm=options["dict_norm"])
     levels = ("pair", "neuron") if options["level"] == "both" else (options["level"],)
     variants = standard_variants(PairAblation(stats, lens.device), keeps=keeps, levels=levels, text=text,

@@ -30,6 +30,9 @@ from ..stats.collect import load_stats
 from ..stats.moments import Moments
 from ..stats.pairs import PairStats
 from .options import data_options, load_lens, model_options, output_option
+from .texts import atom_count, default_pool, omp_options, text_pool, texts_per_unit_option, word_rows
+
+PAIR_ATOMS = 64  # the ResNet paper's k
 
 
 # shared with neuron-ablate -----------------------------------------------------------------------------------------
@@ -50,28 +53,6 @@ def pair_fit_options(command: Callable) -> Callable:
     return command
 
 
-def text_options(default_atoms: int) -> Callable:
-    """--omp-atoms --pool --pool-size --pool-templates --dict-norm: the sparse-text side."""
-
-    def decorate(command: Callable) -> Callable:
-        for option in reversed([
-            click.option("--omp-atoms", type=click.IntRange(min=0), default=default_atoms, show_default=True,
-                         help="Texts per principal direction (k of OMP); 0 skips the text reconstruction."),
-            click.option("--pool", default="words", show_default=True,
-                         help="Text pool: words, descriptions, imagenet, shapes, or a file with one text per line."),
-            click.option("--pool-size", type=click.IntRange(min=1), default=None,
-                         help="Keep the pool's first N texts."),
-            click.option("--pool-templates", default="photo", show_default=True,
-                         help="Templates the pool texts are embedded with (the reference averages 80: 'openai')."),
-            click.option("--dict-norm", type=click.Choice(["row", "axis0"]), default="row", show_default=True,
-                         help="OMP dictionary normalisation; axis0 reproduces the reference's word lists."),
-        ]):
-            command = option(command)
-        return command
-
-    return decorate
-
-
 def fit_statistics(lens: Any, stats_path: str | None, fit_path: str, *, top_k: int, batch_size: int,
                    num_workers: int, output_dir: Path) -> PairStats:
     """The pair statistics: read (refused if made for another model) or collected and saved to output_dir."""
@@ -84,13 +65,6 @@ def fit_statistics(lens: Any, stats_path: str | None, fit_path: str, *, top_k: i
                          progress=True)
     stats.save(output_dir / "pair_stats")
     return stats
-
-
-def text_pool(lens: Any, pool: str, size: int | None, templates: str) -> tuple[list[str], torch.Tensor]:
-    from ..text import embed_texts, get_pool
-
-    texts = get_pool(pool, size)
-    return texts, embed_texts(lens, texts, templates=templates)
 
 
 def echo_table(rows: list[dict[str, Any]]) -> None:
@@ -129,26 +103,14 @@ def ranked(scores: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tens
     return order if keep is None else order[keep.flatten()[order]]
 
 
-def word_rows(omp: SparseTextDecomposition, units: list[tuple[str, int]], targets: list[int], texts_per_unit: int,
-              method: str) -> list[dict[str, Any]]:
-    """Description rows (layer, unit, description, similarity = OMP coefficient, rank, method) for chosen targets."""
-    rows = []
-    for (layer, unit), target in zip(units, targets):
-        for rank, (text, coef) in enumerate(omp.texts_[target][:texts_per_unit]):
-            rows.append({"layer": layer, "unit": unit, "description": text, "similarity": coef, "rank": rank,
-                         "method": method})
-    return rows
-
-
 @click.command("pairs")
 @model_options
 @data_options
 @pair_fit_options
-@text_options(default_atoms=64)
+@omp_options(PAIR_ATOMS)
+@texts_per_unit_option
 @click.option("--keep", type=float, default=10.0, show_default=True,
               help="Percentage of pairs (and of neurons) kept by score; the rest are mean-ablated.")
-@click.option("--texts-per-unit", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Words written per kept pair or neuron.")
 @output_option("cliplens-out/pairs")
 def command(**options: Any) -> None:
     """Statistics, words and ablation accuracy of ResNet neuron×head pairs."""
@@ -164,13 +126,16 @@ def command(**options: Any) -> None:
     pair_mask, neuron_mask = top_mask(scores, keep_percent), top_mask(neuron_scores(scores), keep_percent)
     write_rows(output_dir / "pairs.csv", pair_summary(stats, scores, pair_mask))
 
-    atoms, method = options["omp_atoms"], f"omp-k{options['omp_atoms']}"
     text = texts = pool_embeddings = None
-    if atoms:
-        texts, pool_embeddings = text_pool(lens, options["pool"], options["pool_size"], options["pool_templates"])
+    atoms = options["omp_atoms"]
+    if atoms != 0:
+        pool = default_pool(options["pool"], data_path, "words")
+        texts, pool_embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
+        atoms = atom_count(atoms, PAIR_ATOMS, len(texts))
         text, pair_omp = text_reconstruction(stats, pool_embeddings, texts, n_atoms=atoms,
                                              dict_norm=options["dict_norm"])
         kept = ranked(scores, pair_mask).tolist()
+        method = f"omp-k{atoms}"
         rows = word_rows(pair_omp, [(f"H{flat // stats.neurons}", flat % stats.neurons) for flat in kept], kept,
                          options["texts_per_unit"], method)
         write_descriptions(output_dir / "pair_words.csv", rows)

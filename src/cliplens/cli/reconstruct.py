@@ -19,8 +19,9 @@ from ..errors import CliplensError
 from ..evaluate.reconstruction import METHODS, plot, reconstruction_accuracy, write_csv
 from ..evaluate.zeroshot import source_classifier
 from .ablate import echo_rows, evaluation_options, evaluation_source, evaluation_record, reference_statistics
-from .explain import default_pool, pool_options, statistics_options, statistics_record, text_pool, write_metadata
+from .explain import statistics_options, statistics_record, write_metadata
 from .options import data_options, load_lens, model_options, output_option
+from .texts import default_pool, pool_options, text_pool
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -40,7 +41,7 @@ def powers_of_two(limit: int) -> list[int]:
 @data_options
 @statistics_options
 @evaluation_options
-@pool_options(None)
+@pool_options("none")
 @click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated reconstruction methods.")
 @click.option("--texts", default=None,
               help="Texts per head to sweep, comma-separated [default: 1, 2, 4, ... up to what the model and pool "
@@ -58,7 +59,7 @@ def command(**options: Any) -> None:
     lens = load_lens(options)
     source = evaluation_source(options["data_path"], options["label"])
     stats, where = reference_statistics(lens, options, source, "head")
-    pool = default_pool(options["pool"], options["data_path"])
+    pool = default_pool(options["pool"], options["data_path"], "descriptions")
     texts, embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
     if texts_option is None:
         counts = powers_of_two(min(options["w_ov_rank"], embeddings.shape[1], len(texts)))

@@ -1,7 +1,8 @@
 """`cliplens second-order`: per-neuron second-order statistics of one ViT MLP layer, and optionally its ablations.
 
 Writes OUTPUT_DIR/second_order_L{l} (the statistics artifact: mean effects, principal directions, thresholds, top
-images), OUTPUT_DIR/neurons_L{l}.csv (one summary row per neuron) and, with --eval-data-path, the five zero-shot
+images), OUTPUT_DIR/neurons_L{l}.csv (one summary row per neuron), OUTPUT_DIR/neuron_words_L{l}.csv (each neuron's
+principal direction written as --omp-atoms signed texts, METHODS §5) and, with --eval-data-path, the five zero-shot
 accuracies of METHODS §4.5 to OUTPUT_DIR/ablation_L{l}.csv.
 """
 
@@ -11,13 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from ..data.loader import as_source
 from ..evaluate.neuron_ablation import neuron_ablation
 from ..evaluate.zeroshot import source_classifier
+from ..explain.omp import SparseTextDecomposition
+from ..explain.tables import write_descriptions
 from ..io.tables import write_rows
 from ..stats.second_order import SecondOrderStats, collect_second_order
 from .options import data_options, load_lens, model_options, output_option
+from .texts import atom_count, default_pool, omp_options, text_pool, texts_per_unit_option, word_rows
+
+NEURON_ATOMS = 128  # the second-order paper's k
 
 
 def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
@@ -30,6 +37,20 @@ def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
              "threshold": thresholds[n], "variance_explained_pc1": explained[n],
              "topk_variance_explained_pc1": explained_topk[n], "top_images": " ".join(map(str, top[n]))}
             for n in range(stats.basis.num_neurons)]
+
+
+def neuron_words(stats: SecondOrderStats, lens: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each neuron's principal direction (top-k images, the paper's) as OMP text atoms; neurons that never moved
+    (a zero direction) have nothing to explain and get no rows."""
+    pool = default_pool(options["pool"], options["data_path"], "words")
+    texts, embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
+    atoms = atom_count(options["omp_atoms"], NEURON_ATOMS, len(texts))
+    directions = stats.principal_directions
+    alive = (directions.norm(dim=-1) > 0).nonzero()[:, 0].tolist()
+    omp = SparseTextDecomposition(atoms, dict_norm=options["dict_norm"], dtype=torch.float64)
+    omp.fit(directions[alive], embeddings, texts)
+    return word_rows(omp, [(stats.layer, n) for n in alive], list(range(len(alive))), options["texts_per_unit"],
+                     f"omp-k{atoms}")
 
 
 @click.command("second-order")
@@ -50,11 +71,13 @@ def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
 @click.option("--templates", default="auto", show_default=True,
               help="Classifier prompts: a template set (none, photo, simple, openai) or a format string; auto uses "
                    "the shapes world's prompts on shapes data and 'photo' elsewhere.")
+@omp_options(NEURON_ATOMS)
+@texts_per_unit_option
 def command(output_dir: Path, mlp_layer: int, convention: str, scale: float, normalize: bool, top_k: int,
             eval_data_path: str | None, templates: str, data_path: str, batch_size: int, num_workers: int,
-            **model: Any) -> None:
+            **options: Any) -> None:
     """Second-order statistics of every neuron of --mlp-layer over --data-path (two streaming passes)."""
-    lens = load_lens(model)
+    lens = load_lens(options)
     stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
                                  normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
                                  progress=True)
@@ -62,6 +85,10 @@ def command(output_dir: Path, mlp_layer: int, convention: str, scale: float, nor
     table = write_rows(output_dir / f"neurons_L{mlp_layer}.csv", neuron_rows(stats))
     click.echo(f"{lens.name} layer {mlp_layer}: {stats.report.summary()}")
     click.echo(f"wrote {artifact} and {table}")
+    if options["omp_atoms"] != 0:
+        words = write_descriptions(output_dir / f"neuron_words_L{mlp_layer}.csv",
+                                   neuron_words(stats, lens, {**options, "data_path": data_path}))
+        click.echo(f"wrote {words}")
     if eval_data_path is None:
         return
     source = as_source(eval_data_path)
