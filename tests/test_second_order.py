@@ -213,16 +213,17 @@ def literal_statistics(phi, k):
     norms = deviations.norm(dim=-1)  # [I, F]
     top = norms.T.sort(dim=1, descending=True)
     result = {"mean": mean, "norms": norms, "top_norms": top.values[:, :k], "top_index": top.indices[:, :k],
-              "pcs": [], "pcs_all": [], "explained": [], "explained_topk": []}
+              "pcs": [], "pcs_all": [], "explained": [], "explained_topk": [], "top_projections": []}
     for n in range(phi.shape[1]):
         block = deviations[top.indices[n, :k], n]  # [k, d]
         _, singular, vh = torch.linalg.svd(block, full_matrices=False)
         result["pcs"].append(oriented(vh[0], block))
+        result["top_projections"].append(block @ result["pcs"][-1])
         result["explained_topk"].append(singular[0] ** 2 / (singular**2).sum())
         values, vectors = torch.linalg.eigh(deviations[:, n].T @ deviations[:, n] / len(phi))
         result["pcs_all"].append(oriented(vectors[:, -1], block))
         result["explained"].append(values[-1] / values.sum())
-    for key in ("pcs", "pcs_all", "explained", "explained_topk"):
+    for key in ("pcs", "pcs_all", "explained", "explained_topk", "top_projections"):
         result[key] = torch.stack(result[key])
     return result
 
@@ -264,6 +265,8 @@ def test_principal_directions_equal_the_literal_svd_with_the_sign_rule(fitted):
     assert_same_direction(stats.principal_directions_all, literal["pcs_all"])
     assert torch.allclose(stats.topk_variance_explained, literal["explained_topk"], atol=1e-10, rtol=0)
     assert torch.allclose(stats.variance_explained, literal["explained"], atol=1e-10, rtol=0)
+    # effects are O(100) here (scale 100, unit embedding): 1e-8 is still ~1e5 ulps of them
+    assert torch.allclose(stats.top_projections, literal["top_projections"], atol=1e-8, rtol=0)
 
 
 def test_merging_two_halves_equals_the_whole(lens, fit_images):
@@ -421,7 +424,7 @@ def test_command_writes_statistics_summaries_and_ablations(tmp_path, monkeypatch
     pool.write_text("\n".join(["red", "blue", "circle", "square", "striped", "dotted", "top left", "centre"]))
     arguments = ["--mlp-layer", "0", "--data-path", str(fit), "--eval-data-path", str(held_out), "--output-dir",
                  str(out), "--top-k", "3", "--convention", "reference", "--scale", "100", "--normalize",
-                 "--batch-size", "3", "--pool", str(pool), "--omp-atoms", "3", "--texts-per-unit", "2"]
+                 "--batch-size", "3", "--pool", str(pool), "--omp-atoms", "3", "--texts-per-unit", "2", "--grids", "2"]
     result = CliRunner().invoke(cli_module.command, arguments)
     assert result.exit_code == 0, result.output
     stats = load_second_order(out / "second_order_L0", tree_lens)
@@ -438,5 +441,10 @@ def test_command_writes_statistics_summaries_and_ablations(tmp_path, monkeypatch
     first = [row for row in words if row["unit"] == words[0]["unit"]]
     assert [row["rank"] for row in first] == ["0", "1"]
     assert abs(float(first[0]["similarity"])) >= abs(float(first[1]["similarity"]))
+    strongest = stats.norms().mean(-1).argsort(descending=True)[:2].tolist()
+    assert sorted(p.name for p in (out / "top_images_L0").iterdir()) == sorted(
+        f"L0N{n}.{ext}" for n in strongest for ext in ("csv", "png"))
+    ranked = list(csv.DictReader((out / "top_images_L0" / f"L0N{strongest[0]}.csv").open()))
+    assert [int(row["index"]) for row in ranked] == stats.top_images[strongest[0]].tolist()
     result = CliRunner().invoke(cli_module.command, ["--mlp-layer", "2", "--data-path", str(fit)])
     assert isinstance(result.exception, CliplensError)

@@ -2,7 +2,8 @@
 
 Writes OUTPUT_DIR/second_order_L{l} (the statistics artifact: mean effects, principal directions, thresholds, top
 images), OUTPUT_DIR/neurons_L{l}.csv (one summary row per neuron), OUTPUT_DIR/neuron_words_L{l}.csv (each neuron's
-principal direction written as --omp-atoms signed texts, METHODS §5) and, with --eval-data-path, the five zero-shot
+principal direction written as --omp-atoms signed texts, METHODS §5), OUTPUT_DIR/top_images_L{l}/L{l}N{n}.png and .csv
+(the top images of the --grids neurons with the largest effects) and, with --eval-data-path, the five zero-shot
 accuracies of METHODS §4.5 to OUTPUT_DIR/ablation_L{l}.csv.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 import click
 import torch
 
+from ..apps.retrieval import Ranking, write_ranking
 from ..data.loader import as_source
 from ..evaluate.neuron_ablation import neuron_ablation
 from ..evaluate.zeroshot import source_classifier
@@ -53,6 +55,16 @@ def neuron_words(stats: SecondOrderStats, lens: Any, options: dict[str, Any]) ->
                      f"omp-k{atoms}")
 
 
+def write_top_images(stats: SecondOrderStats, data: Any, folder: Path, count: int) -> Path:
+    """Grids of the top images (by centred second-order norm) of the `count` neurons with the largest mean of them."""
+    strongest = stats.norms().mean(-1).argsort(descending=True, stable=True)[:count].tolist()
+    for n in strongest:
+        ranking = Ranking(f"L{stats.layer}N{n}", "centred second-order norm", stats.top_images[n].cpu(),
+                          stats.top_norms[n].cpu())
+        write_ranking(folder, ranking, data)
+    return folder
+
+
 @click.command("second-order")
 @model_options
 @data_options
@@ -73,9 +85,11 @@ def neuron_words(stats: SecondOrderStats, lens: Any, options: dict[str, Any]) ->
                    "the shapes world's prompts on shapes data and 'photo' elsewhere.")
 @omp_options(NEURON_ATOMS)
 @texts_per_unit_option
+@click.option("--grids", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Write the top images of this many neurons (largest mean top-k effect) as PNG grids and CSV.")
 def command(output_dir: Path, mlp_layer: int, convention: str, scale: float, normalize: bool, top_k: int,
             eval_data_path: str | None, templates: str, data_path: str, batch_size: int, num_workers: int,
-            **options: Any) -> None:
+            grids: int, **options: Any) -> None:
     """Second-order statistics of every neuron of --mlp-layer over --data-path (two streaming passes)."""
     lens = load_lens(options)
     stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
@@ -89,6 +103,9 @@ def command(output_dir: Path, mlp_layer: int, convention: str, scale: float, nor
         words = write_descriptions(output_dir / f"neuron_words_L{mlp_layer}.csv",
                                    neuron_words(stats, lens, {**options, "data_path": data_path}))
         click.echo(f"wrote {words}")
+    if grids:
+        folder = write_top_images(stats, data_path, output_dir / f"top_images_L{mlp_layer}", grids)
+        click.echo(f"wrote the top images of {min(grids, stats.basis.num_neurons)} neurons to {folder}")
     if eval_data_path is None:
         return
     source = as_source(eval_data_path)

@@ -196,6 +196,12 @@ class SecondOrderStats:
         return self._derived["principal_coordinates"]
 
     @property
+    def top_projections(self) -> torch.Tensor:
+        """⟨Δ_n(I), pc_n⟩ [F, k] for the top images, in `top_images` order: the images at the direction's pole (the
+        ones its words should describe) are those with positive values."""
+        return self._top_projections(self.principal_coordinates)
+
+    @property
     def topk_variance_explained(self) -> torch.Tensor:
         """σ₁² / Σσ² [F] of each neuron's top-k block."""
         self._principal_topk()
@@ -247,7 +253,7 @@ class SecondOrderStats:
 
     def _store_principal(self, suffix: str, coordinates: torch.Tensor, explained: torch.Tensor, name: str) -> None:
         """Orient by SIGN_RULE (projections of the top-k rows: δ_i G_n w_n), then materialise pc = w·B_n."""
-        projections = ((self.top_deviations @ self.basis.gram) @ coordinates[..., None])[..., 0]  # [F, k]
+        projections = self._top_projections(coordinates)
         positive = 2 * (projections > 0).sum(1)
         rows = projections.shape[1]
         tie = torch.where(projections.sum(1) < 0, -1.0, 1.0).to(FLOAT)
@@ -256,6 +262,10 @@ class SecondOrderStats:
         self._derived[f"principal_coordinates{suffix}"] = coordinates
         self._derived[f"principal_directions{suffix}"] = self.basis.combine(coordinates)
         self._derived[name] = explained
+
+    def _top_projections(self, coordinates: torch.Tensor) -> torch.Tensor:
+        """δ_i G_n w_n [F, k]: each top image's coordinate along the direction w_n·B_n."""
+        return ((self.top_deviations @ self.basis.gram) @ coordinates[..., None])[..., 0]
 
     def _require_ranking(self) -> None:
         if self.centre is None or self.top_norms.shape[1] == 0:
