@@ -45,10 +45,18 @@ def vit_steps(out: Path) -> list[Step]:
 
 
 def rn_steps(out: Path) -> list[Step]:
+    rn = ["--model", "toy:rn"]
+    stats = str(out / "rn-pairs" / "pair_stats")
     return [
         ("ResNet neuron x head pairs of toy:rn: scores, words, 90 % of pairs mean-ablated", "pairs",
-         ["--model", "toy:rn", "--data-path", EVAL, "--fit-path", FIT, "--pool", "shapes", "--omp-atoms", "8",
-          "--keep", "10", "--output-dir", str(out / "rn-pairs")]),
+         rn + ["--data-path", EVAL, "--fit-path", FIT, "--pool", "shapes", "--omp-atoms", "8", "--keep", "10",
+               "--output-dir", str(out / "rn-pairs")]),
+        ("How few pairs or neurons toy:rn needs: accuracy with the top 1-50 % kept", "neuron-ablate",
+         rn + ["--data-path", EVAL, "--stats", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "1",
+               "--keep", "5", "--keep", "10", "--keep", "50", "--output-dir", str(out / "rn-neuron-ablate")]),
+        ("Retrieval: the top images of two strong pairs and of a neuron across its heads", "retrieve",
+         rn + ["--data-path", FIT, "--stats", stats, "--component", "H1N262", "--component", "H2N20",
+               "--component", "N342", "--top", "16", "--output-dir", str(out / "rn-retrieve")]),
     ]
 
 
