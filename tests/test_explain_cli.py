@@ -152,3 +152,13 @@ def test_default_sweep_stops_at_the_span():
     assert reconstruct.powers_of_two(41) == [1, 2, 4, 8, 16, 32]
     assert reconstruct.powers_of_two(32) == [1, 2, 4, 8, 16, 32]
     assert reconstruct.powers_of_two(1) == [1]
+
+
+def test_omp_atom_count_defaults_to_half_a_small_pool_and_refuses_too_many():
+    from cliplens.cli.texts import atom_count
+
+    assert atom_count(None, 128, 30_000) == 128  # the papers' k on a full word pool
+    assert atom_count(None, 128, 39) == 19  # the shapes vocabulary: half of it, so OMP still has to choose
+    assert atom_count(7, 128, 39) == 7
+    with pytest.raises(CliplensError, match="exceeds the text pool"):
+        atom_count(40, 128, 39)
