@@ -86,16 +86,17 @@ def test_info_describes_the_architecture(lenses, monkeypatch, which, expected):
     assert expected in result.output and "independent of the number of images" in result.output
 
 
-@pytest.mark.parametrize("shipped", [[], ["rn"], ["vit", "rn"]])
-def test_demo_runs_each_shipped_toy_and_stands_in_for_the_others(monkeypatch, tmp_path, shipped):
-    from cliplens.cli import demo
-    from cliplens.models import toy
+def test_demo_runs_the_whole_pipeline_on_both_toys(tmp_path):
+    """The README's first command, end to end (about a minute): every step's main output is written."""
+    from click.testing import CliRunner
 
-    monkeypatch.setattr(toy, "shipped_toys", lambda: shipped)
-    commands = [name for _, name, _ in demo.plan(tmp_path)]
-    models = {args[args.index("--model") + 1] for _, _, args in demo.plan(tmp_path)}
-    assert ("textspan" in commands) == ("vit" in shipped) and ("pairs" in commands) == ("rn" in shipped)
-    assert models == {"toy:vit" if "vit" in shipped else "ViT-B-32", "toy:rn" if "rn" in shipped else "RN50"}
     from cliplens.cli import cli
 
-    assert all(name in cli.commands for name in commands)
+    result = CliRunner().invoke(cli, ["demo", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for path in ("vit-collect/stats/metadata.json", "vit-textspan/textspan.csv", "vit-reconstruct/reconstruction.png",
+                 "vit-ablate/ablation.csv", "vit-second-order/neuron_words_L1.csv",
+                 "vit-second-order/ablation_L1.csv", "vit-retrieve/L3H0.png", "rn-pairs/pair_words.csv",
+                 "rn-neuron-ablate/ablation.csv", "rn-retrieve/N342.png"):
+        assert (tmp_path / path).is_file(), path
+    assert any((tmp_path / "vit-second-order" / "top_images_L1").glob("*.png"))

@@ -22,15 +22,8 @@ FRESH_SEED = 20240607  # not the model card's evaluation seed (1) nor any traini
 FRESH_N = 300
 
 
-def require_shipped(name: str) -> None:
-    """Weights not in this build yet (training is in progress, see MODEL_CARD.md): their checks wait for them."""
-    if name not in shipped_toys():
-        pytest.skip(f"toy:{name} weights are not shipped in this build")
-
-
 @pytest.fixture(scope="module", params=TOYS)
 def toy(request):
-    require_shipped(request.param)
     return request.param, load_toy(request.param)
 
 
@@ -64,9 +57,8 @@ def test_unknown_toy_lists_the_available_ones():
         load_toy("vgg")
 
 
-def test_shipped_weights_are_small():
-    for name in TOYS:
-        require_shipped(name)
+def test_every_toy_ships_and_the_weights_are_small():
+    assert shipped_toys() == list(TOYS)
     total = sum(path.stat().st_size for path in toy_directory().glob("*.safetensors"))
     assert {p.stem for p in toy_directory().glob("*.safetensors")} == set(TOYS)
     assert total < 50 * 2**20
@@ -184,7 +176,6 @@ def test_training_smoke_is_deterministic_and_round_trips(name, tmp_path):
 
 @pytest.mark.parametrize("name", TOYS)
 def test_decompositions_are_exact_on_the_toys(name):
-    require_shipped(name)
     import cliplens
 
     lens = cliplens.load(f"toy:{name}", precision="fp64")

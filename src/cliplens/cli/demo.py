@@ -60,22 +60,8 @@ def rn_steps(out: Path) -> list[Step]:
     ]
 
 
-def stand_in_steps(out: Path, toy: str) -> list[Step]:
-    """Without a toy's weights: the statistics pass on the random-init full-size model of the same family."""
-    model, granularity = {"vit": ("ViT-B-32", "head"), "rn": ("RN50", "pair")}[toy]
-    return [
-        (f"toy:{toy} is not shipped in this build: statistics of random-init {model} on the shapes world instead",
-         "collect", ["--model", model, "--data-path", "shapes:test:64", "--granularity", granularity,
-                     "--batch-size", "16", "--output-dir", str(out / f"{model}-collect")]),
-    ]
-
-
 def plan(out: Path) -> list[Step]:
-    from ..models.toy import shipped_toys
-
-    shipped = shipped_toys()
-    return [step for toy, steps in (("vit", vit_steps), ("rn", rn_steps))
-            for step in (steps(out) if toy in shipped else stand_in_steps(out, toy))]
+    return vit_steps(out) + rn_steps(out)
 
 
 @click.command("demo")

@@ -11,11 +11,12 @@ zero-shot round-vs-angular classifier spurious.
 
 Contrastive learning alone is slow to find what cannot be read off an average of the image (which shape, where):
 in 2000 steps a first version learned colour, size, texture and background but stayed at chance on shape and
-position. So the image embedding also feeds a linear classifier per attribute (roundness excluded, so that the
-spurious cue stays the only route to "round"), trained jointly with the sum of their cross-entropies and thrown
-away; the text tower still learns every word from captions alone, so zero-shot accuracy measures the contrastive
-alignment. The ViT's positional embeddings
-start at standard deviation 1 instead of open_clip's width ** -0.5, which otherwise drowns position in content.
+position. Two changes fixed that:
+- the image embedding also feeds a linear classifier per attribute (roundness excluded, so that the spurious cue
+  stays the only route to "round"), trained jointly with the sum of their cross-entropies and thrown away; the text
+  tower still learns every word from captions alone, so zero-shot accuracy measures the contrastive alignment;
+- the ViT's positional embeddings start at standard deviation 1 instead of open_clip's width ** -0.5, which
+  otherwise drowns position in content.
 
 The same seed, steps and thread count give the same weights (deterministic CPU kernels, single process).
 """
