@@ -9,9 +9,10 @@ import torch
 
 from cliplens import CliplensError
 from cliplens.evaluate.ablation import (
-    Variant, VariantBank, evaluate_variants, layer_curve, mean_ablation, mlp_variants, pattern_variants, write_scores,
+    Variant, VariantBank, cls_cell_means, cls_variants, evaluate_variants, layer_curve, mean_ablation, mlp_variants,
+    pattern_variants, write_scores,
 )
-from cliplens.evaluate.groups import select, split_patterns
+from cliplens.evaluate.groups import attention_layers, select, split_patterns
 from conftest import random_images, tiny_vit, wrap
 
 # Float64 pieces of these tiny models are O(1); the streaming sum and the loop add the same numbers in different
@@ -97,6 +98,55 @@ def test_streaming_equals_per_image_loop(vit, reference_images, eval_images, con
         assert (combined[:, v] - expected).abs().max() <= TOLERANCE, variant.name
         assert scores.correct[v] == int(((expected @ weights).argmax(1) == truth).sum()), variant.name
     assert scores.count == len(eval_images)
+
+
+@pytest.mark.parametrize("granularity,convention,normalize",
+                         [("head", "separate", False), ("head", "reference", True), ("layer", "reference", False)])
+def test_cls_ablation_equals_the_literal_loop(vit, reference_images, eval_images, granularity, convention, normalize):
+    """TextSpan's CLS ablation: in every kept attention piece, the token-0 cell of the per-token decomposition (itself
+    checked against explicit token loops in test_decompose_vit) swapped for its mean over the reference images."""
+    settings = dict(granularity=granularity, convention=convention, normalize=normalize)
+    stats = vit.collect(labelled(reference_images, 0), spatial=True, batch_size=7, **settings)
+    labels = stats.labels
+    attention = [labels.index(label) for members in attention_layers(labels).values() for label in members]
+    reference = vit.decompose(reference_images, **settings).components
+    cls_means = vit.decompose(reference_images, spatial=True, **settings).components[:, attention, 0].mean(0)
+    variants = cls_variants(labels) + [Variant("layer 1 + cls", tuple(select(labels, ["L1.attn"])), cls=True)]
+    plain = vit.decompose(eval_images, **settings).components
+    cells = vit.decompose(eval_images, spatial=True, **settings).components[:, :, 0]
+    expected = torch.zeros(len(eval_images), len(variants), plain.shape[-1], dtype=torch.float64)
+    for v, variant in enumerate(variants):
+        for b in range(len(eval_images)):
+            for i, label in enumerate(labels):
+                if label in variant.ablated:
+                    expected[b, v] += reference[:, i].mean(0)
+                    continue
+                expected[b, v] += plain[b, i]
+                if variant.cls and i in attention:
+                    expected[b, v] += cls_means[attention.index(i)] - cells[b, i]
+    bank = VariantBank(variants, labels, stats.mean, cls_cell_means(stats))
+    factors = vit.decomposer.factorise(eval_images, convention=convention, normalize=normalize, tokens=True)
+    fast_cells = vit.decomposer.cls_cells(factors, granularity)
+    assert (fast_cells - cells[:, attention]).abs().max() <= TOLERANCE
+    assert (bank.combine(plain, fast_cells) - expected).abs().max() <= TOLERANCE
+    weights = classifier_weights(plain.shape[-1])
+    data = labelled(eval_images, 1)
+    truth = torch.tensor([label for _, label in data])
+    scores = evaluate_variants(vit, data, variants, weights, stats, batch_size=4)
+    for v, variant in enumerate(variants):
+        assert scores.correct[v] == int(((expected[:, v] @ weights).argmax(1) == truth).sum()), variant.name
+
+
+def test_cls_ablation_needs_per_token_means_and_attention(vit, reference_images, eval_images, resnet_lens):
+    flat = vit.collect(labelled(reference_images[:4], 0))
+    with pytest.raises(CliplensError, match="per token"):
+        evaluate_variants(vit, labelled(eval_images, 1), cls_variants(flat.labels), classifier_weights(32), flat)
+    scores, stats = mean_ablation(vit, labelled(eval_images, 1), cls_variants(flat.labels), classifier_weights(32),
+                                  mean_source="eval")
+    assert stats.token_mean is not None and scores.names == ["none", "cls", "mlps", "mlps+cls"]
+    resnet = resnet_lens.collect(labelled(random_images(4, 64, seed=5), 0), spatial=True)
+    with pytest.raises(CliplensError, match="attention pieces"):
+        VariantBank([Variant("cls", cls=True)], resnet.labels, resnet.mean, resnet.token_mean[:, 0])
 
 
 def test_resnet_heads_stream_like_the_loop(resnet_lens):

@@ -116,6 +116,15 @@ def test_ablate_presets_and_patterns(tmp_path):
     assert metadata["variants"]["attn[-1:],embed"] == ["embed"] + [f"L2H{h}" for h in range(4)]
 
 
+def test_ablate_cls_preset_collects_per_token_means(tmp_path):
+    out = tmp_path / "cls"
+    invoke(ablate.command, "--data-path", DATA, "--preset", "mlps", "--preset", "cls", "--output-dir", out)
+    rows = read_csv(out / "ablation.csv")
+    assert [row["variant"] for row in rows] == ["full model", "none", "mlps", "cls", "mlps+cls"]
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["variants"]["cls"] == ["CLS cells"] and metadata["means"]["source"] == "shapes:test:16:1"
+
+
 def test_ablate_refuses_bad_input(tmp_path):
     with pytest.raises(CliplensError, match="matches no piece"):
         invoke(ablate.command, "--data-path", DATA, "--components", "L9H*", "--output-dir", tmp_path)

@@ -1,7 +1,9 @@
 """`cliplens ablate`: zero-shot accuracy with chosen pieces replaced by their mean (METHODS §2.1).
 
 Each --components value is one variant (comma-separated patterns, ablated together); --preset adds the reference's
-variants: `mlps` (every MLP plus embed) or `layer-curve` (attention of layers 0..k, for every k). One streaming pass
+variants: `mlps` (every MLP plus embed), `cls` (TextSpan's table: the CLS→CLS attention cells, the MLPs, and both;
+its means need per-token statistics, collected here when needed) or `layer-curve` (attention of layers 0..k, for
+every k). One streaming pass
 over --data-path scores them all. The means come from a separate reference set: --stats, or --fit-path collected
 here, or by default (shapes data only) an independent draw of the same shapes split (seed + 1); --mean-source eval
 uses the evaluation data itself, the references' in-sample protocol. The helpers below are shared with
@@ -18,8 +20,8 @@ import click
 from ..data.loader import as_source, fingerprint
 from ..errors import CliplensError
 from ..evaluate.ablation import (
-    MEAN_SOURCES, evaluate_variants, layer_curve, mlp_variants, nothing_ablated,
-    pattern_variants, write_scores,
+    MEAN_SOURCES, cls_variants, evaluate_variants, layer_curve, mlp_variants, nothing_ablated, pattern_variants,
+    write_scores,
 )
 from ..evaluate.groups import PATTERN_HELP, split_patterns
 from ..evaluate.zeroshot import source_classifier, source_prompts
@@ -27,7 +29,7 @@ from ..stats.collect import PieceStats
 from .explain import piece_statistics, statistics_options, statistics_record, write_metadata
 from .options import data_options, load_lens, model_options, output_option
 
-PRESETS = ("mlps", "layer-curve")
+PRESETS = {"mlps": mlp_variants, "cls": cls_variants, "layer-curve": layer_curve}
 
 
 # shared with reconstruct -------------------------------------------------------------------------------------------
@@ -74,7 +76,7 @@ def default_reference(source: Any) -> tuple[Any, str]:
 
 
 def reference_statistics(
-    lens: Any, options: dict[str, Any], source: Any, granularity: str | None
+    lens: Any, options: dict[str, Any], source: Any, granularity: str | None, *, spatial: bool = False
 ) -> tuple[PieceStats, str]:
     """The statistics that supply means (and fits), and a description of where they came from."""
     stats_path, fit_path = options["stats_path"], options["fit_path"]
@@ -90,7 +92,7 @@ def reference_statistics(
         data, where = default_reference(source)
     stats = piece_statistics(lens, stats_path, data, convention=options["convention"], normalize=options["normalize"],
                              granularity=granularity, batch_size=options["batch_size"],
-                             num_workers=options["num_workers"])
+                             num_workers=options["num_workers"], spatial=spatial)
     return stats, where
 
 
@@ -115,8 +117,9 @@ def echo_rows(rows: list[tuple[str, float]]) -> None:
 @click.option("--components", multiple=True,
               help=f"Pieces to mean-ablate together, comma-separated; repeat for more variants. "
                    f"Patterns: {PATTERN_HELP}.")
-@click.option("--preset", "presets", type=click.Choice(PRESETS), multiple=True,
-              help="Reference variants: mlps, or layer-curve (attention of layers 0..k mean-ablated, every k).")
+@click.option("--preset", "presets", type=click.Choice(list(PRESETS)), multiple=True,
+              help="Reference variants: mlps; cls (CLS cells, MLPs, both: TextSpan's table); or layer-curve "
+                   "(attention of layers 0..k mean-ablated, every k).")
 @click.option("--granularity", type=click.Choice(["head", "layer"]), default=None,
               help="Pieces when collecting statistics here [default: head; with --stats, the artifact's].")
 @output_option("cliplens-out/ablate")
@@ -124,13 +127,14 @@ def command(**options: Any) -> None:
     """Zero-shot accuracy with chosen pieces mean-ablated, scored in one pass over the data."""
     components, presets = options.pop("components"), options.pop("presets")
     if not components and not presets:
-        raise CliplensError("nothing to ablate: pass --components (e.g. 'L3H*,mlps') or --preset mlps|layer-curve")
+        raise CliplensError("nothing to ablate: pass --components (e.g. 'L3H*,mlps') or --preset mlps|cls|layer-curve")
     lens = load_lens(options)
     source = evaluation_source(options["data_path"], options["label"])
-    stats, where = reference_statistics(lens, options, source, options["granularity"])
+    stats, where = reference_statistics(lens, options, source, options["granularity"], spatial="cls" in presets)
     variants = [nothing_ablated()]
     for preset in dict.fromkeys(presets):
-        variants += (mlp_variants if preset == "mlps" else layer_curve)(stats.labels)[1:]
+        variants += [variant for variant in PRESETS[preset](stats.labels)[1:]
+                     if variant.name not in {known.name for known in variants}]
     variants += pattern_variants(stats.labels, [split_patterns(text) for text in components])
     weights = source_classifier(lens, source, options["templates"])
     scores = evaluate_variants(lens, source, variants, weights, stats, batch_size=options["batch_size"],
@@ -142,7 +146,8 @@ def command(**options: Any) -> None:
         "model": lens.describe(),
         "means": {**statistics_record(stats, where), "mean_source": options["mean_source"]},
         "evaluation": evaluation_record(source, scores.count, options["templates"]),
-        "variants": {variant.name: list(variant.ablated) for variant in variants},
+        "variants": {variant.name: list(variant.ablated) + (["CLS cells"] if variant.cls else [])
+                     for variant in variants},
     })
     click.echo(f"{lens.name}: zero-shot accuracy on {scores.count} images, means from {where} ({path}):")
     echo_rows([("full model", scores.full_accuracy)] + [(name, scores.accuracy(name)) for name in scores.names]

@@ -48,7 +48,7 @@ def statistics_options(command: Callable) -> Callable:
 
 def piece_statistics(
     lens: Any, stats_path: str | None, data: Any, *, convention: str | None, normalize: bool | None,
-    granularity: str | None = "head", batch_size: int = 32, num_workers: int = 0,
+    granularity: str | None = "head", batch_size: int = 32, num_workers: int = 0, spatial: bool = False,
 ) -> PieceStats:
     """Statistics read from `stats_path` (checked against the lens and any setting given) or collected over `data`.
 
@@ -56,7 +56,7 @@ def piece_statistics(
     convention and unnormalised pieces.
     """
     if stats_path is not None:
-        expect: dict[str, Any] = {"spatial": False}
+        expect: dict[str, Any] = {"spatial": spatial}
         if granularity is not None:
             expect["granularity"] = granularity
         if convention is not None:
@@ -67,7 +67,7 @@ def piece_statistics(
         if not isinstance(stats, PieceStats):
             raise CliplensError(f"{stats_path} holds ResNet pair statistics; collect with --granularity head")
         return stats
-    return lens.collect(data, granularity=granularity or "head", convention=convention or "separate",
+    return lens.collect(data, granularity=granularity or "head", spatial=spatial, convention=convention or "separate",
                         normalize=bool(normalize), batch_size=batch_size, num_workers=num_workers, progress=True)
 
 

@@ -245,10 +245,26 @@ class ViTDecomposer:
     ) -> Decomposition:
         check_options(granularity, convention, GRANULARITIES)
         factors = self.factorise(images, convention=convention, normalize=normalize, tokens=spatial)
+        return self.group(factors, granularity=granularity, spatial=spatial, convention=convention,
+                          normalize=normalize)
+
+    def group(self, factors: Factorised, *, granularity: str, spatial: bool, convention: str,
+              normalize: bool) -> Decomposition:
+        """The pieces of factors made by `factorise` with the same convention and normalisation (and tokens=True
+        when spatial), in residual order."""
         pieces = {"embed": factors.embed, "mlps": factors.mlps, "heads": factors.tokens() if spatial else factors.heads()}
         if factors.bias is not None:
             pieces["bias"] = factors.bias
         return _group(pieces, factors.embedding, granularity, convention, spatial, normalize, self.spec)
+
+    @staticmethod
+    def cls_cells(factors: Factorised, granularity: str) -> torch.Tensor:
+        """The CLS→CLS cell of every attention piece [B, A, d] (A = L·H heads, or L layers): the part of a head that
+        reads the CLS token's own value, what TextSpan's CLS ablation replaces. Needs factors made with tokens=True."""
+        if factors.token_coefficients is None:
+            raise CliplensError("CLS cells need the per-token factors: call factorise(..., tokens=True)")
+        cells = torch.einsum("blhk,lhkd->blhd", factors.token_coefficients[:, :, :, 0], factors.token_basis)
+        return cells.sum(2) if granularity == "layer" else cells.flatten(1, 2)
 
     def labels(self, granularity: str, convention: str) -> list[str]:
         return piece_labels(self.spec, granularity, convention)

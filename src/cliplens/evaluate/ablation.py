@@ -8,6 +8,10 @@ A variant keeps some pieces, replaces others by their mean over a reference set,
 so all variants of a run share one decomposition per batch, and nothing per image is stored. Only the direct effect
 is ablated: later layers still saw the original activations. Zero-shot predictions are scale-invariant, so no
 variant needs renormalising.
+
+TextSpan's CLS ablation (ViTs) also replaces, in every kept attention piece, the cell that reads the CLS token's own
+value (m = 0) by its mean: y_v += Σ_{kept attention a} (μ^cls_a − c_a(I)). Its means are the token-0 means of
+per-token (spatial) statistics.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from ..data.loader import LoadReport, as_source, batches
 from ..errors import CliplensError
 from ..stats.collect import PieceStats
-from .groups import heads_of_layers, layer_count, mlp_set, select
+from .groups import attention_layers, heads_of_layers, layer_count, mlp_set, select
 
 MEAN_SOURCES = ("reference", "eval")
 # A basis whose Gram matrix is farther than this from the identity is not orthonormal: bases built in float64 by
@@ -36,18 +40,21 @@ class Variant:
     """One way to rebuild an image's embedding from its pieces.
 
     `ablated` pieces are replaced by their reference mean; each `projected` piece p becomes μ + (p − μ) U Uᵀ with U
-    [d, r] orthonormal columns; every other piece is kept as it is.
+    [d, r] orthonormal columns; every other piece is kept as it is, except that with `cls` the CLS→CLS cell of each
+    kept attention piece is replaced by its mean.
     """
 
     name: str
     ablated: tuple[str, ...] = ()
     projected: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    cls: bool = False
 
 
 class VariantBank:
     """Variants compiled against one label list and one set of reference means, ready to apply to batches."""
 
-    def __init__(self, variants: Sequence[Variant], labels: Sequence[str], means: torch.Tensor):
+    def __init__(self, variants: Sequence[Variant], labels: Sequence[str], means: torch.Tensor,
+                 cls_means: torch.Tensor | None = None):
         if not variants:
             raise CliplensError("nothing to evaluate: pass at least one variant")
         names = [variant.name for variant in variants]
@@ -72,6 +79,19 @@ class VariantBank:
                 self.projections.append((v, index, self._stacked_bases(variant)))
         self.keep = keep
         self.total_mean = self.means.sum(0)
+        attention = [position[label] for members in attention_layers(self.labels).values() for label in members]
+        wants_cls = torch.tensor([float(variant.cls) for variant in variants], dtype=torch.float64,
+                                 device=self.means.device)
+        self.cls_keep = keep[:, attention] * wants_cls[:, None]  # [V, A]: whose CLS cell each variant replaces
+        self.uses_cls = any(variant.cls for variant in variants)
+        self.cls_means = None
+        if self.uses_cls:
+            if not attention:
+                raise CliplensError("the CLS ablation needs transformer attention pieces; these have none (a ResNet?)")
+            if cls_means is None or cls_means.shape != (len(attention), self.means.shape[1]):
+                raise CliplensError("the CLS ablation needs the mean CLS cell of every attention piece: collect the "
+                                    "reference statistics per token (spatial)")
+            self.cls_means = cls_means.to(self.means.device, torch.float64)
 
     def _stacked_bases(self, variant: Variant) -> torch.Tensor:
         """The variant's bases as one [P, d, r] tensor, zero-padded to the widest (zero columns change nothing)."""
@@ -89,8 +109,9 @@ class VariantBank:
             padded[i, :, : basis.shape[1]] = basis
         return padded
 
-    def combine(self, pieces: torch.Tensor) -> torch.Tensor:
-        """Every variant's embedding [B, V, d] (float64) from one batch of pieces [B, C, d]."""
+    def combine(self, pieces: torch.Tensor, cls_cells: torch.Tensor | None = None) -> torch.Tensor:
+        """Every variant's embedding [B, V, d] (float64) from one batch of pieces [B, C, d] and, for CLS variants,
+        the batch's CLS cells [B, A, d] of the attention pieces in label order."""
         if pieces.shape[1:] != self.means.shape:
             raise CliplensError(
                 f"pieces of shape {tuple(pieces.shape[1:])} do not match the reference means {tuple(self.means.shape)}"
@@ -100,6 +121,11 @@ class VariantBank:
         for v, index, bases in self.projections:
             coordinates = torch.einsum("bpd,pdr->bpr", deviations[:, index], bases)
             out[:, v] += torch.einsum("bpr,pdr->bd", coordinates, bases)
+        if self.uses_cls:
+            if cls_cells is None:
+                raise CliplensError("CLS variants need the batch's CLS cells; pass cls_cells")
+            shift = self.cls_means - cls_cells.to(self.means.device, torch.float64)
+            out += torch.einsum("va,bad->bvd", self.cls_keep, shift)
         return out
 
 
@@ -133,8 +159,6 @@ def check_statistics(stats: Any, lens: Any) -> PieceStats:
             f"mean-ablation needs per-piece statistics, got {type(stats).__name__}; collect them with "
             "granularity 'head' or 'layer'"
         )
-    if stats.metadata.get("spatial"):
-        raise CliplensError("these statistics are per token (spatial); collect non-spatial ones for ablations")
     found = stats.metadata.get("fingerprint")
     if found != lens.fingerprint:
         raise CliplensError(
@@ -142,6 +166,15 @@ def check_statistics(stats: Any, lens: Any) -> PieceStats:
             f"{stats.metadata.get('model')!r}), not {lens.name} ({lens.fingerprint}); collect them with this model"
         )
     return stats
+
+
+def cls_cell_means(stats: PieceStats) -> torch.Tensor | None:
+    """The mean CLS→CLS cell of every attention piece [A, d], from per-token statistics (None without them)."""
+    if stats.token_mean is None:
+        return None
+    position = {label: i for i, label in enumerate(stats.labels)}
+    attention = [position[label] for members in attention_layers(stats.labels).values() for label in members]
+    return stats.token_mean[attention, 0]
 
 
 def evaluate_variants(
@@ -163,7 +196,7 @@ def evaluate_variants(
     stats = check_statistics(stats, lens)
     source = as_source(data)
     device = lens.device
-    bank = VariantBank(variants, stats.labels, stats.mean.to(device))
+    bank = VariantBank(variants, stats.labels, stats.mean.to(device), cls_cell_means(stats))
     weights = torch.as_tensor(weights).to(device, torch.float64)
     if weights.ndim != 2 or weights.shape[0] != stats.mean.shape[1]:
         raise CliplensError(f"zero-shot weights must be [{stats.mean.shape[1]}, classes], got {tuple(weights.shape)}")
@@ -177,10 +210,18 @@ def evaluate_variants(
             if (labels < 0).any():
                 raise CliplensError("the evaluation data has no class labels; use a folder with one sub-folder per "
                                     "class, or shapes:<split>")
-            result = lens.decomposer.decompose(lens.images_to_tensor(batch.images), spatial=False, **settings)
+            images, cells = lens.images_to_tensor(batch.images), None
+            if bank.uses_cls:
+                decomposer = lens.decomposer
+                factors = decomposer.factorise(images, convention=settings["convention"],
+                                               normalize=settings["normalize"], tokens=True)
+                result = decomposer.group(factors, spatial=False, **settings)
+                cells = decomposer.cls_cells(factors, settings["granularity"])
+            else:
+                result = lens.decomposer.decompose(images, spatial=False, **settings)
             if result.labels != bank.labels:
                 raise CliplensError("the statistics' pieces do not match this model's decomposition; recollect them")
-            predicted = (bank.combine(result.components) @ weights).argmax(-1)  # [B, V]
+            predicted = (bank.combine(result.components, cells) @ weights).argmax(-1)  # [B, V]
             correct += (predicted == labels[:, None]).sum(0)
             full_correct += int(((result.embedding.to(torch.float64) @ weights).argmax(-1) == labels).sum())
     if report.loaded == 0:
@@ -214,7 +255,8 @@ def mean_ablation(
     if mean_source == "eval":
         if stats is not None:
             raise CliplensError("mean_source='eval' computes the means on the evaluation data; do not pass stats too")
-        stats = lens.collect(data, granularity=granularity, spatial=False, convention=convention,
+        spatial = any(variant.cls for variant in variants)  # CLS cells' means are token-0 means
+        stats = lens.collect(data, granularity=granularity, spatial=spatial, convention=convention,
                              normalize=normalize, batch_size=batch_size, num_workers=num_workers, progress=progress)
     elif stats is None:
         raise CliplensError("pass statistics of a reference set (from `cliplens collect`) or use mean_source='eval'")
@@ -236,6 +278,12 @@ def nothing_ablated() -> Variant:
 def mlp_variants(labels: Sequence[str]) -> list[Variant]:
     """Nothing ablated, and every MLP plus `embed` mean-ablated (METHODS §2.1 "MLPs")."""
     return [nothing_ablated(), Variant("mlps", tuple(mlp_set(labels)))]
+
+
+def cls_variants(labels: Sequence[str]) -> list[Variant]:
+    """TextSpan's table (METHODS §2.1): nothing, the CLS cells, the MLPs (with embed), and both, ablated."""
+    mlps = tuple(mlp_set(labels))
+    return [nothing_ablated(), Variant("cls", cls=True), Variant("mlps", mlps), Variant("mlps+cls", mlps, cls=True)]
 
 
 def layer_curve(labels: Sequence[str]) -> list[Variant]:
