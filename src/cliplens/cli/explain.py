@@ -161,7 +161,7 @@ def run_explain(method: str, options: dict[str, Any]) -> Path:
 def explain_options(command: Callable) -> Callable:
     """Everything `cliplens textspan` and `cliplens explain` share."""
     for option in reversed([
-        model_options, data_options, statistics_options, pool_options("none"),
+        model_options, data_options, statistics_options, pool_options("descriptions", "none"),
         click.option("--texts-per-head", type=click.IntRange(min=1), default=20, show_default=True,
                      help="textspan: texts per head; svd: texts per pole; omp: atoms per principal direction."),
         click.option("--num-last-layers", type=click.IntRange(min=1), default=4, show_default=True,

@@ -41,7 +41,7 @@ def powers_of_two(limit: int) -> list[int]:
 @data_options
 @statistics_options
 @evaluation_options
-@pool_options("none")
+@pool_options("descriptions", "none")
 @click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated reconstruction methods.")
 @click.option("--texts", default=None,
               help="Texts per head to sweep, comma-separated [default: 1, 2, 4, ... up to what the model and pool "

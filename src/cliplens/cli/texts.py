@@ -16,14 +16,14 @@ from ..errors import CliplensError
 from ..explain.omp import SparseTextDecomposition
 
 
-def pool_options(default_templates: str) -> Callable:
+def pool_options(usual_pool: str, default_templates: str) -> Callable:
     """--pool --pool-size --pool-templates: the candidate texts and the templates they are embedded with."""
 
     def decorate(command: Callable) -> Callable:
         for option in reversed([
             click.option("--pool", default=None,
                          help="Text pool: words, descriptions, imagenet, shapes, or a file with one text per line "
-                              "[default: shapes for shapes:... data, else the command's usual pool]."),
+                              f"[default: shapes for shapes:... data, else {usual_pool}]."),
             click.option("--pool-size", type=click.IntRange(min=1), default=None,
                          help="Keep the pool's first N texts."),
             click.option("--pool-templates", default=default_templates, show_default=True,
@@ -41,7 +41,7 @@ def omp_options(default_atoms: int) -> Callable:
 
     def decorate(command: Callable) -> Callable:
         for option in reversed([
-            pool_options("photo"),
+            pool_options("words", "photo"),
             click.option("--omp-atoms", type=click.IntRange(min=0), default=None,
                          help=f"Texts per principal direction (k of OMP) [default: {default_atoms}, at most half the "
                               "pool]; 0 skips the text side."),
