@@ -174,6 +174,21 @@ def test_training_smoke_is_deterministic_and_round_trips(name, tmp_path):
     assert info["training"]["steps"] == 2 and info["training"]["seed"] == 3
 
 
+def test_a_resumed_run_continues_bit_for_bit(tmp_path):
+    config = TrainConfig(model="rn", seed=5, steps=4, batch_size=8, warmup_steps=1, log_every=100, eval_every=0)
+    uncut, _ = train_toy(config, None, evaluate_n=0, log=lambda line: None)
+    cut = TrainConfig(**{**config.__dict__, "checkpoint_every": 2})
+    train_toy(cut, None, evaluate_n=0, log=lambda line: None, checkpoint_dir=tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-2"]
+    resumed, _ = train_toy(cut, None, evaluate_n=0, log=lambda line: None, checkpoint_dir=tmp_path,
+                           resume=tmp_path / "step-2")
+    for (key, a), b in zip(uncut.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), key
+    other = TrainConfig(**{**config.__dict__, "seed": 6})
+    with pytest.raises(CliplensError, match="recipe"):
+        train_toy(other, None, evaluate_n=0, log=lambda line: None, resume=tmp_path / "step-2")
+
+
 @pytest.mark.parametrize("name", TOYS)
 def test_decompositions_are_exact_on_the_toys(name):
     import cliplens

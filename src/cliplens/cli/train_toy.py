@@ -21,10 +21,18 @@ from ..toys.train import SHIPPED_STEPS, TrainConfig, train_toy
               help="Folder for <model>.safetensors and <model>.json.")
 @click.option("--eval-images", type=int, default=1000, show_default=True,
               help="Held-out test images for the final zero-shot measurement (0 to skip).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for checkpoints (step-<n>), so a long run can stop and go on later.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Write a checkpoint every this many steps (0: never).")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue from a checkpoint of the same recipe (bit for bit the weights of an uncut run).")
 def command(model_name: str, seed: int, steps: int | None, batch_size: int, threads: int, output_dir: str,
-            eval_images: int) -> None:
+            eval_images: int, checkpoint_dir: str | None, checkpoint_every: int, resume: str | None) -> None:
     """Train a toy CLIP on the shapes world and write its weights and config."""
     steps = SHIPPED_STEPS[model_name] if steps is None else steps
-    config = TrainConfig(model=model_name, seed=seed, steps=steps, batch_size=batch_size, threads=threads)
+    config = TrainConfig(model=model_name, seed=seed, steps=steps, batch_size=batch_size, threads=threads,
+                         checkpoint_every=checkpoint_every)
     invocation = "cliplens " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-    train_toy(config, output_dir, command=invocation, evaluate_n=eval_images, log=lambda line: click.echo(line))
+    train_toy(config, output_dir, command=invocation, evaluate_n=eval_images, log=lambda line: click.echo(line),
+              checkpoint_dir=checkpoint_dir, resume=resume)

@@ -18,7 +18,9 @@ position. Two changes fixed that:
 - the ViT's positional embeddings start at standard deviation 1 instead of open_clip's width ** -0.5, which
   otherwise drowns position in content.
 
-The same seed, steps and thread count give the same weights (deterministic CPU kernels, single process).
+The same seed, steps and thread count give the same weights (deterministic CPU kernels, single process), also when
+a run is cut into pieces: checkpoints hold the model, the attribute heads and the optimizer state in full precision,
+and the data stream is indexed by step, so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import CliplensError
+from ..io.artifacts import load_artifact, save_artifact
 from ..models.toy import (
     ARCHITECTURES, CLIP_MEAN, CLIP_STD, build_model, check_name, image_size, make_preprocess, make_tokenizer, save_toy,
 )
@@ -66,6 +69,12 @@ class TrainConfig:
     threads: int = 1  # on a shared 2-core machine one thread is ~4x faster than two (OpenMP barriers stall)
     log_every: int = 50
     eval_every: int = 500
+    checkpoint_every: int = 0
+
+    def recipe(self) -> dict:
+        """The settings that decide the weights (logging and checkpointing do not)."""
+        return {key: value for key, value in asdict(self).items()
+                if key not in ("log_every", "eval_every", "checkpoint_every")}
 
     def check(self) -> None:
         check_name(self.model)
@@ -192,6 +201,35 @@ def _optimizer(modules: torch.nn.Module, config: TrainConfig) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98), eps=1e-6, fused=True)
 
 
+CHECKPOINT_KIND = "toy-checkpoint"
+
+
+def save_checkpoint(path: Path, config: TrainConfig, step: int, elapsed: float, model: torch.nn.Module,
+                    heads: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Path:
+    """Everything a run needs to continue after `step` steps, in full precision (safetensors + JSON, no pickles)."""
+    tensors = {f"model.{key}": value for key, value in model.state_dict().items()}
+    tensors.update({f"heads.{key}": value for key, value in heads.state_dict().items()})
+    for index, state in optimizer.state_dict()["state"].items():
+        tensors.update({f"optimizer.{index}.{name}": value for name, value in state.items()})
+    metadata = {"kind": CHECKPOINT_KIND, "recipe": config.recipe(), "step": step, "elapsed_s": elapsed}
+    return save_artifact(path, tensors, metadata)
+
+
+def load_checkpoint(path: Path, config: TrainConfig, model: torch.nn.Module, heads: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """Restore a checkpoint of the same recipe into fresh objects; returns (steps done, seconds spent)."""
+    tensors, metadata = load_artifact(path, {"kind": CHECKPOINT_KIND, "recipe": config.recipe()})
+    model.load_state_dict({key[6:]: value for key, value in tensors.items() if key.startswith("model.")})
+    heads.load_state_dict({key[6:]: value for key, value in tensors.items() if key.startswith("heads.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    return int(metadata["step"]), float(metadata["elapsed_s"])
+
+
 def evaluate(model: torch.nn.Module, architecture: dict, n: int = 1000) -> dict[str, dict[str, float]]:
     preprocess, tokenizer = make_preprocess(architecture), make_tokenizer(architecture)
     was_training = model.training
@@ -206,9 +244,11 @@ def evaluate(model: torch.nn.Module, architecture: dict, n: int = 1000) -> dict[
 
 def train_toy(
     config: TrainConfig, output_dir: str | Path | None = None, *, command: str = "", evaluate_n: int = 1000,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, checkpoint_dir: str | Path | None = None, resume: str | Path | None = None,
 ) -> tuple[torch.nn.Module, dict]:
-    """Train `config.model` from scratch; write `<model>.safetensors` and `<model>.json` to `output_dir` if given."""
+    """Train `config.model` from scratch (or from the checkpoint `resume`); write `<model>.safetensors` and
+    `<model>.json` to `output_dir` if given, and a checkpoint to `checkpoint_dir/step-<n>` every
+    `config.checkpoint_every` steps."""
     config.check()
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -218,8 +258,14 @@ def train_toy(
     heads = AttributeHeads(architecture["embed_dim"])
     stream = BatchStream(config, image_size(architecture), make_tokenizer(architecture))
     optimizer = _optimizer(torch.nn.ModuleList([model, heads]), config)
-    started = time.time()
-    for step in range(config.steps):
+    first, spent = 0, 0.0
+    if resume is not None:
+        first, spent = load_checkpoint(Path(resume), config, model, heads, optimizer)
+        log(f"resumed from {resume} after step {first}")
+    if config.checkpoint_every and checkpoint_dir is None:
+        raise CliplensError("checkpoint_every needs a checkpoint folder; pass --checkpoint-dir")
+    started = time.time() - spent
+    for step in range(first, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         images, texts, image_values, text_values, annotated = stream.batch(step)
@@ -240,6 +286,10 @@ def train_toy(
                 f"scale {model.logit_scale.exp().item():.1f} elapsed {time.time() - started:.0f}s")
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
             log(f"step {step + 1} quick eval: {json.dumps(evaluate(model, architecture, n=256))}")
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            path = save_checkpoint(Path(checkpoint_dir) / f"step-{step + 1}", config, step + 1,
+                                   time.time() - started, model, heads, optimizer)
+            log(f"checkpoint {path}")
     wall = time.time() - started
     model.eval()
     with torch.no_grad():  # the shipped weights are fp16: measure and return exactly what is shipped
