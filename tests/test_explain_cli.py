@@ -171,3 +171,10 @@ def test_omp_atom_count_defaults_to_half_a_small_pool_and_refuses_too_many():
     assert atom_count(7, 128, 39) == 7
     with pytest.raises(CliplensError, match="exceeds the text pool"):
         atom_count(40, 128, 39)
+
+
+def test_ablate_cls_refuses_statistics_without_token_means(tmp_path, lens):
+    stats = tmp_path / "stats"
+    lens.collect(DATA).save(stats)
+    with pytest.raises(CliplensError, match="collect --spatial"):
+        invoke(ablate.command, "--data-path", DATA, "--stats", stats, "--preset", "cls", "--output-dir", tmp_path)

@@ -53,10 +53,10 @@ def piece_statistics(
     """Statistics read from `stats_path` (checked against the lens and any setting given) or collected over `data`.
 
     A setting left at None accepts what the artifact holds; collection then uses head granularity, the separate
-    convention and unnormalised pieces.
+    convention and unnormalised pieces. `spatial` asks for per-token means too (the CLS ablation's).
     """
     if stats_path is not None:
-        expect: dict[str, Any] = {"spatial": spatial}
+        expect: dict[str, Any] = {}
         if granularity is not None:
             expect["granularity"] = granularity
         if convention is not None:
@@ -66,6 +66,9 @@ def piece_statistics(
         stats = load_stats(stats_path, lens, **expect)
         if not isinstance(stats, PieceStats):
             raise CliplensError(f"{stats_path} holds ResNet pair statistics; collect with --granularity head")
+        if spatial and stats.token_mean is None:
+            raise CliplensError(f"{stats_path} has no per-token means, which this needs; collect the statistics with "
+                                "`cliplens collect --spatial`")
         return stats
     return lens.collect(data, granularity=granularity or "head", spatial=spatial, convention=convention or "separate",
                         normalize=bool(normalize), batch_size=batch_size, num_workers=num_workers, progress=True)
