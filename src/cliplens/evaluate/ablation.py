@@ -27,7 +27,7 @@ import torch
 from ..data.loader import LoadReport, as_source, batches
 from ..errors import CliplensError
 from ..stats.collect import PieceStats
-from .groups import attention_layers, heads_of_layers, layer_count, mlp_set, select
+from .groups import attention_pieces, heads_of_layers, layer_count, mlp_set, select
 
 MEAN_SOURCES = ("reference", "eval")
 # A basis whose Gram matrix is farther than this from the identity is not orthonormal: bases built in float64 by
@@ -79,7 +79,7 @@ class VariantBank:
                 self.projections.append((v, index, self._stacked_bases(variant)))
         self.keep = keep
         self.total_mean = self.means.sum(0)
-        attention = [position[label] for members in attention_layers(self.labels).values() for label in members]
+        attention = attention_positions(self.labels)
         wants_cls = torch.tensor([float(variant.cls) for variant in variants], dtype=torch.float64,
                                  device=self.means.device)
         self.cls_keep = keep[:, attention] * wants_cls[:, None]  # [V, A]: whose CLS cell each variant replaces
@@ -172,9 +172,12 @@ def cls_cell_means(stats: PieceStats) -> torch.Tensor | None:
     """The mean CLS→CLS cell of every attention piece [A, d], from per-token statistics (None without them)."""
     if stats.token_mean is None:
         return None
-    position = {label: i for i, label in enumerate(stats.labels)}
-    attention = [position[label] for members in attention_layers(stats.labels).values() for label in members]
-    return stats.token_mean[attention, 0]
+    return stats.token_mean[attention_positions(stats.labels), 0]
+
+
+def attention_positions(labels: Sequence[str]) -> list[int]:
+    """Where the attention pieces sit in `labels`, in the order of their CLS cells."""
+    return [list(labels).index(label) for label in attention_pieces(labels)]
 
 
 def evaluate_variants(

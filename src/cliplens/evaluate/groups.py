@@ -49,6 +49,11 @@ def attention_layers(labels: Sequence[str]) -> dict[int, list[str]]:
     return dict(sorted(layers.items()))
 
 
+def attention_pieces(labels: Sequence[str]) -> list[str]:
+    """Every attention piece, layer by layer (the order of `ViTDecomposer.cls_cells`)."""
+    return [label for members in attention_layers(labels).values() for label in members]
+
+
 def mlp_layers(labels: Sequence[str]) -> dict[int, list[str]]:
     layers: dict[int, list[str]] = {}
     for label in labels:
@@ -97,7 +102,7 @@ def _match(labels: Sequence[str], pattern: str) -> list[str]:
     if pattern == "mlps":
         return mlp_set(labels)
     if pattern == "attn":
-        return [label for members in attention_layers(labels).values() for label in members]
+        return attention_pieces(labels)
     sliced = _LAYER_SLICE.fullmatch(pattern)
     if sliced:
         kind, start, colon, stop = sliced.groups()
