@@ -40,8 +40,7 @@ def _variants(effects: SecondOrderEffects, stats: SecondOrderStats) -> tuple[dic
     without_all = _without(effects, deviations, stats, torch.ones_like(significant, dtype=FLOAT))
     without_significant = _without(effects, deviations, stats, significant.to(FLOAT))
     representation = effects.representation.to(device=deviations.device, dtype=FLOAT)
-    # pc_n = w_n·B_n, so ⟨Δ_n, pc_n⟩ = δ_nᵀ G_n w_n
-    along = ((deviations @ stats.basis.gram) @ stats.principal_coordinates[..., None])[..., 0].T  # [B, F]
+    along = stats.projections(deviations).T  # ⟨Δ_n, pc_n⟩ [B, F]
     variants = {
         "baseline": representation,
         "without_all": without_all,

@@ -102,6 +102,12 @@ class SecondOrderStats:
         """‖δ·B_n‖ [F, B] for deviations [F, B, J + K]."""
         return ((deviations @ self.basis.gram) * deviations).sum(-1).clamp_min(0).sqrt()
 
+    def projections(self, deviations: torch.Tensor, coordinates: torch.Tensor | None = None) -> torch.Tensor:
+        """⟨δ·B_n, w_n·B_n⟩ = δ G_n w_n [F, B] for deviations [F, B, J + K]: their coordinates along each neuron's
+        direction w_n·B_n (default: its principal direction), with no d-dimensional work."""
+        coordinates = self.principal_coordinates if coordinates is None else coordinates
+        return ((deviations @ self.basis.gram) @ coordinates[..., None])[..., 0]
+
     def _keep_top(self, norms: torch.Tensor, index: torch.Tensor, deviations: torch.Tensor) -> None:
         norms = torch.cat([self.top_norms, norms], 1)
         index = torch.cat([self.top_index, index], 1)
@@ -199,7 +205,7 @@ class SecondOrderStats:
     def top_projections(self) -> torch.Tensor:
         """⟨Δ_n(I), pc_n⟩ [F, k] for the top images, in `top_images` order: the images at the direction's pole (the
         ones its words should describe) are those with positive values."""
-        return self._top_projections(self.principal_coordinates)
+        return self.projections(self.top_deviations)
 
     @property
     def topk_variance_explained(self) -> torch.Tensor:
@@ -253,7 +259,7 @@ class SecondOrderStats:
 
     def _store_principal(self, suffix: str, coordinates: torch.Tensor, explained: torch.Tensor, name: str) -> None:
         """Orient by SIGN_RULE (projections of the top-k rows: δ_i G_n w_n), then materialise pc = w·B_n."""
-        projections = self._top_projections(coordinates)
+        projections = self.projections(self.top_deviations, coordinates)
         positive = 2 * (projections > 0).sum(1)
         rows = projections.shape[1]
         tie = torch.where(projections.sum(1) < 0, -1.0, 1.0).to(FLOAT)
@@ -263,9 +269,6 @@ class SecondOrderStats:
         self._derived[f"principal_directions{suffix}"] = self.basis.combine(coordinates)
         self._derived[name] = explained
 
-    def _top_projections(self, coordinates: torch.Tensor) -> torch.Tensor:
-        """δ_i G_n w_n [F, k]: each top image's coordinate along the direction w_n·B_n."""
-        return ((self.top_deviations @ self.basis.gram) @ coordinates[..., None])[..., 0]
 
     def _require_ranking(self) -> None:
         if self.centre is None or self.top_norms.shape[1] == 0:
