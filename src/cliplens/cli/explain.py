@@ -26,7 +26,7 @@ from ..explain.tables import description_rows, label_position, write_description
 from ..explain.textspan import TextSpan, fit_pieces
 from ..stats.collect import PieceStats, load_stats
 from .options import data_options, load_lens, model_options
-from .texts import default_pool, pool_options, text_pool
+from .texts import HEAD_POOL, candidate_texts, pool_options
 
 EXPLAIN_METHODS = ("textspan", "svd", "omp")
 
@@ -138,8 +138,7 @@ def run_explain(method: str, options: dict[str, Any]) -> Path:
                              normalize=options["normalize"], batch_size=options["batch_size"],
                              num_workers=options["num_workers"])
     heads, _ = split_heads(stats.labels, options["num_last_layers"])
-    pool = default_pool(options["pool"], data_path, "descriptions")
-    texts, embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
+    pool, texts, embeddings = candidate_texts(lens, options, data_path, HEAD_POOL)
     rows, extra = explain_heads(method, stats, heads, embeddings, texts, texts_per_head=options["texts_per_head"],
                                 w_ov_rank=options["w_ov_rank"], max_components=options["max_components"],
                                 num_directions=options["num_directions"])
@@ -164,7 +163,7 @@ def run_explain(method: str, options: dict[str, Any]) -> Path:
 def explain_options(command: Callable) -> Callable:
     """Everything `cliplens textspan` and `cliplens explain` share."""
     for option in reversed([
-        model_options, data_options, statistics_options, pool_options("descriptions", "none"),
+        model_options, data_options, statistics_options, pool_options(HEAD_POOL, "none"),
         click.option("--texts-per-head", type=click.IntRange(min=1), default=20, show_default=True,
                      help="textspan: texts per head; svd: texts per pole; omp: atoms per principal direction."),
         click.option("--num-last-layers", type=click.IntRange(min=1), default=4, show_default=True,

@@ -20,7 +20,7 @@ from ..evaluate.zeroshot import source_classifier
 from ..io.tables import write_rows
 from .options import data_options, load_lens, model_options, output_option
 from .pairs import PAIR_ATOMS, echo_table, fit_statistics, pair_fit_options
-from .texts import atom_count, default_pool, omp_options, text_pool
+from .texts import UNIT_POOL, atom_count, candidate_texts, omp_options
 
 
 @click.command("neuron-ablate")
@@ -47,8 +47,7 @@ def command(**options: Any) -> None:
                            batch_size=batch_size, num_workers=workers, output_dir=output_dir)
     text, atoms = None, options["omp_atoms"]
     if atoms != 0:
-        pool = default_pool(options["pool"], data_path, "words")
-        texts, embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
+        _, texts, embeddings = candidate_texts(lens, options, data_path, UNIT_POOL)
         atoms = atom_count(atoms, PAIR_ATOMS, len(texts))
         text, _ = text_reconstruction(stats, embeddings, texts, n_atoms=atoms, dict_norm=options["dict_norm"])
     levels = ("pair", "neuron") if options["level"] == "both" else (options["level"],)

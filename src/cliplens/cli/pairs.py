@@ -30,7 +30,7 @@ from ..stats.collect import load_stats
 from ..stats.moments import Moments
 from ..stats.pairs import PairStats
 from .options import data_options, load_lens, model_options, output_option
-from .texts import atom_count, default_pool, omp_options, text_pool, texts_per_unit_option, word_rows
+from .texts import UNIT_POOL, atom_count, candidate_texts, omp_options, texts_per_unit_option, word_rows
 
 PAIR_ATOMS = 64  # the ResNet paper's k
 
@@ -129,8 +129,7 @@ def command(**options: Any) -> None:
     text = texts = pool_embeddings = None
     atoms = options["omp_atoms"]
     if atoms != 0:
-        pool = default_pool(options["pool"], data_path, "words")
-        texts, pool_embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
+        _, texts, pool_embeddings = candidate_texts(lens, options, data_path, UNIT_POOL)
         atoms = atom_count(atoms, PAIR_ATOMS, len(texts))
         text, pair_omp = text_reconstruction(stats, pool_embeddings, texts, n_atoms=atoms,
                                              dict_norm=options["dict_norm"])

@@ -21,7 +21,7 @@ from ..evaluate.zeroshot import source_classifier
 from .ablate import echo_rows, evaluation_options, evaluation_source, evaluation_record, reference_statistics
 from .explain import statistics_options, statistics_record, write_metadata
 from .options import data_options, load_lens, model_options, output_option
-from .texts import default_pool, pool_options, text_pool
+from .texts import HEAD_POOL, candidate_texts, pool_options
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -41,7 +41,7 @@ def powers_of_two(limit: int) -> list[int]:
 @data_options
 @statistics_options
 @evaluation_options
-@pool_options("descriptions", "none")
+@pool_options(HEAD_POOL, "none")
 @click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated reconstruction methods.")
 @click.option("--texts", default=None,
               help="Texts per head to sweep, comma-separated [default: 1, 2, 4, ... up to what the model and pool "
@@ -59,8 +59,7 @@ def command(**options: Any) -> None:
     lens = load_lens(options)
     source = evaluation_source(options["data_path"], options["label"])
     stats, where = reference_statistics(lens, options, source, "head")
-    pool = default_pool(options["pool"], options["data_path"], "descriptions")
-    texts, embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
+    pool, texts, embeddings = candidate_texts(lens, options, options["data_path"], HEAD_POOL)
     if texts_option is None:
         counts = powers_of_two(min(options["w_ov_rank"], embeddings.shape[1], len(texts)))
     else:

@@ -24,7 +24,7 @@ from ..explain.tables import write_descriptions
 from ..io.tables import write_rows
 from ..stats.second_order import SecondOrderStats, collect_second_order
 from .options import data_options, load_lens, model_options, output_option
-from .texts import atom_count, default_pool, omp_options, text_pool, texts_per_unit_option, word_rows
+from .texts import UNIT_POOL, atom_count, candidate_texts, omp_options, texts_per_unit_option, word_rows
 
 NEURON_ATOMS = 128  # the second-order paper's k
 
@@ -44,8 +44,7 @@ def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
 def neuron_words(stats: SecondOrderStats, lens: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
     """Each neuron's principal direction (top-k images, the paper's) as OMP text atoms; neurons that never moved
     (a zero direction) have nothing to explain and get no rows."""
-    pool = default_pool(options["pool"], options["data_path"], "words")
-    texts, embeddings = text_pool(lens, pool, options["pool_size"], options["pool_templates"])
+    _, texts, embeddings = candidate_texts(lens, options, options["data_path"], UNIT_POOL)
     atoms = atom_count(options["omp_atoms"], NEURON_ATOMS, len(texts))
     directions = stats.principal_directions
     alive = (directions.norm(dim=-1) > 0).nonzero()[:, 0].tolist()

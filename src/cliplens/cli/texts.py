@@ -15,6 +15,9 @@ import torch
 from ..errors import CliplensError
 from ..explain.omp import SparseTextDecomposition
 
+HEAD_POOL = "descriptions"  # heads are named with image descriptions
+UNIT_POOL = "words"  # neurons and pairs with common words, as in their papers
+
 
 def pool_options(usual_pool: str, default_templates: str) -> Callable:
     """--pool --pool-size --pool-templates: the candidate texts and the templates they are embedded with."""
@@ -41,7 +44,7 @@ def omp_options(default_atoms: int) -> Callable:
 
     def decorate(command: Callable) -> Callable:
         for option in reversed([
-            pool_options("words", "photo"),
+            pool_options(UNIT_POOL, "photo"),
             click.option("--omp-atoms", type=click.IntRange(min=0), default=None,
                          help=f"Texts per principal direction (k of OMP) [default: {default_atoms}, at most half the "
                               "pool]; 0 skips the text side."),
@@ -59,18 +62,17 @@ texts_per_unit_option = click.option(
     help="Words written per neuron or pair (its largest OMP coefficients).")
 
 
-def default_pool(pool: str | None, data_path: str, usual: str) -> str:
-    if pool is not None:
-        return pool
-    return "shapes" if str(data_path).startswith("shapes:") else usual
-
-
-def text_pool(lens: Any, pool: str, size: int | None, templates: str) -> tuple[list[str], torch.Tensor]:
-    """The pool's texts and their unit embeddings [M, d] (float32, cached on disk per model)."""
+def candidate_texts(lens: Any, options: dict[str, Any], data_path: str, usual_pool: str
+                    ) -> tuple[str, list[str], torch.Tensor]:
+    """(pool name, texts, unit embeddings [M, d]) for the pool options, the pool defaulting to the shapes vocabulary
+    on `shapes:...` data and to `usual_pool` elsewhere; embeddings are float32, cached on disk per model."""
     from ..text import embed_texts, get_pool
 
-    texts = get_pool(pool, size)
-    return texts, embed_texts(lens, texts, templates=templates)
+    pool = options["pool"]
+    if pool is None:
+        pool = "shapes" if str(data_path).startswith("shapes:") else usual_pool
+    texts = get_pool(pool, options["pool_size"])
+    return pool, texts, embed_texts(lens, texts, templates=options["pool_templates"])
 
 
 def atom_count(requested: int | None, default: int, pool_size: int) -> int:
