@@ -12,7 +12,6 @@ Scores, all in embedding units:
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from PIL import Image
 from ..data.loader import as_source, batches, fingerprint
 from ..errors import CliplensError
 from ..evaluate.pair_ablation import check_same_model
+from ..io.tables import write_rows
 from ..report.grids import save_grid
 from ..stats.pairs import PairStats
 
@@ -238,11 +238,7 @@ def write_ranking(directory: str | os.PathLike, ranking: Ranking, data: Any, *, 
     directory.mkdir(parents=True, exist_ok=True)
     source = as_source(data)
     rows = ranking_rows(ranking, source)
-    table = directory / f"{ranking.component}.csv"
-    with open(table, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = write_rows(directory / f"{ranking.component}.csv", rows, COLUMNS)
     images = [_item_image(source, row["index"]) for row in rows]
     captions = [f"#{row['index']}  {row['score']:.3g}" for row in rows]
     grid = save_grid(directory / f"{ranking.component}.png", images, captions, columns=columns,

@@ -16,7 +16,6 @@ per-token (spatial) statistics.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from ..data.loader import LoadReport, as_source, batches
 from ..errors import CliplensError
+from ..io.tables import write_rows
 from ..stats.collect import PieceStats
 from .groups import attention_pieces, heads_of_layers, layer_count, mlp_set, select
 
@@ -302,12 +302,8 @@ def layer_curve(labels: Sequence[str]) -> list[Variant]:
 # The zero-shot task of a dataset -----------------------------------------------------------------------------------
 def write_scores(path: str | os.PathLike, scores: Scores, variants: Sequence[Variant]) -> Path:
     """CSV `variant,ablated,accuracy,correct,images`: the unablated model first, then each variant in order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["variant", "ablated", "accuracy", "correct", "images"])
-        writer.writerow(["full model", 0, scores.full_accuracy, scores.full_correct, scores.count])
-        for variant, correct in zip(variants, scores.correct):
-            writer.writerow([variant.name, len(variant.ablated), correct / scores.count, correct, scores.count])
-    return path
+    rows = [{"variant": "full model", "ablated": 0, "accuracy": scores.full_accuracy, "correct": scores.full_correct,
+             "images": scores.count}]
+    rows += [{"variant": variant.name, "ablated": len(variant.ablated), "accuracy": correct / scores.count,
+              "correct": correct, "images": scores.count} for variant, correct in zip(variants, scores.correct)]
+    return write_rows(path, rows)

@@ -19,7 +19,6 @@ Every map is fixed, so one streaming pass over the evaluation data scores all me
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..errors import CliplensError
 from ..explain.omp import orthogonal_matching_pursuit, prepare_dictionary
 from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, signed_components
 from ..explain.textspan import TextSpan, fit_pieces
+from ..io.tables import write_rows
 from ..stats.collect import PieceStats
 from .ablation import Variant, check_statistics, evaluate_variants
 from .groups import attention_layers, heads_of_layers
@@ -248,13 +248,7 @@ def _row(method: str, texts: int | str, correct: int, images: int) -> dict[str, 
 
 
 def write_csv(path: str | os.PathLike, result: ReconstructionResult) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(result.rows)
-    return path
+    return write_rows(path, result.rows, COLUMNS)
 
 
 def plot(path: str | os.PathLike, result: ReconstructionResult, title: str = "") -> Path:

@@ -6,14 +6,13 @@ from different explainers and tools can be concatenated and compared. For a head
 
 from __future__ import annotations
 
-import csv
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
 from ..errors import CliplensError
+from ..io.tables import write_rows
 
 COLUMNS = ("layer", "unit", "description", "similarity", "rank", "method")
 
@@ -47,20 +46,8 @@ def description_rows(explainers: Mapping[str, Describes]) -> list[dict[str, Any]
 
 def write_descriptions(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
     """Write rows as a CSV with COLUMNS; atomic, so a crash never leaves half a table."""
-    path = Path(path)
     rows = list(rows)
     for row in rows:
         if set(row) != set(COLUMNS):
             raise CliplensError(f"a description row needs exactly the columns {', '.join(COLUMNS)}, got {sorted(row)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
-    return path
+    return write_rows(path, rows, COLUMNS)
