@@ -184,6 +184,8 @@ def test_a_resumed_run_continues_bit_for_bit(tmp_path):
                            resume=tmp_path / "step-2")
     for (key, a), b in zip(uncut.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), key
+    with pytest.raises(CliplensError, match="checkpoint-dir"):
+        train_toy(cut, None, evaluate_n=0, log=lambda line: None)
     other = TrainConfig(**{**config.__dict__, "seed": 6})
     with pytest.raises(CliplensError, match="recipe"):
         train_toy(other, None, evaluate_n=0, log=lambda line: None, resume=tmp_path / "step-2")

@@ -127,14 +127,14 @@ def command(**options: Any) -> None:
     """Zero-shot accuracy with chosen pieces mean-ablated, scored in one pass over the data."""
     components, presets = options.pop("components"), options.pop("presets")
     if not components and not presets:
-        raise CliplensError("nothing to ablate: pass --components (e.g. 'L3H*,mlps') or --preset mlps|cls|layer-curve")
+        raise CliplensError(f"nothing to ablate: pass --components (e.g. 'L3H*,mlps') or --preset {'|'.join(PRESETS)}")
     lens = load_lens(options)
     source = evaluation_source(options["data_path"], options["label"])
     stats, where = reference_statistics(lens, options, source, options["granularity"], spatial="cls" in presets)
     variants = [nothing_ablated()]
-    for preset in dict.fromkeys(presets):
-        variants += [variant for variant in PRESETS[preset](stats.labels)[1:]
-                     if variant.name not in {known.name for known in variants}]
+    for preset in dict.fromkeys(presets):  # presets share variants (mlps): each is scored once
+        named = {variant.name for variant in variants}
+        variants += [variant for variant in PRESETS[preset](stats.labels)[1:] if variant.name not in named]
     variants += pattern_variants(stats.labels, [split_patterns(text) for text in components])
     weights = source_classifier(lens, source, options["templates"])
     scores = evaluate_variants(lens, source, variants, weights, stats, batch_size=options["batch_size"],

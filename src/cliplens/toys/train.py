@@ -219,8 +219,9 @@ def load_checkpoint(path: Path, config: TrainConfig, model: torch.nn.Module, hea
                     optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     """Restore a checkpoint of the same recipe into fresh objects; returns (steps done, seconds spent)."""
     tensors, metadata = load_artifact(path, {"kind": CHECKPOINT_KIND, "recipe": config.recipe()})
-    model.load_state_dict({key[6:]: value for key, value in tensors.items() if key.startswith("model.")})
-    heads.load_state_dict({key[6:]: value for key, value in tensors.items() if key.startswith("heads.")})
+    for prefix, module in (("model.", model), ("heads.", heads)):
+        module.load_state_dict({key.removeprefix(prefix): value for key, value in tensors.items()
+                                if key.startswith(prefix)})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -250,6 +251,8 @@ def train_toy(
     `<model>.json` to `output_dir` if given, and a checkpoint to `checkpoint_dir/step-<n>` every
     `config.checkpoint_every` steps."""
     config.check()
+    if config.checkpoint_every and checkpoint_dir is None:
+        raise CliplensError("checkpoint_every needs a checkpoint folder; pass --checkpoint-dir")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     architecture = ARCHITECTURES[config.model]
@@ -262,8 +265,6 @@ def train_toy(
     if resume is not None:
         first, spent = load_checkpoint(Path(resume), config, model, heads, optimizer)
         log(f"resumed from {resume} after step {first}")
-    if config.checkpoint_every and checkpoint_dir is None:
-        raise CliplensError("checkpoint_every needs a checkpoint folder; pass --checkpoint-dir")
     started = time.time() - spent
     for step in range(first, config.steps):
         for group in optimizer.param_groups:
