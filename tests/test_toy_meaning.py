@@ -118,33 +118,35 @@ def vit():
 
 
 def test_some_heads_write_colour_and_others_shape_or_position(vit):
-    """TextSpan over the world's vocabulary: some heads' first three texts are all colours, another head's first two
+    """TextSpan over the world's vocabulary: some head's first two texts are both colours, another head's first two
     are both positions or shapes.
 
-    Measured (first texts): colour heads L0H1 (blue, red, purple) and L2H1 (orange, green, red); position heads
-    L1H1 (centre, bottom centre), L2H2 (bottom right, top right) and L2H3 (bottom left, middle right); the others mix,
-    or name the background (L1H3: plain, checker, stripes) or the size (L3H0: small, large).
+    Measured (first three texts): colour heads L1H0 (pink, yellow, dotted) and L1H2 (pink, blue, dotted); position
+    heads L2H0 (top centre, bottom left), L2H2 (bottom right, top right) and L2H3 (bottom left, middle right); the
+    layer-0 heads mix a colour with the fill (L0H1: purple, striped, dotted), others name the background (L1H3: plain,
+    checker, stripes), the size (L3H0: large, small, medium) or size and shape (L3H1: large, circle, ring).
     """
     lens, stats, pool, embeddings = vit
     heads = [label for label in stats.labels if label.startswith("L") and "H" in label]
-    fitted = fit_pieces(TextSpan(n_texts=3), stats.moments, stats.labels, embeddings, pool, only=heads)
+    fitted = fit_pieces(TextSpan(n_texts=2), stats.moments, stats.labels, embeddings, pool, only=heads)
     colours, layout = set(VOCABULARY["colour"]), set(VOCABULARY["shape"]) | set(VOCABULARY["position"])
     colour_heads = [label for label, span in fitted.items() if set(span.texts_) <= colours]
-    layout_heads = [label for label, span in fitted.items() if set(span.texts_[:2]) <= layout]
+    layout_heads = [label for label, span in fitted.items() if set(span.texts_) <= layout]
     assert colour_heads and layout_heads, {label: span.texts_ for label, span in fitted.items()}
 
 
-@pytest.mark.parametrize("label, texts", [("colour", 4), ("position", 8)])
+@pytest.mark.parametrize("label, texts", [("colour", 8), ("position", 8)])
 def test_a_few_texts_per_head_keep_the_accuracy(vit, label, texts):
     """Every head rebuilt from its first m TextSpan texts (MLPs and embed kept) keeps most of the zero-shot accuracy;
     the same number of random directions does not.
 
     Measured on 256 out-of-sample images (fit on another 256), all 16 heads rebuilt, m = 1 / 2 / 4 / 8:
-    colour (full model 100 %): TextSpan 20.3 / 50.0 / 95.7 / 99.6 %, random 3.1 / 3.1 / 4.3 / 7.0 %;
-    position (100 %): TextSpan 70.3 / 78.1 / 82.8 / 95.7 %, random 51.6 / 50.8 / 55.9 / 63.3 %;
-    shape (92.6 %): TextSpan 50.0 / 57.8 / 76.6 / 85.9 %, random 53.5 / 60.9 / 67.6 / 74.2 % -- not asserted: much of
-    this toy's shape code sits in its MLPs, and at m = 8 the gap to random is within a few binomial std.
-    The asserted bounds sit 5.7 points (over 4 binomial std of 256 images) or more inside the measured values.
+    colour (full model 100 %): TextSpan 17.6 / 50.0 / 75.8 / 100 %, random 4.3 / 5.5 / 7.4 / 10.2 %;
+    position (100 %): TextSpan 67.2 / 84.0 / 90.2 / 96.5 %, random 53.5 / 53.5 / 57.0 / 60.5 %;
+    shape (99.2 %): TextSpan 58.2 / 58.6 / 88.3 / 96.1 %, random 61.7 / 65.2 / 71.5 / 79.3 % -- not asserted: much of
+    this toy's shape code sits in its MLPs, so the random directions keep much of it too.
+    Colour needs 8 texts because the heads that write it also write the fill (see the test above). The asserted
+    bounds sit 6.5 points (over 5 binomial std of 256 images at 96 %) or more inside the measured values.
     """
     lens, stats, pool, embeddings = vit
     data = ShapesDataset(EVAL_N, seed=1, split="test", label=label)
@@ -161,9 +163,10 @@ def test_neuron_words_name_what_drives_the_neuron(vit):
     is true of the images at that direction's pole (positive projection among its top-20) far more often than of
     images at large.
 
-    Measured on 512 images: 7 of the 20 strongest neurons, most of them named by a shape (circle, ring). Weaker than
-    the ResNet pairs: this toy spreads more of its code over many neurons (layer 1 gives 5, layer 0 gives 3). For an
-    unrelated word the chance of passing is at most ~0.1 per neuron, so 5 or more of 20 by luck has probability ~0.04.
+    Measured on 512 images: 13 of the 20 strongest neurons, 3 of them on every pole image, named by a size (medium)
+    or a shape (ring); layer 1 gives 8 and layer 0 gives 7, named mostly by shapes (square, cross, triangle). For an
+    unrelated word the chance of passing is at most ~0.1 per neuron, so 8 or more of 20 by luck has probability
+    ~4e-4; the draw is fixed, so the 5-neuron margin only absorbs changes of platform arithmetic.
     """
     lens, _, pool, embeddings = vit
     truths = [attribute_values(scene) for scene in render(2 * FIT_N, seed=0, split="test")]
@@ -174,4 +177,4 @@ def test_neuron_words_name_what_drives_the_neuron(vit):
     drivers = [[i for i, projection in zip(stats.top_images[n].tolist(), stats.top_projections[n].tolist())
                 if projection > 0] for n in top]
     enriched, unanimous = word_agreement(words, drivers, truths)
-    assert enriched >= 5, (enriched, unanimous, words)
+    assert enriched >= 8, (enriched, unanimous, words)

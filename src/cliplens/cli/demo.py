@@ -40,9 +40,9 @@ def vit_steps(out: Path) -> list[Step]:
         ("Second-order lens: the neurons of MLP layer 1 through the later heads, and their words", "second-order",
          vit + ["--data-path", FIT, "--eval-data-path", EVAL, "--mlp-layer", "1", "--omp-atoms", "8",
                 "--output-dir", str(out / "vit-second-order")]),
-        ("Retrieval: the images whose L2H1 piece (a colour head, see TextSpan) best matches 'a red object'",
+        ("Retrieval: the images whose L1H2 piece (a colour head, see TextSpan) best matches 'a blue object'",
          "retrieve",
-         vit + ["--data-path", EVAL, "--component", "L2H1", "--query-text", "a red object", "--top", "16",
+         vit + ["--data-path", EVAL, "--component", "L1H2", "--query-text", "a blue object", "--top", "16",
                 "--output-dir", str(out / "vit-retrieve")]),
     ]
 

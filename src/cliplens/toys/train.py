@@ -51,7 +51,7 @@ FACT_ATTRIBUTES = OBJECT_ATTRIBUTES + SCENE_ATTRIBUTES
 _ROUNDNESS = FACT_ATTRIBUTES.index("roundness")
 SUPERVISED_ATTRIBUTES = tuple(name for name in FACT_ATTRIBUTES if name != "roundness")
 POSITION_INIT_STD = 1.0
-SHIPPED_STEPS = {"vit": 14000, "rn": 2000}  # the ViT learns shape more slowly (no convolutional prior)
+SHIPPED_STEPS = {"vit": 32000, "rn": 2000}  # the ViT learns shape more slowly (no convolutional prior)
 HEAD_SCALE = 10.0  # logit scale of the auxiliary classifiers, which read unit-normalised embeddings
 
 
