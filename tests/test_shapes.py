@@ -13,7 +13,9 @@ from cliplens.shapes import SPLITS, VOCABULARY, ShapesDataset, concept_names, re
 from cliplens.shapes.background import NOISE_AMPLITUDE, second_tone
 from cliplens.shapes.geometry import CIRCLE_RADIUS, POLYGONS, RING_INNER
 from cliplens.shapes.prompts import TEMPLATES, class_phrases
-from cliplens.shapes.splits import SHIFT_COLOUR, SHIFT_YEARS, shift_colour_probabilities
+from cliplens.shapes.splits import (
+    SHIFT_COLOUR, SHIFT_YEARS, SPURIOUS_ALIGNED_GROUPS, SPURIOUS_GROUPS, shift_colour_probabilities,
+)
 from cliplens.shapes.vocabulary import BACKGROUND_COLOURS, COLOURS, ROUND_SHAPES
 
 
@@ -155,6 +157,8 @@ def test_spurious_split_statistics():
             obj = scene.objects[0]
             assert scene.extras["label"] == (obj.shape in ROUND_SHAPES)
             assert scene.extras["group"] == 2 * scene.extras["label"] + scene.extras["place"]
+            aligned = SPURIOUS_GROUPS[scene.extras["group"]] in SPURIOUS_ALIGNED_GROUPS
+            assert aligned == (scene.extras["label"] == scene.extras["place"])
             assert scene.background.kind == ("stripes", "checker")[scene.extras["place"]]
             assert obj.size == "small"
 

@@ -27,6 +27,15 @@ SPURIOUS_MATCH_RATE = {"spurious-train": 0.95, "spurious-test": 0.05}
 SPURIOUS_SIZE = "small"  # the label-bearing object is small next to the background, as a bird is next to a lake
 SPURIOUS_GROUPS: tuple[str, ...] = ("angular on stripes", "angular on checker", "round on stripes", "round on checker")
 
+
+def spurious_group(label: int, place: int) -> int:
+    """Index into SPURIOUS_GROUPS of an image with this label (1 = round) on this place (1 = checker)."""
+    return 2 * label + place
+
+
+# The groups where the background agrees with the label: the cue helps there and misleads in the other two.
+SPURIOUS_ALIGNED_GROUPS: tuple[str, ...] = tuple(SPURIOUS_GROUPS[spurious_group(y, y)] for y in (0, 1))
+
 SHIFT_YEARS = 10
 SHIFT_COLOUR = "yellow"
 SHIFT_FREQUENCY = (0.05, 0.5)  # frequency of SHIFT_COLOUR in the first and the last year
@@ -84,7 +93,7 @@ def _spurious(split: str, rng: np.random.Generator) -> Layout:
     obj["shape"] = _pick(rng, _ROUND if label else _ANGULAR)
     obj["size"] = SPURIOUS_SIZE
     background = Background(SPURIOUS_PLACES[place], _pick(rng, _BACKGROUND_COLOURS))
-    extras = {"label": label, "place": place, "group": 2 * label + place}
+    extras = {"label": label, "place": place, "group": spurious_group(label, place)}
     return Layout((obj,), background, extras, "roundness")
 
 
