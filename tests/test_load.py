@@ -91,3 +91,35 @@ def test_cli_help_works_both_ways():
     for argv in (["-m", "cliplens", "--help"], ["-c", "from cliplens.cli import main; main(['--help'])"]):
         result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0 and "collect" in result.stdout
+
+
+def test_pretrained_means_one_thing_per_family(tmp_path):
+    """A toy takes no tag or file (only a train-toy folder); an hf: id names its weights itself."""
+    checkpoint = tmp_path / "weights.safetensors"
+    checkpoint.write_bytes(b"not used")
+    with pytest.raises(CliplensError, match="toy:vit takes no pretrained tag or checkpoint file"):
+        cliplens.load("toy:vit", pretrained=str(checkpoint))
+    with pytest.raises(CliplensError, match="toy:rn takes no pretrained tag"):
+        cliplens.load("toy:rn", pretrained="openai")
+    with pytest.raises(CliplensError, match=r"hf:some/repo names its weights itself; drop pretrained='openai'"):
+        cliplens.load("hf:some/repo", pretrained="openai")
+
+
+def test_a_toy_loads_from_a_train_toy_folder(tmp_path):
+    """The folder `cliplens train-toy` writes is the toys' `pretrained`; the same weights keep the same fingerprint."""
+    from cliplens.models.toy import load_toy, save_toy
+
+    model, *_ = load_toy("vit")
+    save_toy(model, tmp_path, "vit", {"architecture": load_toy("vit")[3]["architecture"]})
+    shipped, retrained = cliplens.load("toy:vit"), cliplens.load("toy:vit", pretrained=str(tmp_path))
+    assert retrained.pretrained == str(tmp_path)
+    assert retrained.fingerprint == shipped.fingerprint  # fp16 weights written back as fp16: identical
+    with torch.no_grad():
+        next(retrained.model.parameters()).add_(1.0)
+    del retrained.__dict__["fingerprint"]
+    assert retrained.fingerprint != shipped.fingerprint
+
+
+def test_the_fingerprint_depends_on_the_weights_and_id_only(small):
+    relabelled = cliplens.from_openclip(small.model, small.preprocess, None, name=SMALL, pretrained="/elsewhere.pt")
+    assert relabelled.fingerprint == small.fingerprint

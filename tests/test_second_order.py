@@ -413,7 +413,7 @@ def test_command_writes_statistics_summaries_and_ablations(tmp_path, monkeypatch
 
     import cliplens
     from cliplens.cli import second_order as cli_module
-    from cliplens.models.load import standard_transform
+    from cliplens.models.hf import standard_transform
 
     tree_lens = cliplens.from_openclip(perturbed_vit(), standard_transform(32),
                                        open_clip.get_tokenizer("ViT-B-32", context_length=16), name="tiny-files",

@@ -73,8 +73,11 @@ class Lens:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A digest of the model id and every weight: artifacts made for another model are refused by it."""
-        digest = hashlib.sha256(f"{self.backend}:{self.name}:{self.pretrained}".encode())
+        """A digest of the model id and every weight: artifacts made for another model are refused by it.
+
+        `pretrained` is left out on purpose: it only says where the weights came from, and the weights are hashed.
+        """
+        digest = hashlib.sha256(f"{self.backend}:{self.name}".encode())
         for key, tensor in sorted(self.model.state_dict().items()):
             digest.update(key.encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())

@@ -1,4 +1,7 @@
-"""The `cliplens` command: one click group, one module per subcommand."""
+"""The `cliplens` command: one click group, one module per subcommand.
+
+The top floor: may import anything. Command modules import only the library and the shared `options` helper.
+"""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def output_option(default: str) -> Callable:
 
 def load_lens(options: dict[str, Any]):
     """The Lens named by model_options, popping those keys from `options`."""
-    from ..models.load import load
+    from ..factory import load
 
     return load(options.pop("model"), options.pop("pretrained"), device=options.pop("device"),
                 precision=options.pop("precision"), seed=options.pop("seed"))

@@ -1,4 +1,7 @@
-"""Image sources and the batch loop every streaming pass shares."""
+"""Image sources and the batch loop every streaming pass shares.
+
+May import: shapes, io and the leaves (errors, version).
+"""
 
 from .folders import ImageFolder
 from .loader import Batch, LoadReport, batches, as_source

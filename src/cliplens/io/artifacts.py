@@ -19,22 +19,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CliplensError
+from ..version import __version__
 
 TENSORS = "tensors.safetensors"
 METADATA = "metadata.json"
-
-
-def package_version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def save_artifact(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
     """Write tensors and metadata to the folder `path`, replacing any artifact already there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {**metadata, "package_version": package_version(), "created": datetime.now(timezone.utc).isoformat()}
+    record = {**metadata, "package_version": __version__, "created": datetime.now(timezone.utc).isoformat()}
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / TENSORS)

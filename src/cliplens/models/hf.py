@@ -92,3 +92,10 @@ def create(ident: str) -> tuple[nn.Module, Callable, Callable | None]:
         return tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
 
     return model, preprocess, tokenize
+
+
+def standard_transform(size: int):
+    """CLIP's eval transform (bicubic short-side resize, centre crop, CLIP mean/std), via open_clip."""
+    from open_clip import image_transform
+
+    return image_transform(size, is_train=False)

@@ -169,7 +169,7 @@ def create(name: str, pretrained: str | None, *, seed: int) -> tuple[nn.Module, 
     known = open_clip.list_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"closest: {', '.join(close)}" if close else "run `cliplens models` for the list"
+        hint = f"closest: {', '.join(close)}" if close else "open_clip.list_models() lists them"
         raise CliplensError(f"unknown model id {name!r}; {hint}")
     tag = None
     if pretrained is not None and not is_checkpoint_path(pretrained):

@@ -1,4 +1,7 @@
-"""The shapes world: a seeded procedural image world with exact ground truth, cliplens's offline default data."""
+"""The shapes world: a seeded procedural image world with exact ground truth, cliplens's offline default data.
+
+May import: the leaves (errors) only: the world knows nothing of models.
+"""
 
 from __future__ import annotations
 

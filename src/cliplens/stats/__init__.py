@@ -1,1 +1,4 @@
-"""Streaming, mergeable statistics of decomposition pieces over a dataset."""
+"""Streaming, mergeable statistics of decomposition pieces over a dataset.
+
+May import: decompose, models, data, shapes, io and the leaves.
+"""

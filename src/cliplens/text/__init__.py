@@ -1,4 +1,7 @@
-"""The text side: pools of candidate explanations, prompt templates, and cached unit text embeddings."""
+"""The text side: pools of candidate explanations, prompt templates, and cached unit text embeddings.
+
+May import: io (the embedding cache), shapes (the world's vocabulary) and the leaves.
+"""
 
 from __future__ import annotations
 

@@ -1,1 +1,4 @@
-"""Training and measuring the toy CLIP zoo shipped in `cliplens/assets/toys`."""
+"""Training and measuring the toy CLIP zoo shipped in `cliplens/assets/toys`.
+
+May import: evaluate and every floor below it (models, shapes, io, ...).
+"""

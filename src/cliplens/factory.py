@@ -1,12 +1,18 @@
-"""`cliplens.load`: model ids → a Lens, for open_clip, Hugging Face, local checkpoints and the shipped toys."""
+"""`cliplens.load`: model ids → a Lens, for open_clip, Hugging Face, local checkpoints and the shipped toys.
+
+The factory sits above `lens.py` (it builds Lens objects from the adapters in `models/`), so no floor below it needs
+to know which backends exist.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import CliplensError
-from ..lens import DTYPES, Lens
+from .errors import CliplensError
+from .lens import DTYPES, Lens
 
 
 def _check_precision(precision: str) -> None:
@@ -30,7 +36,7 @@ def from_openclip(
     backend: str = "open_clip",
 ) -> Lens:
     """Wrap an open_clip CLIP model (built elsewhere) as a Lens."""
-    from .openclip import spec_of
+    from .models.openclip import spec_of
 
     model = _ready(model, device, precision)
     dev = torch.device(device)
@@ -54,12 +60,12 @@ def from_hf(
     precision="fp32",
 ) -> Lens:
     """Wrap a Hugging Face `CLIPModel` as a Lens; without a processor, CLIP's standard eval transform is used."""
-    from . import hf
+    from .models import hf
 
     model = _ready(model, device, precision)
     dev = torch.device(device)
     if preprocess is None:
-        preprocess = standard_transform(model.config.vision_config.image_size)
+        preprocess = hf.standard_transform(model.config.vision_config.image_size)
     return Lens(
         model,
         name=name,
@@ -75,40 +81,52 @@ def from_hf(
     )
 
 
-def standard_transform(size: int):
-    """CLIP's eval transform (bicubic short-side resize, centre crop, CLIP mean/std), via open_clip."""
-    from open_clip import image_transform
-
-    return image_transform(size, is_train=False)
-
-
 def load(
     model: str, pretrained: str | None = None, *, device: str = "cpu", precision: str = "fp32", seed: int = 0
 ) -> Lens:
     """Load a CLIP model as a Lens.
 
-    `model` is an open_clip id ("ViT-B-32"), "hf:<repo id or local folder>", or "toy:vit" / "toy:rn".
-    `pretrained` is an open_clip tag ("openai"), a checkpoint path (.safetensors or a plain .pt state dict), or None
-    for a random initialisation seeded by `seed`.
+    `model` names the architecture and `pretrained` the weights; what `pretrained` may be depends on the family:
+
+    - an open_clip id ("ViT-B-32", "RN50"): an open_clip tag ("openai"), a checkpoint file (.safetensors or a plain
+      .pt state dict), or None for a random initialisation seeded by `seed`;
+    - "toy:vit" / "toy:rn": None for the shipped weights, or a folder written by `cliplens train-toy`;
+    - "hf:<repo id or local folder>": the id names the weights already, so `pretrained` must be None.
+
+    `seed` only matters for a random initialisation. The model fingerprint that artifacts record depends on the model
+    id and the weights alone, so the same weights reached two ways are recognised as the same model.
     """
     if not isinstance(model, str) or not model.strip():
         raise CliplensError("model must be an id such as 'ViT-B-32', 'hf:openai/clip-vit-base-patch32' or 'toy:vit'")
     _check_precision(precision)  # before any slow model construction
     if model.startswith("toy:"):
-        from .toy import load_toy
+        from .models.toy import load_toy
 
-        toy, preprocess, tokenizer, _ = load_toy(model.removeprefix("toy:"))
-        return from_openclip(toy, preprocess, tokenizer, name=model, pretrained="shipped", device=device,
+        directory = _toy_directory(model, pretrained)
+        toy, preprocess, tokenizer, _ = load_toy(model.removeprefix("toy:"), directory=directory)
+        return from_openclip(toy, preprocess, tokenizer, name=model, pretrained=pretrained, device=device,
                              precision=precision, backend="toy")
     if model.startswith("hf:"):
-        from . import hf
+        from .models import hf
 
-        ident = model.removeprefix("hf:")
-        hf_model, preprocess, tokenizer = hf.create(ident)
-        return from_hf(hf_model, preprocess, tokenizer, name=model, pretrained=pretrained, device=device,
-                       precision=precision)
-    from .openclip import create
+        if pretrained is not None:
+            raise CliplensError(f"{model} names its weights itself; drop pretrained={pretrained!r} (--pretrained)")
+        hf_model, preprocess, tokenizer = hf.create(model.removeprefix("hf:"))
+        return from_hf(hf_model, preprocess, tokenizer, name=model, device=device, precision=precision)
+    from .models.openclip import create
 
     oc_model, preprocess, tokenizer = create(model, pretrained, seed=seed)
     return from_openclip(oc_model, preprocess, tokenizer, name=model, pretrained=pretrained, device=device,
                          precision=precision)
+
+
+def _toy_directory(model: str, pretrained: str | None) -> Path | None:
+    """Where a toy's weights come from: the shipped ones (None), or a `cliplens train-toy` output folder."""
+    if pretrained is None:
+        return None
+    if not Path(pretrained).is_dir():
+        raise CliplensError(
+            f"{model} takes no pretrained tag or checkpoint file; omit --pretrained for the shipped weights, or pass "
+            f"the folder that `cliplens train-toy` wrote (got {pretrained!r})"
+        )
+    return Path(pretrained)
