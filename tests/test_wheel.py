@@ -24,7 +24,13 @@ TOYS = ("MODEL_CARD.md", "vit.json", "vit.safetensors", "rn.json", "rn.safetenso
 # wordfreq, ImageNet names from open_clip), so the modules that make them are what the wheel must carry.
 POOL_MODULES = ("text/pools.py", "text/descriptions.py", "text/templates.py", "shapes/vocabulary.py")
 
-pytest.importorskip("build", reason="building the wheel needs `build` (the dev extra)")
+
+
+def run(command: list[str], **options) -> subprocess.CompletedProcess:
+    """Run a command; on failure, show what it printed (building needs `build`, from the dev extra)."""
+    result = subprocess.run(command, capture_output=True, text=True, **options)
+    assert result.returncode == 0, f"{' '.join(command[:4])} ... failed:\n{result.stdout}\n{result.stderr}"
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(ROOT / name, source / name)
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
-                   check=True, capture_output=True, text=True)
+    run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)])
     (built,) = dist.glob("cliplens-*.whl")
     return built
 
@@ -69,17 +74,13 @@ print("POOL", len(texts), tuple(cliplens.load("toy:vit").encode_text(texts).shap
 def test_installed_wheel_runs_outside_the_repo(wheel: Path, tmp_path: Path) -> None:
     target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
-                    "--disable-pip-version-check", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, text=True)
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--disable-pip-version-check",
+         "--target", str(target), str(wheel)])
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", INSTALLED_RUN], cwd=elsewhere, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
+    lines = run([sys.executable, "-c", INSTALLED_RUN], cwd=elsewhere, env=env, timeout=300).stdout.splitlines()
     imported = Path(next(line for line in lines if line.startswith("FILE ")).removeprefix("FILE "))
     assert imported.is_relative_to(target), f"imported {imported}, not the installed wheel"
-    assert any(line.split()[:1] == ["layers"] and line.split()[-1] == "4" for line in lines), run.stdout
-    assert any(line.startswith("embedding dim") and line.split()[-1] == "128" for line in lines), run.stdout
+    assert any(line.split()[:1] == ["layers"] and line.split()[-1] == "4" for line in lines), lines
+    assert any(line.startswith("embedding dim") and line.split()[-1] == "128" for line in lines), lines
     texts = 20 + len(get_pool("shapes"))
     assert f"POOL {texts} ({texts}, 128)" in lines
