@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CliplensError
+from ..labels import BIAS, pair_label, pool_head_label, pool_neuron_label
 from ..models.spec import ResNetPoolSpec
 from .result import Decomposition
 from .vit import check_options
@@ -53,7 +54,7 @@ class PairDecomposition:
 
     @property
     def labels(self) -> list[str]:
-        return [f"H{h}N{n}" for h in range(self.heads) for n in range(self.neurons)]
+        return [pair_label(h, n) for h in range(self.heads) for n in range(self.neurons)]
 
     def directions(self, heads: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
         """u for the listed pairs: [k, O]."""
@@ -187,7 +188,7 @@ class ResNetDecomposer:
         if granularity == "neuron":
             s = torch.einsum("bhm,bmc->bhc", trace.attention, trace.tokens)
             pieces = torch.einsum("bhn,hno->bno", s, self.directions()) + head_offsets.sum(0) / spec.channels
-            labels = [f"N{n}" for n in range(spec.channels)]
+            labels = [pool_neuron_label(n) for n in range(spec.channels)]
         else:
             values = torch.einsum("bmc,hec->bhme", trace.tokens, self.value_weight)
             if convention == "reference":  # the value bias stays in its head, weighted by attention
@@ -199,11 +200,11 @@ class ResNetDecomposer:
                 pieces = torch.einsum("bhe,hoe->bho", weighted.sum(2), self.out_weight)
             if convention == "reference":
                 pieces = pieces + spec.c_bias / (spec.heads * (spec.tokens if spatial else 1))
-            labels = [f"H{h}" for h in range(spec.heads)]
+            labels = [pool_head_label(h) for h in range(spec.heads)]
         if convention == "separate":
             bias_piece = bias.expand(len(images), *pieces.shape[2:]) if not spatial else _at_first_token(bias, pieces)
             pieces = torch.cat([pieces, bias_piece[:, None]], 1)
-            labels.append("bias")
+            labels.append(BIAS)
         result = Decomposition(pieces, labels, trace.embedding, granularity, convention, spatial, normalize)
         if normalize:
             norms = trace.embedding.norm(dim=-1).view(-1, *([1] * (pieces.dim() - 1)))

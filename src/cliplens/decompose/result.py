@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..labels import token_label
+
 
 @dataclass
 class Decomposition:
@@ -35,9 +37,9 @@ class Decomposition:
         return self.components[:, self.index(label)]
 
     def token_labels(self) -> list[list[str]]:
-        """Per piece, the per-token labels `L{l}H{h}T{t}` of the spatial form (heads get the token suffix)."""
+        """Per piece, the labels of its parts at each source token of the spatial form (`L{l}H{h}T{t}`)."""
         tokens = self.components.shape[2] if self.spatial else 1
-        return [[f"{label}T{t}" for t in range(tokens)] for label in self.labels]
+        return [[token_label(label, t) for t in range(tokens)] for label in self.labels]
 
     def target(self) -> torch.Tensor:
         """What the pieces sum to: the embedding, normalised if the decomposition was."""

@@ -21,6 +21,7 @@ from functools import cached_property
 import torch
 
 from ..errors import CliplensError
+from ..labels import head_label
 from .vit import CONVENTIONS, ViTDecomposer
 
 FLOAT = torch.float64
@@ -187,7 +188,7 @@ def build_basis(decomposer: ViTDecomposer, layer: int, convention: str) -> Secon
             values = (rows @ value_weight.T).unflatten(-1, (heads, head_dim))
             return torch.einsum("...hc,hcd->h...d", values, phi[later])
 
-        labels.extend(f"L{later}H{h}" for h in range(heads))
+        labels.extend(head_label(later, h) for h in range(heads))
         directions.append(through(writes * gamma1))  # [H, F, d]
         if convention == "separate":
             bias_rows.append(through(out_bias * gamma1))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CliplensError
+from ..labels import BIAS, EMBED, attention_label, head_label, mlp_label
 from ..models.spec import BlockSpec, ViTSpec
 from .result import Decomposition
 
@@ -272,14 +273,14 @@ class ViTDecomposer:
 
 def piece_labels(spec: ViTSpec, granularity: str, convention: str) -> list[str]:
     """Piece labels in residual order: embed, L0H0.. (or L0.attn), L0.mlp, ..., bias (separate convention)."""
-    labels = ["embed"]
+    labels = [EMBED]
     for layer in range(spec.layers):
         if granularity == "layer":
-            labels.append(f"L{layer}.attn")
+            labels.append(attention_label(layer))
         else:
-            labels.extend(f"L{layer}H{h}" for h in range(spec.heads))
-        labels.append(f"L{layer}.mlp")
-    return labels + (["bias"] if convention == "separate" else [])
+            labels.extend(head_label(layer, h) for h in range(spec.heads))
+        labels.append(mlp_label(layer))
+    return labels + ([BIAS] if convention == "separate" else [])
 
 
 def check_options(granularity: str, convention: str, granularities: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ import torch
 from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..decompose.second_order import FLOAT, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError
+from ..labels import mlp_label
 from ..stats.second_order import SecondOrderStats
 from .zeroshot import predict
 
@@ -91,7 +92,7 @@ def neuron_ablation(
     significant = 0.0
     weights = weights.to(device=stats.basis.neurons.device, dtype=FLOAT)
     for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                         progress=progress, description=f"neuron ablation L{stats.layer}"):
+                         progress=progress, description=f"neuron ablation {mlp_label(stats.layer)}"):
         if (batch.labels < 0).any():
             raise CliplensError("the evaluation data has unlabelled images; pass a labelled set (class folders or "
                                 "shapes:<split>)")

@@ -32,6 +32,7 @@ from ..explain.omp import orthogonal_matching_pursuit, prepare_dictionary
 from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, signed_components
 from ..explain.textspan import TextSpan, fit_pieces
 from ..io.tables import write_rows
+from ..labels import parse_label
 from ..stats.collect import PieceStats
 from .ablation import Variant, check_statistics, evaluate_variants
 from .groups import attention_layers, heads_of_layers
@@ -46,7 +47,7 @@ PRINCIPAL_MASS = 0.99  # the share of singular-value mass that sets how many pri
 def split_heads(labels: Sequence[str], num_last_layers: int) -> tuple[list[str], list[str]]:
     """(heads of the last k layers, heads of every earlier layer), from the statistics' labels."""
     layers = attention_layers(labels)
-    if not layers or any(label.endswith(".attn") for members in layers.values() for label in members):
+    if not layers or any(parse_label(label).kind == "attn" for members in layers.values() for label in members):
         raise CliplensError("reconstruction needs per-head statistics of a ViT; collect them with granularity 'head'")
     count = max(layers) + 1
     if isinstance(num_last_layers, bool) or not isinstance(num_last_layers, int) or not 1 <= num_last_layers <= count:

@@ -11,6 +11,7 @@ import torch
 
 from ..decompose.vit import ViTDecomposer, piece_labels
 from ..errors import CliplensError
+from ..labels import parse_label
 from .moments import Moments
 from .pairs import PairStats
 
@@ -77,7 +78,7 @@ class HeadReducer:
     def finish(self) -> tuple[list[str], Moments, torch.Tensor | None]:
         spec = self.decomposer.spec
         labels = piece_labels(spec, "head", self.convention)
-        is_head = torch.tensor(["H" in label for label in labels])
+        is_head = torch.tensor([parse_label(label).kind == "head" for label in labels])
         basis = self.basis
         count = self.heads.count
         mean = torch.empty(len(labels), basis.shape[-1], dtype=torch.float64)

@@ -19,6 +19,7 @@ from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..labels import mlp_label
 from .identity import check_compatible, merged_metadata
 from .moments import Moments
 
@@ -368,7 +369,7 @@ def collect_second_order(
         if stage == "ranking":
             stats.start_ranking()
         for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                             progress=progress, description=f"second order L{layer} ({stage})"):
+                             progress=progress, description=f"second order {mlp_label(layer)} ({stage})"):
             effects = second_order(lens.images_to_tensor(batch.images), scale=scale, normalize=normalize)
             if not torch.isfinite(effects.coefficients).all() or not torch.isfinite(effects.kappa).all():
                 raise CliplensError(f"the model produced NaN or infinite activations after {report.loaded} images; "

@@ -1,0 +1,59 @@
+"""The shared vocabulary: piece labels, the settings record, the model check and the positive-integer validator."""
+
+from __future__ import annotations
+
+import pytest
+
+from cliplens.errors import CliplensError
+from cliplens.labels import (
+    BIAS, EMBED, KINDS, Piece, attention_label, head_label, match_label, mlp_label, neuron_label, pair_label,
+    parse_label, pool_head_label, pool_neuron_label, token_label,
+)
+
+# every formatter, what it writes, and the record the parser reads back
+WRITTEN = [
+    (EMBED, "embed", Piece("embed")),
+    (BIAS, "bias", Piece("bias")),
+    (attention_label(3), "L3.attn", Piece("attn", layer=3)),
+    (mlp_label(0), "L0.mlp", Piece("mlp", layer=0)),
+    (head_label(11, 7), "L11H7", Piece("head", layer=11, head=7)),
+    (neuron_label(2, 3071), "L2N3071", Piece("neuron", layer=2, neuron=3071)),
+    (pool_head_label(5), "H5", Piece("head", head=5)),
+    (pair_label(1, 262), "H1N262", Piece("pair", head=1, neuron=262)),
+    (pool_neuron_label(40), "N40", Piece("neuron", neuron=40)),
+    (token_label(head_label(0, 1), 16), "L0H1T16", Piece("head", layer=0, head=1, token=16)),
+    (token_label(EMBED, 0), "embedT0", Piece("embed", token=0)),
+    (token_label(pool_head_label(2), 10), "H2T10", Piece("head", head=2, token=10)),
+]
+
+
+@pytest.mark.parametrize("written,label,piece", WRITTEN)
+def test_labels_round_trip(written, label, piece):
+    assert written == label
+    assert parse_label(label) == piece
+    assert piece.label == label
+
+
+def test_every_kind_is_written_and_read():
+    assert {piece.kind for _, _, piece in WRITTEN} == set(KINDS)
+
+
+@pytest.mark.parametrize("text", ["L03H1", "L3H01", "H007", "N01", "L3H7T05", "L3H", "L3.foo", "L3H7N2", "head3",
+                                  "T3", "L3H7T", "embed0", " L3H7", "L-1H0", "", "L3H*", "mlps", "attn[:8]", "L١H٢"])
+def test_malformed_labels_are_refused(text):
+    assert match_label(text) is None
+    with pytest.raises(CliplensError, match="cannot read the piece label") as error:
+        parse_label(text)
+    assert "\n" not in str(error.value)
+
+
+def test_every_label_a_decomposition_writes_reads_back(vit_lens, resnet_lens, vit_images, resnet_images):
+    decompositions = [vit_lens.decompose(vit_images[:1], granularity=g, convention=c)
+                      for g in ("head", "layer") for c in ("separate", "reference")]
+    decompositions += [resnet_lens.decompose(resnet_images[:1], granularity=g) for g in ("head", "neuron", "pair")]
+    spatial = vit_lens.decompose(vit_images[:1], spatial=True)
+    labels = [label for result in decompositions for label in result.labels]
+    labels += [label for row in spatial.token_labels() for label in row]
+    for label in labels:
+        assert parse_label(label).label == label
+    assert parse_label(spatial.token_labels()[1][3]) == Piece("head", layer=0, head=0, token=3)
