@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cliplens.errors import CliplensError
+from cliplens.errors import CliplensError, require_positive_int
 from cliplens.labels import (
     BIAS, EMBED, KINDS, Piece, attention_label, head_label, match_label, mlp_label, neuron_label, pair_label,
     parse_label, pool_head_label, pool_neuron_label, token_label,
@@ -57,3 +57,10 @@ def test_every_label_a_decomposition_writes_reads_back(vit_lens, resnet_lens, vi
     for label in labels:
         assert parse_label(label).label == label
     assert parse_label(spatial.token_labels()[1][3]) == Piece("head", layer=0, head=0, token=3)
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.0, True, "2", None])
+def test_positive_integers_are_checked_in_one_place(value):
+    with pytest.raises(CliplensError, match=r"^top_k must be a positive integer, got "):
+        require_positive_int("top_k", value)
+    assert require_positive_int("top_k", 3) == 3

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..data.loader import as_source, batches, fingerprint
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from ..evaluate.pair_ablation import check_same_model
 from ..io.tables import write_rows
 from ..labels import match_label, pair_label
@@ -131,8 +131,7 @@ def retrieve(
     itself and keep at least `top` images, pairs are read from them without a pass. `convention` decides whether a
     neuron's norm includes its bias shares ("reference") or not ("separate"), and the ViT head pieces' LN shares.
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise CliplensError(f"top must be a positive integer, got {top!r}")
+    require_positive_int("top", top)
     parsed = [parse_component(label, lens) for label in components]
     if not parsed:
         raise CliplensError("name at least one component, e.g. H3N17, N17 or L3H2")

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from .folders import ImageFolder
 
 
@@ -107,8 +107,7 @@ def batches(
     progress: bool = False, description: str = "images",
 ) -> Iterator[Batch]:
     """Preprocessed batches in source order; unreadable items are skipped and recorded in `report`."""
-    if batch_size < 1:
-        raise CliplensError(f"batch size must be at least 1, got {batch_size}")
+    require_positive_int("batch_size", batch_size)
     report = report if report is not None else LoadReport()
     report.total = len(source)
     loader = DataLoader(_Preprocessed(source, preprocess), batch_size=batch_size, num_workers=num_workers,

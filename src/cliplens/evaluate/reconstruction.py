@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from ..data.loader import as_source, fingerprint
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from ..explain.omp import orthogonal_matching_pursuit, prepare_dictionary
 from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, signed_components
 from ..explain.textspan import TextSpan, fit_pieces
@@ -59,9 +59,9 @@ def split_heads(labels: Sequence[str], num_last_layers: int) -> tuple[list[str],
 
 def check_text_counts(counts: Sequence[int], limit: int) -> list[int]:
     """Sorted distinct text counts, each between 1 and `limit` (the largest span the texts can fill)."""
-    counts = sorted(set(counts))
-    if not counts or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in counts):
-        raise CliplensError(f"text counts must be positive integers, got {counts}")
+    counts = sorted({require_positive_int("a text count", m) for m in counts})
+    if not counts:
+        raise CliplensError("no text counts given; pass at least one, e.g. counts=(1, 2, 4)")
     if counts[-1] > limit:
         raise CliplensError(
             f"{counts[-1]} texts per head exceeds the span the texts can fill ({limit} = the smallest of the "

@@ -17,7 +17,7 @@ import torch
 
 from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
 from ..labels import mlp_label
 from .identity import check_compatible, merged_metadata
@@ -34,8 +34,7 @@ class SecondOrderStats:
 
     def __init__(self, basis: SecondOrderBasis, *, scale: float, normalize: bool, top_k: int = 100,
                  metadata: dict[str, Any] | None = None):
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise CliplensError(f"top_k must be a positive integer, got {top_k!r}")
+        require_positive_int("top_k", top_k)
         self.basis, self.scale, self.normalize, self.top_k = basis, float(scale), bool(normalize), top_k
         self.metadata = dict(metadata or {})
         self.report: LoadReport | None = None
