@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+import cliplens
 from cliplens.errors import CliplensError, require_positive_int
 from cliplens.labels import (
     BIAS, EMBED, KINDS, Piece, attention_label, head_label, match_label, mlp_label, neuron_label, pair_label,
     parse_label, pool_head_label, pool_neuron_label, token_label,
 )
+from cliplens.settings import Settings
 
 # every formatter, what it writes, and the record the parser reads back
 WRITTEN = [
@@ -64,3 +67,51 @@ def test_positive_integers_are_checked_in_one_place(value):
     with pytest.raises(CliplensError, match=r"^top_k must be a positive integer, got "):
         require_positive_int("top_k", value)
     assert require_positive_int("top_k", 3) == 3
+
+
+# settings -------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("changes,message", [
+    (dict(granularity="token"), "granularity 'token' is unknown"),
+    (dict(convention="mine"), "convention 'mine' is unknown"),
+    (dict(spatial=1), "spatial must be True or False"),
+    (dict(normalize="yes"), "normalize must be True or False"),
+])
+def test_invalid_settings_are_refused(changes, message):
+    with pytest.raises(CliplensError, match=message):
+        Settings(**changes)
+
+
+def test_settings_round_trip_through_metadata_and_artifacts(vit_lens, vit_images, tmp_path):
+    settings = Settings(granularity="layer", spatial=True, convention="reference", normalize=True)
+    assert settings.metadata() == dict(granularity="layer", spatial=True, convention="reference", normalize=True)
+    assert Settings.from_metadata({**settings.metadata(), "model": "x"}) == settings
+    with pytest.raises(CliplensError, match="records no convention"):
+        Settings.from_metadata({"granularity": "head", "spatial": False, "normalize": False})
+    stats = vit_lens.collect([(image, 0) for image in vit_images], **settings.metadata())
+    assert stats.settings == settings
+    assert cliplens.load_stats(stats.save(tmp_path / "stats"), vit_lens).settings == settings
+    result = vit_lens.decompose(vit_images, **settings.metadata())
+    assert (result.settings, result.granularity, result.spatial, result.convention, result.normalize) == (
+        settings, "layer", True, "reference", True)
+
+
+def test_a_granularity_the_model_lacks_is_refused(vit_lens, resnet_lens, vit_images, resnet_images):
+    with pytest.raises(CliplensError, match="'pair' is not available for this model; choose one of layer, head"):
+        vit_lens.decompose(vit_images, granularity="pair")
+    with pytest.raises(CliplensError, match="'layer' is not available for this model"):
+        resnet_lens.decompose(resnet_images, granularity="layer")
+    with pytest.raises(CliplensError, match="not split over tokens"):
+        resnet_lens.decomposer.pairs(resnet_images, Settings(granularity="pair", spatial=True))
+
+
+def test_group_lays_out_exactly_what_factorise_was_asked_for(vit_lens, vit_images):
+    """The settings travel on the factors, so grouping cannot disagree with factorising."""
+    decomposer = vit_lens.decomposer
+    for settings in (Settings("layer", False, "reference", True), Settings("head", True, "separate", False)):
+        factors = decomposer.factorise(vit_images, settings)
+        grouped = decomposer.group(factors)
+        direct = vit_lens.decompose(vit_images, **settings.metadata())
+        assert grouped.settings == factors.settings == settings
+        assert grouped.labels == direct.labels and torch.equal(grouped.components, direct.components)
+    with pytest.raises(TypeError):
+        decomposer.group(factors, granularity="layer")

@@ -26,6 +26,7 @@ from ..evaluate.pair_ablation import check_same_model
 from ..io.tables import write_rows
 from ..labels import match_label, pair_label
 from ..report.grids import save_grid
+from ..settings import Settings
 from ..stats.pairs import PairStats
 
 COLUMNS = ("rank", "index", "item", "score")
@@ -169,15 +170,11 @@ def _scan(
     """One pass over `source` keeping each component's per-image scalar, then the rankings."""
     values: dict[str, list[torch.Tensor]] = {c.label: [] for c in components}
     positions = []
-    resnet = lens.kind == "resnet"
+    settings = Settings(granularity="pair" if lens.kind == "resnet" else "head", convention=convention)
     with torch.no_grad():
         for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers,
                              progress=progress, description=f"retrieve {lens.name}"):
-            images = lens.images_to_tensor(batch.images)
-            if resnet:
-                result = lens.decomposer.pairs(images, convention=convention)
-            else:
-                result = lens.decomposer.decompose(images, granularity="head", convention=convention)
+            result = lens.decomposer.decompose(lens.images_to_tensor(batch.images), settings)
             for c in components:
                 values[c.label].append(_batch_values(c, result, queries.get(c.label), cosine).double().cpu())
             positions.append(batch.indices)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..labels import token_label
+from ..settings import Settings
 
 
 @dataclass
@@ -21,10 +22,23 @@ class Decomposition:
     components: torch.Tensor
     labels: list[str]
     embedding: torch.Tensor  # [B, d]: the model's own unnormalised image embedding
-    granularity: str
-    convention: str
-    spatial: bool = False
-    normalize: bool = False
+    settings: Settings  # what the pieces are: granularity, spatial, convention, normalize
+
+    @property
+    def granularity(self) -> str:
+        return self.settings.granularity
+
+    @property
+    def convention(self) -> str:
+        return self.settings.convention
+
+    @property
+    def spatial(self) -> bool:
+        return self.settings.spatial
+
+    @property
+    def normalize(self) -> bool:
+        return self.settings.normalize
 
     def index(self, label: str) -> int:
         try:

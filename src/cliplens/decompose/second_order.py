@@ -22,7 +22,8 @@ import torch
 
 from ..errors import CliplensError
 from ..labels import head_label
-from .vit import CONVENTIONS, ViTDecomposer
+from ..settings import Settings
+from .vit import ViTDecomposer
 
 FLOAT = torch.float64
 
@@ -110,8 +111,7 @@ class SecondOrderLens:
                  basis: SecondOrderBasis | None = None):
         """`basis`: directions already built for this model, layer and convention (e.g. by loaded statistics)."""
         check_layer(decomposer, layer)
-        if convention not in CONVENTIONS:
-            raise CliplensError(f"convention {convention!r} is unknown; choose one of {CONVENTIONS}")
+        Settings(granularity="neuron", convention=convention)  # refuses an unknown convention
         if basis is not None and (basis.layer, basis.convention) != (layer, convention):
             raise CliplensError(f"directions for layer {basis.layer} ({basis.convention}) cannot serve layer {layer} "
                                 f"({convention})")

@@ -17,7 +17,7 @@ per-token (spatial) statistics.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -203,7 +203,7 @@ def evaluate_variants(
     weights = torch.as_tensor(weights).to(device, torch.float64)
     if weights.ndim != 2 or weights.shape[0] != stats.mean.shape[1]:
         raise CliplensError(f"zero-shot weights must be [{stats.mean.shape[1]}, classes], got {tuple(weights.shape)}")
-    settings = {key: stats.metadata[key] for key in ("granularity", "convention", "normalize")}
+    settings = replace(stats.settings, spatial=False)  # the CLS cells' means come from spatial statistics
     correct = torch.zeros(len(variants), dtype=torch.long, device=device)
     full_correct, report = 0, LoadReport()
     with torch.no_grad():
@@ -215,13 +215,10 @@ def evaluate_variants(
                                     "class, or shapes:<split>")
             images, cells = lens.images_to_tensor(batch.images), None
             if bank.uses_cls:
-                decomposer = lens.decomposer
-                factors = decomposer.factorise(images, convention=settings["convention"],
-                                               normalize=settings["normalize"], tokens=True)
-                result = decomposer.group(factors, spatial=False, **settings)
-                cells = decomposer.cls_cells(factors, settings["granularity"])
+                factors = lens.decomposer.factorise(images, settings, tokens=True)
+                result, cells = lens.decomposer.group(factors), lens.decomposer.cls_cells(factors)
             else:
-                result = lens.decomposer.decompose(images, spatial=False, **settings)
+                result = lens.decomposer.decompose(images, settings)
             if result.labels != bank.labels:
                 raise CliplensError("the statistics' pieces do not match this model's decomposition; recollect them")
             predicted = (bank.combine(result.components, cells) @ weights).argmax(-1)  # [B, V]

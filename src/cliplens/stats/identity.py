@@ -6,8 +6,9 @@ import hashlib
 from typing import Any
 
 from ..errors import CliplensError
+from ..settings import KEYS
 
-IDENTITY_KEYS = ("fingerprint", "granularity", "convention", "normalize", "spatial")
+IDENTITY_KEYS = ("fingerprint", *KEYS)
 
 
 def check_compatible(a: dict[str, Any], b: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects
 from ..errors import CliplensError, require_positive_int
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
 from ..labels import mlp_label
+from ..settings import Settings
 from .identity import check_compatible, merged_metadata
 from .moments import Moments
 
@@ -54,6 +55,11 @@ class SecondOrderStats:
     @property
     def convention(self) -> str:
         return self.basis.convention
+
+    @property
+    def settings(self) -> Settings:
+        """The pieces are the layer's MLP neurons, never split over tokens; scale is not a setting of the pieces."""
+        return Settings(granularity="neuron", convention=self.convention, normalize=self.normalize)
 
     @property
     def count(self) -> int:
@@ -291,8 +297,8 @@ class SecondOrderStats:
             tensors.update({name: getattr(self, name) for name in DERIVED})
         else:
             tensors["mean_effects"] = self.mean_effects
-        metadata = {**self.metadata, "kind": KIND, "layer": self.layer, "convention": self.convention,
-                    "scale": self.scale, "normalize": self.normalize, "top_k": self.top_k, "count": self.count,
+        metadata = {**self.metadata, **self.settings.metadata(), "kind": KIND, "layer": self.layer,
+                    "scale": self.scale, "top_k": self.top_k, "count": self.count,
                     "ranked": self.ranked, "heads": self.basis.heads, "sign_rule": SIGN_RULE,
                     "coordinates": f"{self.basis.num_heads} head coefficients (κ·s) then "
                                    f"{self.basis.offsets.shape[0]} shared offset coefficients"}
@@ -326,8 +332,9 @@ def load_second_order(path: str | Path, lens: Any) -> SecondOrderStats:
         raise CliplensError(f"{path} holds {metadata.get('kind')!r}, not second-order statistics; pass the folder "
                             "`cliplens second-order` wrote")
     tensors, metadata = load_artifact(path, {"fingerprint": lens.fingerprint})
-    basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), metadata["convention"]).basis
-    stats = SecondOrderStats(basis, scale=metadata["scale"], normalize=metadata["normalize"],
+    settings = Settings.from_metadata(metadata)
+    basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), settings.convention).basis
+    stats = SecondOrderStats(basis, scale=metadata["scale"], normalize=settings.normalize,
                              top_k=int(metadata["top_k"]), metadata=metadata)
     device = basis.neurons.device
     stats.moments = Moments.from_state(int(tensors["count"][0]), tensors["mean"].to(device),
@@ -379,8 +386,7 @@ def collect_second_order(
                 stats.rank(effects, batch.indices)
         if report.loaded == 0:
             raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")
-    stats.metadata = {**lens.describe(), "architecture": lens.kind, "granularity": f"second-order:L{layer}",
-                      "spatial": False, "convention": convention, "normalize": normalize,
+    stats.metadata = {**lens.describe(), "architecture": lens.kind, **stats.settings.metadata(), "layer": layer,
                       "data_fingerprint": fingerprint(source), "data_size": report.total,
                       "skipped": len(report.skipped)}
     stats.report = report
