@@ -7,6 +7,7 @@ import torch
 
 import cliplens
 from cliplens.errors import CliplensError, require_positive_int
+from cliplens.io.compat import require_match, require_model
 from cliplens.labels import (
     BIAS, EMBED, KINDS, Piece, attention_label, head_label, match_label, mlp_label, neuron_label, pair_label,
     parse_label, pool_head_label, pool_neuron_label, token_label,
@@ -115,3 +116,40 @@ def test_group_lays_out_exactly_what_factorise_was_asked_for(vit_lens, vit_image
         assert grouped.labels == direct.labels and torch.equal(grouped.components, direct.components)
     with pytest.raises(TypeError):
         decomposer.group(factors, granularity="layer")
+
+
+# compatibility --------------------------------------------------------------------------------------------------------
+def test_the_compatibility_check_names_what_mismatched():
+    metadata = {"fingerprint": "ab12", "model": "tiny-vit", "convention": "reference"}
+    require_match(metadata, {"fingerprint": "ab12", "convention": "reference"}, "stats")  # a match passes
+    with pytest.raises(CliplensError, match=r"^stats: fingerprint='ab12' \(another model, 'tiny-vit'\), but this "
+                                            r"needs fingerprint='cd34'; recompute it with this model$"):
+        require_model(metadata, "cd34", "stats")
+    with pytest.raises(CliplensError, match=r"^stats: convention='reference', but this needs convention='separate'"):
+        require_match(metadata, {"convention": "separate"}, "stats")
+    with pytest.raises(CliplensError, match=r"fingerprint=None \(no model\)"):  # one policy: unrecorded is refused
+        require_model({}, "cd34", "stats")
+
+
+def test_every_reader_applies_the_one_check(vit_lens, resnet_lens, vit_images, resnet_images, tmp_path):
+    from cliplens.apps.retrieval import retrieve
+    from cliplens.evaluate.ablation import Variant, evaluate_variants
+    from cliplens.evaluate.pair_ablation import PairAblation, ablation_table, standard_variants
+
+    data = [(image, 0) for image in vit_images]
+    stats = vit_lens.collect(data)
+    stats.metadata["fingerprint"] = "0" * 16
+    weights = torch.eye(32, 2, dtype=torch.float64)
+    with pytest.raises(CliplensError, match="the statistics: fingerprint='0000000000000000' \\(another model"):
+        evaluate_variants(vit_lens, data, [Variant("none")], weights, stats)
+    with pytest.raises(CliplensError, match="fingerprint='0000000000000000' \\(another model"):
+        cliplens.load_stats(stats.save(tmp_path / "stats"), vit_lens)
+    pairs_data = [(image, 0) for image in resnet_images]
+    pairs = resnet_lens.collect(pairs_data, granularity="pair", top_k=2)
+    del pairs.metadata["fingerprint"]  # statistics that cannot show their model are refused like another model's
+    with pytest.raises(CliplensError, match="the pair statistics: fingerprint=None"):
+        retrieve(resnet_lens, pairs_data, ["H0N1"], top=1, stats=pairs)
+    with pytest.raises(CliplensError, match="the pair statistics: fingerprint=None"):
+        ablation_table(resnet_lens, pairs_data, weights, standard_variants(PairAblation(pairs), keeps=[50]), pairs)
+    with pytest.raises(CliplensError, match="the statistics to merge: convention='reference'"):
+        vit_lens.collect(data).merge(vit_lens.collect(data, convention="reference"))

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..data.loader import as_source, batches, fingerprint
 from ..errors import CliplensError, require_positive_int
-from ..evaluate.pair_ablation import check_same_model
+from ..io.compat import fitted_on, require_model
 from ..io.tables import write_rows
 from ..labels import match_label, pair_label
 from ..report.grids import save_grid
@@ -145,9 +145,9 @@ def retrieve(
         raise CliplensError("--signed ranks pairs (H<head>N<neuron>) only")
     source = as_source(data)
     if stats is not None:
-        check_same_model(stats, lens)
+        require_model(stats.metadata, lens.fingerprint, "the pair statistics")
     rankings: dict[str, Ranking] = {}
-    same_data = stats is not None and stats.metadata.get("data_fingerprint") == fingerprint(source)
+    same_data = stats is not None and fitted_on(stats.metadata, fingerprint(source))
     pending = []
     for component in parsed:
         if component.kind == "pair" and same_data and top <= min(stats.top_k, stats.count):

@@ -25,6 +25,7 @@ import torch
 
 from ..data.loader import LoadReport, as_source, batches
 from ..errors import CliplensError
+from ..io.compat import require_model
 from ..io.tables import write_rows
 from ..stats.collect import PieceStats
 from .groups import attention_pieces, heads_of_layers, layer_count, mlp_set, select
@@ -159,12 +160,7 @@ def check_statistics(stats: Any, lens: Any) -> PieceStats:
             f"mean-ablation needs per-piece statistics, got {type(stats).__name__}; collect them with "
             "granularity 'head' or 'layer'"
         )
-    found = stats.metadata.get("fingerprint")
-    if found != lens.fingerprint:
-        raise CliplensError(
-            f"the statistics were made with another model (fingerprint {found!r}, model "
-            f"{stats.metadata.get('model')!r}), not {lens.name} ({lens.fingerprint}); collect them with this model"
-        )
+    require_model(stats.metadata, lens.fingerprint, "the statistics")
     return stats
 
 

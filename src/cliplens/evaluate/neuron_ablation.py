@@ -16,6 +16,7 @@ import torch
 from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..decompose.second_order import FLOAT, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError
+from ..io.compat import fitted_on, require_model
 from ..labels import mlp_label
 from ..stats.second_order import SecondOrderStats
 from .zeroshot import predict
@@ -83,8 +84,7 @@ def neuron_ablation(
     num_workers: int = 0, progress: bool = False,
 ) -> NeuronAblation:
     """Stream the labelled evaluation `data` once; zero-shot accuracy of every variant with classifier `weights`."""
-    if stats.metadata.get("fingerprint") not in (None, lens.fingerprint):
-        raise CliplensError("these second-order statistics were made with another model; refit them for this one")
+    require_model(stats.metadata, lens.fingerprint, "the second-order statistics")
     second_order = SecondOrderLens(lens.decomposer, stats.layer, stats.convention, basis=stats.basis)
     source = as_source(data)
     report = LoadReport()
@@ -105,7 +105,7 @@ def neuron_ablation(
     if report.loaded == 0:
         raise CliplensError(f"no readable images in the evaluation data ({report.summary()}); check the path")
     metadata = {"eval_fingerprint": fingerprint(source), "fit_fingerprint": stats.metadata.get("data_fingerprint"),
-                "in_sample": fingerprint(source) == stats.metadata.get("data_fingerprint"),
+                "in_sample": fitted_on(stats.metadata, fingerprint(source)),
                 "skipped": len(report.skipped)}
     return NeuronAblation(stats.layer, {name: hits / report.loaded for name, hits in correct.items()}, report.loaded,
                           significant / (report.loaded * stats.basis.num_neurons), metadata)

@@ -19,6 +19,7 @@ from ..data.loader import Batch, as_source, batches, fingerprint
 from ..decompose.resnet_pairs import PairDecomposition
 from ..errors import CliplensError
 from ..explain.omp import DictNorm, SparseTextDecomposition
+from ..io.compat import fitted_on, require_model
 from ..stats.moments import Moments
 from ..stats.pairs import PairStats
 from .zeroshot import predict
@@ -257,7 +258,7 @@ def ablation_table(
     batch_size: int = 32, num_workers: int = 0, progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Accuracy of every variant over `data` in one streaming pass; rows say whether the means are in-sample."""
-    check_same_model(stats, lens)
+    require_model(stats.metadata, lens.fingerprint, "the pair statistics")
     board = AccuracyBoard(weights.to(lens.device), variants)
     for dec, batch in pair_batches(lens, data, batch_size=batch_size, num_workers=num_workers, progress=progress):
         board.update(dec, batch.labels)
@@ -266,16 +267,7 @@ def ablation_table(
 
 def is_in_sample(stats: PairStats, data: Any) -> bool:
     """Whether the statistics (means, masks, directions) were fitted on the very data being evaluated."""
-    return stats.metadata.get("data_fingerprint") == fingerprint(as_source(data))
-
-
-def check_same_model(stats: PairStats, lens: Any) -> None:
-    made_for = stats.metadata.get("fingerprint")
-    if made_for is not None and made_for != lens.fingerprint:
-        raise CliplensError(
-            f"these pair statistics were collected with another model ({made_for}, not {lens.fingerprint}); "
-            "collect them again with this model"
-        )
+    return fitted_on(stats.metadata, fingerprint(as_source(data)))
 
 
 def require_resnet(lens: Any, what: str) -> None:

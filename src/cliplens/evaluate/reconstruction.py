@@ -31,6 +31,7 @@ from ..errors import CliplensError, require_positive_int
 from ..explain.omp import orthogonal_matching_pursuit, prepare_dictionary
 from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, signed_components
 from ..explain.textspan import TextSpan, fit_pieces
+from ..io.compat import fitted_on
 from ..io.tables import write_rows
 from ..labels import parse_label
 from ..stats.collect import PieceStats
@@ -237,7 +238,7 @@ def reconstruction_accuracy(
         "fit_images": stats.count,
         "eval_data_fingerprint": eval_fingerprint,
         "eval_images": images,
-        "in_sample": eval_fingerprint == stats.metadata.get("data_fingerprint"),
+        "in_sample": fitted_on(stats.metadata, eval_fingerprint),
         "classes": scores.classes,
     }
     return ReconstructionResult(rows, metadata)

@@ -14,6 +14,7 @@ import torch
 from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..errors import CliplensError
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.compat import MODEL_KEY
 from ..settings import Settings
 from .accumulate import DenseReducer, HeadReducer, PairReducer
 from .identity import check_compatible, merged_metadata
@@ -130,7 +131,7 @@ def collect(
 def load_stats(path: str | Path, lens: Any = None, **expect: Any) -> PieceStats | PairStats:
     """Read statistics; with `lens`, refuse ones made for another model; `expect` pins other settings."""
     if lens is not None:
-        expect = {"fingerprint": lens.fingerprint, **expect}
+        expect = {MODEL_KEY: lens.fingerprint, **expect}
     kind = read_metadata(path).get("kind")
     if kind not in ("piece-stats", "pair-stats"):
         raise CliplensError(f"{path} holds {kind!r}, not statistics; pass the folder `cliplens collect` wrote")

@@ -19,6 +19,7 @@ from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError, require_positive_int
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.compat import MODEL_KEY
 from ..labels import mlp_label
 from ..settings import Settings
 from .identity import check_compatible, merged_metadata
@@ -331,7 +332,7 @@ def load_second_order(path: str | Path, lens: Any) -> SecondOrderStats:
     if metadata.get("kind") != KIND:
         raise CliplensError(f"{path} holds {metadata.get('kind')!r}, not second-order statistics; pass the folder "
                             "`cliplens second-order` wrote")
-    tensors, metadata = load_artifact(path, {"fingerprint": lens.fingerprint})
+    tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint})
     settings = Settings.from_metadata(metadata)
     basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), settings.convention).basis
     stats = SecondOrderStats(basis, scale=metadata["scale"], normalize=settings.normalize,
