@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import cliplens
+from cliplens.data.loader import LoadReport, stream
 from cliplens.errors import CliplensError, require_positive_int
 from cliplens.io.compat import require_match, require_model
 from cliplens.labels import (
@@ -153,3 +154,19 @@ def test_every_reader_applies_the_one_check(vit_lens, resnet_lens, vit_images, r
         ablation_table(resnet_lens, pairs_data, weights, standard_variants(PairAblation(pairs), keeps=[50]), pairs)
     with pytest.raises(CliplensError, match="the statistics to merge: convention='reference'"):
         vit_lens.collect(data).merge(vit_lens.collect(data, convention="reference"))
+
+
+# streaming ------------------------------------------------------------------------------------------------------------
+def test_one_streaming_loop_feeds_every_pass(vit_lens, vit_images):
+    data = [(image.float(), i % 2) for i, image in enumerate(vit_images)] + [(None, 1)]
+    report = LoadReport()
+    streamed = list(stream(vit_lens, data, batch_size=2, report=report))
+    assert [batch.indices.tolist() for batch in streamed] == [[0, 1], [2, 3], [4]]
+    assert [batch.labels.tolist() for batch in streamed] == [[0, 1], [0, 1], [0]]
+    assert all(batch.images.dtype == vit_lens.dtype and batch.images.device == vit_lens.device for batch in streamed)
+    assert torch.equal(torch.cat([batch.images for batch in streamed]), vit_images.float().to(vit_lens.dtype))
+    assert (report.total, report.loaded, report.skipped) == (6, 5, ["item 5"])
+    with pytest.raises(CliplensError, match="unlabelled images"):
+        list(stream(vit_lens, [(vit_images[0], -1)], labelled=True))
+    with pytest.raises(CliplensError, match=r"no readable images in the data \(0 of 1 images used"):
+        list(stream(vit_lens, [(None, 0)]))

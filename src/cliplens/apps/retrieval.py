@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from ..data.loader import as_source, batches, fingerprint
+from ..data.loader import as_source, fingerprint, stream
 from ..errors import CliplensError, require_positive_int
 from ..io.compat import fitted_on, require_model
 from ..io.tables import write_rows
@@ -172,14 +172,12 @@ def _scan(
     positions = []
     settings = Settings(granularity="pair" if lens.kind == "resnet" else "head", convention=convention)
     with torch.no_grad():
-        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers,
-                             progress=progress, description=f"retrieve {lens.name}"):
-            result = lens.decomposer.decompose(lens.images_to_tensor(batch.images), settings)
+        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"retrieve {lens.name}"):
+            result = lens.decomposer.decompose(batch.images, settings)
             for c in components:
                 values[c.label].append(_batch_values(c, result, queries.get(c.label), cosine).double().cpu())
             positions.append(batch.indices)
-    if not positions:
-        raise CliplensError("no readable images in the data; check the path")
     positions = torch.cat(positions)
     rankings = {}
     for c in components:

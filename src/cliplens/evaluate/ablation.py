@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..data.loader import LoadReport, as_source, batches
+from ..data.loader import LoadReport, as_source, stream
 from ..errors import CliplensError
 from ..io.compat import require_model
 from ..io.tables import write_rows
@@ -203,25 +203,19 @@ def evaluate_variants(
     correct = torch.zeros(len(variants), dtype=torch.long, device=device)
     full_correct, report = 0, LoadReport()
     with torch.no_grad():
-        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                             progress=progress, description=f"ablate {lens.name}"):
-            labels = batch.labels.to(device)
-            if (labels < 0).any():
-                raise CliplensError("the evaluation data has no class labels; use a folder with one sub-folder per "
-                                    "class, or shapes:<split>")
-            images, cells = lens.images_to_tensor(batch.images), None
+        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"ablate {lens.name}", labelled=True, report=report):
+            labels, cells = batch.labels.to(device), None
             if bank.uses_cls:
-                factors = lens.decomposer.factorise(images, settings, tokens=True)
+                factors = lens.decomposer.factorise(batch.images, settings, tokens=True)
                 result, cells = lens.decomposer.group(factors), lens.decomposer.cls_cells(factors)
             else:
-                result = lens.decomposer.decompose(images, settings)
+                result = lens.decomposer.decompose(batch.images, settings)
             if result.labels != bank.labels:
                 raise CliplensError("the statistics' pieces do not match this model's decomposition; recollect them")
             predicted = (bank.combine(result.components, cells) @ weights).argmax(-1)  # [B, V]
             correct += (predicted == labels[:, None]).sum(0)
             full_correct += int(((result.embedding.to(torch.float64) @ weights).argmax(-1) == labels).sum())
-    if report.loaded == 0:
-        raise CliplensError(f"no readable images in the evaluation data ({report.summary()}); check the path")
     return Scores(bank.names, correct.tolist(), full_correct, report.loaded, weights.shape[1])
 
 

@@ -13,9 +13,8 @@ from typing import Any
 
 import torch
 
-from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..decompose.second_order import FLOAT, SecondOrderEffects, SecondOrderLens
-from ..errors import CliplensError
 from ..io.compat import fitted_on, require_model
 from ..labels import mlp_label
 from ..stats.second_order import SecondOrderStats
@@ -91,19 +90,14 @@ def neuron_ablation(
     correct = dict.fromkeys(VARIANTS, 0)
     significant = 0.0
     weights = weights.to(device=stats.basis.neurons.device, dtype=FLOAT)
-    for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                         progress=progress, description=f"neuron ablation {mlp_label(stats.layer)}"):
-        if (batch.labels < 0).any():
-            raise CliplensError("the evaluation data has unlabelled images; pass a labelled set (class folders or "
-                                "shapes:<split>)")
-        effects = second_order(lens.images_to_tensor(batch.images), scale=stats.scale, normalize=stats.normalize)
+    for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                        description=f"neuron ablation {mlp_label(stats.layer)}", labelled=True, report=report):
+        effects = second_order(batch.images, scale=stats.scale, normalize=stats.normalize)
         labels = batch.labels.to(weights.device)
         variants, mask = _variants(effects, stats)
         for name, representation in variants.items():
             correct[name] += int((predict(representation, weights) == labels).sum())
         significant += float(mask.double().sum())
-    if report.loaded == 0:
-        raise CliplensError(f"no readable images in the evaluation data ({report.summary()}); check the path")
     metadata = {"eval_fingerprint": fingerprint(source), "fit_fingerprint": stats.metadata.get("data_fingerprint"),
                 "in_sample": fitted_on(stats.metadata, fingerprint(source)),
                 "skipped": len(report.skipped)}

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..data.loader import Batch, as_source, batches, fingerprint
+from ..data.loader import Batch, as_source, fingerprint, require_labels, stream
 from ..decompose.resnet_pairs import PairDecomposition
 from ..errors import CliplensError
 from ..explain.omp import DictNorm, SparseTextDecomposition
@@ -217,9 +217,9 @@ def pair_batches(
     """(pairs of the batch, the batch) for every batch of `data`, in order."""
     require_resnet(lens, "pair ablation")
     with torch.no_grad():
-        for batch in batches(as_source(data), lens.preprocess, batch_size=batch_size, num_workers=num_workers,
-                             progress=progress, description=f"pairs {lens.name}"):
-            yield lens.decomposer.pairs(lens.images_to_tensor(batch.images)), batch
+        for batch in stream(lens, data, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"pairs {lens.name}"):
+            yield lens.decomposer.pairs(batch.images), batch
 
 
 class AccuracyBoard:
@@ -235,8 +235,7 @@ class AccuracyBoard:
 
     def update(self, dec: PairDecomposition, labels: torch.Tensor) -> None:
         labels = torch.as_tensor(labels).cpu()
-        if (labels < 0).any():
-            raise CliplensError("the evaluation data has unlabelled images; use a class-folder tree or a shapes split")
+        require_labels(labels)
         for variant in self.variants:
             embedding = variant.embed(dec).to(self.weights)
             self.correct[variant.name] += int((predict(embedding, self.weights).cpu() == labels).sum())

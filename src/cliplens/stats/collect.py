@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..errors import CliplensError
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
 from ..io.compat import MODEL_KEY
@@ -104,11 +104,9 @@ def collect(
     else:
         reducer = DenseReducer(lens.decomposer, settings)
     with torch.no_grad():
-        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                             progress=progress, description=f"collect {lens.name}"):
-            reducer.update(lens.images_to_tensor(batch.images), batch.indices)
-    if report.loaded == 0:
-        raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")
+        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"collect {lens.name}", report=report):
+            reducer.update(batch.images, batch.indices)
     metadata = {
         "kind": "pair-stats" if granularity == "pair" else "piece-stats",
         **lens.describe(),

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError, require_positive_int
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
@@ -375,9 +375,9 @@ def collect_second_order(
         report = LoadReport()
         if stage == "ranking":
             stats.start_ranking()
-        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                             progress=progress, description=f"second order {mlp_label(layer)} ({stage})"):
-            effects = second_order(lens.images_to_tensor(batch.images), scale=scale, normalize=normalize)
+        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"second order {mlp_label(layer)} ({stage})", report=report):
+            effects = second_order(batch.images, scale=scale, normalize=normalize)
             if not torch.isfinite(effects.coefficients).all() or not torch.isfinite(effects.kappa).all():
                 raise CliplensError(f"the model produced NaN or infinite activations after {report.loaded} images; "
                                     "use --precision fp32 (fp16 overflows) and check the weights")
@@ -385,8 +385,6 @@ def collect_second_order(
                 stats.update(effects)
             else:
                 stats.rank(effects, batch.indices)
-        if report.loaded == 0:
-            raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")
     stats.metadata = {**lens.describe(), "architecture": lens.kind, **stats.settings.metadata(), "layer": layer,
                       "data_fingerprint": fingerprint(source), "data_size": report.total,
                       "skipped": len(report.skipped)}
