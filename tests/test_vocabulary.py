@@ -147,6 +147,7 @@ def test_every_reader_applies_the_one_check(vit_lens, resnet_lens, vit_images, r
         cliplens.load_stats(stats.save(tmp_path / "stats"), vit_lens)
     pairs_data = [(image, 0) for image in resnet_images]
     pairs = resnet_lens.collect(pairs_data, granularity="pair", top_k=2)
+    assert pairs.settings == Settings(granularity="pair")
     del pairs.metadata["fingerprint"]  # statistics that cannot show their model are refused like another model's
     with pytest.raises(CliplensError, match="the pair statistics: fingerprint=None"):
         retrieve(resnet_lens, pairs_data, ["H0N1"], top=1, stats=pairs)

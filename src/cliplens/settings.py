@@ -39,12 +39,11 @@ class Settings:
             if not isinstance(value, bool):
                 raise CliplensError(f"{name} must be True or False, got {value!r}")
 
-    def available(self, granularities: tuple[str, ...]) -> Settings:
-        """These settings, if their granularity is one of the model's `granularities`; else an error naming those."""
+    def require_granularity(self, granularities: tuple[str, ...]) -> None:
+        """Refuse a granularity the model does not have (not one of `granularities`), naming those it has."""
         if self.granularity not in granularities:
             raise CliplensError(f"granularity {self.granularity!r} is not available for this model; choose one of "
                                 f"{', '.join(granularities)}")
-        return self
 
     def metadata(self) -> dict[str, Any]:
         """The artifact metadata entries that record these settings."""

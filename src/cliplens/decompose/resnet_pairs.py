@@ -180,7 +180,7 @@ class ResNetDecomposer:
         return self._directions
 
     def decompose(self, images: torch.Tensor, settings: Settings) -> Decomposition | PairDecomposition:
-        settings.available(GRANULARITIES)
+        settings.require_granularity(GRANULARITIES)
         granularity, spatial, convention = settings.granularity, settings.spatial, settings.convention
         if granularity == "pair":
             return self.pairs(images, settings)

@@ -185,7 +185,7 @@ class ViTDecomposer:
 
         The per-token factors are kept when `settings` are spatial, or when `tokens` asks for them (CLS cells).
         """
-        settings.available(GRANULARITIES)
+        settings.require_granularity(GRANULARITIES)
         convention, normalize, tokens = settings.convention, settings.normalize, tokens or settings.spatial
         spec, readout = self.spec, self.readout(convention)
         trace = self.trace(images, convention, tokens=tokens)
