@@ -13,6 +13,7 @@ from cliplens.evaluate.ablation import (
     pattern_variants, write_scores,
 )
 from cliplens.evaluate.groups import attention_layers, select, split_patterns
+from cliplens.settings import Settings
 from conftest import random_images, tiny_vit, wrap
 
 # Float64 pieces of these tiny models are O(1); the streaming sum and the loop add the same numbers in different
@@ -125,8 +126,8 @@ def test_cls_ablation_equals_the_literal_loop(vit, reference_images, eval_images
                 if variant.cls and i in attention:
                     expected[b, v] += cls_means[attention.index(i)] - cells[b, i]
     bank = VariantBank(variants, labels, stats.mean, cls_cell_means(stats))
-    factors = vit.decomposer.factorise(eval_images, convention=convention, normalize=normalize, tokens=True)
-    fast_cells = vit.decomposer.cls_cells(factors, granularity)
+    factors = vit.decomposer.factorise(eval_images, Settings(**settings), tokens=True)
+    fast_cells = vit.decomposer.cls_cells(factors)
     assert (fast_cells - cells[:, attention]).abs().max() <= TOLERANCE
     assert (bank.combine(plain, fast_cells) - expected).abs().max() <= TOLERANCE
     weights = classifier_weights(plain.shape[-1])

@@ -19,6 +19,7 @@ from .decompose.result import Decomposition
 from .decompose.vit import ViTDecomposer
 from .errors import CliplensError
 from .models.spec import ResNetPoolSpec, ViTSpec
+from .settings import Settings
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16, "bf16": torch.bfloat16}
 TEXT_BATCH = 256
@@ -132,13 +133,8 @@ class Lens:
         normalize: bool = False,
     ) -> Decomposition | PairDecomposition:
         """Pieces of the image embedding that sum to it exactly (METHODS §1 for ViTs, §6 for ResNets)."""
-        return self.decomposer.decompose(
-            self.images_to_tensor(images),
-            granularity=granularity,
-            spatial=spatial,
-            convention=convention,
-            normalize=normalize,
-        )
+        settings = Settings(granularity, spatial, convention, normalize)
+        return self.decomposer.decompose(self.images_to_tensor(images), settings)
 
     def collect(self, data: Any, **options: Any):
         """Streaming statistics of the pieces over a dataset, in one pass (see `cliplens.stats.collect`)."""

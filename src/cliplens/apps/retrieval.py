@@ -13,7 +13,6 @@ Scores, all in embedding units:
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,15 +20,19 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from ..data.loader import as_source, batches, fingerprint
-from ..errors import CliplensError
-from ..evaluate.pair_ablation import check_same_model
+from ..data.loader import as_source, fingerprint, stream
+from ..errors import CliplensError, require_positive_int
+from ..io.compat import fitted_on, require_model
 from ..io.tables import write_rows
+from ..labels import match_label, pair_label
 from ..report.grids import save_grid
+from ..settings import Settings
 from ..stats.pairs import PairStats
 
-COMPONENT = re.compile(r"H(?P<pair_head>\d+)N(?P<pair_neuron>\d+)|N(?P<neuron>\d+)|L(?P<layer>\d+)H(?P<head>\d+)")
 COLUMNS = ("rank", "index", "item", "score")
+# what a ranking can name, (label kind, inside a transformer layer), and the numbers of its label that index it
+RANKED = {("pair", False): ("head", "neuron"), ("neuron", False): ("neuron",), ("head", True): ("layer", "head")}
+LIMITS = {"layer": "layers", "head": "heads", "neuron": "channels"}  # the spec's size for each of those numbers
 
 
 @dataclass(frozen=True)
@@ -49,23 +52,20 @@ class Ranking:
 
 def parse_component(label: str, lens: Any) -> Component:
     """`H3N17` (pair), `N17` (neuron) or `L3H2` (ViT head), checked against the model's shape."""
-    match = COMPONENT.fullmatch(label.strip())
-    if match is None:
+    piece = match_label(label.strip())
+    numbers = None if piece is None or piece.token is not None else RANKED.get((piece.kind, piece.layer is not None))
+    if numbers is None:
         raise CliplensError(f"cannot read component {label!r}; write H<head>N<neuron>, N<neuron> or L<layer>H<head>")
+    kind, index = piece.kind, tuple(getattr(piece, number) for number in numbers)
     spec = lens.spec
-    if match["layer"] is not None:
-        kind, index, limits = "head", (int(match["layer"]), int(match["head"])), ("layers", "heads")
-    elif match["neuron"] is not None:
-        kind, index, limits = "neuron", (int(match["neuron"]),), ("channels",)
-    else:
-        kind, index, limits = "pair", (int(match["pair_head"]), int(match["pair_neuron"])), ("heads", "channels")
     wanted = "vit" if kind == "head" else "resnet"
     if lens.kind != wanted:
         raise CliplensError(
             f"{label} is a {'ViT head' if kind == 'head' else 'ResNet pair or neuron'} but {lens.name} is a "
             f"{lens.kind}; use {'H<head>N<neuron> or N<neuron>' if kind == 'head' else 'L<layer>H<head>'}"
         )
-    for value, limit in zip(index, limits):
+    for number, value in zip(numbers, index):
+        limit = LIMITS[number]
         if value >= getattr(spec, limit):
             raise CliplensError(f"{label} is out of range: the model has {getattr(spec, limit)} {limit}")
     return Component(label.strip(), kind, index)
@@ -92,7 +92,7 @@ def pair_ranking_from_stats(stats: PairStats, head: int, neuron: int, top: int, 
     else:
         deviation, index = stats.top_deviations()
         values, positions = deviation[head, neuron, :top].abs(), index[head, neuron, :top]
-    return Ranking(f"H{head}N{neuron}", pair_score_name(signed), positions, values * length)
+    return Ranking(pair_label(head, neuron), pair_score_name(signed), positions, values * length)
 
 
 def query_vector(lens: Any, component: Component, *, text: str | None, image: Any, convention: str) -> torch.Tensor:
@@ -132,8 +132,7 @@ def retrieve(
     itself and keep at least `top` images, pairs are read from them without a pass. `convention` decides whether a
     neuron's norm includes its bias shares ("reference") or not ("separate"), and the ViT head pieces' LN shares.
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise CliplensError(f"top must be a positive integer, got {top!r}")
+    require_positive_int("top", top)
     parsed = [parse_component(label, lens) for label in components]
     if not parsed:
         raise CliplensError("name at least one component, e.g. H3N17, N17 or L3H2")
@@ -146,9 +145,9 @@ def retrieve(
         raise CliplensError("--signed ranks pairs (H<head>N<neuron>) only")
     source = as_source(data)
     if stats is not None:
-        check_same_model(stats, lens)
+        require_model(stats.metadata, lens.fingerprint, "the pair statistics")
     rankings: dict[str, Ranking] = {}
-    same_data = stats is not None and stats.metadata.get("data_fingerprint") == fingerprint(source)
+    same_data = stats is not None and fitted_on(stats.metadata, fingerprint(source))
     pending = []
     for component in parsed:
         if component.kind == "pair" and same_data and top <= min(stats.top_k, stats.count):
@@ -171,20 +170,14 @@ def _scan(
     """One pass over `source` keeping each component's per-image scalar, then the rankings."""
     values: dict[str, list[torch.Tensor]] = {c.label: [] for c in components}
     positions = []
-    resnet = lens.kind == "resnet"
+    settings = Settings(granularity="pair" if lens.kind == "resnet" else "head", convention=convention)
     with torch.no_grad():
-        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers,
-                             progress=progress, description=f"retrieve {lens.name}"):
-            images = lens.images_to_tensor(batch.images)
-            if resnet:
-                result = lens.decomposer.pairs(images, convention=convention)
-            else:
-                result = lens.decomposer.decompose(images, granularity="head", convention=convention)
+        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"retrieve {lens.name}"):
+            result = lens.decomposer.decompose(batch.images, settings)
             for c in components:
                 values[c.label].append(_batch_values(c, result, queries.get(c.label), cosine).double().cpu())
             positions.append(batch.indices)
-    if not positions:
-        raise CliplensError("no readable images in the data; check the path")
     positions = torch.cat(positions)
     rankings = {}
     for c in components:

@@ -1,16 +1,20 @@
-"""The batch loop shared by every streaming pass: preprocess in workers, skip what cannot be read, keep order."""
+"""The batch loop shared by every streaming pass: preprocess in workers, skip what cannot be read, keep order.
+
+`stream` is the one loop every pass over a dataset uses: batches ready for a model, with their positions and labels,
+a progress bar, and one error when nothing could be read.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from .folders import ImageFolder
 
 
@@ -107,8 +111,7 @@ def batches(
     progress: bool = False, description: str = "images",
 ) -> Iterator[Batch]:
     """Preprocessed batches in source order; unreadable items are skipped and recorded in `report`."""
-    if batch_size < 1:
-        raise CliplensError(f"batch size must be at least 1, got {batch_size}")
+    require_positive_int("batch_size", batch_size)
     report = report if report is not None else LoadReport()
     report.total = len(source)
     loader = DataLoader(_Preprocessed(source, preprocess), batch_size=batch_size, num_workers=num_workers,
@@ -127,3 +130,35 @@ def batches(
             yield batch
     if progress:
         bar.close()
+
+
+class ImageModel(Protocol):
+    """What streaming needs from a model (a `Lens`): how it preprocesses an image, and how it takes a batch."""
+
+    preprocess: Callable[[Any], torch.Tensor]
+
+    def images_to_tensor(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def require_labels(labels: torch.Tensor) -> None:
+    """Refuse a batch with unlabelled images (label -1): what needs classes (zero-shot accuracy) cannot score them."""
+    if (torch.as_tensor(labels) < 0).any():
+        raise CliplensError("the evaluation data has unlabelled images (no class labels); use a folder with one "
+                            "sub-folder per class, or shapes:<split>")
+
+
+def stream(
+    model: ImageModel, data: Any, *, batch_size: int = 32, num_workers: int = 0, progress: bool = False,
+    description: str = "images", labelled: bool = False, report: LoadReport | None = None,
+) -> Iterator[Batch]:
+    """The batches of `data` (anything `as_source` takes) ready for `model`: images on its device and dtype, with their
+    positions and labels, in order. `labelled` refuses unlabelled images; `report` (optional) receives the counts and
+    skipped files. Once the data is exhausted, a pass that could read no image at all is an error."""
+    report = report if report is not None else LoadReport()
+    for batch in batches(as_source(data), model.preprocess, batch_size=batch_size, num_workers=num_workers,
+                         report=report, progress=progress, description=description):
+        if labelled:
+            require_labels(batch.labels)
+        yield Batch(batch.indices, model.images_to_tensor(batch.images), batch.labels)
+    if report.loaded == 0:
+        raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CliplensError
+from ..labels import BIAS, pair_label, pool_head_label, pool_neuron_label
 from ..models.spec import ResNetPoolSpec
+from ..settings import Settings
 from .result import Decomposition
-from .vit import check_options
 
-GRANULARITIES = ("head", "neuron", "pair")
+GRANULARITIES = ("head", "neuron", "pair")  # what a ResNet's attention-pool pieces can be
+PAIRS = Settings(granularity="pair")
 MAX_MATERIALISED_BYTES = 2 * 1024**3
 
 
@@ -40,8 +42,15 @@ class PairDecomposition:
     bias: torch.Tensor  # [O]: everything moved out of the pairs (zero in the reference convention)
     embedding: torch.Tensor  # y [B, O], unnormalised
     norm: torch.Tensor  # [B, 1]: 1, or ‖y‖ when normalised
-    convention: str
-    granularity = "pair"
+    settings: Settings  # granularity "pair", never spatial
+
+    @property
+    def granularity(self) -> str:
+        return self.settings.granularity
+
+    @property
+    def convention(self) -> str:
+        return self.settings.convention
 
     @property
     def heads(self) -> int:
@@ -53,7 +62,7 @@ class PairDecomposition:
 
     @property
     def labels(self) -> list[str]:
-        return [f"H{h}N{n}" for h in range(self.heads) for n in range(self.neurons)]
+        return [pair_label(h, n) for h in range(self.heads) for n in range(self.neurons)]
 
     def directions(self, heads: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
         """u for the listed pairs: [k, O]."""
@@ -143,11 +152,16 @@ class ResNetDecomposer:
             return value_bias_out + spec.c_bias / spec.heads, torch.zeros_like(spec.c_bias)
         return torch.zeros_like(value_bias_out), value_bias_out.sum(0) + spec.c_bias
 
-    def pairs(self, images: torch.Tensor, *, convention: str = "separate", normalize: bool = False) -> PairDecomposition:
-        check_options("pair", convention, GRANULARITIES)
+    def pairs(self, images: torch.Tensor, settings: Settings = PAIRS) -> PairDecomposition:
+        if settings.granularity != "pair":
+            raise CliplensError(f"pairs need settings with granularity 'pair', got {settings.granularity!r}; call "
+                                "decompose for other pieces")
+        if settings.spatial:
+            raise CliplensError("pairs are not split over tokens; use granularity='head' with spatial=True")
         trace = self.trace(images)
-        head_offsets, bias = self._split_bias(convention)
-        norm = trace.embedding.norm(dim=-1, keepdim=True) if normalize else trace.embedding.new_ones(len(images), 1)
+        head_offsets, bias = self._split_bias(settings.convention)
+        norm = (trace.embedding.norm(dim=-1, keepdim=True) if settings.normalize
+                else trace.embedding.new_ones(len(images), 1))
         return PairDecomposition(
             coefficients=torch.einsum("bhm,bmc->bhc", trace.attention, trace.tokens),
             out_weight=self.out_weight,
@@ -156,7 +170,7 @@ class ResNetDecomposer:
             bias=bias,
             embedding=trace.embedding,
             norm=norm,
-            convention=convention,
+            settings=settings,
         )
 
     def directions(self) -> torch.Tensor:
@@ -165,20 +179,11 @@ class ResNetDecomposer:
             self._directions = torch.einsum("hoe,hen->hno", self.out_weight, self.value_weight)
         return self._directions
 
-    def decompose(
-        self,
-        images: torch.Tensor,
-        *,
-        granularity: str = "head",
-        spatial: bool = False,
-        convention: str = "separate",
-        normalize: bool = False,
-    ) -> Decomposition | PairDecomposition:
-        check_options(granularity, convention, GRANULARITIES)
+    def decompose(self, images: torch.Tensor, settings: Settings) -> Decomposition | PairDecomposition:
+        settings.require_granularity(GRANULARITIES)
+        granularity, spatial, convention = settings.granularity, settings.spatial, settings.convention
         if granularity == "pair":
-            if spatial:
-                raise CliplensError("pairs are not split over tokens; use granularity='head' with spatial=True")
-            return self.pairs(images, convention=convention, normalize=normalize)
+            return self.pairs(images, settings)
         if spatial and granularity != "head":
             raise CliplensError("spatial pieces exist per head and token; use granularity='head' with spatial=True")
         spec = self.spec
@@ -187,7 +192,7 @@ class ResNetDecomposer:
         if granularity == "neuron":
             s = torch.einsum("bhm,bmc->bhc", trace.attention, trace.tokens)
             pieces = torch.einsum("bhn,hno->bno", s, self.directions()) + head_offsets.sum(0) / spec.channels
-            labels = [f"N{n}" for n in range(spec.channels)]
+            labels = [pool_neuron_label(n) for n in range(spec.channels)]
         else:
             values = torch.einsum("bmc,hec->bhme", trace.tokens, self.value_weight)
             if convention == "reference":  # the value bias stays in its head, weighted by attention
@@ -199,13 +204,13 @@ class ResNetDecomposer:
                 pieces = torch.einsum("bhe,hoe->bho", weighted.sum(2), self.out_weight)
             if convention == "reference":
                 pieces = pieces + spec.c_bias / (spec.heads * (spec.tokens if spatial else 1))
-            labels = [f"H{h}" for h in range(spec.heads)]
+            labels = [pool_head_label(h) for h in range(spec.heads)]
         if convention == "separate":
             bias_piece = bias.expand(len(images), *pieces.shape[2:]) if not spatial else _at_first_token(bias, pieces)
             pieces = torch.cat([pieces, bias_piece[:, None]], 1)
-            labels.append("bias")
-        result = Decomposition(pieces, labels, trace.embedding, granularity, convention, spatial, normalize)
-        if normalize:
+            labels.append(BIAS)
+        result = Decomposition(pieces, labels, trace.embedding, settings)
+        if settings.normalize:
             norms = trace.embedding.norm(dim=-1).view(-1, *([1] * (pieces.dim() - 1)))
             result.components = pieces / norms
         return result

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..labels import token_label
+from ..settings import Settings
+
 
 @dataclass
 class Decomposition:
@@ -19,10 +22,23 @@ class Decomposition:
     components: torch.Tensor
     labels: list[str]
     embedding: torch.Tensor  # [B, d]: the model's own unnormalised image embedding
-    granularity: str
-    convention: str
-    spatial: bool = False
-    normalize: bool = False
+    settings: Settings  # what the pieces are: granularity, spatial, convention, normalize
+
+    @property
+    def granularity(self) -> str:
+        return self.settings.granularity
+
+    @property
+    def convention(self) -> str:
+        return self.settings.convention
+
+    @property
+    def spatial(self) -> bool:
+        return self.settings.spatial
+
+    @property
+    def normalize(self) -> bool:
+        return self.settings.normalize
 
     def index(self, label: str) -> int:
         try:
@@ -35,9 +51,9 @@ class Decomposition:
         return self.components[:, self.index(label)]
 
     def token_labels(self) -> list[list[str]]:
-        """Per piece, the per-token labels `L{l}H{h}T{t}` of the spatial form (heads get the token suffix)."""
+        """Per piece, the labels of its parts at each source token of the spatial form (`L{l}H{h}T{t}`)."""
         tokens = self.components.shape[2] if self.spatial else 1
-        return [[f"{label}T{t}" for t in range(tokens)] for label in self.labels]
+        return [[token_label(label, t) for t in range(tokens)] for label in self.labels]
 
     def target(self) -> torch.Tensor:
         """What the pieces sum to: the embedding, normalised if the decomposition was."""

@@ -21,7 +21,9 @@ from functools import cached_property
 import torch
 
 from ..errors import CliplensError
-from .vit import CONVENTIONS, ViTDecomposer
+from ..labels import head_label
+from ..settings import Settings
+from .vit import ViTDecomposer
 
 FLOAT = torch.float64
 
@@ -109,8 +111,7 @@ class SecondOrderLens:
                  basis: SecondOrderBasis | None = None):
         """`basis`: directions already built for this model, layer and convention (e.g. by loaded statistics)."""
         check_layer(decomposer, layer)
-        if convention not in CONVENTIONS:
-            raise CliplensError(f"convention {convention!r} is unknown; choose one of {CONVENTIONS}")
+        Settings(granularity="neuron", convention=convention)  # refuses an unknown convention
         if basis is not None and (basis.layer, basis.convention) != (layer, convention):
             raise CliplensError(f"directions for layer {basis.layer} ({basis.convention}) cannot serve layer {layer} "
                                 f"({convention})")
@@ -187,7 +188,7 @@ def build_basis(decomposer: ViTDecomposer, layer: int, convention: str) -> Secon
             values = (rows @ value_weight.T).unflatten(-1, (heads, head_dim))
             return torch.einsum("...hc,hcd->h...d", values, phi[later])
 
-        labels.extend(f"L{later}H{h}" for h in range(heads))
+        labels.extend(head_label(later, h) for h in range(heads))
         directions.append(through(writes * gamma1))  # [H, F, d]
         if convention == "separate":
             bias_rows.append(through(out_bias * gamma1))

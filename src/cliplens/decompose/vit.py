@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CliplensError
+from ..labels import BIAS, EMBED, attention_label, head_label, mlp_label
 from ..models.spec import BlockSpec, ViTSpec
+from ..settings import Settings
 from .result import Decomposition
 
-CONVENTIONS = ("separate", "reference")
-GRANULARITIES = ("layer", "head")
+GRANULARITIES = ("layer", "head")  # what a ViT's pieces can be
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +84,11 @@ class Factorised:
     Head (l, h) of image b is `coefficients[b, l, h] @ basis[l, h]` (k = d_h coefficients in the separate
     convention, d_h + 3 in the reference one, whose LN shares and biases ride on three per-image scalars); its
     token-m piece is `token_coefficients[b, l, h, m] @ token_basis[l, h]`. Statistics of a head therefore live in a
-    k-dimensional space and expand exactly to d dimensions, which is what makes streaming them cheap.
+    k-dimensional space and expand exactly to d dimensions, which is what makes streaming them cheap. `settings` are
+    those the factors were made with; `ViTDecomposer.group` lays out exactly those pieces, so the two cannot disagree.
     """
 
+    settings: Settings
     embed: torch.Tensor  # [B, d]
     mlps: torch.Tensor  # [B, L, d]
     bias: torch.Tensor | None  # [B, d] in the separate convention
@@ -177,11 +180,13 @@ class ViTDecomposer:
         spec = self.spec
         return spec.ln_post(trace.residual) @ spec.proj
 
-    def factorise(
-        self, images: torch.Tensor, *, convention: str = "separate", normalize: bool = False, tokens: bool = False
-    ) -> Factorised:
-        """Every piece of the batch, heads in coefficient form (METHODS §1.3 bookkeeping, §1.4 folding)."""
-        check_options("head", convention, GRANULARITIES)
+    def factorise(self, images: torch.Tensor, settings: Settings, *, tokens: bool = False) -> Factorised:
+        """Every piece of the batch, heads in coefficient form (METHODS §1.3 bookkeeping, §1.4 folding).
+
+        The per-token factors are kept when `settings` are spatial, or when `tokens` asks for them (CLS cells).
+        """
+        settings.require_granularity(GRANULARITIES)
+        convention, normalize, tokens = settings.convention, settings.normalize, tokens or settings.spatial
         spec, readout = self.spec, self.readout(convention)
         trace = self.trace(images, convention, tokens=tokens)
         r = trace.residual
@@ -195,6 +200,7 @@ class ViTDecomposer:
             per_token = trace.tokens * scale[:, None, None, None, None]
         if convention == "separate":
             return Factorised(
+                settings=settings,
                 embed=trace.embed * scale[:, None],
                 mlps=trace.mlps * scale[:, None, None],
                 bias=(readout.out_bias.sum(0) * inv_s[:, None] + readout.beta) * inv_nu[:, None],
@@ -224,6 +230,7 @@ class ViTDecomposer:
             token_coefficients = torch.cat([per_token, token_scalars], -1)
             token_basis = offsets(spec.heads * spec.tokens)
         return Factorised(
+            settings=settings,
             embed=trace.embed * scale[:, None] - dense_shift,
             mlps=trace.mlps * scale[:, None, None] - dense_shift[:, None],
             bias=None,
@@ -234,69 +241,47 @@ class ViTDecomposer:
             embedding=embedding,
         )
 
-    def decompose(
-        self,
-        images: torch.Tensor,
-        *,
-        granularity: str = "head",
-        spatial: bool = False,
-        convention: str = "separate",
-        normalize: bool = False,
-    ) -> Decomposition:
-        check_options(granularity, convention, GRANULARITIES)
-        factors = self.factorise(images, convention=convention, normalize=normalize, tokens=spatial)
-        return self.group(factors, granularity=granularity, spatial=spatial, convention=convention,
-                          normalize=normalize)
+    def decompose(self, images: torch.Tensor, settings: Settings) -> Decomposition:
+        return self.group(self.factorise(images, settings))
 
-    def group(self, factors: Factorised, *, granularity: str, spatial: bool, convention: str,
-              normalize: bool) -> Decomposition:
-        """The pieces of factors made by `factorise` with the same convention and normalisation (and tokens=True
-        when spatial), in residual order."""
-        pieces = {"embed": factors.embed, "mlps": factors.mlps, "heads": factors.tokens() if spatial else factors.heads()}
+    def group(self, factors: Factorised) -> Decomposition:
+        """The pieces of `factors` in residual order, as the settings they were made with define them."""
+        heads = factors.tokens() if factors.settings.spatial else factors.heads()
+        pieces = {"embed": factors.embed, "mlps": factors.mlps, "heads": heads}
         if factors.bias is not None:
             pieces["bias"] = factors.bias
-        return _group(pieces, factors.embedding, granularity, convention, spatial, normalize, self.spec)
+        return _group(pieces, factors.embedding, factors.settings, self.spec)
 
     @staticmethod
-    def cls_cells(factors: Factorised, granularity: str) -> torch.Tensor:
-        """The CLS→CLS cell of every attention piece [B, A, d] (A = L·H heads, or L layers): the part of a head that
-        reads the CLS token's own value, what TextSpan's CLS ablation replaces. Needs factors made with tokens=True."""
+    def cls_cells(factors: Factorised) -> torch.Tensor:
+        """The CLS→CLS cell of every attention piece [B, A, d] (A = L·H heads, or L layers, by the factors'
+        granularity): the part of a head that reads the CLS token's own value, what TextSpan's CLS ablation replaces.
+        Needs factors made with tokens=True."""
         if factors.token_coefficients is None:
             raise CliplensError("CLS cells need the per-token factors: call factorise(..., tokens=True)")
         cells = torch.einsum("blhk,lhkd->blhd", factors.token_coefficients[:, :, :, 0], factors.token_basis)
-        return cells.sum(2) if granularity == "layer" else cells.flatten(1, 2)
-
-    def labels(self, granularity: str, convention: str) -> list[str]:
-        return piece_labels(self.spec, granularity, convention)
+        return cells.sum(2) if factors.settings.granularity == "layer" else cells.flatten(1, 2)
 
 
-def piece_labels(spec: ViTSpec, granularity: str, convention: str) -> list[str]:
+def piece_labels(spec: ViTSpec, settings: Settings) -> list[str]:
     """Piece labels in residual order: embed, L0H0.. (or L0.attn), L0.mlp, ..., bias (separate convention)."""
-    labels = ["embed"]
+    labels = [EMBED]
     for layer in range(spec.layers):
-        if granularity == "layer":
-            labels.append(f"L{layer}.attn")
+        if settings.granularity == "layer":
+            labels.append(attention_label(layer))
         else:
-            labels.extend(f"L{layer}H{h}" for h in range(spec.heads))
-        labels.append(f"L{layer}.mlp")
-    return labels + (["bias"] if convention == "separate" else [])
-
-
-def check_options(granularity: str, convention: str, granularities: tuple[str, ...]) -> None:
-    if granularity not in granularities:
-        raise CliplensError(f"granularity {granularity!r} is not available here; choose one of {granularities}")
-    if convention not in CONVENTIONS:
-        raise CliplensError(f"convention {convention!r} is unknown; choose one of {CONVENTIONS}")
+            labels.extend(head_label(layer, h) for h in range(spec.heads))
+        labels.append(mlp_label(layer))
+    return labels + ([BIAS] if settings.convention == "separate" else [])
 
 
 def _group(
-    pieces: dict[str, torch.Tensor], embedding: torch.Tensor, granularity: str, convention: str, spatial: bool,
-    normalize: bool, spec: ViTSpec,
+    pieces: dict[str, torch.Tensor], embedding: torch.Tensor, settings: Settings, spec: ViTSpec
 ) -> Decomposition:
     """Lay the pieces out in residual order (embed, L0 heads or L0.attn, L0.mlp, ..., bias)."""
-    tokens, dim = spec.tokens, embedding.shape[1]
+    tokens, dim, spatial = spec.tokens, embedding.shape[1], settings.spatial
     heads = pieces["heads"]  # [B, L, H, (N,) d]
-    if granularity == "layer":
+    if settings.granularity == "layer":
         heads = heads.sum(2, keepdim=True)
 
     def at_cls(piece: torch.Tensor) -> torch.Tensor:
@@ -312,12 +297,4 @@ def _group(
         blocks += [heads[:, layer], at_cls(pieces["mlps"][:, layer])]
     if "bias" in pieces:
         blocks.append(at_cls(pieces["bias"]))
-    return Decomposition(
-        components=torch.cat(blocks, 1),
-        labels=piece_labels(spec, granularity, convention),
-        embedding=embedding,
-        granularity=granularity,
-        convention=convention,
-        spatial=spatial,
-        normalize=normalize,
-    )
+    return Decomposition(torch.cat(blocks, 1), piece_labels(spec, settings), embedding, settings)

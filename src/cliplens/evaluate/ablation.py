@@ -17,14 +17,15 @@ per-token (spatial) statistics.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..data.loader import LoadReport, as_source, batches
+from ..data.loader import LoadReport, as_source, stream
 from ..errors import CliplensError
+from ..io.compat import require_model
 from ..io.tables import write_rows
 from ..stats.collect import PieceStats
 from .groups import attention_pieces, heads_of_layers, layer_count, mlp_set, select
@@ -159,12 +160,7 @@ def check_statistics(stats: Any, lens: Any) -> PieceStats:
             f"mean-ablation needs per-piece statistics, got {type(stats).__name__}; collect them with "
             "granularity 'head' or 'layer'"
         )
-    found = stats.metadata.get("fingerprint")
-    if found != lens.fingerprint:
-        raise CliplensError(
-            f"the statistics were made with another model (fingerprint {found!r}, model "
-            f"{stats.metadata.get('model')!r}), not {lens.name} ({lens.fingerprint}); collect them with this model"
-        )
+    require_model(stats.metadata, lens.fingerprint, "the statistics")
     return stats
 
 
@@ -203,32 +199,23 @@ def evaluate_variants(
     weights = torch.as_tensor(weights).to(device, torch.float64)
     if weights.ndim != 2 or weights.shape[0] != stats.mean.shape[1]:
         raise CliplensError(f"zero-shot weights must be [{stats.mean.shape[1]}, classes], got {tuple(weights.shape)}")
-    settings = {key: stats.metadata[key] for key in ("granularity", "convention", "normalize")}
+    settings = replace(stats.settings, spatial=False)  # the CLS cells' means come from spatial statistics
     correct = torch.zeros(len(variants), dtype=torch.long, device=device)
     full_correct, report = 0, LoadReport()
     with torch.no_grad():
-        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                             progress=progress, description=f"ablate {lens.name}"):
-            labels = batch.labels.to(device)
-            if (labels < 0).any():
-                raise CliplensError("the evaluation data has no class labels; use a folder with one sub-folder per "
-                                    "class, or shapes:<split>")
-            images, cells = lens.images_to_tensor(batch.images), None
+        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"ablate {lens.name}", labelled=True, report=report):
+            labels, cells = batch.labels.to(device), None
             if bank.uses_cls:
-                decomposer = lens.decomposer
-                factors = decomposer.factorise(images, convention=settings["convention"],
-                                               normalize=settings["normalize"], tokens=True)
-                result = decomposer.group(factors, spatial=False, **settings)
-                cells = decomposer.cls_cells(factors, settings["granularity"])
+                factors = lens.decomposer.factorise(batch.images, settings, tokens=True)
+                result, cells = lens.decomposer.group(factors), lens.decomposer.cls_cells(factors)
             else:
-                result = lens.decomposer.decompose(images, spatial=False, **settings)
+                result = lens.decomposer.decompose(batch.images, settings)
             if result.labels != bank.labels:
                 raise CliplensError("the statistics' pieces do not match this model's decomposition; recollect them")
             predicted = (bank.combine(result.components, cells) @ weights).argmax(-1)  # [B, V]
             correct += (predicted == labels[:, None]).sum(0)
             full_correct += int(((result.embedding.to(torch.float64) @ weights).argmax(-1) == labels).sum())
-    if report.loaded == 0:
-        raise CliplensError(f"no readable images in the evaluation data ({report.summary()}); check the path")
     return Scores(bank.names, correct.tolist(), full_correct, report.loaded, weights.shape[1])
 
 

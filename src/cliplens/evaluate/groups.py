@@ -18,10 +18,8 @@ from fnmatch import fnmatchcase
 from typing import Iterable, Sequence
 
 from ..errors import CliplensError
+from ..labels import EMBED, match_label
 
-_ATTENTION = re.compile(r"L(\d+)(?:H\d+|\.attn)")  # a head, or a whole attention sub-layer
-_MLP = re.compile(r"L(\d+)\.mlp")
-_LAYER_ATTENTION = re.compile(r"L(\d+)\.attn")
 _LAYER_SLICE = re.compile(r"(attn|mlp)\[(-?\d*)(:?)(-?\d*)\]")
 GLOB_CHARACTERS = "*?["
 
@@ -39,14 +37,19 @@ def split_patterns(text: str) -> list[str]:
     return patterns
 
 
-def attention_layers(labels: Sequence[str]) -> dict[int, list[str]]:
-    """The attention pieces of each layer (heads `L{l}H{h}` or `L{l}.attn`), layers in increasing order."""
+def _by_layer(labels: Sequence[str], kinds: tuple[str, ...]) -> dict[int, list[str]]:
+    """The labels of transformer-layer pieces of these kinds (not split over tokens), by layer in increasing order."""
     layers: dict[int, list[str]] = {}
     for label in labels:
-        match = _ATTENTION.fullmatch(label)
-        if match:
-            layers.setdefault(int(match[1]), []).append(label)
+        piece = match_label(label)
+        if piece is not None and piece.kind in kinds and piece.layer is not None and piece.token is None:
+            layers.setdefault(piece.layer, []).append(label)
     return dict(sorted(layers.items()))
+
+
+def attention_layers(labels: Sequence[str]) -> dict[int, list[str]]:
+    """The attention pieces of each layer (heads `L{l}H{h}` or `L{l}.attn`), layers in increasing order."""
+    return _by_layer(labels, ("head", "attn"))
 
 
 def attention_pieces(labels: Sequence[str]) -> list[str]:
@@ -55,12 +58,7 @@ def attention_pieces(labels: Sequence[str]) -> list[str]:
 
 
 def mlp_layers(labels: Sequence[str]) -> dict[int, list[str]]:
-    layers: dict[int, list[str]] = {}
-    for label in labels:
-        match = _MLP.fullmatch(label)
-        if match:
-            layers.setdefault(int(match[1]), []).append(label)
-    return dict(sorted(layers.items()))
+    return _by_layer(labels, ("mlp",))
 
 
 def layer_count(labels: Sequence[str]) -> int:
@@ -71,7 +69,8 @@ def layer_count(labels: Sequence[str]) -> int:
 
 def mlp_set(labels: Sequence[str]) -> list[str]:
     """Every MLP piece plus `embed`: the reference's "MLPs" ablation (its `mlp` array holds embed as entry 0)."""
-    return [label for label in labels if label == "embed" or _MLP.fullmatch(label)]
+    mlps = {label for members in mlp_layers(labels).values() for label in members}
+    return [label for label in labels if label == EMBED or label in mlps]
 
 
 def heads_of_layers(labels: Sequence[str], layers: Iterable[int]) -> list[str]:
@@ -109,9 +108,9 @@ def _match(labels: Sequence[str], pattern: str) -> list[str]:
         layers = set(_sliced_layers(labels, kind, start, colon, stop, pattern))
         by_layer = attention_layers(labels) if kind == "attn" else mlp_layers(labels)
         return [label for layer, members in by_layer.items() if layer in layers for label in members]
-    whole_layer = _LAYER_ATTENTION.fullmatch(pattern)
-    if whole_layer:
-        return heads_of_layers(labels, [int(whole_layer[1])])
+    named = match_label(pattern)
+    if named is not None and named.kind == "attn" and named.token is None:
+        return heads_of_layers(labels, [named.layer])
     if any(character in pattern for character in GLOB_CHARACTERS):
         return [label for label in labels if fnmatchcase(label, pattern)]
     return []

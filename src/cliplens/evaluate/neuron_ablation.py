@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..decompose.second_order import FLOAT, SecondOrderEffects, SecondOrderLens
-from ..errors import CliplensError
+from ..io.compat import fitted_on, require_model
+from ..labels import mlp_label
 from ..stats.second_order import SecondOrderStats
 from .zeroshot import predict
 
@@ -82,29 +83,23 @@ def neuron_ablation(
     num_workers: int = 0, progress: bool = False,
 ) -> NeuronAblation:
     """Stream the labelled evaluation `data` once; zero-shot accuracy of every variant with classifier `weights`."""
-    if stats.metadata.get("fingerprint") not in (None, lens.fingerprint):
-        raise CliplensError("these second-order statistics were made with another model; refit them for this one")
+    require_model(stats.metadata, lens.fingerprint, "the second-order statistics")
     second_order = SecondOrderLens(lens.decomposer, stats.layer, stats.convention, basis=stats.basis)
     source = as_source(data)
     report = LoadReport()
     correct = dict.fromkeys(VARIANTS, 0)
     significant = 0.0
     weights = weights.to(device=stats.basis.neurons.device, dtype=FLOAT)
-    for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                         progress=progress, description=f"neuron ablation L{stats.layer}"):
-        if (batch.labels < 0).any():
-            raise CliplensError("the evaluation data has unlabelled images; pass a labelled set (class folders or "
-                                "shapes:<split>)")
-        effects = second_order(lens.images_to_tensor(batch.images), scale=stats.scale, normalize=stats.normalize)
+    for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                        description=f"neuron ablation {mlp_label(stats.layer)}", labelled=True, report=report):
+        effects = second_order(batch.images, scale=stats.scale, normalize=stats.normalize)
         labels = batch.labels.to(weights.device)
         variants, mask = _variants(effects, stats)
         for name, representation in variants.items():
             correct[name] += int((predict(representation, weights) == labels).sum())
         significant += float(mask.double().sum())
-    if report.loaded == 0:
-        raise CliplensError(f"no readable images in the evaluation data ({report.summary()}); check the path")
     metadata = {"eval_fingerprint": fingerprint(source), "fit_fingerprint": stats.metadata.get("data_fingerprint"),
-                "in_sample": fingerprint(source) == stats.metadata.get("data_fingerprint"),
+                "in_sample": fitted_on(stats.metadata, fingerprint(source)),
                 "skipped": len(report.skipped)}
     return NeuronAblation(stats.layer, {name: hits / report.loaded for name, hits in correct.items()}, report.loaded,
                           significant / (report.loaded * stats.basis.num_neurons), metadata)

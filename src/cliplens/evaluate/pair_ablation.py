@@ -15,10 +15,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..data.loader import Batch, as_source, batches, fingerprint
+from ..data.loader import Batch, as_source, fingerprint, require_labels, stream
 from ..decompose.resnet_pairs import PairDecomposition
 from ..errors import CliplensError
 from ..explain.omp import DictNorm, SparseTextDecomposition
+from ..io.compat import fitted_on, require_model
 from ..stats.moments import Moments
 from ..stats.pairs import PairStats
 from .zeroshot import predict
@@ -216,9 +217,9 @@ def pair_batches(
     """(pairs of the batch, the batch) for every batch of `data`, in order."""
     require_resnet(lens, "pair ablation")
     with torch.no_grad():
-        for batch in batches(as_source(data), lens.preprocess, batch_size=batch_size, num_workers=num_workers,
-                             progress=progress, description=f"pairs {lens.name}"):
-            yield lens.decomposer.pairs(lens.images_to_tensor(batch.images)), batch
+        for batch in stream(lens, data, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"pairs {lens.name}"):
+            yield lens.decomposer.pairs(batch.images), batch
 
 
 class AccuracyBoard:
@@ -234,8 +235,7 @@ class AccuracyBoard:
 
     def update(self, dec: PairDecomposition, labels: torch.Tensor) -> None:
         labels = torch.as_tensor(labels).cpu()
-        if (labels < 0).any():
-            raise CliplensError("the evaluation data has unlabelled images; use a class-folder tree or a shapes split")
+        require_labels(labels)
         for variant in self.variants:
             embedding = variant.embed(dec).to(self.weights)
             self.correct[variant.name] += int((predict(embedding, self.weights).cpu() == labels).sum())
@@ -257,7 +257,7 @@ def ablation_table(
     batch_size: int = 32, num_workers: int = 0, progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Accuracy of every variant over `data` in one streaming pass; rows say whether the means are in-sample."""
-    check_same_model(stats, lens)
+    require_model(stats.metadata, lens.fingerprint, "the pair statistics")
     board = AccuracyBoard(weights.to(lens.device), variants)
     for dec, batch in pair_batches(lens, data, batch_size=batch_size, num_workers=num_workers, progress=progress):
         board.update(dec, batch.labels)
@@ -266,16 +266,7 @@ def ablation_table(
 
 def is_in_sample(stats: PairStats, data: Any) -> bool:
     """Whether the statistics (means, masks, directions) were fitted on the very data being evaluated."""
-    return stats.metadata.get("data_fingerprint") == fingerprint(as_source(data))
-
-
-def check_same_model(stats: PairStats, lens: Any) -> None:
-    made_for = stats.metadata.get("fingerprint")
-    if made_for is not None and made_for != lens.fingerprint:
-        raise CliplensError(
-            f"these pair statistics were collected with another model ({made_for}, not {lens.fingerprint}); "
-            "collect them again with this model"
-        )
+    return fitted_on(stats.metadata, fingerprint(as_source(data)))
 
 
 def require_resnet(lens: Any, what: str) -> None:

@@ -27,11 +27,13 @@ from typing import Any, Sequence
 import torch
 
 from ..data.loader import as_source, fingerprint
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from ..explain.omp import orthogonal_matching_pursuit, prepare_dictionary
 from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, signed_components
 from ..explain.textspan import TextSpan, fit_pieces
+from ..io.compat import fitted_on
 from ..io.tables import write_rows
+from ..labels import parse_label
 from ..stats.collect import PieceStats
 from .ablation import Variant, check_statistics, evaluate_variants
 from .groups import attention_layers, heads_of_layers
@@ -46,7 +48,7 @@ PRINCIPAL_MASS = 0.99  # the share of singular-value mass that sets how many pri
 def split_heads(labels: Sequence[str], num_last_layers: int) -> tuple[list[str], list[str]]:
     """(heads of the last k layers, heads of every earlier layer), from the statistics' labels."""
     layers = attention_layers(labels)
-    if not layers or any(label.endswith(".attn") for members in layers.values() for label in members):
+    if not layers or any(parse_label(label).kind == "attn" for members in layers.values() for label in members):
         raise CliplensError("reconstruction needs per-head statistics of a ViT; collect them with granularity 'head'")
     count = max(layers) + 1
     if isinstance(num_last_layers, bool) or not isinstance(num_last_layers, int) or not 1 <= num_last_layers <= count:
@@ -58,9 +60,9 @@ def split_heads(labels: Sequence[str], num_last_layers: int) -> tuple[list[str],
 
 def check_text_counts(counts: Sequence[int], limit: int) -> list[int]:
     """Sorted distinct text counts, each between 1 and `limit` (the largest span the texts can fill)."""
-    counts = sorted(set(counts))
-    if not counts or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in counts):
-        raise CliplensError(f"text counts must be positive integers, got {counts}")
+    counts = sorted({require_positive_int("a text count", m) for m in counts})
+    if not counts:
+        raise CliplensError("no text counts given; pass at least one, e.g. counts=(1, 2, 4)")
     if counts[-1] > limit:
         raise CliplensError(
             f"{counts[-1]} texts per head exceeds the span the texts can fill ({limit} = the smallest of the "
@@ -231,13 +233,12 @@ def reconstruction_accuracy(
         "analysed_heads": analysed,
         "mean_ablated": earlier,
         "kept": [label for label in stats.labels if label not in set(analysed) | set(earlier)],
-        "convention": stats.metadata.get("convention"),
-        "normalize": stats.metadata.get("normalize"),
+        **stats.settings.metadata(),
         "fit_data_fingerprint": stats.metadata.get("data_fingerprint"),
         "fit_images": stats.count,
         "eval_data_fingerprint": eval_fingerprint,
         "eval_images": images,
-        "in_sample": eval_fingerprint == stats.metadata.get("data_fingerprint"),
+        "in_sample": fitted_on(stats.metadata, eval_fingerprint),
         "classes": scores.classes,
     }
     return ReconstructionResult(rows, metadata)

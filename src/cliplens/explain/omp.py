@@ -22,8 +22,8 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from ..errors import CliplensError
-from .textspan import require_fitted, require_positive_int
+from ..errors import CliplensError, require_positive_int
+from .textspan import require_fitted
 
 DictNorm = Literal["row", "axis0"]
 

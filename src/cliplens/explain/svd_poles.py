@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import CliplensError
-from .textspan import as_pieces, piece_statistics, require_fitted, require_positive_int
+from ..errors import CliplensError, require_positive_int
+from .textspan import as_pieces, piece_statistics, require_fitted
 
 TEXT_MODES = ("center_normalize", "normalize", "center")
 STRENGTHS = ("squared", "singular")

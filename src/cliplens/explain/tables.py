@@ -7,17 +7,14 @@ from different explainers and tools can be concatenated and compared. For a head
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
 from ..errors import CliplensError
 from ..io.tables import write_rows
+from ..labels import match_label
 
 COLUMNS = ("layer", "unit", "description", "similarity", "rank", "method")
-
-_NUMBERED_UNIT = re.compile(r"L(\d+)[HN](\d+)")  # a head L{l}H{h} or an MLP neuron L{l}N{n}
-_NAMED_UNIT = re.compile(r"L(\d+)\.(\w+)")  # a whole sub-layer, L{l}.attn or L{l}.mlp
 
 
 class Describes(Protocol):
@@ -26,13 +23,12 @@ class Describes(Protocol):
 
 def label_position(label: str) -> tuple[int | str, int | str]:
     """(layer, unit) of a label: L3H7 → (3, 7), L3N5 → (3, 5), L3.mlp → (3, "mlp"), anything else → ("", label)."""
-    numbered = _NUMBERED_UNIT.fullmatch(label)
-    if numbered:
-        return int(numbered[1]), int(numbered[2])
-    named = _NAMED_UNIT.fullmatch(label)
-    if named:
-        return int(named[1]), named[2]
-    return "", label
+    piece = match_label(label)
+    if piece is None or piece.layer is None or piece.token is not None:
+        return "", label
+    if piece.kind in ("attn", "mlp"):
+        return piece.layer, piece.kind
+    return piece.layer, piece.head if piece.kind == "head" else piece.neuron
 
 
 def description_rows(explainers: Mapping[str, Describes]) -> list[dict[str, Any]]:

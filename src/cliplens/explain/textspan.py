@@ -15,7 +15,7 @@ from typing import Any, Iterable, Protocol, Sequence, TypeVar
 
 import torch
 
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from ..stats.moments import Moments
 
 # A picked text whose residual (after orthogonalisation against earlier picks) is shorter than this fraction of the
@@ -52,11 +52,6 @@ def piece_statistics(
         raise CliplensError("this piece does not vary over the data (zero covariance); text cannot explain it, skip it")
     # Accumulated scatter matrices are symmetric only up to rounding; eigh would read one triangle only.
     return mean, (covariance + covariance.T) / 2, pool
-
-
-def require_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise CliplensError(f"{name} must be a positive integer, got {value!r}")
 
 
 def require_fitted(explainer: object, attribute: str) -> None:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CliplensError
 from ..version import __version__
+from .compat import require_match
 
 TENSORS = "tensors.safetensors"
 METADATA = "metadata.json"
@@ -59,12 +60,7 @@ def load_artifact(
     """Read an artifact; every key in `expect` must equal the stored metadata value, or loading is refused."""
     path = Path(path)
     metadata = read_metadata(path)
-    for key, wanted in (expect or {}).items():
-        found = metadata.get(key)
-        if found != wanted:
-            raise CliplensError(
-                f"{path} was made with {key}={found!r}, but {wanted!r} is needed here; recompute it for this setting"
-            )
+    require_match(metadata, expect or {}, str(path))
     try:
         tensors = load_file(path / TENSORS)
     except Exception as exc:  # safetensors raises several types for truncated or foreign files

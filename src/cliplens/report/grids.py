@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
@@ -50,8 +50,9 @@ def image_grid(
         raise CliplensError("an image grid needs at least one image")
     if len(captions) != len(images):
         raise CliplensError(f"{len(captions)} captions for {len(images)} images; pass one caption per image")
-    if columns < 1 or size < 16:
-        raise CliplensError("grid columns must be at least 1 and thumbnails at least 16 pixels")
+    require_positive_int("columns", columns)
+    if size < 16:
+        raise CliplensError(f"thumbnails must be at least 16 pixels, got size={size!r}")
     font = ImageFont.load_default()
     line = font.getbbox("Ag")[3] + PADDING
     columns = min(columns, len(images))

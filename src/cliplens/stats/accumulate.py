@@ -11,6 +11,8 @@ import torch
 
 from ..decompose.vit import ViTDecomposer, piece_labels
 from ..errors import CliplensError
+from ..labels import parse_label
+from ..settings import Settings
 from .moments import Moments
 from .pairs import PairStats
 
@@ -24,12 +26,12 @@ def require_finite(*values: torch.Tensor) -> None:
 class DenseReducer:
     """Moments of materialised pieces [B, C, d]; with spatial pieces also their per-token means [C, N, d]."""
 
-    def __init__(self, decomposer, **options):
-        self.decomposer, self.options = decomposer, options
+    def __init__(self, decomposer, settings: Settings):
+        self.decomposer, self.settings = decomposer, settings
         self.labels, self.moments, self.token_mean = None, None, None
 
     def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
-        result = self.decomposer.decompose(images, **self.options)
+        result = self.decomposer.decompose(images, self.settings)
         require_finite(result.components)
         pieces = result.components.sum(2) if result.spatial else result.components
         if self.moments is None:
@@ -52,23 +54,22 @@ class HeadReducer:
     and head (64² vs 512² for ViT-B-32).
     """
 
-    def __init__(self, decomposer: ViTDecomposer, *, spatial: bool, convention: str, normalize: bool):
-        self.decomposer, self.spatial, self.convention, self.normalize = decomposer, spatial, convention, normalize
+    def __init__(self, decomposer: ViTDecomposer, settings: Settings):
+        self.decomposer, self.settings = decomposer, settings
         self.heads = self.dense = self.basis = self.token_basis = self.token_mean = None
 
     def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
-        f = self.decomposer.factorise(images, convention=self.convention, normalize=self.normalize,
-                                      tokens=self.spatial)
+        f = self.decomposer.factorise(images, self.settings)
         dense = torch.cat([f.embed[:, None], f.mlps] + ([f.bias[:, None]] if f.bias is not None else []), 1)
         coefficients = f.coefficients.flatten(1, 2)  # [B, L·H, k]
         require_finite(dense, coefficients)
         if self.heads is None:
             self.heads, self.dense = Moments(*coefficients.shape[1:]), Moments(*dense.shape[1:])
             self.basis = f.basis.flatten(0, 1).double().cpu()
-            if self.spatial:
+            if self.settings.spatial:
                 self.token_basis = f.token_basis.flatten(0, 1).double().cpu()
                 self.token_mean = torch.zeros(f.token_coefficients.flatten(1, 2).shape[1:], dtype=torch.float64)
-        if self.spatial:
+        if self.settings.spatial:
             batch_mean = f.token_coefficients.flatten(1, 2).double().cpu().mean(0)
             self.token_mean += (batch_mean - self.token_mean) * (len(images) / (self.heads.count + len(images)))
         self.heads.update(coefficients)
@@ -76,8 +77,8 @@ class HeadReducer:
 
     def finish(self) -> tuple[list[str], Moments, torch.Tensor | None]:
         spec = self.decomposer.spec
-        labels = piece_labels(spec, "head", self.convention)
-        is_head = torch.tensor(["H" in label for label in labels])
+        labels = piece_labels(spec, self.settings)
+        is_head = torch.tensor([parse_label(label).kind == "head" for label in labels])
         basis = self.basis
         count = self.heads.count
         mean = torch.empty(len(labels), basis.shape[-1], dtype=torch.float64)
@@ -86,7 +87,7 @@ class HeadReducer:
         scatter[is_head] = basis.transpose(1, 2) @ self.heads.scatter @ basis
         mean[~is_head], scatter[~is_head] = self.dense.mean, self.dense.scatter
         token_mean = None
-        if self.spatial:
+        if self.settings.spatial:
             token_mean = torch.zeros(len(labels), spec.tokens, basis.shape[-1], dtype=torch.float64)
             token_mean[is_head] = torch.einsum("cnk,ckd->cnd", self.token_mean, self.token_basis)
             token_mean[~is_head, 0] = self.dense.mean
@@ -96,15 +97,15 @@ class HeadReducer:
 class PairReducer:
     """ResNet pairs: scalar moments and extremes of the coefficients s [B, H, C]."""
 
-    def __init__(self, decomposer, *, top_k: int, convention: str, normalize: bool):
-        if normalize:
+    def __init__(self, decomposer, settings: Settings, *, top_k: int):
+        if settings.normalize:
             raise CliplensError("pair statistics describe the unnormalised embedding (pairs of a normalised one are "
                                 "not rank-1); drop normalize")
-        self.decomposer, self.top_k, self.convention = decomposer, top_k, convention
+        self.decomposer, self.settings, self.top_k = decomposer, settings, top_k
         self.stats: PairStats | None = None
 
     def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
-        pairs = self.decomposer.pairs(images, convention=self.convention)
+        pairs = self.decomposer.pairs(images, self.settings)
         require_finite(pairs.coefficients)
         if self.stats is None:
             factors = {"out_weight": pairs.out_weight, "value_weight": pairs.value_weight, "offsets": pairs.offsets,

@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 
-from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..errors import CliplensError
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.compat import MODEL_KEY
+from ..settings import Settings
 from .accumulate import DenseReducer, HeadReducer, PairReducer
 from .identity import check_compatible, merged_metadata
 from .moments import Moments
@@ -26,6 +28,11 @@ class PieceStats:
                  token_mean: torch.Tensor | None = None):
         self.labels, self.moments, self.metadata, self.token_mean = list(labels), moments, dict(metadata), token_mean
         self.report: LoadReport | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """What the pieces are (granularity, spatial, convention, normalize), as the metadata records."""
+        return Settings.from_metadata(self.metadata)
 
     @property
     def count(self) -> int:
@@ -85,31 +92,26 @@ def collect(
     ResNet models with granularity "pair" give `PairStats` (scalar moments and extremes, closed-form directions);
     everything else gives `PieceStats`.
     """
+    settings = Settings(granularity, spatial, convention, normalize)
     source = as_source(data)
     report = LoadReport()
-    options = dict(convention=convention, normalize=normalize)
     if granularity == "pair":
         if lens.kind != "resnet":
             raise CliplensError("granularity 'pair' exists for ResNet CLIP models only; use 'head' or 'layer' for a ViT")
-        reducer = PairReducer(lens.decomposer, top_k=top_k, **options)
+        reducer = PairReducer(lens.decomposer, settings, top_k=top_k)
     elif granularity == "head" and lens.kind == "vit":
-        reducer = HeadReducer(lens.decomposer, spatial=spatial, **options)
+        reducer = HeadReducer(lens.decomposer, settings)
     else:
-        reducer = DenseReducer(lens.decomposer, granularity=granularity, spatial=spatial, **options)
+        reducer = DenseReducer(lens.decomposer, settings)
     with torch.no_grad():
-        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                             progress=progress, description=f"collect {lens.name}"):
-            reducer.update(lens.images_to_tensor(batch.images), batch.indices)
-    if report.loaded == 0:
-        raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")
+        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"collect {lens.name}", report=report):
+            reducer.update(batch.images, batch.indices)
     metadata = {
         "kind": "pair-stats" if granularity == "pair" else "piece-stats",
         **lens.describe(),
         "architecture": lens.kind,
-        "granularity": granularity,
-        "spatial": spatial,
-        "convention": convention,
-        "normalize": normalize,
+        **settings.metadata(),
         "data_fingerprint": fingerprint(source),
         "data_size": report.total,
         "skipped": len(report.skipped),
@@ -127,7 +129,7 @@ def collect(
 def load_stats(path: str | Path, lens: Any = None, **expect: Any) -> PieceStats | PairStats:
     """Read statistics; with `lens`, refuse ones made for another model; `expect` pins other settings."""
     if lens is not None:
-        expect = {"fingerprint": lens.fingerprint, **expect}
+        expect = {MODEL_KEY: lens.fingerprint, **expect}
     kind = read_metadata(path).get("kind")
     if kind not in ("piece-stats", "pair-stats"):
         raise CliplensError(f"{path} holds {kind!r}, not statistics; pass the folder `cliplens collect` wrote")

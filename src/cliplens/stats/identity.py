@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..errors import CliplensError
+from ..io.compat import MODEL_KEY, require_match
+from ..settings import KEYS
 
-IDENTITY_KEYS = ("fingerprint", "granularity", "convention", "normalize", "spatial")
+IDENTITY_KEYS = (MODEL_KEY, *KEYS)
 
 
 def check_compatible(a: dict[str, Any], b: dict[str, Any]) -> None:
-    for key in IDENTITY_KEYS:
-        if a.get(key) != b.get(key):
-            raise CliplensError(f"cannot merge statistics with different {key} ({a.get(key)!r} vs {b.get(key)!r})")
+    require_match(b, {key: a.get(key) for key in IDENTITY_KEYS}, "the statistics to merge",
+                  remedy="merge only statistics made with the same model and settings")
 
 
 def merged_metadata(a: dict[str, Any], b: dict[str, Any], count: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch
 from ..decompose.resnet_pairs import pair_directions
 from ..errors import CliplensError
 from ..io.artifacts import save_artifact
+from ..settings import Settings
 from .identity import check_compatible, merged_metadata
 
 
@@ -34,6 +35,11 @@ class PairStats:
         self.high_values, self.low_values = empty, empty.clone()
         self.high_index = torch.empty(heads, neurons, 0, dtype=torch.int64)
         self.low_index = self.high_index.clone()
+
+    @property
+    def settings(self) -> Settings:
+        """The pairs' settings (granularity "pair", their convention), as the metadata records."""
+        return Settings.from_metadata(self.metadata)
 
     @property
     def heads(self) -> int:

@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 
-from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.compat import MODEL_KEY
+from ..labels import mlp_label
+from ..settings import Settings
 from .identity import check_compatible, merged_metadata
 from .moments import Moments
 
@@ -33,8 +36,7 @@ class SecondOrderStats:
 
     def __init__(self, basis: SecondOrderBasis, *, scale: float, normalize: bool, top_k: int = 100,
                  metadata: dict[str, Any] | None = None):
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise CliplensError(f"top_k must be a positive integer, got {top_k!r}")
+        require_positive_int("top_k", top_k)
         self.basis, self.scale, self.normalize, self.top_k = basis, float(scale), bool(normalize), top_k
         self.metadata = dict(metadata or {})
         self.report: LoadReport | None = None
@@ -54,6 +56,11 @@ class SecondOrderStats:
     @property
     def convention(self) -> str:
         return self.basis.convention
+
+    @property
+    def settings(self) -> Settings:
+        """The pieces are the layer's MLP neurons, never split over tokens; scale is not a setting of the pieces."""
+        return Settings(granularity="neuron", convention=self.convention, normalize=self.normalize)
 
     @property
     def count(self) -> int:
@@ -291,8 +298,8 @@ class SecondOrderStats:
             tensors.update({name: getattr(self, name) for name in DERIVED})
         else:
             tensors["mean_effects"] = self.mean_effects
-        metadata = {**self.metadata, "kind": KIND, "layer": self.layer, "convention": self.convention,
-                    "scale": self.scale, "normalize": self.normalize, "top_k": self.top_k, "count": self.count,
+        metadata = {**self.metadata, **self.settings.metadata(), "kind": KIND, "layer": self.layer,
+                    "scale": self.scale, "top_k": self.top_k, "count": self.count,
                     "ranked": self.ranked, "heads": self.basis.heads, "sign_rule": SIGN_RULE,
                     "coordinates": f"{self.basis.num_heads} head coefficients (κ·s) then "
                                    f"{self.basis.offsets.shape[0]} shared offset coefficients"}
@@ -325,9 +332,10 @@ def load_second_order(path: str | Path, lens: Any) -> SecondOrderStats:
     if metadata.get("kind") != KIND:
         raise CliplensError(f"{path} holds {metadata.get('kind')!r}, not second-order statistics; pass the folder "
                             "`cliplens second-order` wrote")
-    tensors, metadata = load_artifact(path, {"fingerprint": lens.fingerprint})
-    basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), metadata["convention"]).basis
-    stats = SecondOrderStats(basis, scale=metadata["scale"], normalize=metadata["normalize"],
+    tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint})
+    settings = Settings.from_metadata(metadata)
+    basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), settings.convention).basis
+    stats = SecondOrderStats(basis, scale=metadata["scale"], normalize=settings.normalize,
                              top_k=int(metadata["top_k"]), metadata=metadata)
     device = basis.neurons.device
     stats.moments = Moments.from_state(int(tensors["count"][0]), tensors["mean"].to(device),
@@ -367,9 +375,9 @@ def collect_second_order(
         report = LoadReport()
         if stage == "ranking":
             stats.start_ranking()
-        for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
-                             progress=progress, description=f"second order L{layer} ({stage})"):
-            effects = second_order(lens.images_to_tensor(batch.images), scale=scale, normalize=normalize)
+        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=f"second order {mlp_label(layer)} ({stage})", report=report):
+            effects = second_order(batch.images, scale=scale, normalize=normalize)
             if not torch.isfinite(effects.coefficients).all() or not torch.isfinite(effects.kappa).all():
                 raise CliplensError(f"the model produced NaN or infinite activations after {report.loaded} images; "
                                     "use --precision fp32 (fp16 overflows) and check the weights")
@@ -377,10 +385,7 @@ def collect_second_order(
                 stats.update(effects)
             else:
                 stats.rank(effects, batch.indices)
-        if report.loaded == 0:
-            raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")
-    stats.metadata = {**lens.describe(), "architecture": lens.kind, "granularity": f"second-order:L{layer}",
-                      "spatial": False, "convention": convention, "normalize": normalize,
+    stats.metadata = {**lens.describe(), "architecture": lens.kind, **stats.settings.metadata(), "layer": layer,
                       "data_fingerprint": fingerprint(source), "data_size": report.total,
                       "skipped": len(report.skipped)}
     stats.report = report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..labels import pair_label
 from .collect import PieceStats
 from .pairs import PairStats
 
@@ -32,7 +33,7 @@ def largest_pairs(stats: PairStats, top: int = 10) -> list[dict[str, object]]:
     rows = []
     for index in flat.tolist():
         h, n = divmod(index, stats.neurons)
-        rows.append({"piece": f"H{h}N{n}", "score": scores[h, n].item(), "coef_mean": stats.coef_mean[h, n].item(),
+        rows.append({"piece": pair_label(h, n), "score": scores[h, n].item(), "coef_mean": stats.coef_mean[h, n].item(),
                      "coef_std": stats.coef_variance[h, n].sqrt().item(), "sign": int(signs[h, n].item())})
     return rows
 

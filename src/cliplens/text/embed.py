@@ -16,7 +16,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from ..io.artifacts import load_artifact, save_artifact
 from .templates import TemplateSpec, fill, resolve_templates
 
@@ -105,8 +105,7 @@ def embed_texts(
     """Unit-norm float32 text embeddings [M, d] on the CPU, one row per text, loaded from the cache when present."""
     texts = _checked_texts(texts)
     templates = resolve_templates(templates)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CliplensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    require_positive_int("batch_size", batch_size)
     identity = _identity(lens, texts, templates)
     path = cache_path(lens, texts, templates, cache_dir)
     if path.exists():

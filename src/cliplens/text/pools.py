@@ -13,7 +13,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from .descriptions import all_descriptions
 
 WORDS_DEFAULT_SIZE = 30_000
@@ -26,9 +26,7 @@ def distinct(texts: Iterable[str]) -> list[str]:
 
 
 def _checked_size(size: int | None) -> int | None:
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise CliplensError(f"pool size must be a positive integer, got {size!r}")
-    return size
+    return None if size is None else require_positive_int("pool size", size)
 
 
 def _prefix(texts: list[str], size: int | None, name: str) -> list[str]:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from ..io.artifacts import load_artifact, save_artifact
 from ..models.toy import (
     ARCHITECTURES, CLIP_MEAN, CLIP_STD, build_model, check_name, image_size, make_preprocess, make_tokenizer, save_toy,
@@ -78,8 +78,9 @@ class TrainConfig:
 
     def check(self) -> None:
         check_name(self.model)
-        if self.steps < 1 or self.batch_size < 2:
-            raise CliplensError("train-toy needs --steps >= 1 and a batch size >= 2")
+        require_positive_int("--steps", self.steps)
+        if self.batch_size < 2:
+            raise CliplensError(f"--batch-size must be at least 2 for a contrastive loss, got {self.batch_size}")
         if self.seed < 0:
             raise CliplensError(f"--seed must be a non-negative integer, got {self.seed}")
 
