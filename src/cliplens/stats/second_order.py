@@ -18,14 +18,17 @@ import torch
 from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError
-from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.artifacts import check_shapes, load_artifact, read_metadata, save_artifact
 from .identity import check_compatible, merged_metadata
 from .moments import Moments
 
 KIND = "second-order-stats"
 SIGN_RULE = "majority of the top-k rows project positively; a k/2 tie takes the sign of their summed projection"
-DERIVED = ("mean_effects", "principal_directions", "principal_coordinates", "topk_variance_explained",
-           "principal_directions_all", "principal_coordinates_all", "variance_explained")
+DERIVED = {  # results saved beside the accumulators, with their shapes (d: the embedding width)
+    "mean_effects": ("F", "d"), "principal_directions": ("F", "d"), "principal_coordinates": ("F", "J+K"),
+    "topk_variance_explained": ("F",), "principal_directions_all": ("F", "d"),
+    "principal_coordinates_all": ("F", "J+K"), "variance_explained": ("F",),
+}
 
 
 class SecondOrderStats:
@@ -325,8 +328,14 @@ def load_second_order(path: str | Path, lens: Any) -> SecondOrderStats:
     if metadata.get("kind") != KIND:
         raise CliplensError(f"{path} holds {metadata.get('kind')!r}, not second-order statistics; pass the folder "
                             "`cliplens second-order` wrote")
-    tensors, metadata = load_artifact(path, {"fingerprint": lens.fingerprint})
+    fields = {"layer": int, "convention": str, "scale": (int, float), "normalize": bool, "top_k": int}
+    tensors, metadata = load_artifact(path, {"fingerprint": lens.fingerprint}, fields)
     basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), metadata["convention"]).basis
+    shapes = {"count": (1,), "ranked": (1,), "mean": ("F", "J+K"), "scatter": ("F", "J+K", "J+K")}
+    if "centre" in tensors:
+        shapes.update(centre=("F", "J+K"), top_norms=("F", "k"), top_index=("F", "k"),
+                      top_deviations=("F", "k", "J+K"), **DERIVED)
+    check_shapes(path, tensors, shapes, F=basis.num_neurons, **{"J+K": basis.dim})
     stats = SecondOrderStats(basis, scale=metadata["scale"], normalize=metadata["normalize"],
                              top_k=int(metadata["top_k"]), metadata=metadata)
     device = basis.neurons.device
