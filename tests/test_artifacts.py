@@ -12,14 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import cliplens
 from cliplens import CliplensError
+from cliplens.cli import decompose
 from cliplens.io.artifacts import TENSORS, load_artifact, read_metadata, save_artifact
 from cliplens.io.atomic import METADATA, replacing
+from test_cli_foundation import DATA, lenses, run  # noqa: F401 (lenses is a fixture)
 from test_stats import as_dataset
 from conftest import random_images
 
@@ -237,3 +240,21 @@ def test_statistics_missing_a_field_their_reader_needs_are_refused(stats, vit_le
     rewrite_metadata(path, labels=7)
     with pytest.raises(CliplensError, match="int for 'labels'"):
         cliplens.load_stats(path, vit_lens)
+
+
+# outputs written as one unit ------------------------------------------------------------------------------------------
+def test_decompose_writes_its_folder_as_one_unit_and_never_over_a_users_folder(lenses, monkeypatch, tmp_path):
+    out = tmp_path / "pieces"
+    for _ in range(2):  # the second run replaces the first one's folder
+        result = run(lenses, monkeypatch, "vit", decompose.command, "--data-path", DATA, "--output-dir", out)
+        assert result.exit_code == 0, result.output
+    metadata = json.loads((out / METADATA).read_text())
+    assert set(metadata["files"]) == {"components.npy", "embedding.npy"}
+    for name, digest in metadata["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    assert np.load(out / "components.npy").shape[0] == 12 and os.listdir(tmp_path) == ["pieces"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    with pytest.raises(CliplensError, match="refusing to replace"):
+        run(lenses, monkeypatch, "vit", decompose.command, "--data-path", DATA, "--output-dir", tmp_path / "mine")
+    assert os.listdir(tmp_path / "mine") == ["thesis.tex"]
