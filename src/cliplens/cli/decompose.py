@@ -39,7 +39,7 @@ def command(output_dir: Path, granularity: str, spatial: bool, convention: str, 
                          progress=True, description="decompose"):
         result = lens.decompose(batch.images, granularity=granularity, spatial=spatial, convention=convention,
                                 normalize=normalize)
-        parts.append(result.coefficients if granularity == "pair" else result.components)
+        parts.append(result.scaled_coefficients if granularity == "pair" else result.components)
         embeddings.append(result.embedding)
         labels = result.labels
     if not parts:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..data.loader import LoadReport, as_source, batches, fingerprint
+from ..decompose.finite import require_finite
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError
 from ..io.artifacts import check_shapes, load_artifact, read_metadata, save_artifact
@@ -378,10 +379,9 @@ def collect_second_order(
             stats.start_ranking()
         for batch in batches(source, lens.preprocess, batch_size=batch_size, num_workers=num_workers, report=report,
                              progress=progress, description=f"second order L{layer} ({stage})"):
-            effects = second_order(lens.images_to_tensor(batch.images), scale=scale, normalize=normalize)
-            if not torch.isfinite(effects.coefficients).all() or not torch.isfinite(effects.kappa).all():
-                raise CliplensError(f"the model produced NaN or infinite activations after {report.loaded} images; "
-                                    "use --precision fp32 (fp16 overflows) and check the weights")
+            images = lens.images_to_tensor(batch.images)
+            effects = second_order(images, scale=scale, normalize=normalize)
+            require_finite(images, effects.coefficients, effects.kappa)
             if stage == "moments":
                 stats.update(effects)
             else:
