@@ -148,7 +148,7 @@ def test_the_next_save_after_a_crash_restores_the_old_artifact_before_writing(tm
     def failing(file):
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):  # this save fails too, after restoring the old artifact
+    with pytest.raises(CliplensError, match="disk full"):  # this save fails too, after restoring the old artifact
         from cliplens.io.atomic import write_folder
         write_folder(target, {TENSORS: failing}, {"kind": "test"})
     assert value(target) == 1.0 and os.listdir(tmp_path) == ["artifact"]
@@ -258,3 +258,10 @@ def test_decompose_writes_its_folder_as_one_unit_and_never_over_a_users_folder(l
     with pytest.raises(CliplensError, match="refusing to replace"):
         run(lenses, monkeypatch, "vit", decompose.command, "--data-path", DATA, "--output-dir", tmp_path / "mine")
     assert os.listdir(tmp_path / "mine") == ["thesis.tex"]
+
+
+def test_targets_with_long_names_get_staging_names_within_the_limit(tmp_path):
+    target = tmp_path / ("x" * 250)
+    save(target, 1.0)
+    save(target, 2.0)
+    assert value(target) == 2.0 and os.listdir(tmp_path) == [target.name]

@@ -31,6 +31,7 @@ from ..errors import CliplensError
 METADATA = "metadata.json"
 LEGACY_FILES = ("tensors.safetensors",)  # artifacts stamped before folders listed their files held just these
 CHUNK = 1 << 20
+NAME_KEPT, SUFFIX_KEPT = 160, 16  # a staging name stays under the usual 255-byte limit for any target name
 
 
 def package_version() -> str:
@@ -51,12 +52,19 @@ def sha256_file(path: Path) -> str:
 def _staging(path: Path, role: str) -> Path:
     """A fresh hidden name beside `path`: `.<name>.cliplens-<role>-<8 hex><suffix>` (the suffix keeps writers that
     pick a format by extension, such as matplotlib and numpy, writing the right one)."""
-    return path.with_name(f".{path.name}.cliplens-{role}-{secrets.token_hex(4)}{path.suffix}")
+    head, suffix = _name_parts(path)
+    return path.with_name(f"{head}{role}-{secrets.token_hex(4)}{suffix}")
+
+
+def _name_parts(path: Path) -> tuple[str, str]:
+    """Staging names start `.<name>.cliplens-` and end with the suffix, both cut so they stay within name limits."""
+    return f".{path.name[:NAME_KEPT]}.cliplens-", path.suffix if len(path.suffix) <= SUFFIX_KEPT else ""
 
 
 def _stale(path: Path) -> dict[str, list[Path]]:
     """This target's leftover staging entries by role ("new": unfinished writes, "old": folders set aside)."""
-    pattern = re.compile(re.escape(f".{path.name}.cliplens-") + r"(new|old)-[0-9a-f]{8}" + re.escape(path.suffix))
+    head, suffix = _name_parts(path)
+    pattern = re.compile(re.escape(head) + r"(new|old)-[0-9a-f]{8}" + re.escape(suffix))
     found: dict[str, list[Path]] = {"new": [], "old": []}
     try:
         entries = os.listdir(path.parent)
@@ -101,13 +109,18 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise CliplensError(f"{path} is a folder; pass a file name to write to")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliplensError(f"cannot write {path} ({exc.strerror or exc}); check the folder") from exc
     for entry in _stale(path)["new"]:
         _remove(entry)
     staging = _staging(path, "new")
     try:
         yield staging
         os.replace(staging, path)
+    except OSError as exc:
+        raise CliplensError(f"cannot write {path} ({exc.strerror or exc}); check the folder and free space") from exc
     finally:
         if os.path.lexists(staging):
             staging.unlink()
@@ -161,15 +174,18 @@ def write_folder(path: str | os.PathLike, writers: Mapping[str, Callable[[Path],
     if given.name in ("", ".", ".."):
         raise CliplensError(f"cannot write to {str(path)!r}: name a new folder for the output, e.g. results/stats")
     path = Path(os.path.abspath(given))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _recover(path)
-    reason = _foreign(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _recover(path)
+        reason = _foreign(path)
+    except OSError as exc:
+        raise CliplensError(f"cannot write {given} ({exc.strerror or exc}); check the folder") from exc
     if reason is not None:
         raise CliplensError(f"refusing to replace {given}: {reason}; cliplens only replaces its own outputs, so "
                             "choose another path or move that one away")
     staging = _staging(path, "new")
-    staging.mkdir()
     try:
+        staging.mkdir()
         files = {}
         for name, write in writers.items():
             write(staging / name)
@@ -178,6 +194,8 @@ def write_folder(path: str | os.PathLike, writers: Mapping[str, Callable[[Path],
                  "files": files}
         (staging / METADATA).write_text(json.dumps({**record, **stamp}, indent=2, sort_keys=True) + "\n")
         _swap(staging, path)
+    except OSError as exc:
+        raise CliplensError(f"cannot write {given} ({exc.strerror or exc}); check the folder and free space") from exc
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
