@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import CliplensError
 
@@ -107,6 +107,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _reason(exc: Exception) -> str:
     if isinstance(exc, FileNotFoundError):
         return "missing"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format PIL reads"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:120]
