@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .decompose.finite import require_finite
 from .decompose.resnet_pairs import PairDecomposition, ResNetDecomposer
 from .decompose.result import Decomposition
 from .decompose.vit import ViTDecomposer
@@ -133,8 +134,11 @@ class Lens:
         normalize: bool = False,
     ) -> Decomposition | PairDecomposition:
         """Pieces of the image embedding that sum to it exactly (METHODS §1 for ViTs, §6 for ResNets)."""
-        settings = Settings(granularity, spatial, convention, normalize)
-        return self.decomposer.decompose(self.images_to_tensor(images), settings)
+        images = self.images_to_tensor(images)
+        result = self.decomposer.decompose(images, Settings(granularity, spatial, convention, normalize))
+        pieces = result.coefficients if isinstance(result, PairDecomposition) else result.components
+        require_finite(images, result.embedding, pieces)
+        return result
 
     def collect(self, data: Any, **options: Any):
         """Streaming statistics of the pieces over a dataset, in one pass (see `cliplens.stats.collect`)."""

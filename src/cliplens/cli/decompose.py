@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ import torch
 
 from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..errors import CliplensError
+from ..io.atomic import write_folder
 from .options import data_options, load_lens, model_options, output_option
 
 MAX_BYTES = 2 * 1024**3
@@ -39,7 +39,7 @@ def command(output_dir: Path, granularity: str, spatial: bool, convention: str, 
                          progress=True, description="decompose"):
         result = lens.decompose(batch.images, granularity=granularity, spatial=spatial, convention=convention,
                                 normalize=normalize)
-        parts.append(result.coefficients if granularity == "pair" else result.components)
+        parts.append(result.scaled_coefficients if granularity == "pair" else result.components)
         embeddings.append(result.embedding)
         labels = result.labels
     if not parts:
@@ -47,12 +47,11 @@ def command(output_dir: Path, granularity: str, spatial: bool, convention: str, 
     values = torch.cat(parts).float()
     if values.numel() * 4 > MAX_BYTES:
         raise CliplensError(f"the pieces need {values.numel() * 4 / 1e9:.1f} GB; use fewer images or `cliplens collect`")
-    output_dir.mkdir(parents=True, exist_ok=True)
     name = "coefficients.npy" if granularity == "pair" else "components.npy"
-    np.save(output_dir / name, values.cpu().numpy())
-    np.save(output_dir / "embedding.npy", torch.cat(embeddings).float().cpu().numpy())
+    embedding = torch.cat(embeddings).float().cpu().numpy()
     metadata = {**lens.describe(), "granularity": granularity, "spatial": spatial, "convention": convention,
                 "normalize": normalize, "labels": labels, "shape": list(values.shape), "data_path": str(data_path),
                 "data_fingerprint": fingerprint(source), "skipped": report.skipped}
-    (output_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    write_folder(output_dir, {name: lambda file: np.save(file, values.cpu().numpy()),
+                              "embedding.npy": lambda file: np.save(file, embedding)}, metadata)
     click.echo(f"{report.summary()}\nwrote {output_dir / name} {tuple(values.shape)} and embedding.npy")

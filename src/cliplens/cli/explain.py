@@ -24,6 +24,7 @@ from ..explain.omp import SparseTextDecomposition
 from ..explain.svd_poles import SVDPoles
 from ..explain.tables import description_rows, label_position, write_descriptions
 from ..explain.textspan import TextSpan, fit_pieces
+from ..io.atomic import write_text
 from ..stats.collect import PieceStats, load_stats
 from .options import data_options, load_lens, model_options
 from .texts import HEAD_POOL, candidate_texts, pool_options
@@ -81,9 +82,7 @@ def statistics_record(stats: PieceStats, source: str | None) -> dict[str, Any]:
 
 
 def write_metadata(output_dir: Path, record: Mapping[str, Any]) -> Path:
-    path = output_dir / "metadata.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return path
+    return write_text(output_dir / "metadata.json", json.dumps(record, indent=2, default=str) + "\n")
 
 
 # the explainers ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CliplensError, require_positive_int
-from .folders import ImageFolder
+from .folders import ImageFolder, Unreadable, printable
 
 
 @dataclass
@@ -27,16 +27,18 @@ class Batch:
 
 @dataclass
 class LoadReport:
-    """What a pass read: counts and the first few files it had to skip."""
+    """What a pass read: counts, and every file it had to skip (`skipped`) with why (`reasons`, same order)."""
 
     total: int = 0
     loaded: int = 0
     skipped: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         line = f"{self.loaded} of {self.total} images used"
         if self.skipped:
-            shown = ", ".join(self.skipped[:3]) + (" ..." if len(self.skipped) > 3 else "")
+            named = [f"{name} ({why})" for name, why in zip(self.skipped[:3], self.reasons[:3])]
+            shown = ", ".join(named) + (" ..." if len(self.skipped) > 3 else "")
             line += f"; skipped {len(self.skipped)} unreadable file(s): {shown}"
         return line
 
@@ -79,27 +81,36 @@ def fingerprint(source: Any) -> str:
 
 
 class _Preprocessed(Dataset):
+    """(position, tensor or why it was skipped, label) per item; sources with `read` (ImageFolder) say why."""
+
     def __init__(self, source: Any, preprocess: Any):
         self.source, self.preprocess = source, preprocess
+        self.read = getattr(source, "read", None)
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, int]:
-        item = self.source[i]
-        image, label = item if isinstance(item, tuple) else (item, -1)
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str, int]:
+        if self.read is not None:
+            try:
+                image, label = self.read(i)
+            except Unreadable as exc:
+                return i, str(exc), -1
+        else:
+            item = self.source[i]
+            image, label = item if isinstance(item, tuple) else (item, -1)
         if image is None:
-            return i, None, label
+            return i, "unreadable", -1
         try:
             tensor = image if isinstance(image, torch.Tensor) else self.preprocess(image)
-        except (OSError, ValueError, SyntaxError):  # truncated data surfaces only when pixels are decoded
-            return i, None, label
+        except (OSError, ValueError, SyntaxError) as exc:  # truncated data surfaces only when pixels are decoded
+            return i, f"cannot be preprocessed: {printable(str(exc))[:80]}", -1
         return i, tensor, int(label) if label is not None else -1
 
 
-def _collate(items: Sequence[tuple[int, torch.Tensor | None, int]]) -> tuple[list[int], Batch | None]:
-    good = [item for item in items if item[1] is not None]
-    skipped = [i for i, tensor, _ in items if tensor is None]
+def _collate(items: Sequence[tuple[int, torch.Tensor | str, int]]) -> tuple[list[tuple[int, str]], Batch | None]:
+    good = [item for item in items if not isinstance(item[1], str)]
+    skipped = [(i, why) for i, why, _ in items if isinstance(why, str)]
     if not good:
         return skipped, None
     indices, tensors, labels = zip(*good)
@@ -122,7 +133,8 @@ def batches(
         bar = tqdm(total=len(source), desc=description, unit="img", leave=False)
     for skipped, batch in loader:
         describe = getattr(source, "describe", lambda i: f"item {i}")
-        report.skipped.extend(describe(i) for i in skipped)
+        report.skipped.extend(describe(i) for i, _ in skipped)
+        report.reasons.extend(why for _, why in skipped)
         if progress:
             bar.update(len(skipped) + (len(batch.indices) if batch is not None else 0))
         if batch is not None:

@@ -64,6 +64,12 @@ class PairDecomposition:
     def labels(self) -> list[str]:
         return [pair_label(h, n) for h in range(self.heads) for n in range(self.neurons)]
 
+    @property
+    def scaled_coefficients(self) -> torch.Tensor:
+        """s / norm [B, H, C]: each pair's coefficient on u in the embedding the pairs sum to (the unit embedding
+        when normalised; `coefficients` are always those of the unnormalised one)."""
+        return self.coefficients / self.norm[..., None]
+
     def directions(self, heads: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
         """u for the listed pairs: [k, O]."""
         return pair_directions(self.out_weight, self.value_weight, heads, neurons)

@@ -31,6 +31,7 @@ from ..errors import CliplensError, require_positive_int
 from ..explain.omp import orthogonal_matching_pursuit, prepare_dictionary
 from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, signed_components
 from ..explain.textspan import TextSpan, fit_pieces
+from ..io.atomic import replacing
 from ..io.compat import fitted_on
 from ..io.tables import write_rows
 from ..labels import parse_label
@@ -260,7 +261,6 @@ def plot(path: str | os.PathLike, result: ReconstructionResult, title: str = "")
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     try:
         references = {row["method"]: row["accuracy"] for row in result.rows if row["method"] in REFERENCE_ROWS}
@@ -277,7 +277,8 @@ def plot(path: str | os.PathLike, result: ReconstructionResult, title: str = "")
         axes.set_title(title or f"heads of the last {result.metadata['num_last_layers']} layers rebuilt from text")
         axes.legend(fontsize=8)
         figure.tight_layout()
-        figure.savefig(path, dpi=120)
+        with replacing(path) as staging:
+            figure.savefig(staging, dpi=120, format="png")
     finally:
         plt.close(figure)
     return path

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import CliplensError
+from .atomic import replacing
 
 
 def write_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None
@@ -20,15 +20,8 @@ def write_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], colum
         if not rows:
             raise CliplensError(f"nothing to write to {path}")
         columns = list(rows[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(columns))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+    with replacing(path) as staging, open(staging, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
     return path

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import CliplensError
+from ..io.atomic import replacing, write_text
 
 CONTEXT_LENGTH = 32
 TEXT_TOWER = {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3}
@@ -96,8 +97,9 @@ def save_toy(model: torch.nn.Module, directory: Path, name: str, config: dict[st
         key: (value.half() if value.is_floating_point() else value).contiguous()
         for key, value in model.state_dict().items()
     }
-    save_file(state, weight_file(directory, name))
-    config_file(directory, name).write_text(json.dumps(config, indent=2) + "\n")
+    with replacing(weight_file(directory, name)) as staging:
+        save_file(state, staging)
+    write_text(config_file(directory, name), json.dumps(config, indent=2) + "\n")
 
 
 def load_toy(

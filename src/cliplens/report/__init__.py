@@ -1,4 +1,4 @@
 """Reports: figures and image grids drawn from tensors and images.
 
-May import: io and the leaves only, so every floor that writes a figure can use it.
+May import: io (atomic writes) and the leaves only, so every floor that writes a figure can use it.
 """

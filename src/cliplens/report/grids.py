@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..errors import CliplensError, require_positive_int
+from ..io.atomic import replacing
 
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
@@ -75,6 +76,7 @@ def save_grid(path: str | os.PathLike, images: Sequence[Image.Image | torch.Tens
               **options) -> Path:
     """Write `image_grid(images, captions, **options)` as a PNG file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, captions, **options).save(path, format="PNG")
+    grid = image_grid(images, captions, **options)
+    with replacing(path) as staging:
+        grid.save(staging, format="PNG")
     return path

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from ..decompose.finite import require_finite
 from ..decompose.vit import ViTDecomposer, piece_labels
 from ..errors import CliplensError
 from ..labels import parse_label
 from ..settings import Settings
 from .moments import Moments
 from .pairs import PairStats
-
-
-def require_finite(*values: torch.Tensor) -> None:
-    if not all(torch.isfinite(v).all() for v in values):
-        raise CliplensError("the model produced NaN or infinite pieces; use --precision fp32 (fp16 overflows) and "
-                            "check the weights")
 
 
 class DenseReducer:
@@ -32,7 +27,7 @@ class DenseReducer:
 
     def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
         result = self.decomposer.decompose(images, self.settings)
-        require_finite(result.components)
+        require_finite(images, result.components)
         pieces = result.components.sum(2) if result.spatial else result.components
         if self.moments is None:
             self.labels, self.moments = result.labels, Moments(pieces.shape[1], pieces.shape[2])
@@ -62,7 +57,7 @@ class HeadReducer:
         f = self.decomposer.factorise(images, self.settings)
         dense = torch.cat([f.embed[:, None], f.mlps] + ([f.bias[:, None]] if f.bias is not None else []), 1)
         coefficients = f.coefficients.flatten(1, 2)  # [B, L·H, k]
-        require_finite(dense, coefficients)
+        require_finite(images, dense, coefficients)
         if self.heads is None:
             self.heads, self.dense = Moments(*coefficients.shape[1:]), Moments(*dense.shape[1:])
             self.basis = f.basis.flatten(0, 1).double().cpu()
@@ -106,7 +101,7 @@ class PairReducer:
 
     def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
         pairs = self.decomposer.pairs(images, self.settings)
-        require_finite(pairs.coefficients)
+        require_finite(images, pairs.coefficients)
         if self.stats is None:
             factors = {"out_weight": pairs.out_weight, "value_weight": pairs.value_weight, "offsets": pairs.offsets,
                        "bias": pairs.bias}

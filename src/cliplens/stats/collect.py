@@ -13,7 +13,7 @@ import torch
 
 from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..errors import CliplensError
-from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.artifacts import check_shapes, load_artifact, read_metadata, save_artifact
 from ..io.compat import MODEL_KEY
 from ..settings import Settings
 from .accumulate import DenseReducer, HeadReducer, PairReducer
@@ -133,8 +133,17 @@ def load_stats(path: str | Path, lens: Any = None, **expect: Any) -> PieceStats 
     kind = read_metadata(path).get("kind")
     if kind not in ("piece-stats", "pair-stats"):
         raise CliplensError(f"{path} holds {kind!r}, not statistics; pass the folder `cliplens collect` wrote")
-    tensors, metadata = load_artifact(path, expect)
     if kind == "pair-stats":
+        tensors, metadata = load_artifact(path, expect, fields={"top_k": int})
+        check_shapes(path, tensors, PairStats.STATE_SHAPES)
         return PairStats.from_state(tensors, metadata)
+    tensors, metadata = load_artifact(path, expect, fields={"labels": list})
+    labels = metadata["labels"]
+    if not all(isinstance(label, str) for label in labels):
+        raise CliplensError(f"{path}: its metadata labels are not all strings; recompute the artifact")
+    shapes = {"count": (1,), "mean": ("pieces", "dim"), "scatter": ("pieces", "dim", "dim")}
+    if "token_mean" in tensors:
+        shapes["token_mean"] = ("pieces", "tokens", "dim")
+    check_shapes(path, tensors, shapes, pieces=len(labels))
     moments = Moments.from_state(int(tensors["count"][0]), tensors["mean"], tensors["scatter"])
-    return PieceStats(metadata["labels"], moments, metadata, tensors.get("token_mean"))
+    return PieceStats(labels, moments, metadata, tensors.get("token_mean"))

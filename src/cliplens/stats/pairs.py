@@ -23,6 +23,14 @@ from .identity import check_compatible, merged_metadata
 class PairStats:
     """Running moments and extremes of pair coefficients s [H, C], plus the factor weights that give directions."""
 
+    # what `state()` holds, for checking a loaded artifact (k: extremes kept so far, at most top_k)
+    STATE_SHAPES = {
+        "count": (1,), "coef_mean": ("H", "C"), "coef_scatter": ("H", "C"), "high_values": ("H", "C", "k"),
+        "high_index": ("H", "C", "k"), "low_values": ("H", "C", "k"), "low_index": ("H", "C", "k"),
+        "factor.out_weight": ("H", "O", "d_h"), "factor.value_weight": ("H", "d_h", "C"),
+        "factor.offsets": ("H", "O"), "factor.bias": ("O",),
+    }
+
     def __init__(self, factors: dict[str, torch.Tensor], top_k: int = 50, metadata: dict[str, Any] | None = None):
         self.factors = {name: t.detach().double().cpu() for name, t in factors.items()}  # out_weight, value_weight, ...
         heads, _, neurons = self.factors["value_weight"].shape

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from ..data.loader import LoadReport, as_source, fingerprint, stream
+from ..decompose.finite import require_finite
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError, require_positive_int
-from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.artifacts import check_shapes, load_artifact, read_metadata, save_artifact
 from ..io.compat import MODEL_KEY
 from ..labels import mlp_label
 from ..settings import Settings
@@ -27,8 +28,11 @@ from .moments import Moments
 
 KIND = "second-order-stats"
 SIGN_RULE = "majority of the top-k rows project positively; a k/2 tie takes the sign of their summed projection"
-DERIVED = ("mean_effects", "principal_directions", "principal_coordinates", "topk_variance_explained",
-           "principal_directions_all", "principal_coordinates_all", "variance_explained")
+DERIVED = {  # results saved beside the accumulators, with their shapes (d: the embedding width)
+    "mean_effects": ("F", "d"), "principal_directions": ("F", "d"), "principal_coordinates": ("F", "J+K"),
+    "topk_variance_explained": ("F",), "principal_directions_all": ("F", "d"),
+    "principal_coordinates_all": ("F", "J+K"), "variance_explained": ("F",),
+}
 
 
 class SecondOrderStats:
@@ -332,9 +336,15 @@ def load_second_order(path: str | Path, lens: Any) -> SecondOrderStats:
     if metadata.get("kind") != KIND:
         raise CliplensError(f"{path} holds {metadata.get('kind')!r}, not second-order statistics; pass the folder "
                             "`cliplens second-order` wrote")
-    tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint})
+    fields = {"layer": int, "convention": str, "scale": (int, float), "normalize": bool, "top_k": int}
+    tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint}, fields)
     settings = Settings.from_metadata(metadata)
     basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), settings.convention).basis
+    shapes = {"count": (1,), "ranked": (1,), "mean": ("F", "J+K"), "scatter": ("F", "J+K", "J+K")}
+    if "centre" in tensors:
+        shapes.update(centre=("F", "J+K"), top_norms=("F", "k"), top_index=("F", "k"),
+                      top_deviations=("F", "k", "J+K"), **DERIVED)
+    check_shapes(path, tensors, shapes, F=basis.num_neurons, **{"J+K": basis.dim})
     stats = SecondOrderStats(basis, scale=metadata["scale"], normalize=settings.normalize,
                              top_k=int(metadata["top_k"]), metadata=metadata)
     device = basis.neurons.device
@@ -378,9 +388,7 @@ def collect_second_order(
         for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
                             description=f"second order {mlp_label(layer)} ({stage})", report=report):
             effects = second_order(batch.images, scale=scale, normalize=normalize)
-            if not torch.isfinite(effects.coefficients).all() or not torch.isfinite(effects.kappa).all():
-                raise CliplensError(f"the model produced NaN or infinite activations after {report.loaded} images; "
-                                    "use --precision fp32 (fp16 overflows) and check the weights")
+            require_finite(batch.images, effects.coefficients, effects.kappa)
             if stage == "moments":
                 stats.update(effects)
             else:

@@ -17,7 +17,8 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from ..errors import CliplensError, require_positive_int
-from ..io.artifacts import load_artifact, save_artifact
+from ..io.artifacts import check_shapes, load_artifact, save_artifact
+from ..io.atomic import stamped_record
 from .templates import TemplateSpec, fill, resolve_templates
 
 EncodeText = Callable[[list[str]], torch.Tensor]
@@ -94,6 +95,12 @@ def _checked_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
+def _predates_digests(path: Path) -> bool:
+    """An entry cached before artifacts recorded tensor digests cannot be verified: it is rebuilt in place."""
+    record = stamped_record(path)
+    return record is not None and "files" not in record
+
+
 def embed_texts(
     lens: TextEncoder,
     texts: Sequence[str],
@@ -108,12 +115,10 @@ def embed_texts(
     require_positive_int("batch_size", batch_size)
     identity = _identity(lens, texts, templates)
     path = cache_path(lens, texts, templates, cache_dir)
-    if path.exists():
-        tensors, _ = load_artifact(path, expect=identity)
-        embeddings = tensors.get("embeddings")
-        if embeddings is None or embeddings.shape[0] != len(texts):
-            raise CliplensError(f"text-embedding cache entry {path} is incomplete; delete that folder and run again")
-        return embeddings
+    if path.exists() and not _predates_digests(path):
+        tensors, metadata = load_artifact(path, expect=identity, fields={"dim": int})
+        check_shapes(path, tensors, {"embeddings": (len(texts), metadata["dim"])})
+        return tensors["embeddings"]
     embeddings = template_average(lens.encode_text, texts, templates, batch_size).cpu()
     save_artifact(path, {"embeddings": embeddings}, {**identity, "model": lens.name, "dim": embeddings.shape[1]})
     return embeddings

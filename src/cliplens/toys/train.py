@@ -219,7 +219,8 @@ def save_checkpoint(path: Path, config: TrainConfig, step: int, elapsed: float, 
 def load_checkpoint(path: Path, config: TrainConfig, model: torch.nn.Module, heads: torch.nn.Module,
                     optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     """Restore a checkpoint of the same recipe into fresh objects; returns (steps done, seconds spent)."""
-    tensors, metadata = load_artifact(path, {"kind": CHECKPOINT_KIND, "recipe": config.recipe()})
+    tensors, metadata = load_artifact(path, {"kind": CHECKPOINT_KIND, "recipe": config.recipe()},
+                                      fields={"step": int, "elapsed_s": (int, float)})
     for prefix, module in (("model.", model), ("heads.", heads)):
         module.load_state_dict({key.removeprefix(prefix): value for key, value in tensors.items()
                                 if key.startswith(prefix)})
