@@ -17,7 +17,7 @@ import torch
 
 from ..apps.retrieval import Ranking, write_ranking
 from ..data.loader import as_source
-from ..evaluate.neuron_ablation import neuron_ablation
+from ..evaluate.second_order_ablation import second_order_ablation
 from ..evaluate.zeroshot import source_classifier
 from ..explain.omp import SparseTextDecomposition
 from ..explain.tables import write_descriptions
@@ -109,8 +109,8 @@ def command(output_dir: Path, mlp_layer: int, convention: str, scale: float, nor
         return
     source = as_source(eval_data_path)
     weights = source_classifier(lens, source, templates)
-    result = neuron_ablation(lens, stats, source, weights, batch_size=batch_size, num_workers=num_workers,
-                             progress=True)
+    result = second_order_ablation(lens, stats, source, weights, batch_size=batch_size, num_workers=num_workers,
+                                   progress=True)
     path = write_rows(output_dir / f"ablation_L{mlp_layer}.csv", result.rows())
     for row in result.rows():
         click.echo(f"  {row['variant']:<24} {100 * row['accuracy']:6.2f}%")
