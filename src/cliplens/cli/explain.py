@@ -23,7 +23,8 @@ from ..evaluate.reconstruction import principal_directions, split_heads
 from ..explain.omp import SparseTextDecomposition
 from ..explain.svd_poles import SVDPoles
 from ..explain.tables import description_rows, label_position, write_descriptions
-from ..explain.textspan import TextSpan, fit_pieces
+from ..explain.base import fit_pieces
+from ..explain.textspan import TextSpan
 from ..stats.collect import PieceStats, load_stats
 from .options import data_options, load_lens, model_options
 from .texts import HEAD_POOL, candidate_texts, pool_options

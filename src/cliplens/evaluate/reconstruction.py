@@ -30,7 +30,8 @@ from ..data.loader import as_source, fingerprint
 from ..errors import CliplensError
 from ..explain.omp import orthogonal_matching_pursuit, prepare_dictionary
 from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, signed_components
-from ..explain.textspan import TextSpan, fit_pieces
+from ..explain.base import fit_pieces
+from ..explain.textspan import TextSpan
 from ..io.tables import write_rows
 from ..stats.collect import PieceStats
 from .ablation import Variant, check_statistics, evaluate_variants

@@ -23,7 +23,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from ..errors import CliplensError
-from .textspan import require_fitted, require_positive_int
+from .base import require_fitted, require_positive_int
 
 DictNorm = Literal["row", "axis0"]
 
