@@ -18,6 +18,8 @@ import cliplens
 from cliplens import CliplensError
 from cliplens.cli import ablate, explain, reconstruct, textspan
 from cliplens.explain.tables import COLUMNS
+from cliplens.explain.unit_words import atom_count
+from cliplens.workflows.reconstruction_study import powers_of_two
 from conftest import tiny_vit
 
 DATA = "shapes:test:16"
@@ -39,7 +41,7 @@ def lens():
 @pytest.fixture(autouse=True)
 def use_tiny_lens(lens, monkeypatch, tmp_path):
     monkeypatch.setenv("CLIPLENS_CACHE", str(tmp_path / "cache"))
-    for module in (explain, ablate, reconstruct):
+    for module in (textspan, explain, ablate, reconstruct):
         monkeypatch.setattr(module, "load_lens", lambda options: lens)
 
 
@@ -158,14 +160,12 @@ def test_reconstruct_refuses_more_texts_than_the_span(tmp_path):
 
 
 def test_default_sweep_stops_at_the_span():
-    assert reconstruct.powers_of_two(41) == [1, 2, 4, 8, 16, 32]
-    assert reconstruct.powers_of_two(32) == [1, 2, 4, 8, 16, 32]
-    assert reconstruct.powers_of_two(1) == [1]
+    assert powers_of_two(41) == [1, 2, 4, 8, 16, 32]
+    assert powers_of_two(32) == [1, 2, 4, 8, 16, 32]
+    assert powers_of_two(1) == [1]
 
 
 def test_omp_atom_count_defaults_to_half_a_small_pool_and_refuses_too_many():
-    from cliplens.cli.texts import atom_count
-
     assert atom_count(None, 128, 30_000) == 128  # the papers' k on a full word pool
     assert atom_count(None, 128, 39) == 19  # the shapes vocabulary: half of it, so OMP still has to choose
     assert atom_count(7, 128, 39) == 7

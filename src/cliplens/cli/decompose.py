@@ -11,7 +11,7 @@ import torch
 
 from ..data.loader import LoadReport, as_source, batches, fingerprint
 from ..errors import CliplensError
-from .options import data_options, load_lens, model_options, output_option
+from .options import Options, data_options, load_lens, model_options, output_option
 
 MAX_BYTES = 2 * 1024**3
 
@@ -27,7 +27,7 @@ MAX_BYTES = 2 * 1024**3
 @click.option("--normalize", is_flag=True, help="Pieces sum to the unit embedding (the references' convention).")
 @click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True)
 def command(output_dir: Path, granularity: str, spatial: bool, convention: str, normalize: bool, max_images: int,
-            data_path: str, batch_size: int, num_workers: int, **model: object) -> None:
+            data_path: str, batch_size: int, num_workers: int, model: Options) -> None:
     """Decompose up to --max-images images and write components.npy, embedding.npy and metadata.json."""
     lens = load_lens(model)
     source = as_source(data_path)

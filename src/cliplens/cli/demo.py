@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .options import output_option
+from .options import needs, output_option
 
 FIT, EVAL = "shapes:test:512:0", "shapes:test:512:1"  # two independent draws: fit statistics on one, score on the other
 
@@ -70,6 +70,7 @@ def plan(out: Path) -> list[Step]:
 @click.command("demo")
 @output_option("cliplens-out/demo")
 @click.pass_context
+@needs("explain", "matplotlib")  # the reconstruct step plots; other steps use the shapes pool, not wordfreq's words
 def command(ctx: click.Context, output_dir: Path) -> None:
     """Run the pipeline on toy:vit and toy:rn with the shapes world and write every result under OUTPUT_DIR."""
     from . import cli
