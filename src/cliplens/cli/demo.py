@@ -63,10 +63,6 @@ def rn_steps(out: Path) -> list[Step]:
     ]
 
 
-def plan(out: Path) -> list[Step]:
-    return vit_steps(out) + rn_steps(out)
-
-
 @click.command("demo")
 @output_option("cliplens-out/demo")
 @click.pass_context
@@ -76,7 +72,7 @@ def command(ctx: click.Context, output_dir: Path) -> None:
     from . import cli
 
     started = time.perf_counter()
-    todo = plan(output_dir)
+    todo = vit_steps(output_dir) + rn_steps(output_dir)
     for number, (title, name, arguments) in enumerate(todo, 1):
         click.secho(f"\n[{number}/{len(todo)}] {title}", bold=True)
         click.echo(f"$ cliplens {name} {' '.join(arguments)}")
