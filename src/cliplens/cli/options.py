@@ -34,18 +34,24 @@ def stacked(options: list[Callable]) -> Callable:
     return decorate
 
 
-def grouped(name: str, keys: tuple[str, ...]) -> Callable:
-    """Hand the options `keys` to the command as one dict argument `name`, so the rest can go to the library as is."""
+def before_body(hook: Callable[[Options], None]) -> Callable:
+    """Run `hook` on the command's keyword arguments (it may refuse them, or regroup them in place) before its body,
+    i.e. before it loads a model or reads data."""
 
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
         def command(*args: Any, **options: Any) -> Any:
-            options[name] = {key: options.pop(key) for key in keys}
+            hook(options)
             return function(*args, **options)
 
         return command
 
     return decorate
+
+
+def grouped(name: str, keys: tuple[str, ...]) -> Callable:
+    """Hand the options `keys` to the command as one dict argument `name`, so the rest can go to the library as is."""
+    return before_body(lambda options: options.update({name: {key: options.pop(key) for key in keys}}))
 
 
 # loading the model ------------------------------------------------------------------------------------------------
@@ -124,23 +130,13 @@ pair_fit_options = stacked([
 
 
 # optional extras: checked before the command loads a model or reads data -------------------------------------------
-def checked_first(check: Callable[[Options, str], None]) -> Callable:
-    """Run `check(options, "cliplens <command>")` before the command's body, so it can refuse before any work."""
-
-    def decorate(function: Callable) -> Callable:
-        @functools.wraps(function)
-        def command(*args: Any, **options: Any) -> Any:
-            check(options, f"cliplens {click.get_current_context().command.name}")
-            return function(*args, **options)
-
-        return command
-
-    return decorate
+def running_command() -> str:
+    return f"cliplens {click.get_current_context().command.name}"
 
 
 def needs(extra: str, *modules: str) -> Callable:
     """Declare that a command needs the optional `extra` (for `modules`): without it, one line says what to install."""
-    return checked_first(lambda options, user: require(extra, *modules, user=user))
+    return before_body(lambda options: require(extra, *modules, user=running_command()))
 
 
 # text pools and OMP -------------------------------------------------------------------------------------------------
@@ -149,9 +145,9 @@ def pool_options(usual_pool: str, default_templates: str, *,
     """--pool --pool-size --pool-templates: the candidate texts and the templates they are embedded with. The pool the
     command will use (when `uses_pool`) is checked for its optional extra first."""
 
-    def require_extra(options: Options, user: str) -> None:
+    def require_extra(options: Options) -> None:
         if uses_pool(options):
-            require_pool(pool_name(options["pool"], options["data_path"], usual_pool), user)
+            require_pool(pool_name(options["pool"], options["data_path"], usual_pool), running_command())
 
     return stacked([
         click.option("--pool", default=None,
@@ -161,7 +157,7 @@ def pool_options(usual_pool: str, default_templates: str, *,
         click.option("--pool-templates", default=default_templates, show_default=True,
                      help="Templates the pool texts are embedded with (the references: none for TextSpan, "
                           "the 80 'openai' ones for neurons and pairs)."),
-        checked_first(require_extra),
+        before_body(require_extra),
     ])
 
 
