@@ -19,6 +19,7 @@ from cliplens import CliplensError
 from cliplens.cli import ablate, explain, reconstruct, textspan
 from cliplens.explain.tables import COLUMNS
 from cliplens.explain.unit_words import atom_count
+from cliplens.workflows.head_texts import explain_heads
 from cliplens.workflows.reconstruction_study import powers_of_two
 from conftest import tiny_vit
 
@@ -100,6 +101,16 @@ def test_explain_methods(tmp_path, method, per_head):
         assert len(json.loads((out / "metadata.json").read_text())["fidelity"]["L2H0"]) == 3
     else:
         assert {row["method"] for row in rows} == {"svd_poles+", "svd_poles-"}
+
+
+def test_one_library_call_gives_what_the_command_writes(tmp_path, lens):
+    out = tmp_path / "svd"
+    invoke(explain.command, "--method", "svd", "--data-path", DATA, "--texts-per-head", 2, "--num-last-layers", 1,
+           "--output-dir", out)
+    explained = explain_heads(lens, DATA, method="svd", texts_per_head=2, num_last_layers=1)
+    assert read_csv(out / "svd.csv") == [{key: str(value) for key, value in row.items()} for row in explained.rows]
+    written = json.loads((out / "metadata.json").read_text())
+    assert written == {"command": "explain --method svd", **json.loads(json.dumps(explained.metadata, default=str))}
 
 
 def test_ablate_presets_and_patterns(tmp_path):
