@@ -30,3 +30,15 @@ def test_a_back_edge_breaks_the_build(tmp_path):
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "cliplens.decompose is not allowed to import cliplens.cli" in result.stdout
+
+
+def test_every_module_sits_on_a_floor():
+    """A new package or top-level module must be placed in the contract, or the floors would not constrain it."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    named = {name.strip() for floor in config["layers"] for name in floor.split("|")}
+    package = ROOT / "src" / "cliplens"
+    present = {path.stem for path in package.glob("*.py") if not path.stem.startswith("__")}
+    present |= {path.parent.name for path in package.glob("*/__init__.py")}
+    assert present == named

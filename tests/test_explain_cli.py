@@ -18,6 +18,9 @@ import cliplens
 from cliplens import CliplensError
 from cliplens.cli import ablate, explain, reconstruct, textspan
 from cliplens.explain.tables import COLUMNS
+from cliplens.explain.unit_words import atom_count
+from cliplens.workflows.head_texts import explain_heads
+from cliplens.workflows.reconstruction_study import powers_of_two
 from conftest import tiny_vit
 
 DATA = "shapes:test:16"
@@ -39,7 +42,7 @@ def lens():
 @pytest.fixture(autouse=True)
 def use_tiny_lens(lens, monkeypatch, tmp_path):
     monkeypatch.setenv("CLIPLENS_CACHE", str(tmp_path / "cache"))
-    for module in (explain, ablate, reconstruct):
+    for module in (textspan, explain, ablate, reconstruct):
         monkeypatch.setattr(module, "load_lens", lambda options: lens)
 
 
@@ -100,6 +103,16 @@ def test_explain_methods(tmp_path, method, per_head):
         assert {row["method"] for row in rows} == {"svd_poles+", "svd_poles-"}
 
 
+def test_one_library_call_gives_what_the_command_writes(tmp_path, lens):
+    out = tmp_path / "svd"
+    invoke(explain.command, "--method", "svd", "--data-path", DATA, "--texts-per-head", 2, "--num-last-layers", 1,
+           "--output-dir", out)
+    explained = explain_heads(lens, DATA, method="svd", texts_per_head=2, num_last_layers=1)
+    assert read_csv(out / "svd.csv") == [{key: str(value) for key, value in row.items()} for row in explained.rows]
+    written = json.loads((out / "metadata.json").read_text())
+    assert written == {"command": "explain --method svd", **json.loads(json.dumps(explained.metadata, default=str))}
+
+
 def test_ablate_presets_and_patterns(tmp_path):
     out = tmp_path / "ablate"
     invoke(ablate.command, "--data-path", DATA, "--label", "colour", "--preset", "layer-curve", "--preset", "mlps",
@@ -158,14 +171,12 @@ def test_reconstruct_refuses_more_texts_than_the_span(tmp_path):
 
 
 def test_default_sweep_stops_at_the_span():
-    assert reconstruct.powers_of_two(41) == [1, 2, 4, 8, 16, 32]
-    assert reconstruct.powers_of_two(32) == [1, 2, 4, 8, 16, 32]
-    assert reconstruct.powers_of_two(1) == [1]
+    assert powers_of_two(41) == [1, 2, 4, 8, 16, 32]
+    assert powers_of_two(32) == [1, 2, 4, 8, 16, 32]
+    assert powers_of_two(1) == [1]
 
 
 def test_omp_atom_count_defaults_to_half_a_small_pool_and_refuses_too_many():
-    from cliplens.cli.texts import atom_count
-
     assert atom_count(None, 128, 30_000) == 128  # the papers' k on a full word pool
     assert atom_count(None, 128, 39) == 19  # the shapes vocabulary: half of it, so OMP still has to choose
     assert atom_count(7, 128, 39) == 7

@@ -15,7 +15,9 @@ import torch
 
 from cliplens import CliplensError
 from cliplens.decompose.second_order import SecondOrderLens
-from cliplens.evaluate.neuron_ablation import VARIANTS, ablation_variants, neuron_ablation, remove_deviations
+from cliplens.evaluate.second_order_ablation import (
+    VARIANTS, ablation_variants, remove_deviations, second_order_ablation,
+)
 from cliplens.evaluate.zeroshot import accuracy
 from cliplens.stats.second_order import SecondOrderStats, collect_second_order, load_second_order
 from conftest import random_images, tiny_vit, wrap
@@ -348,13 +350,13 @@ def test_ablation_variants_equal_the_literal_ones(fitted, lens, eval_images):
     assert torch.allclose(everything, variants["without_all"], atol=1e-12, rtol=0)
 
 
-def test_neuron_ablation_accuracies(fitted, lens, eval_images):
+def test_second_order_ablation_accuracies(fitted, lens, eval_images):
     stats, literal = fitted
     literal = {**literal, "convention": stats.convention}
     generator = torch.Generator().manual_seed(2)
     weights = torch.randn(32, 4, dtype=torch.float64, generator=generator)
     labels = torch.randint(0, 4, (7,), generator=generator)
-    result = neuron_ablation(lens, stats, dataset(eval_images, labels), weights, batch_size=3)
+    result = second_order_ablation(lens, stats, dataset(eval_images, labels), weights, batch_size=3)
     expected, significant = literal_variants(lens.model, eval_images, literal)
     assert result.count == 7
     assert result.accuracies["baseline"] == accuracy(lens.encode_image(eval_images), weights, labels)

@@ -10,7 +10,8 @@ import torch
 
 from cliplens.errors import CliplensError
 from cliplens.explain.tables import COLUMNS, description_rows, label_position, write_descriptions
-from cliplens.explain.textspan import TextSpan, fit_pieces
+from cliplens.explain.base import fit_pieces
+from cliplens.explain.textspan import TextSpan
 from cliplens.stats.moments import Moments
 
 

@@ -13,13 +13,14 @@ import torch
 import cliplens
 from cliplens.data.loader import as_source
 from cliplens.evaluate.pair_ablation import (
-    AccuracyBoard, PairAblation, Variant, pair_batches, standard_variants, text_reconstruction, top_mask,
+    AccuracyBoard, PairAblation, PairVariant, pair_batches, standard_variants, text_reconstruction, top_mask,
 )
 from cliplens.evaluate.groups import layer_count
 from cliplens.evaluate.reconstruction import reconstruction_accuracy
 from cliplens.evaluate.zeroshot import source_classifier
 from cliplens.explain.omp import SparseTextDecomposition
-from cliplens.explain.textspan import TextSpan, fit_pieces
+from cliplens.explain.base import fit_pieces
+from cliplens.explain.textspan import TextSpan
 from cliplens.shapes import ShapesDataset, render
 from cliplens.shapes.vocabulary import OBJECT_ATTRIBUTES, SCENE_ATTRIBUTES, VOCABULARY
 from cliplens.stats.second_order import collect_second_order
@@ -98,7 +99,7 @@ def test_the_strongest_tenth_of_pairs_keeps_the_accuracy(rn):
     ablation = PairAblation(stats, lens.device)
     weakest = top_mask(-stats.scores(), 10.0)
     variants = standard_variants(ablation, keeps=[10.0], levels=("pair",)) + [
-        Variant("weakest 10% kept", "pair", lambda dec: ablation.mean_ablated(dec.coefficients, weakest)),
+        PairVariant("weakest 10% kept", "pair", lambda dec: ablation.mean_ablated(dec.coefficients, weakest)),
     ]
     board = AccuracyBoard(source_classifier(lens, source, "auto"), variants)
     for dec, batch in pair_batches(lens, source, batch_size=64):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..stats.summary import format_table, largest_pairs, largest_pieces
-from .options import data_options, load_lens, model_options, output_option
+from .options import Options, data_options, load_lens, model_options, output_option
 
 
 @click.command("collect")
@@ -22,7 +22,7 @@ from .options import data_options, load_lens, model_options, output_option
               help="Images kept per ResNet pair for norms and principal directions.")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True, help="Rows in the summary.")
 def command(output_dir: Path, granularity: str, spatial: bool, convention: str, normalize: bool, top_k: int,
-            show: int, data_path: str, batch_size: int, num_workers: int, **model: object) -> None:
+            show: int, data_path: str, batch_size: int, num_workers: int, model: Options) -> None:
     """Collect mean and covariance of every piece over the data in one pass; write them to OUTPUT_DIR/stats."""
     lens = load_lens(model)
     stats = lens.collect(data_path, granularity=granularity, spatial=spatial, convention=convention,

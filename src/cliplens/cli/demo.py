@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .options import output_option
+from .options import needs, output_option
 
 FIT, EVAL = "shapes:test:512:0", "shapes:test:512:1"  # two independent draws: fit statistics on one, score on the other
 
@@ -63,19 +63,16 @@ def rn_steps(out: Path) -> list[Step]:
     ]
 
 
-def plan(out: Path) -> list[Step]:
-    return vit_steps(out) + rn_steps(out)
-
-
 @click.command("demo")
 @output_option("cliplens-out/demo")
 @click.pass_context
+@needs("explain", "matplotlib")  # the reconstruct step plots; other steps use the shapes pool, not wordfreq's words
 def command(ctx: click.Context, output_dir: Path) -> None:
     """Run the pipeline on toy:vit and toy:rn with the shapes world and write every result under OUTPUT_DIR."""
     from . import cli
 
     started = time.perf_counter()
-    todo = plan(output_dir)
+    todo = vit_steps(output_dir) + rn_steps(output_dir)
     for number, (title, name, arguments) in enumerate(todo, 1):
         click.secho(f"\n[{number}/{len(todo)}] {title}", bold=True)
         click.echo(f"$ cliplens {name} {' '.join(arguments)}")

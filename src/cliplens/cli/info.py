@@ -4,36 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..workflows.architecture import describe_architecture
 from .options import load_lens
-
-
-def describe_architecture(lens, images: int) -> list[tuple[str, str]]:
-    """(name, value) rows: shapes, pieces per granularity, and memory to materialise them for `images` images."""
-    spec = lens.spec
-    gib = 1024**3
-    bytes_per = 4  # fp32 pieces
-    if lens.kind == "vit":
-        d, layers, heads, n = spec.output_dim, spec.layers, spec.heads, spec.tokens
-        head_pieces = 1 + layers * (heads + 1) + 1
-        rows = [("architecture", "vision transformer (CLS pooling)"), ("layers", str(layers)),
-                ("heads per layer", str(heads)), ("width / head dim / MLP width", f"{spec.width} / {spec.head_dim} / "
-                                                                                   f"{spec.mlp_width}"),
-                ("tokens", f"{n} ({spec.image_size}px, patch {spec.patch_size})"), ("embedding dim", str(d)),
-                ("pieces: layer", str(2 * layers + 2)), ("pieces: head", str(head_pieces)),
-                ("pieces: head-token", f"{layers * heads} heads x {n} tokens")]
-        sizes = [("head", images * head_pieces * d), ("spatial", images * head_pieces * n * d)]
-        stats_bytes = head_pieces * d * d * 8
-    else:
-        d, heads, c, m = spec.output_dim, spec.heads, spec.channels, spec.tokens
-        rows = [("architecture", "ModifiedResNet with attention pool"), ("pool heads", str(heads)),
-                ("channels (neurons) / head dim", f"{c} / {spec.head_dim}"), ("pool tokens", f"{m} ({spec.image_size}px)"),
-                ("embedding dim", str(d)), ("pieces: head", str(heads + 1)), ("pieces: neuron", str(c + 1)),
-                ("pieces: pair", f"{heads * c} (kept factorised: {heads * c} scalars per image)")]
-        sizes = [("pairs materialised", images * heads * c * d), ("pair coefficients", images * heads * c)]
-        stats_bytes = heads * c * (2 + 4 * 50) * 8
-    rows += [(f"memory for {images} images: {name}", f"{count * bytes_per / gib:.3f} GiB") for name, count in sizes]
-    rows.append(("statistics artifact (float64)", f"{stats_bytes / gib:.3f} GiB, independent of the number of images"))
-    return rows
 
 
 @click.command("info")
@@ -44,7 +16,7 @@ def describe_architecture(lens, images: int) -> list[tuple[str, str]]:
 def command(model: str, pretrained: str | None, images: int) -> None:
     """Show MODEL's architecture, its pieces per granularity, and memory estimates."""
     lens = load_lens({"model": model, "pretrained": pretrained, "device": "cpu", "precision": "fp32", "seed": 0})
-    rows = [("model", f"{lens.name} ({lens.backend}, pretrained={lens.pretrained})")] + describe_architecture(lens, images)
+    rows = describe_architecture(lens, images)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         click.echo(f"{name.ljust(width)}  {value}")

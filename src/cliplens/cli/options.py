@@ -1,44 +1,89 @@
-"""Options shared by subcommands, with the reference repositories' flag names (--model, --data-path, ...)."""
+"""What the commands share, and the only module a command imports from `cli`: their options (with the reference
+repositories' flag names: --model, --data-path, ...), loading the model they name, declaring the optional extras they
+need, and the tables they print.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
+from ..evaluate.ablation import MEAN_SOURCES
+from ..explain.tables import write_descriptions
+from ..extras import require
+from ..io.metadata import write_metadata
 from ..lens import DTYPES
+from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, UNIT_POOL, UNIT_POOL_TEMPLATES, pool_name
+from ..text.pools import require_pool
+from ..workflows.head_texts import HeadTexts
+
+Options = dict[str, Any]
 
 
-def model_options(command: Callable) -> Callable:
-    """--model --pretrained --device --precision --seed; the command receives them as keyword arguments."""
-    for option in reversed(
-        [
-            click.option("--model", default="toy:vit", show_default=True,
-                         help="open_clip id (ViT-B-32), hf:<repo or folder>, or toy:vit / toy:rn."),
-            click.option("--pretrained", default=None,
-                         help="open_clip tag (openai) or checkpoint file; omit for the toys or a seeded random init."),
-            click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda."),
-            click.option("--precision", type=click.Choice(list(DTYPES)), default="fp32", show_default=True),
-            click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random initialisation."),
-        ]
-    ):
-        command = option(command)
-    return command
+def stacked(options: list[Callable]) -> Callable:
+    """One decorator applying `options` so that they appear in --help in the order listed."""
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
-def data_options(command: Callable) -> Callable:
-    """--data-path --batch-size --num-workers."""
-    for option in reversed(
-        [
-            click.option("--data-path", default="shapes:test:512", show_default=True,
-                         help="Image folder, text file of paths, or shapes:<split>[:<n>] for the built-in world."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-            click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True),
-        ]
-    ):
-        command = option(command)
-    return command
+def before_body(hook: Callable[[Options], None]) -> Callable:
+    """Run `hook` on the command's keyword arguments (it may refuse them, or regroup them in place) before its body,
+    i.e. before it loads a model or reads data."""
+
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def command(*args: Any, **options: Any) -> Any:
+            hook(options)
+            return function(*args, **options)
+
+        return command
+
+    return decorate
+
+
+def grouped(name: str, keys: tuple[str, ...]) -> Callable:
+    """Hand the options `keys` to the command as one dict argument `name`, so the rest can go to the library as is."""
+    return before_body(lambda options: options.update({name: {key: options.pop(key) for key in keys}}))
+
+
+# loading the model ------------------------------------------------------------------------------------------------
+# --model --pretrained --device --precision --seed; the command receives them as one dict argument `model`.
+model_options = stacked([
+    click.option("--model", default="toy:vit", show_default=True,
+                 help="open_clip id (ViT-B-32), hf:<repo or folder>, or toy:vit / toy:rn."),
+    click.option("--pretrained", default=None,
+                 help="open_clip tag (openai) or checkpoint file; omit for the toys or a seeded random init."),
+    click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda."),
+    click.option("--precision", type=click.Choice(list(DTYPES)), default="fp32", show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random initialisation."),
+    grouped("model", ("model", "pretrained", "device", "precision", "seed")),
+])
+
+
+def load_lens(model: Options):
+    """The Lens named by model_options' dict."""
+    from ..factory import load
+
+    return load(model["model"], model["pretrained"], device=model["device"], precision=model["precision"],
+                seed=model["seed"])
+
+
+# data, output and statistics --------------------------------------------------------------------------------------
+# --data-path --batch-size --num-workers.
+data_options = stacked([
+    click.option("--data-path", default="shapes:test:512", show_default=True,
+                 help="Image folder, text file of paths, or shapes:<split>[:<n>] for the built-in world."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+    click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True),
+])
 
 
 def output_option(default: str) -> Callable:
@@ -46,9 +91,132 @@ def output_option(default: str) -> Callable:
                         show_default=True, help="Folder for the results (created if missing).")
 
 
-def load_lens(options: dict[str, Any]):
-    """The Lens named by model_options, popping those keys from `options`."""
-    from ..factory import load
+# --stats --convention --normalize: which per-piece statistics the command works from.
+statistics_options = stacked([
+    click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
+                 help="Statistics from `cliplens collect`; collected here over the fit data if omitted."),
+    click.option("--convention", type=click.Choice(["separate", "reference"]), default=None,
+                 help="Bias convention of the pieces [default: the --stats artifact's, else separate]."),
+    click.option("--normalize/--no-normalize", default=None,
+                 help="Pieces of the unit embedding, as the references [default: the artifact's, else no]."),
+])
 
-    return load(options.pop("model"), options.pop("pretrained"), device=options.pop("device"),
-                precision=options.pop("precision"), seed=options.pop("seed"))
+# --fit-path --mean-source --label --templates: where the means come from and what is classified.
+evaluation_options = stacked([
+    click.option("--fit-path", default=None,
+                 help="Reference data for the means (and fits) when no --stats is given [default: for shapes data, "
+                      "the same split drawn with seed + 1]."),
+    click.option("--mean-source", type=click.Choice(MEAN_SOURCES), default="reference", show_default=True,
+                 help="reference: a separate set; eval: the evaluation data itself (in-sample, as the papers)."),
+    click.option("--label", default=None,
+                 help="shapes data: the attribute to classify (shape, colour, position, ...) [default: shape]."),
+    click.option("--templates", default=None,
+                 help="Zero-shot templates: openai, simple, photo, none, shapes, or a format string with {} "
+                      "[default: shapes on shapes data, else the 80 OpenAI templates]."),
+])
+
+# --stats --fit-path --top-k --templates: where the pair statistics and the classifier come from.
+pair_fit_options = stacked([
+    click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
+                 help="Pair statistics from `cliplens collect --granularity pair`; collected here if omitted."),
+    click.option("--fit-path", default=None,
+                 help="Data to collect the statistics on (default: --data-path, i.e. in-sample means)."),
+    click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
+                 help="Top images kept per pair when collecting (the reference uses 50)."),
+    click.option("--templates", default="auto", show_default=True,
+                 help="Classifier prompts: a template set (none, photo, simple, openai) or a format string; "
+                      "auto uses the shapes world's prompts on shapes data and 'photo' elsewhere."),
+])
+
+
+# optional extras: checked before the command loads a model or reads data -------------------------------------------
+def running_command() -> str:
+    return f"cliplens {click.get_current_context().command.name}"
+
+
+def needs(extra: str, *modules: str) -> Callable:
+    """Declare that a command needs the optional `extra` (for `modules`): without it, one line says what to install."""
+    return before_body(lambda options: require(extra, *modules, user=running_command()))
+
+
+# text pools and OMP -------------------------------------------------------------------------------------------------
+def pool_options(usual_pool: str, default_templates: str, *,
+                 uses_pool: Callable[[Options], bool] = lambda options: True) -> Callable:
+    """--pool --pool-size --pool-templates: the candidate texts and the templates they are embedded with. The pool the
+    command will use (when `uses_pool`) is checked for its optional extra first."""
+
+    def require_extra(options: Options) -> None:
+        if uses_pool(options):
+            require_pool(pool_name(options["pool"], options["data_path"], usual_pool), running_command())
+
+    return stacked([
+        click.option("--pool", default=None,
+                     help="Text pool: words, descriptions, imagenet, shapes, or a file with one text per line "
+                          f"[default: shapes for shapes:... data, else {usual_pool}]."),
+        click.option("--pool-size", type=click.IntRange(min=1), default=None, help="Keep the pool's first N texts."),
+        click.option("--pool-templates", default=default_templates, show_default=True,
+                     help="Templates the pool texts are embedded with (the references: none for TextSpan, "
+                          "the 80 'openai' ones for neurons and pairs)."),
+        before_body(require_extra),
+    ])
+
+
+def omp_options(default_atoms: int) -> Callable:
+    """--omp-atoms --dict-norm, plus the pool options: the sparse-text side of neurons and pairs."""
+    return stacked([
+        pool_options(UNIT_POOL, UNIT_POOL_TEMPLATES, uses_pool=lambda options: options["omp_atoms"] != 0),
+        click.option("--omp-atoms", type=click.IntRange(min=0), default=None,
+                     help=f"Texts per principal direction (k of OMP) [default: {default_atoms}, at most half the "
+                          "pool]; 0 skips the text side."),
+        click.option("--dict-norm", type=click.Choice(["row", "axis0"]), default="row", show_default=True,
+                     help="OMP dictionary normalisation; axis0 reproduces the reference's word lists."),
+    ])
+
+
+texts_per_unit_option = click.option(
+    "--texts-per-unit", type=click.IntRange(min=1), default=10, show_default=True,
+    help="Words written per neuron or pair (its largest OMP coefficients).")
+
+
+# the text commands (textspan, explain) ------------------------------------------------------------------------------
+# Everything `cliplens textspan` and `cliplens explain` share.
+explain_options = stacked([
+    model_options, data_options, statistics_options, pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES),
+    click.option("--texts-per-head", type=click.IntRange(min=1), default=20, show_default=True,
+                 help="textspan: texts per head; svd: texts per pole; omp: atoms per principal direction."),
+    click.option("--num-last-layers", type=click.IntRange(min=1), default=4, show_default=True,
+                 help="Explain the heads of this many last layers."),
+    click.option("--w-ov-rank", type=click.IntRange(min=1), default=80, show_default=True,
+                 help="textspan: rank of the head's output span the texts are projected onto."),
+    click.option("--max-components", type=click.IntRange(min=1), default=80, show_default=True,
+                 help="svd: at most this many principal components per head (PCLens max_text)."),
+    click.option("--num-directions", type=click.IntRange(min=1), default=3, show_default=True,
+                 help="omp: top principal directions explained per head."),
+    click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Folder for <method>.csv and metadata.json [default: cliplens-out/<method>]."),
+])
+
+
+def write_head_texts(explained: HeadTexts, output_dir: Path | None, command: str, model: str) -> None:
+    """<method>.csv and metadata.json of a text command, and its one-line summary."""
+    output_dir = Path(output_dir or f"cliplens-out/{explained.method}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = write_descriptions(output_dir / f"{explained.method}.csv", explained.rows)
+    write_metadata(output_dir, {"command": command, **explained.metadata})
+    click.echo(f"{model}: {len(explained.heads)} heads of the last {explained.metadata['num_last_layers']} layers "
+               f"explained with {explained.method} over {len(explained.texts)} texts of '{explained.pool}'; wrote "
+               f"{path}")
+
+
+# printed tables ---------------------------------------------------------------------------------------------------
+def echo_accuracies(rows: list[tuple[str, float]]) -> None:
+    for name, accuracy in rows:
+        click.echo(f"  {name:<36} {100 * accuracy:6.2f}%")
+
+
+def echo_pair_table(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        kept = f"{row['kept']}/{row['total']}" if row["kept"] is not None else ""
+        click.echo(f"  {row['variant']:<28} {kept:>15}  {100 * row['accuracy']:6.2f}%")
+    sample = "in-sample (means fitted on the evaluation data)" if rows[0]["in_sample"] else "out-of-sample"
+    click.echo(f"  {rows[0]['images']} images, {sample}")

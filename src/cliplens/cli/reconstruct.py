@@ -16,12 +16,14 @@ from typing import Any
 import click
 
 from ..errors import CliplensError
-from ..evaluate.reconstruction import METHODS, plot, reconstruction_accuracy, write_csv
-from ..evaluate.zeroshot import source_classifier
-from .ablate import echo_rows, evaluation_options, evaluation_source, evaluation_record, reference_statistics
-from .explain import statistics_options, statistics_record, write_metadata
-from .options import data_options, load_lens, model_options, output_option
-from .texts import HEAD_POOL, candidate_texts, pool_options
+from ..evaluate.reconstruction import METHODS, plot, write_csv
+from ..io.metadata import write_metadata
+from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
+from ..workflows.reconstruction_study import reconstruction_study
+from .options import (
+    Options, data_options, echo_accuracies, evaluation_options, load_lens, model_options, needs, output_option,
+    pool_options, statistics_options,
+)
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -31,17 +33,12 @@ def parse_list(text: str, what: str) -> list[str]:
     return items
 
 
-def powers_of_two(limit: int) -> list[int]:
-    """1, 2, 4, ... up to `limit`, the default sweep."""
-    return [2**i for i in range(limit.bit_length())]
-
-
 @click.command("reconstruct")
 @model_options
 @data_options
 @statistics_options
 @evaluation_options
-@pool_options(HEAD_POOL, "none")
+@pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES)
 @click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated reconstruction methods.")
 @click.option("--texts", default=None,
               help="Texts per head to sweep, comma-separated [default: 1, 2, 4, ... up to what the model and pool "
@@ -52,39 +49,19 @@ def powers_of_two(limit: int) -> list[int]:
               help="TextSpan's span rank r.")
 @click.option("--random-seed", type=int, default=0, show_default=True, help="Seed of the random-vector baseline.")
 @output_option("cliplens-out/reconstruct")
-def command(**options: Any) -> None:
+@needs("explain", "matplotlib")
+def command(model: Options, output_dir: Path, methods: str, texts: str | None, **options: Any) -> None:
     """Zero-shot accuracy with the last layers' heads rebuilt from m texts each, for several methods and m."""
-    methods = parse_list(options.pop("methods"), "methods")
-    texts_option = options.pop("texts")
-    lens = load_lens(options)
-    source = evaluation_source(options["data_path"], options["label"])
-    stats, where = reference_statistics(lens, options, source, "head")
-    pool, texts, embeddings = candidate_texts(lens, options, options["data_path"], HEAD_POOL)
-    if texts_option is None:
-        counts = powers_of_two(min(options["w_ov_rank"], embeddings.shape[1], len(texts)))
-    else:
-        try:
-            counts = [int(item) for item in parse_list(texts_option, "texts")]
-        except ValueError:
-            raise CliplensError(f"--texts must be comma-separated integers, got {texts_option!r}") from None
-    weights = source_classifier(lens, source, options["templates"])
-    result = reconstruction_accuracy(
-        lens, source, weights, stats, embeddings, texts, methods=methods, counts=counts,
-        num_last_layers=options["num_last_layers"], rank=options["w_ov_rank"], seed=options["random_seed"],
-        batch_size=options["batch_size"], num_workers=options["num_workers"], progress=True,
-    )
-    output_dir: Path = options["output_dir"]
-    path = write_csv(output_dir / "reconstruction.csv", result)
-    plot(output_dir / "reconstruction.png", result,
+    methods_list = parse_list(methods, "methods")
+    try:
+        counts = None if texts is None else [int(item) for item in parse_list(texts, "texts")]
+    except ValueError:
+        raise CliplensError(f"--texts must be comma-separated integers, got {texts!r}") from None
+    lens = load_lens(model)
+    study = reconstruction_study(lens, methods=methods_list, counts=counts, progress=True, **options)
+    path = write_csv(output_dir / "reconstruction.csv", study.result)
+    plot(output_dir / "reconstruction.png", study.result,
          title=f"{lens.name}: heads of the last {options['num_last_layers']} layers from text")
-    images = result.rows[0]["images"]
-    write_metadata(output_dir, {
-        "command": "reconstruct",
-        "model": lens.describe(),
-        "fit": {**statistics_record(stats, where), "mean_source": options["mean_source"]},
-        "evaluation": evaluation_record(source, images, options["templates"]),
-        "pool": {"name": pool, "size": len(texts), "templates": options["pool_templates"]},
-        **result.metadata,
-    })
-    click.echo(f"{lens.name}: accuracy on {images} images, fitted on {where} ({path}):")
-    echo_rows([(f"{row['method']} {row['texts']}".strip(), row["accuracy"]) for row in result.rows])
+    write_metadata(output_dir, {"command": "reconstruct", **study.metadata})
+    click.echo(f"{lens.name}: accuracy on {study.images} images, fitted on {study.where} ({path}):")
+    echo_accuracies([(f"{row['method']} {row['texts']}".strip(), row["accuracy"]) for row in study.result.rows])

@@ -8,10 +8,8 @@ from typing import Any
 import click
 
 from ..apps.retrieval import retrieve, write_ranking
-from ..errors import CliplensError
-from ..stats.collect import load_stats
-from ..stats.pairs import PairStats
-from .options import data_options, load_lens, model_options, output_option
+from ..stats.obtain import read_pair_stats
+from .options import Options, data_options, load_lens, model_options, output_option
 
 
 @click.command("retrieve")
@@ -32,14 +30,10 @@ from .options import data_options, load_lens, model_options, output_option
               help="Bias convention: whether neuron norms include their bias shares.")
 @click.option("--columns", type=click.IntRange(min=1), default=8, show_default=True, help="Thumbnails per grid row.")
 @output_option("cliplens-out/retrieve")
-def command(**options: Any) -> None:
+def command(model: Options, **options: Any) -> None:
     """Top images per ResNet pair or neuron, or per ViT head for a query text or image."""
-    lens = load_lens(options)
-    stats = None
-    if options["stats_path"] is not None:
-        stats = load_stats(options["stats_path"], lens)
-        if not isinstance(stats, PairStats):
-            raise CliplensError(f"{options['stats_path']} holds piece statistics; pass pair statistics")
+    lens = load_lens(model)
+    stats = read_pair_stats(options["stats_path"], lens) if options["stats_path"] is not None else None
     data = options["data_path"]
     rankings = retrieve(
         lens, data, options["components"], top=options["top"], signed=options["signed"], cosine=options["cosine"],

@@ -11,11 +11,14 @@ from typing import Any
 
 import click
 
-from .explain import explain_options, run_explain
+from ..workflows.head_texts import explain_heads
+from .options import Options, explain_options, load_lens, write_head_texts
 
 
 @click.command("textspan")
 @explain_options
-def command(**options: Any) -> None:
+def command(model: Options, output_dir: Any, **options: Any) -> None:
     """Name every head of the last layers with its TextSpan texts, from one pass of statistics."""
-    run_explain("textspan", options)
+    lens = load_lens(model)
+    explained = explain_heads(lens, method="textspan", progress=True, **options)
+    write_head_texts(explained, output_dir, "textspan", lens.name)

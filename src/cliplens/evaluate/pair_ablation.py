@@ -167,7 +167,7 @@ def neuron_principal_directions(stats: PairStats, moments: Moments) -> tuple[tor
 
 # streaming evaluation --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Variant:
+class PairVariant:
     """One row of an ablation table: how the embedding is rebuilt from a batch's pairs."""
 
     name: str
@@ -185,29 +185,29 @@ def standard_variants(
     levels: Sequence[str] = ("pair", "neuron"),
     text: DirectionReconstruction | None = None,
     text_label: str = "text",
-) -> list[Variant]:
+) -> list[PairVariant]:
     """Baseline, top-x % masks per level, and the pc0 and (when given) sparse-text reconstructions."""
     unknown = set(levels) - {"pair", "neuron"}
     if unknown:
         raise CliplensError(f"unknown ablation level(s) {sorted(unknown)}; use 'pair' and/or 'neuron'")
     stats = ablation.stats
-    variants = [Variant("baseline", "model", lambda dec: dec.embedding)]
+    variants = [PairVariant("baseline", "model", lambda dec: dec.embedding)]
     scores = {"pair": stats.scores()}
     scores["neuron"] = neuron_scores(scores["pair"])
     for level in levels:
         for keep in keeps:
             mask = top_mask(scores[level], keep)
-            variants.append(Variant(
+            variants.append(PairVariant(
                 f"{level}s keep {keep:g}%", level,
                 lambda dec, mask=mask: ablation.mean_ablated(dec.coefficients, mask),
                 check_keep(keep), int(mask.sum()), mask.numel(),
             ))
     principal = principal_reconstruction(stats)
-    variants.append(Variant("pc0 reconstruction", "pc",
-                            lambda dec: ablation.reconstructed(dec.coefficients, principal)))
+    variants.append(PairVariant("pc0 reconstruction", "pc",
+                                lambda dec: ablation.reconstructed(dec.coefficients, principal)))
     if text is not None:
-        variants.append(Variant(f"{text_label} reconstruction", "text",
-                                lambda dec: ablation.reconstructed(dec.coefficients, text)))
+        variants.append(PairVariant(f"{text_label} reconstruction", "text",
+                                    lambda dec: ablation.reconstructed(dec.coefficients, text)))
     return variants
 
 
@@ -225,7 +225,7 @@ def pair_batches(
 class AccuracyBoard:
     """Running top-1 accuracy of every variant against a zero-shot classifier W [O, K]."""
 
-    def __init__(self, weights: torch.Tensor, variants: Sequence[Variant]):
+    def __init__(self, weights: torch.Tensor, variants: Sequence[PairVariant]):
         names = [v.name for v in variants]
         if len(set(names)) != len(names):
             raise CliplensError(f"ablation variants need distinct names, got {names}")
@@ -253,7 +253,7 @@ class AccuracyBoard:
 
 
 def ablation_table(
-    lens: Any, data: Any, weights: torch.Tensor, variants: Sequence[Variant], stats: PairStats, *,
+    lens: Any, data: Any, weights: torch.Tensor, variants: Sequence[PairVariant], stats: PairStats, *,
     batch_size: int = 32, num_workers: int = 0, progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Accuracy of every variant over `data` in one streaming pass; rows say whether the means are in-sample."""

@@ -28,9 +28,11 @@ import torch
 
 from ..data.loader import as_source, fingerprint
 from ..errors import CliplensError, require_positive_int
+from ..extras import require
+from ..explain.base import fit_pieces
 from ..explain.omp import orthogonal_matching_pursuit, prepare_dictionary
 from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, signed_components
-from ..explain.textspan import TextSpan, fit_pieces
+from ..explain.textspan import TextSpan
 from ..io.atomic import replacing
 from ..io.compat import fitted_on
 from ..io.tables import write_rows
@@ -255,6 +257,7 @@ def write_csv(path: str | os.PathLike, result: ReconstructionResult) -> Path:
 
 def plot(path: str | os.PathLike, result: ReconstructionResult, title: str = "") -> Path:
     """Accuracy vs texts per head, one line per method, the reference rows as horizontal lines (PNG)."""
+    require("explain", "matplotlib", user="the reconstruction plot")
     import matplotlib
 
     matplotlib.use("Agg")

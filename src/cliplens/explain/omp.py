@@ -23,7 +23,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from ..errors import CliplensError, require_positive_int
-from .textspan import require_fitted
+from .base import require_fitted
 
 DictNorm = Literal["row", "axis0"]
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CliplensError, require_positive_int
-from .textspan import as_pieces, piece_statistics, require_fitted
+from .base import as_pieces, checked_piece, require_fitted
 
 TEXT_MODES = ("center_normalize", "normalize", "center")
 STRENGTHS = ("squared", "singular")
@@ -32,7 +32,7 @@ class Pole:
 
 
 @dataclass(frozen=True)
-class Component:
+class PrincipalComponent:
     """One principal component: its strengths and its two poles, the one with the larger best |score| first."""
 
     index: int
@@ -111,8 +111,9 @@ class SVDPoles:
 
     Fitted attributes: `mean_` [d]; `singular_values_` [d] (all of them, of the centred data); `n_components_` r;
     `components_` V_r [r, d] (orthonormal rows, signs by SIGN_RULE); `text_mean_` [d] (mean of the raw text pool, for
-    centring queries); `coordinates_` Γ [M, r]; `components_poles_` (one `Component` per PC); `strength_abs_` and
-    `strength_rel_` [r]; `reconstruction_ids_` [r] (the top text of each PC); `text_projector_` Π [r, r].
+    centring queries); `coordinates_` Γ [M, r]; `components_poles_` (one `PrincipalComponent` per PC);
+    `strength_abs_` and `strength_rel_` [r]; `reconstruction_ids_` [r] (the top text of each PC); `text_projector_` Π
+    [r, r].
     """
 
     def __init__(
@@ -147,7 +148,7 @@ class SVDPoles:
         }
 
     def fit(self, count: int, mean: Any, covariance: Any, text_embeddings: Any, texts: Sequence[str]) -> SVDPoles:
-        mean, covariance, pool = piece_statistics(count, mean, covariance, text_embeddings, texts)
+        mean, covariance, pool = checked_piece(count, mean, covariance, text_embeddings, texts)
         if self.texts_per_pole > len(pool):
             raise CliplensError(
                 f"texts_per_pole={self.texts_per_pole} exceeds the text pool ({len(pool)} texts); ask for fewer texts"
@@ -169,7 +170,7 @@ class SVDPoles:
         self.strength_abs_ = strength
         self.strength_rel_ = relative
         self.components_poles_ = [
-            Component(i, float(strength[i]), float(relative[i]), poles)
+            PrincipalComponent(i, float(strength[i]), float(relative[i]), poles)
             for i, poles in enumerate(component_poles(coordinates, texts, self.texts_per_pole))
         ]
         self.reconstruction_ids_ = coordinates.argmax(dim=0)

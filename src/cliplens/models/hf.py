@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CliplensError
+from ..extras import require
 from .spec import BlockSpec, LayerNormSpec, ViTSpec
 
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
@@ -69,10 +70,9 @@ def pooled(output: object) -> torch.Tensor:
 
 def create(ident: str) -> tuple[nn.Module, Callable, Callable | None]:
     """(model, preprocess, tokenizer) for a Hub repo id or a local folder, offline if the files are cached."""
-    try:
-        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
-    except ImportError as exc:
-        raise CliplensError("Hugging Face models need transformers: pip install 'cliplens[hf]'") from exc
+    require("hf", "transformers", user=f"model hf:{ident}")
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
+
     local = Path(ident).expanduser().is_dir()
     try:
         model = CLIPModel.from_pretrained(ident, attn_implementation="eager")

@@ -75,7 +75,7 @@ def pattern_unit(image_size: int) -> int:
     return max(1, round(image_size / 32))
 
 
-def fill(texture: str, columns: np.ndarray, rows: np.ndarray, image_size: int) -> np.ndarray:
+def texture_mask(texture: str, columns: np.ndarray, rows: np.ndarray, image_size: int) -> np.ndarray:
     """Which pixels (integer column/row indices) a texture paints: solid all, striped every other band of rows,
     dotted a lattice of square dots two units wide with one-unit gaps (dense enough to keep the silhouette)."""
     unit = pattern_unit(image_size)
@@ -101,5 +101,5 @@ def object_mask(
     rows = np.arange(y0, y1)[:, None]
     u = (columns + 0.5 - cx) / radius
     v = (rows + 0.5 - cy) / radius
-    mask[y0:y1, x0:x1] = silhouette(shape, u, v) & fill(texture, columns, rows, image_size)
+    mask[y0:y1, x0:x1] = silhouette(shape, u, v) & texture_mask(texture, columns, rows, image_size)
     return mask

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import CliplensError, require_positive_int
+from ..extras import require
 from .descriptions import all_descriptions
 
 WORDS_DEFAULT_SIZE = 30_000
 DESCRIPTIONS_DEFAULT_SIZE = 3_500
+EXTRAS = {"words": ("explain", "wordfreq")}  # built-in pools that need an optional extra
 
 
 def distinct(texts: Iterable[str]) -> list[str]:
@@ -37,8 +39,16 @@ def _prefix(texts: list[str], size: int | None, name: str) -> list[str]:
     return texts[:size]
 
 
+def require_pool(name: str | os.PathLike, user: str) -> None:
+    """Stop before any work if built-in pool `name` needs an optional extra that is not installed."""
+    if isinstance(name, str) and name in EXTRAS:
+        extra, module = EXTRAS[name]
+        require(extra, module, user=user)
+
+
 def words(size: int | None = None) -> list[str]:
     """The `size` (default 30,000) most frequent plain English words (ASCII letters only) by wordfreq."""
+    require_pool("words", "the words pool")
     from wordfreq import iter_wordlist
 
     wanted = WORDS_DEFAULT_SIZE if _checked_size(size) is None else size

@@ -62,7 +62,7 @@ def _without(effects: SecondOrderEffects, deviations: torch.Tensor, stats: Secon
 
 
 @dataclass
-class NeuronAblation:
+class SecondOrderAblation:
     """Zero-shot accuracy of each variant on an evaluation set, and how often neurons were significant there."""
 
     layer: int
@@ -78,10 +78,10 @@ class NeuronAblation:
 
 
 @torch.no_grad()
-def neuron_ablation(
+def second_order_ablation(
     lens: Any, stats: SecondOrderStats, data: Any, weights: torch.Tensor, *, batch_size: int = 32,
     num_workers: int = 0, progress: bool = False,
-) -> NeuronAblation:
+) -> SecondOrderAblation:
     """Stream the labelled evaluation `data` once; zero-shot accuracy of every variant with classifier `weights`."""
     require_model(stats.metadata, lens.fingerprint, "the second-order statistics")
     second_order = SecondOrderLens(lens.decomposer, stats.layer, stats.convention, basis=stats.basis)
@@ -101,5 +101,5 @@ def neuron_ablation(
     metadata = {"eval_fingerprint": fingerprint(source), "fit_fingerprint": stats.metadata.get("data_fingerprint"),
                 "in_sample": fitted_on(stats.metadata, fingerprint(source)),
                 "skipped": len(report.skipped)}
-    return NeuronAblation(stats.layer, {name: hits / report.loaded for name, hits in correct.items()}, report.loaded,
-                          significant / (report.loaded * stats.basis.num_neurons), metadata)
+    return SecondOrderAblation(stats.layer, {name: hits / report.loaded for name, hits in correct.items()},
+                               report.loaded, significant / (report.loaded * stats.basis.num_neurons), metadata)

@@ -1,0 +1,32 @@
+"""Units (MLP neurons, ResNet pairs) named by the OMP text atoms of their principal directions (METHODS §5).
+
+How many atoms k to ask for, and the description rows (explain/tables.py's columns) of chosen units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import CliplensError
+from .omp import SparseTextDecomposition
+
+
+def atom_count(requested: int | None, default: int, pool_size: int) -> int:
+    """k for OMP: the request if given (refused above the pool size), else `default` capped at half the pool, so that
+    the default works on small pools such as the shapes vocabulary."""
+    if requested is None:
+        return min(default, max(1, pool_size // 2))
+    if requested > pool_size:
+        raise CliplensError(f"--omp-atoms {requested} exceeds the text pool ({pool_size} texts); ask for fewer")
+    return requested
+
+
+def word_rows(omp: SparseTextDecomposition, units: list[tuple[Any, int]], targets: list[int], texts_per_unit: int,
+              method: str) -> list[dict[str, Any]]:
+    """Description rows (layer, unit, description, similarity = OMP coefficient, rank, method) for chosen targets."""
+    rows = []
+    for (layer, unit), target in zip(units, targets):
+        for rank, (text, coef) in enumerate(omp.texts_[target][:texts_per_unit]):
+            rows.append({"layer": layer, "unit": unit, "description": text, "similarity": coef, "rank": rank,
+                         "method": method})
+    return rows

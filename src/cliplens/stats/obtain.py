@@ -1,0 +1,70 @@
+"""Statistics a command works from: read from an artifact (checked against the lens) or collected over data, and the
+record of where they came from that its metadata.json keeps.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import CliplensError
+from .collect import PieceStats, load_stats
+from .pairs import PairStats
+
+
+def obtain_piece_stats(
+    lens: Any, stats_path: str | os.PathLike | None, data: Any, *, convention: str | None, normalize: bool | None,
+    granularity: str | None = "head", batch_size: int = 32, num_workers: int = 0, spatial: bool = False,
+    progress: bool = False,
+) -> PieceStats:
+    """Statistics read from `stats_path` (checked against the lens and any setting given) or collected over `data`.
+
+    A setting left at None accepts what the artifact holds; collection then uses head granularity, the separate
+    convention and unnormalised pieces. `spatial` asks for per-token means too (the CLS ablation's).
+    """
+    if stats_path is not None:
+        expect: dict[str, Any] = {}
+        if granularity is not None:
+            expect["granularity"] = granularity
+        if convention is not None:
+            expect["convention"] = convention
+        if normalize is not None:
+            expect["normalize"] = normalize
+        stats = load_stats(stats_path, lens, **expect)
+        if not isinstance(stats, PieceStats):
+            raise CliplensError(f"{stats_path} holds ResNet pair statistics; collect with --granularity head")
+        if spatial and stats.token_mean is None:
+            raise CliplensError(f"{stats_path} has no per-token means, which this needs; collect the statistics with "
+                                "`cliplens collect --spatial`")
+        return stats
+    return lens.collect(data, granularity=granularity or "head", spatial=spatial, convention=convention or "separate",
+                        normalize=bool(normalize), batch_size=batch_size, num_workers=num_workers, progress=progress)
+
+
+def read_pair_stats(stats_path: str | os.PathLike, lens: Any) -> PairStats:
+    """Pair statistics from `cliplens collect --granularity pair`, refused if made for another model."""
+    stats = load_stats(stats_path, lens)
+    if not isinstance(stats, PairStats):
+        raise CliplensError(f"{stats_path} holds piece statistics; collect with --granularity pair")
+    return stats
+
+
+def obtain_pair_stats(
+    lens: Any, stats_path: str | os.PathLike | None, fit_path: Any, *, top_k: int = 50, batch_size: int = 32,
+    num_workers: int = 0, save_to: str | os.PathLike | None = None, progress: bool = False,
+) -> PairStats:
+    """The pair statistics: read from `stats_path`, or collected over `fit_path` and saved to `save_to` at once (a
+    failure in a later step then does not lose the pass)."""
+    if stats_path is not None:
+        return read_pair_stats(stats_path, lens)
+    stats = lens.collect(fit_path, granularity="pair", top_k=top_k, batch_size=batch_size, num_workers=num_workers,
+                         progress=progress)
+    if save_to is not None:
+        stats.save(save_to)
+    return stats
+
+
+def statistics_record(stats: PieceStats, source: str | None) -> dict[str, Any]:
+    """What metadata.json says about the statistics a command used."""
+    keys = ("granularity", "convention", "normalize", "data_fingerprint", "data_size", "skipped")
+    return {"source": source, "count": stats.count, **{key: stats.metadata.get(key) for key in keys}}

@@ -1,0 +1,37 @@
+"""The candidate texts an explaining command chooses from: which pool, embedded how.
+
+A pool left unset follows the data: the shapes world's own vocabulary for `shapes:...` data, else the caller's usual
+pool (descriptions for heads, common words for neurons and pairs, as in the papers), embedded with the caller's usual
+templates (none for TextSpan, a photo template for neurons and pairs).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .embed import embed_texts
+from .pools import get_pool
+
+HEAD_POOL, HEAD_POOL_TEMPLATES = "descriptions", "none"  # heads are named with image descriptions
+UNIT_POOL, UNIT_POOL_TEMPLATES = "words", "photo"  # neurons and pairs with common words, as in their papers
+
+
+def pool_name(pool: str | os.PathLike | None, data_path: Any, usual_pool: str) -> str | os.PathLike:
+    """The pool asked for, else the shapes vocabulary on `shapes:...` data, else `usual_pool`."""
+    if pool is not None:
+        return pool
+    return "shapes" if str(data_path).startswith("shapes:") else usual_pool
+
+
+def candidate_texts(
+    lens: Any, data_path: Any, usual_pool: str, *, pool: str | os.PathLike | None = None,
+    pool_size: int | None = None, pool_templates: str = "none",
+) -> tuple[str | os.PathLike, list[str], torch.Tensor]:
+    """(pool name, texts, unit embeddings [M, d]) of the chosen pool; embeddings are float32, cached on disk per
+    model."""
+    name = pool_name(pool, data_path, usual_pool)
+    texts = get_pool(name, pool_size)
+    return name, texts, embed_texts(lens, texts, templates=pool_templates)

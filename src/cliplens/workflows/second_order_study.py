@@ -1,0 +1,105 @@
+"""Per-neuron second-order statistics of one ViT MLP layer, their words and their ablations (METHODS §4–5): the call
+behind `cliplens second-order`.
+
+The statistics hold each neuron's mean effect, principal direction, threshold and top images; each principal direction
+(top-k images, the paper's) is written as signed OMP text atoms; with labelled evaluation data, the five zero-shot
+accuracies of METHODS §4.5 are measured in one more pass.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..apps.retrieval import Ranking, write_ranking
+from ..data.loader import as_source
+from ..evaluate.second_order_ablation import SecondOrderAblation, second_order_ablation
+from ..evaluate.zeroshot import source_classifier
+from ..explain.omp import DictNorm, SparseTextDecomposition
+from ..explain.unit_words import atom_count, word_rows
+from ..stats.second_order import SecondOrderStats, collect_second_order
+from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts
+
+NEURON_ATOMS = 128  # the second-order paper's k
+
+
+@dataclass
+class SecondOrderStudy:
+    """The statistics, one summary row per neuron, the neurons' words (None when skipped) and the ablation
+    accuracies (None without evaluation data)."""
+
+    stats: SecondOrderStats
+    neurons: list[dict[str, Any]]
+    words: list[dict[str, Any]] | None
+    ablation: SecondOrderAblation | None
+
+
+def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
+    """One row per neuron: the size of its mean effect and spread, its threshold, PC1's share, its top images."""
+    mean_norms = stats.mean_effects.norm(dim=-1).tolist()
+    spread = stats.mean_square_deviation.clamp_min(0).sqrt().tolist()
+    thresholds, explained = stats.thresholds.tolist(), stats.variance_explained.tolist()
+    explained_topk, top = stats.topk_variance_explained.tolist(), stats.top_images.tolist()
+    return [{"layer": stats.layer, "neuron": n, "mean_norm": mean_norms[n], "rms_deviation": spread[n],
+             "threshold": thresholds[n], "variance_explained_pc1": explained[n],
+             "topk_variance_explained_pc1": explained_topk[n], "top_images": " ".join(map(str, top[n]))}
+            for n in range(stats.basis.num_neurons)]
+
+
+def neuron_words(
+    stats: SecondOrderStats, lens: Any, data_path: Any, *, omp_atoms: int | None, dict_norm: DictNorm,
+    pool: str | os.PathLike | None, pool_size: int | None, pool_templates: str, texts_per_unit: int,
+) -> list[dict[str, Any]]:
+    """Each neuron's principal direction (top-k images, the paper's) as OMP text atoms; neurons that never moved
+    (a zero direction) have nothing to explain and get no rows."""
+    _, texts, embeddings = candidate_texts(lens, data_path, UNIT_POOL, pool=pool, pool_size=pool_size,
+                                           pool_templates=pool_templates)
+    atoms = atom_count(omp_atoms, NEURON_ATOMS, len(texts))
+    directions = stats.principal_directions
+    alive = (directions.norm(dim=-1) > 0).nonzero()[:, 0].tolist()
+    omp = SparseTextDecomposition(atoms, dict_norm=dict_norm, dtype=torch.float64)
+    omp.fit(directions[alive], embeddings, texts)
+    return word_rows(omp, [(stats.layer, n) for n in alive], list(range(len(alive))), texts_per_unit,
+                     f"omp-k{atoms}")
+
+
+def write_top_images(stats: SecondOrderStats, data: Any, folder: Path, count: int) -> Path:
+    """Grids of the top images (by centred second-order norm) of the `count` neurons with the largest mean of them."""
+    strongest = stats.norms().mean(-1).argsort(descending=True, stable=True)[:count].tolist()
+    for n in strongest:
+        ranking = Ranking(f"L{stats.layer}N{n}", "centred second-order norm", stats.top_images[n].cpu(),
+                          stats.top_norms[n].cpu())
+        write_ranking(folder, ranking, data)
+    return folder
+
+
+def second_order_study(
+    lens: Any, data_path: Any, *, mlp_layer: int, convention: str = "separate", scale: float = 1.0,
+    normalize: bool = False, top_k: int = 100, eval_data_path: Any = None, templates: str = "auto",
+    omp_atoms: int | None = None, dict_norm: DictNorm = "row", pool: str | os.PathLike | None = None,
+    pool_size: int | None = None, pool_templates: str = UNIT_POOL_TEMPLATES, texts_per_unit: int = 10,
+    batch_size: int = 32, num_workers: int = 0, save_stats: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> SecondOrderStudy:
+    """Second-order statistics of every neuron of `mlp_layer` over `data_path` (two streaming passes), saved to
+    `save_stats` at once if given; their words unless `omp_atoms` is 0; the ablations on `eval_data_path` if given."""
+    stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
+                                 normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
+                                 progress=progress)
+    if save_stats is not None:
+        stats.save(save_stats)
+    words = None
+    if omp_atoms != 0:
+        words = neuron_words(stats, lens, data_path, omp_atoms=omp_atoms, dict_norm=dict_norm, pool=pool,
+                             pool_size=pool_size, pool_templates=pool_templates, texts_per_unit=texts_per_unit)
+    ablation = None
+    if eval_data_path is not None:
+        source = as_source(eval_data_path)
+        weights = source_classifier(lens, source, templates)
+        ablation = second_order_ablation(lens, stats, source, weights, batch_size=batch_size,
+                                         num_workers=num_workers, progress=progress)
+    return SecondOrderStudy(stats, neuron_rows(stats), words, ablation)
