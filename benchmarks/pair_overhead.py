@@ -1,4 +1,5 @@
-"""Pair statistics vs a plain forward pass for a random-init ResNet CLIP (issue 5; METHODS §14.2 item 5).
+"""Pair statistics vs a plain forward pass for a random-init ResNet CLIP (issue 5;
+docs/methods/resnet-pairs.md#closed-forms).
 
 Times `lens.encode_image` (the backend's own forward) and `lens.collect(granularity="pair")` (trunk, attention pool
 from the spec, coefficients s = A·T, streaming moments and top-k extremes) on the same images in the same process,

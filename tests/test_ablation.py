@@ -1,4 +1,5 @@
-"""Mean-ablation (METHODS §2.1): the streaming pass against a literal per-image loop, in float64 on tiny models."""
+"""Mean-ablation (docs/methods/mean-ablation.md#definition): the streaming pass against a literal per-image loop, in
+float64 on tiny models."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def random_basis(dim: int, rank: int, seed: int) -> torch.Tensor:
 
 
 def oracle_embeddings(lens, images, variant: Variant, means: torch.Tensor, labels: list[str], **settings):
-    """The variant's embedding of each image, one image and one piece at a time, as §2.1 writes it."""
+    """The variant's embedding of each image, one image and one piece at a time, as docs/methods/mean-ablation.md writes
+    it."""
     out = []
     for image in images:
         dec = lens.decompose(image[None], **settings)

@@ -13,8 +13,8 @@ from cliplens import CliplensError
 
 
 def literal_pairs(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference-convention pairs r[b, h, n] [B, H, C, O] (METHODS §6.2), via a loop over heads and the backend's
-    own modules for the trunk, plus the embedding from the backend."""
+    """Reference-convention pairs r[b, h, n] [B, H, C, O] (docs/methods/resnet-pairs.md#rank-one), via a loop over heads
+    and the backend's own modules for the trunk, plus the embedding from the backend."""
     visual = model.visual
     pool = visual.attnpool
     z = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(images)))))

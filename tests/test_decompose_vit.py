@@ -1,8 +1,9 @@
 """ViT first-order decomposition: completeness, parity with the backend, and a literal per-head oracle.
 
-Tolerances: in float64 every path is a handful of matrix products on O(1) values, so agreement is at round-off
-(~1e-14); we assert 1e-10 (METHODS §15), which still catches any missing term (those are O(1e-2) or larger).
-In float32 the backend's fused kernels and ours round differently; 1e-5 relative to the embedding norm covers it.
+Tolerances: in float64 every path is a handful of matrix products on O(1) values, so agreement is at round-off (~1e-14);
+we assert 1e-10 (docs/methods/decomposition.md#invariants), which still catches any missing term (those are O(1e-2) or
+larger). In float32 the backend's fused kernels and ours round differently; 1e-5 relative to the embedding norm covers
+it.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def test_spatial_refines_heads_and_heads_refine_layers(vit_lens, vit_images, con
 def literal_pieces(model, images: torch.Tensor, convention: str, normalize: bool) -> dict[str, torch.Tensor]:
     """The slow reference computation, straight from the backend's modules with explicit per-head loops.
 
-    Builds the full [N(query), N(key), H, D] attention write of every layer (as the reference code does), keeps the
-    CLS query, freezes LN_post at each image's own statistics and applies the convention's shares (METHODS §1.3).
-    Returns per-image pieces keyed by label; heads are [B, N, d] (per source token), the rest [B, d].
+    Builds the full [N(query), N(key), H, D] attention write of every layer (as the reference code does), keeps the CLS
+    query, freezes LN_post at each image's own statistics and applies the convention's shares
+    (docs/methods/decomposition.md#conventions). Returns per-image pieces keyed by label; heads are [B, N, d] (per
+    source token), the rest [B, d].
     """
     visual = model.visual
     batch = images.shape[0]

@@ -1,7 +1,8 @@
 """Shape-realistic parity: full-size random-init ViT-B-32, RN50 and an HF ViT-B/32-shaped CLIPModel, a few images.
 
 fp32 (the precision users run): pieces sum to the embedding within 1e-5 of its norm, and our embedding matches the
-backend's `encode_image` within 1e-5 (open_clip) or 1e-4 (HF, whose attention kernels differ; METHODS §15.1).
+backend's `encode_image` within 1e-5 (open_clip) or 1e-4 (HF, whose attention kernels differ;
+docs/methods/decomposition.md#invariants).
 """
 
 from __future__ import annotations

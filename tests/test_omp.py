@@ -1,4 +1,4 @@
-"""Batched OMP (METHODS §5) against a literal per-target OMP and scikit-learn, in float64."""
+"""Batched OMP (docs/methods/omp.md) against a literal per-target OMP and scikit-learn, in float64."""
 
 from __future__ import annotations
 
@@ -205,7 +205,8 @@ def test_dictionary_row_and_axis0_conventions() -> None:
     reference = 100.0 * centred / np.linalg.norm(centred, axis=0, keepdims=True)
     axis0 = prepare_dictionary(pool, "axis0", scale=100.0)
     assert np.abs(axis0.numpy() - reference).max() < 1e-12
-    # Unit columns put the total squared mass at d·scale², so atoms average scale·√(d/M) in length (METHODS §5.2).
+    # Unit columns put the total squared mass at d·scale², so atoms average scale·√(d/M) in length
+    # (docs/methods/omp.md#dictionary).
     assert (axis0**2).sum(1).mean().item() == pytest.approx(100.0**2 * 8 / 50, rel=1e-12)
     row = prepare_dictionary(pool)
     assert np.abs(row.numpy() - centred / np.linalg.norm(centred, axis=1, keepdims=True)).max() < 1e-15

@@ -1,8 +1,9 @@
-"""ResNet neuron×head pairs end to end (METHODS §6) against a literal per-pair oracle, in float64.
+"""ResNet neuron×head pairs end to end (docs/methods/resnet-pairs.md) against a literal per-pair oracle, in float64.
 
-The oracle materialises every pair of every image from the §6.2 formula, reading the backend's own modules; every
-fast path (factorised pairs, closed-form statistics, streaming ablation and reconstruction) is checked against it.
-Tolerances: fp64 on O(1) quantities with a few thousand terms per sum, so 1e-10 leaves ~1e5 ulps of headroom.
+The oracle materialises every pair of every image from the docs/methods/resnet-pairs.md#rank-one formula, reading the
+backend's own modules; every fast path (factorised pairs, closed-form statistics, streaming ablation and reconstruction)
+is checked against it. Tolerances: fp64 on O(1) quantities with a few thousand terms per sum, so 1e-10 leaves ~1e5 ulps
+of headroom.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def test_top_k_svd_first_component_is_the_closed_form(lens, oracle, stats):
     first = vh[..., 0, :]
     u = torch.einsum("hoe,hen->hno", lens.decomposer.out_weight, lens.decomposer.value_weight)
     u_unit = u / u.norm(dim=-1, keepdim=True)
-    # rank 1 up to round-off: 1e-12 is the METHODS §15 contract (fp64 SVD of a rank-1 block gives ~1e-16)
+    # rank 1 up to round-off: 1e-12 is the docs/methods/decomposition.md#invariants contract (fp64 SVD of a rank-1 block
+    # gives ~1e-16)
     assert (singular[..., 1] / singular[..., 0]).max() <= 1e-12
     assert ((first * u_unit).sum(-1).abs() >= 1 - 1e-12).all()
     # orient the PC so that most top-k images project positively; on a tie, by the sign of u's largest entry

@@ -1,4 +1,5 @@
-"""Reconstruction accuracy (METHODS §2.2) on a tiny float64 ViT: each method's maps against literal oracles."""
+"""Reconstruction accuracy (docs/methods/reconstruction.md#protocol) on a tiny float64 ViT: each method's maps against
+literal oracles."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Image retrieval per component (METHODS §11.1) against brute-force sorts of literally computed scores, in float64.
+"""Image retrieval per component (docs/methods/retrieval.md#scores) against brute-force sorts of literally computed
+scores, in float64.
 
 Tolerance 1e-10: fp64 scores of O(1) built from sums of a few thousand terms (~1e5 ulps of headroom).
 """

@@ -1,11 +1,12 @@
-"""Second-order lens (METHODS §4): the factorised form, its streaming statistics and the ablations, each against a
-slow literal computation written here in float64.
+"""Second-order lens (docs/methods/second-order.md#definition): the factorised form, its streaming statistics and the
+ablations, each against a slow literal computation written here in float64.
 
 Tolerances. Every fast path and its oracle are a few dozen products and sums of O(1) float64 values, so they agree to
-round-off (≤ 5e-15 measured, on effects of size up to ~4); we assert 1e-10 absolute (METHODS §15), far below any
-missing or misplaced term: the smallest share term measured here (an LN1 mean share, scale 1) is 1e-4. Principal
-directions are compared by |cos| ≥ 1 − 1e-10: the coefficient-space eigen-solve and the literal SVD differ by round-off
-divided by the relative spectral gap, which is ≥ 0.14 for every neuron of these problems (measured).
+round-off (≤ 5e-15 measured, on effects of size up to ~4); we assert 1e-10 absolute
+(docs/methods/decomposition.md#invariants), far below any missing or misplaced term: the smallest share term measured
+here (an LN1 mean share, scale 1) is 1e-4. Principal directions are compared by |cos| ≥ 1 − 1e-10: the coefficient-space
+eigen-solve and the literal SVD differ by round-off divided by the relative spectral gap, which is ≥ 0.14 for every
+neuron of these problems (measured).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ LAYER = 0  # two later blocks of four heads: J = 8 coefficients per neuron, d = 
 
 
 def perturbed_vit(seed: int = 0):
-    """A tiny ViT whose LayerNorm gains and every bias are non-trivial, so each share term of §4.2 matters."""
+    """A tiny ViT whose LayerNorm gains and every bias are non-trivial, so each share term of
+    docs/methods/second-order.md matters."""
     model = tiny_vit(seed, mlp_ratio=1.0)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -71,7 +73,8 @@ def literal_forward(model, images):
 
 
 def through_later_heads(model, states, r, z, layer, writes, convention, scale, normalize, share_of):
-    """Steps 2-7 of METHODS §4.2 for per-token residual writes `writes` [B, N, P, D] (P parallel pieces).
+    """Steps 2-7 of docs/methods/second-order.md#definition for per-token residual writes `writes` [B, N, P, D] (P
+    parallel pieces).
 
     `share_of(l')` is each piece's share of block l''s LN1 mean and bias (and, through it, of the value and
     out-projection biases and LN_post's mean and bias); the separate convention centres instead and moves every share
@@ -120,7 +123,8 @@ def through_later_heads(model, states, r, z, layer, writes, convention, scale, n
 
 
 def literal_effects(model, images, layer, convention, scale=1.0, normalize=False, silent=False):
-    """φ_n(I) [B, F, d] the long way: every neuron's write e_{t,n} = a_{t,n} w_n (+ b_out/F), steps 2-7 of §4.2.
+    """φ_n(I) [B, F, d] the long way: every neuron's write e_{t,n} = a_{t,n} w_n (+ b_out/F), steps 2-7 of
+    docs/methods/second-order.md.
 
     `silent` sets every activation a_{t,n} to zero in the writes (attention and LN statistics stay the image's own):
     what remains is the offset c(I)."""
@@ -136,7 +140,8 @@ def literal_effects(model, images, layer, convention, scale=1.0, normalize=False
 
 
 def literal_path(model, images, layer, convention, scale=1.0, normalize=False):
-    """METHODS §4.4: the whole MLP-l output (c_proj bias included) as the only residual piece, share 1/(1+2l')."""
+    """docs/methods/second-order.md#invariants: the whole MLP-l output (c_proj bias included) as the only residual
+    piece, share 1/(1+2l')."""
     states, r, z = literal_forward(model, images)
     writes = states[layer]["mlp"][:, :, None]  # [B, N, 1, D]
     return through_later_heads(model, states, r, z, layer, writes, convention, scale, normalize,
@@ -209,7 +214,8 @@ def oriented(direction, rows):
 
 
 def literal_statistics(phi, k):
-    """Everything §4.5 derives from materialised effects φ [I, F, d]: means, norms, top-k, thresholds and PCs."""
+    """Everything docs/methods/second-order.md#statistics derives from materialised effects φ [I, F, d]: means, norms,
+    top-k, thresholds and PCs."""
     mean = phi.mean(0)
     deviations = phi - mean
     norms = deviations.norm(dim=-1)  # [I, F]
@@ -315,7 +321,8 @@ def test_save_and_load_round_trip_and_refuse_another_model(fitted, lens, tmp_pat
 
 # ablations ------------------------------------------------------------------------------------------------------------
 def literal_variants(model, images, literal):
-    """The five representations of §4.5 from materialised effects and the literal fit statistics."""
+    """The five representations of docs/methods/second-order.md#statistics from materialised effects and the literal fit
+    statistics."""
     _, _, z = literal_forward(model, images)
     representation = 100.0 * z / z.norm(dim=-1, keepdim=True)
     deviations = literal_effects(model, images, LAYER, literal["convention"], 100.0, True) - literal["mean"]

@@ -1,4 +1,5 @@
-"""SVD poles (METHODS §7.1) from a piece's covariance, checked against the SVD of the per-image data, in float64."""
+"""SVD poles (docs/methods/svd-poles.md) from a piece's covariance, checked against the SVD of the per-image data, in
+float64."""
 
 from __future__ import annotations
 

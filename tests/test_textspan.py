@@ -1,4 +1,5 @@
-"""TextSpan from statistics (METHODS §3.3) against a literal per-image implementation of §3.2, in float64."""
+"""TextSpan from statistics (docs/methods/textspan.md#algorithm) against a literal per-image implementation of
+docs/methods/textspan.md, in float64."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from cliplens.stats.moments import Moments
 
 
 def textspan_per_image(X, T, m, rank, centred_span=False, centred_texts=False):
-    """§3.2 written out on per-image pieces: ids, the picked (unnormalised) directions and the reconstruction R."""
+    """docs/methods/textspan.md written out on per-image pieces: ids, the picked (unnormalised) directions and the
+    reconstruction R."""
     X = np.array(X, dtype=np.float64)
     T = np.array(T, dtype=np.float64)
     mu = X.mean(0)

@@ -133,7 +133,8 @@ class Lens:
         convention: str = "separate",
         normalize: bool = False,
     ) -> Decomposition | PairDecomposition:
-        """Pieces of the image embedding that sum to it exactly (METHODS §1 for ViTs, §6 for ResNets)."""
+        """Pieces of the image embedding that sum to it exactly (docs/methods/decomposition.md for ViTs,
+        docs/methods/resnet-pairs.md for ResNets)."""
         images = self.images_to_tensor(images)
         result = self.decomposer.decompose(images, Settings(granularity, spatial, convention, normalize))
         pieces = result.coefficients if isinstance(result, PairDecomposition) else result.components

@@ -1,4 +1,4 @@
-"""Top images per component (METHODS §11.1): ResNet pairs and neurons, and ViT heads against a query.
+"""Top images per component (docs/methods/retrieval.md#scores): ResNet pairs and neurons, and ViT heads against a query.
 
 A ranking needs one scalar per image and component, so a pass keeps exactly that and sorts at the end: exact, and
 memory grows by one number per image. Pairs need no pass when their statistics were collected on the same data: the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from PIL import Image
@@ -28,6 +28,9 @@ from ..labels import match_label, pair_label
 from ..report.grids import save_grid
 from ..settings import Settings
 from ..stats.pairs import PairStats
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 COLUMNS = ("rank", "index", "item", "score")
 # what a ranking can name, (label kind, inside a transformer layer), and the numbers of its label that index it
@@ -50,7 +53,7 @@ class Ranking:
     values: torch.Tensor  # [k]
 
 
-def parse_component(label: str, lens: Any) -> Component:
+def parse_component(label: str, lens: Lens) -> Component:
     """`H3N17` (pair), `N17` (neuron) or `L3H2` (ViT head), checked against the model's shape."""
     piece = match_label(label.strip())
     numbers = None if piece is None or piece.token is not None else RANKED.get((piece.kind, piece.layer is not None))
@@ -95,7 +98,7 @@ def pair_ranking_from_stats(stats: PairStats, head: int, neuron: int, top: int, 
     return Ranking(pair_label(head, neuron), pair_score_name(signed), positions, values * length)
 
 
-def query_vector(lens: Any, component: Component, *, text: str | None, image: Any, convention: str) -> torch.Tensor:
+def query_vector(lens: Lens, component: Component, *, text: str | None, image: Any, convention: str) -> torch.Tensor:
     """q for a ViT head: the unit text embedding, or the query image's own piece p_{l,h}(q) (unnormalised)."""
     if text is not None:
         embedding = lens.encode_text([text])[0].to(lens.dtype)
@@ -111,7 +114,7 @@ def query_vector(lens: Any, component: Component, *, text: str | None, image: An
 
 
 def retrieve(
-    lens: Any,
+    lens: Lens,
     data: Any,
     components: Sequence[str],
     *,
@@ -164,7 +167,7 @@ def retrieve(
 
 
 def _scan(
-    lens: Any, source: Any, components: list[Component], queries: dict[str, torch.Tensor], *, top: int, signed: bool,
+    lens: Lens, source: Any, components: list[Component], queries: dict[str, torch.Tensor], *, top: int, signed: bool,
     cosine: bool, stats: PairStats | None, convention: str, batch_size: int, num_workers: int, progress: bool,
 ) -> dict[str, Ranking]:
     """One pass over `source` keeping each component's per-image scalar, then the rankings."""

@@ -1,4 +1,5 @@
-"""`cliplens ablate`: zero-shot accuracy with chosen pieces replaced by their mean (METHODS §2.1).
+"""`cliplens ablate`: zero-shot accuracy with chosen pieces replaced by their mean
+(docs/methods/mean-ablation.md#definition).
 
 Each --components value is one variant (comma-separated patterns, ablated together); --preset adds the reference's
 variants: `mlps` (every MLP plus embed), `cls` (TextSpan's table: the CLS→CLS attention cells, the MLPs, and both;
@@ -15,6 +16,7 @@ from typing import Any
 
 import click
 
+from ..decompose.vit import GRANULARITIES as VIT_GRANULARITIES
 from ..evaluate.ablation import write_scores
 from ..evaluate.groups import PATTERN_HELP
 from ..io.metadata import write_metadata
@@ -36,7 +38,7 @@ from .options import (
 @click.option("--preset", "presets", type=click.Choice(list(PRESETS)), multiple=True,
               help="Reference variants: mlps; cls (CLS cells, MLPs, both: TextSpan's table); or layer-curve "
                    "(attention of layers 0..k mean-ablated, every k).")
-@click.option("--granularity", type=click.Choice(["head", "layer"]), default=None,
+@click.option("--granularity", type=click.Choice(VIT_GRANULARITIES), default=None,
               help="Pieces when collecting statistics here [default: head; with --stats, the artifact's].")
 @output_option("cliplens-out/ablate")
 def command(model: Options, output_dir: Path, **options: Any) -> None:

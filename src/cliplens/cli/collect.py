@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from ..stats.summary import format_table, largest_pairs, largest_pieces
+from ..settings import CONVENTIONS
+from ..stats.collect import COLLECTED
 from .options import Options, data_options, load_lens, model_options, output_option
 
 
@@ -14,9 +16,9 @@ from .options import Options, data_options, load_lens, model_options, output_opt
 @model_options
 @data_options
 @output_option("cliplens-out/collect")
-@click.option("--granularity", type=click.Choice(["layer", "head", "pair"]), default="head", show_default=True)
+@click.option("--granularity", type=click.Choice(COLLECTED), default="head", show_default=True)
 @click.option("--spatial", is_flag=True, help="Also keep per-token means of the head pieces.")
-@click.option("--convention", type=click.Choice(["separate", "reference"]), default="separate", show_default=True)
+@click.option("--convention", type=click.Choice(CONVENTIONS), default="separate", show_default=True)
 @click.option("--normalize", is_flag=True, help="Pieces of the unit embedding (the references' convention).")
 @click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
               help="Images kept per ResNet pair for norms and principal directions.")

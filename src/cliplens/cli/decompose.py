@@ -9,6 +9,7 @@ import numpy as np
 
 from ..io.atomic import write_folder
 from ..workflows.small_set import decompose_set
+from ..settings import CONVENTIONS, GRANULARITIES
 from .options import Options, data_options, load_lens, model_options, output_option
 
 
@@ -16,10 +17,10 @@ from .options import Options, data_options, load_lens, model_options, output_opt
 @model_options
 @data_options
 @output_option("cliplens-out/decompose")
-@click.option("--granularity", type=click.Choice(["layer", "head", "neuron", "pair"]), default="head",
+@click.option("--granularity", type=click.Choice(GRANULARITIES), default="head",
               show_default=True)
 @click.option("--spatial", is_flag=True, help="Split head pieces over source tokens.")
-@click.option("--convention", type=click.Choice(["separate", "reference"]), default="separate", show_default=True)
+@click.option("--convention", type=click.Choice(CONVENTIONS), default="separate", show_default=True)
 @click.option("--normalize", is_flag=True, help="Pieces sum to the unit embedding (the references' convention).")
 @click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True)
 def command(model: Options, output_dir: Path, **options: object) -> None:
@@ -30,4 +31,5 @@ def command(model: Options, output_dir: Path, **options: object) -> None:
     write_folder(output_dir, {name: lambda file: np.save(file, decomposed.values.cpu().numpy()),
                               "embedding.npy": lambda file: np.save(file, decomposed.embedding.cpu().numpy())},
                  decomposed.metadata)
-    click.echo(f"{decomposed.report.summary()}\nwrote {output_dir / name} {tuple(decomposed.values.shape)} and embedding.npy")
+    shape = tuple(decomposed.values.shape)
+    click.echo(f"{decomposed.report.summary()}\nwrote {output_dir / name} {shape} and embedding.npy")

@@ -1,4 +1,5 @@
-"""`cliplens neuron-ablate`: the accuracy table of ResNet pair and neuron mean-ablation (METHODS §6.4–6.5).
+"""`cliplens neuron-ablate`: the accuracy table of ResNet pair and neuron mean-ablation
+(docs/methods/resnet-pairs.md#ablation).
 
 One streaming pass scores every variant at once: the full model, the top x % of pairs or of neurons kept (the rest
 replaced by their means) for each --keep, every pair rebuilt from its principal direction (exact: a check), and every

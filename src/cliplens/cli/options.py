@@ -19,6 +19,7 @@ from ..lens import DTYPES
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, UNIT_POOL, UNIT_POOL_TEMPLATES, pool_name
 from ..text.pools import require_pool
 from ..workflows.head_texts import HeadTexts
+from ..settings import CONVENTIONS
 
 Options = dict[str, Any]
 
@@ -95,7 +96,7 @@ def output_option(default: str) -> Callable:
 statistics_options = stacked([
     click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
                  help="Statistics from `cliplens collect`; collected here over the fit data if omitted."),
-    click.option("--convention", type=click.Choice(["separate", "reference"]), default=None,
+    click.option("--convention", type=click.Choice(CONVENTIONS), default=None,
                  help="Bias convention of the pieces [default: the --stats artifact's, else separate]."),
     click.option("--normalize/--no-normalize", default=None,
                  help="Pieces of the unit embedding, as the references [default: the artifact's, else no]."),

@@ -1,4 +1,4 @@
-"""`cliplens pairs`: ResNet neuron×head pairs end to end (METHODS §6).
+"""`cliplens pairs`: ResNet neuron×head pairs end to end (docs/methods/resnet-pairs.md).
 
 Pair statistics (collected on --fit-path, or read with --stats), a summary of every pair, the words of each kept
 pair's and neuron's principal direction (OMP over a text pool), and the zero-shot accuracy on --data-path with all but

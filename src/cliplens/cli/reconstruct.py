@@ -1,4 +1,5 @@
-"""`cliplens reconstruct`: accuracy vs texts per head when the last layers' heads are rebuilt from text (METHODS §2.2).
+"""`cliplens reconstruct`: accuracy vs texts per head when the last layers' heads are rebuilt from text
+(docs/methods/reconstruction.md#protocol).
 
 Every head of the last --num-last-layers layers is replaced by its reconstruction from m texts (TextSpan, SVD poles,
 OMP codes of its principal directions, or TextSpan on random vectors), earlier heads by their mean, embed and MLPs

@@ -1,4 +1,4 @@
-"""`cliplens retrieve`: the top images of a component as a CSV and a PNG grid (METHODS §11.1)."""
+"""`cliplens retrieve`: the top images of a component as a CSV and a PNG grid (docs/methods/retrieval.md#scores)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 
 from ..apps.retrieval import retrieve, write_ranking
 from ..stats.obtain import read_pair_stats
+from ..settings import CONVENTIONS
 from .options import Options, data_options, load_lens, model_options, output_option
 
 
@@ -26,7 +27,7 @@ from .options import Options, data_options, load_lens, model_options, output_opt
 @click.option("--cosine", is_flag=True, help="Score ViT heads by cosine instead of dot product.")
 @click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
               help="Pair statistics: their means centre the pair scores (and, on the same data, replace the pass).")
-@click.option("--convention", type=click.Choice(["reference", "separate"]), default="reference", show_default=True,
+@click.option("--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True,
               help="Bias convention: whether neuron norms include their bias shares.")
 @click.option("--columns", type=click.IntRange(min=1), default=8, show_default=True, help="Thumbnails per grid row.")
 @output_option("cliplens-out/retrieve")

@@ -2,9 +2,9 @@
 
 Writes OUTPUT_DIR/second_order_L{l} (the statistics artifact: mean effects, principal directions, thresholds, top
 images), OUTPUT_DIR/neurons_L{l}.csv (one summary row per neuron), OUTPUT_DIR/neuron_words_L{l}.csv (each neuron's
-principal direction written as --omp-atoms signed texts, METHODS §5), OUTPUT_DIR/top_images_L{l}/L{l}N{n}.png and .csv
-(the top images of the --grids neurons with the largest effects) and, with --eval-data-path, the five zero-shot
-accuracies of METHODS §4.5 to OUTPUT_DIR/ablation_L{l}.csv.
+principal direction written as --omp-atoms signed texts, docs/methods/omp.md), OUTPUT_DIR/top_images_L{l}/L{l}N{n}.png
+and .csv (the top images of the --grids neurons with the largest effects) and, with --eval-data-path, the five zero-shot
+accuracies of docs/methods/second-order.md#statistics to OUTPUT_DIR/ablation_L{l}.csv.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import click
 from ..explain.tables import write_descriptions
 from ..io.tables import write_rows
 from ..workflows.second_order_study import NEURON_ATOMS, second_order_study, write_top_images
+from ..settings import CONVENTIONS
 from .options import Options, data_options, load_lens, model_options, omp_options, output_option, texts_per_unit_option
 
 
@@ -25,7 +26,7 @@ from .options import Options, data_options, load_lens, model_options, omp_option
 @data_options
 @output_option("cliplens-out/second-order")
 @click.option("--mlp-layer", type=int, required=True, help="MLP layer whose neurons to explain (0-based).")
-@click.option("--convention", type=click.Choice(["separate", "reference"]), default="separate", show_default=True,
+@click.option("--convention", type=click.Choice(CONVENTIONS), default="separate", show_default=True,
               help="LayerNorm/bias bookkeeping; 'reference' (with --scale 100 --normalize) matches the paper's code.")
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Multiply every effect (the reference uses 100).")

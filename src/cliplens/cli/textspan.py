@@ -1,4 +1,5 @@
-"""`cliplens textspan`: TextSpan texts for every head of the last layers (METHODS §3), the reference's entry point.
+"""`cliplens textspan`: TextSpan texts for every head of the last layers (docs/methods/textspan.md#algorithm), the
+reference's entry point.
 
 The same as `cliplens explain --method textspan`, with the reference's flag names: --texts-per-head (m),
 --num-last-layers, --w-ov-rank (r) and --pool. Writes textspan.csv (layer, unit, description, similarity = variance

@@ -1,4 +1,4 @@
-"""ResNet CLIP's attention pool as neuron×head pairs, kept factorised (METHODS §6).
+"""ResNet CLIP's attention pool as neuron×head pairs, kept factorised (docs/methods/resnet-pairs.md).
 
 The pool's query is the mean token and its attention row sums to one, so pair (h, n) contributes
 r = s·u + c with a per-image scalar s = Σ_m a_hm t_mn, a fixed direction u = W_o^h W_v^h[:, n] and a per-head constant

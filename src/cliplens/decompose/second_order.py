@@ -1,4 +1,5 @@
-"""Second-order effects of one MLP layer's neurons through every later attention head, factorised (METHODS §4).
+"""Second-order effects of one MLP layer's neurons through every later attention head, factorised
+(docs/methods/second-order.md#definition).
 
 With attention patterns and every LayerNorm frozen, neuron n's effect through head h of a later block l' is linear in
 its activations: one per-image scalar s = Σ_t A_{0t} a_{t,n} / σ1_t (the CLS attention row weighted by that block's
@@ -98,7 +99,8 @@ class SecondOrderEffects:
         return self.basis.combine(coordinates if neurons is None else coordinates[:, neurons], neurons)
 
     def total(self) -> torch.Tensor:
-        """Σ_n φ_n + bias [B, d]: the whole MLP-l → later-heads path (METHODS §4.4), without materialising φ."""
+        """Σ_n φ_n + bias [B, d]: the whole MLP-l → later-heads path (docs/methods/second-order.md#invariants), without
+        materialising φ."""
         heads = torch.einsum("bjf,jfd->bd", (self.kappa[:, None, None] * self.coefficients).to(FLOAT),
                              self.basis.neurons)
         return heads + self.basis.num_neurons * self.offset() + self.bias.to(FLOAT)
@@ -164,7 +166,8 @@ def check_layer(decomposer: ViTDecomposer, layer: int) -> None:
 
 
 def build_basis(decomposer: ViTDecomposer, layer: int, convention: str) -> SecondOrderBasis:
-    """U, V and the separate convention's bias directions, in float64 from the spec's weights (METHODS §4.2-4.3)."""
+    """U, V and the separate convention's bias directions, in float64 from the spec's weights
+    (docs/methods/second-order.md#factorisation)."""
     spec = decomposer.spec
     readout = decomposer.readout(convention)
     width, heads, head_dim, neurons = spec.width, spec.heads, spec.head_dim, spec.mlp_width

@@ -1,4 +1,4 @@
-"""First-order decomposition of a CLS-pooled vision transformer (METHODS §1).
+"""First-order decomposition of a CLS-pooled vision transformer (docs/methods/decomposition.md).
 
 The pooled residual r = x_L[0] is an exact sum of the embedding token, every head's output at the CLS query and every
 MLP's output at CLS. LN_post is affine once its statistics (μ, s) are frozen at the image's own values, so the image
@@ -181,7 +181,8 @@ class ViTDecomposer:
         return spec.ln_post(trace.residual) @ spec.proj
 
     def factorise(self, images: torch.Tensor, settings: Settings, *, tokens: bool = False) -> Factorised:
-        """Every piece of the batch, heads in coefficient form (METHODS §1.3 bookkeeping, §1.4 folding).
+        """Every piece of the batch, heads in coefficient form (docs/methods/decomposition.md#conventions bookkeeping,
+        #computation folding).
 
         The per-token factors are kept when `settings` are spatial, or when `tokens` asks for them (CLS cells).
         """

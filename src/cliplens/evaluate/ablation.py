@@ -1,7 +1,8 @@
-"""Mean-ablation (METHODS §2.1) as one streaming pass: per batch, every variant's embedding is rebuilt from the pieces.
+"""Mean-ablation (docs/methods/mean-ablation.md#definition) as one streaming pass: per batch, every variant's embedding
+is rebuilt from the pieces.
 
 A variant keeps some pieces, replaces others by their mean over a reference set, and (for the reconstructions of
-§2.2) sends others through a fixed projection. With δ_i = p_i − μ_i, every variant is
+docs/methods/reconstruction.md) sends others through a fixed projection. With δ_i = p_i − μ_i, every variant is
 
     y_v(I) = Σ_i μ_i + Σ_{kept} δ_i(I) + Σ_{projected} δ_i(I) U_i U_iᵀ,
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -29,6 +30,9 @@ from ..io.compat import require_model
 from ..io.tables import write_rows
 from ..stats.collect import PieceStats
 from .groups import attention_pieces, heads_of_layers, layer_count, mlp_set, select
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 MEAN_SOURCES = ("reference", "eval")
 # A basis whose Gram matrix is farther than this from the identity is not orthonormal: bases built in float64 by
@@ -153,7 +157,7 @@ class Scores:
         return 1 / self.classes
 
 
-def check_statistics(stats: Any, lens: Any) -> PieceStats:
+def check_statistics(stats: Any, lens: Lens) -> PieceStats:
     """The statistics, if they are per-piece, non-spatial and made with this lens's model; else a CliplensError."""
     if not isinstance(stats, PieceStats):
         raise CliplensError(
@@ -177,7 +181,7 @@ def attention_positions(labels: Sequence[str]) -> list[int]:
 
 
 def evaluate_variants(
-    lens: Any,
+    lens: Lens,
     data: Any,
     variants: Sequence[Variant],
     weights: torch.Tensor,
@@ -220,7 +224,7 @@ def evaluate_variants(
 
 
 def mean_ablation(
-    lens: Any,
+    lens: Lens,
     data: Any,
     variants: Sequence[Variant],
     weights: torch.Tensor,
@@ -266,12 +270,13 @@ def nothing_ablated() -> Variant:
 
 
 def mlp_variants(labels: Sequence[str]) -> list[Variant]:
-    """Nothing ablated, and every MLP plus `embed` mean-ablated (METHODS §2.1 "MLPs")."""
+    """Nothing ablated, and every MLP plus `embed` mean-ablated (docs/methods/mean-ablation.md#definition "MLPs")."""
     return [nothing_ablated(), Variant("mlps", tuple(mlp_set(labels)))]
 
 
 def cls_variants(labels: Sequence[str]) -> list[Variant]:
-    """TextSpan's table (METHODS §2.1): nothing, the CLS cells, the MLPs (with embed), and both, ablated."""
+    """TextSpan's table (docs/methods/mean-ablation.md#definition): nothing, the CLS cells, the MLPs (with embed), and
+    both, ablated."""
     mlps = tuple(mlp_set(labels))
     return [nothing_ablated(), Variant("cls", cls=True), Variant("mlps", mlps), Variant("mlps+cls", mlps, cls=True)]
 

@@ -4,8 +4,8 @@ A pattern is one of
 - a label, exactly as the decomposition writes it: `L3H7`, `L3.mlp`, `embed`, `bias`, `H2` (ResNet heads);
 - a shell-style glob over labels: `L3H*`, `L*.mlp`, `L1?H0`;
 - `L{l}.attn`, which also names every head of layer l when the pieces are heads;
-- a named set: `mlps` (every `L{l}.mlp` plus `embed`, the MLP ablation of METHODS §2.1) or `attn` (every attention
-  piece);
+- a named set: `mlps` (every `L{l}.mlp` plus `embed`, the MLP ablation of docs/methods/mean-ablation.md#definition) or
+  `attn` (every attention piece);
 - a slice over layers, with Python's rules: `attn[:8]` (attention of layers 0..7, "earlier than layer 8"),
   `attn[-4:]` (the heads of the last 4 layers), `attn[3]`, `mlp[2:5]`.
 Every pattern must name at least one piece: a typo is an error, never an empty ablation.

@@ -1,4 +1,5 @@
-"""Mean-ablation and reconstruction of ResNet neuron×head pairs, scored by zero-shot accuracy (METHODS §6.4–6.5).
+"""Mean-ablation and reconstruction of ResNet neuron×head pairs, scored by zero-shot accuracy
+(docs/methods/resnet-pairs.md#ablation).
 
 Every pair is r = s·u + c with one scalar s per image, so mean-ablating a pair is replacing its coefficient by s̄,
 and the ablated embedding is one factorised pass Σ_h W_o^h W_v^h g_h(x) plus constants, about the cost of the
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -23,6 +24,9 @@ from ..io.compat import fitted_on, require_model
 from ..stats.moments import Moments
 from ..stats.pairs import PairStats
 from .zeroshot import predict
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 DEFAULT_KEEPS = (100.0, 50.0, 20.0, 10.0, 5.0)
 NEURON_CHUNK = 256  # neurons per block when their [H, O] direction stacks are materialised
@@ -103,7 +107,8 @@ def head_directions(stats: PairStats) -> Iterator[torch.Tensor]:
 
 
 def principal_reconstruction(stats: PairStats) -> DirectionReconstruction:
-    """Reconstruction through each pair's pc0 = σu/‖u‖ (exact by §6.3: a check that statistics and signs agree)."""
+    """Reconstruction through each pair's pc0 = σu/‖u‖ (exact by the closed forms: a check that statistics and signs
+    agree)."""
     signs = stats.principal_signs()
     units = torch.stack([u / u.norm(dim=1, keepdim=True) for u in head_directions(stats)]) * signs[..., None]
     return DirectionReconstruction(units, signs * stats.direction_norms())
@@ -118,7 +123,8 @@ def text_reconstruction(
     dict_norm: DictNorm = "row",
     batch_size: int = 1024,
 ) -> tuple[DirectionReconstruction, SparseTextDecomposition]:
-    """Each pair's pc0 written as `n_atoms` signed texts by OMP; p̂ = normalise(xD) (METHODS §5.4, §6.5).
+    """Each pair's pc0 written as `n_atoms` signed texts by OMP; p̂ = normalise(xD) (docs/methods/omp.md#reconstruction,
+    docs/methods/resnet-pairs.md#ablation).
 
     Returns the reconstruction and the fitted decomposition, whose targets are the pairs in (head, neuron) order.
     A pair whose code is empty gets p̂ = 0 and so stays at its mean.
@@ -212,7 +218,7 @@ def standard_variants(
 
 
 def pair_batches(
-    lens: Any, data: Any, *, batch_size: int = 32, num_workers: int = 0, progress: bool = False
+    lens: Lens, data: Any, *, batch_size: int = 32, num_workers: int = 0, progress: bool = False
 ) -> Iterator[tuple[PairDecomposition, Batch]]:
     """(pairs of the batch, the batch) for every batch of `data`, in order."""
     require_resnet(lens, "pair ablation")
@@ -253,7 +259,7 @@ class AccuracyBoard:
 
 
 def ablation_table(
-    lens: Any, data: Any, weights: torch.Tensor, variants: Sequence[PairVariant], stats: PairStats, *,
+    lens: Lens, data: Any, weights: torch.Tensor, variants: Sequence[PairVariant], stats: PairStats, *,
     batch_size: int = 32, num_workers: int = 0, progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Accuracy of every variant over `data` in one streaming pass; rows say whether the means are in-sample."""
@@ -269,7 +275,7 @@ def is_in_sample(stats: PairStats, data: Any) -> bool:
     return fitted_on(stats.metadata, fingerprint(as_source(data)))
 
 
-def require_resnet(lens: Any, what: str) -> None:
+def require_resnet(lens: Lens, what: str) -> None:
     if lens.kind != "resnet":
         raise CliplensError(
             f"{what} needs a ResNet CLIP model (neuron×head pairs of the attention pool); {lens.name} is a "

@@ -1,17 +1,18 @@
-"""Reconstruction accuracy (METHODS §2.2): how much zero-shot accuracy survives when every head of the last k layers
-is rebuilt from m texts, the earlier heads are mean-ablated and `embed`, the MLPs (and `bias`) are kept.
+"""Reconstruction accuracy (docs/methods/reconstruction.md#protocol): how much zero-shot accuracy survives when every
+head of the last k layers is rebuilt from m texts, the earlier heads are mean-ablated and `embed`, the MLPs (and `bias`)
+are kept.
 
 Each method turns a head's statistics into an orthogonal projection, and the head's piece p becomes μ + (p − μ) U Uᵀ
 with U [d, r] orthonormal:
 
-- `textspan`: U spans the first m TextSpan directions (§3), so U Uᵀ = Q_m.
-- `svd`: PCLens's text reconstruction (§7.1) with at most m components: the top r = min(m, 99%-rule rank) principal
-  components, each named by its top text; U spans the range of V_rᵀ Π V_r.
+- `textspan`: U spans the first m TextSpan directions (docs/methods/textspan.md), so U Uᵀ = Q_m.
+- `svd`: PCLens's text reconstruction (docs/methods/svd-poles.md) with at most m components: the top r = min(m, 99%-rule
+  rank) principal components, each named by its top text; U spans the range of V_rᵀ Π V_r.
 - `omp`: sparse text codes of the head's principal directions. The top P = min(m, 99%-rule rank) principal
-  directions are each written as m text atoms by OMP (§5, centred row-normalised dictionary); every atom used is
-  scored by the variance it carries, Σ_i λ_i c_ij² (λ_i the variance along direction i, c_ij its coefficient there);
-  U spans the m best-scoring atoms. So m texts per head again, chosen to rebuild the head's main directions rather
-  than greedily for variance as TextSpan does.
+  directions are each written as m text atoms by OMP (docs/methods/omp.md, centred row-normalised dictionary); every
+atom used is scored by the variance it carries, Σ_i λ_i c_ij² (λ_i the variance along direction i, c_ij its coefficient
+there); U spans the m best-scoring atoms. So m texts per head again, chosen to rebuild the head's main directions rather
+than greedily for variance as TextSpan does.
 - `random`: TextSpan run on as many random unit vectors as the text pool has texts (the text-free baseline).
 
 Every map is fixed, so one streaming pass over the evaluation data scores all methods and all m at once.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -41,11 +42,15 @@ from ..stats.collect import PieceStats
 from .ablation import Variant, check_statistics, evaluate_variants
 from .groups import attention_layers, heads_of_layers
 
+if TYPE_CHECKING:
+    from ..lens import Lens
+
 METHODS = ("textspan", "svd", "omp", "random")
 Bases = dict[str, torch.Tensor]  # head label -> orthonormal basis [d, r]
 COLUMNS = ("method", "texts", "accuracy", "correct", "images")
 REFERENCE_ROWS = ("full model", "mean-ablation baseline", "chance")
-PRINCIPAL_MASS = 0.99  # the share of singular-value mass that sets how many principal directions a head has (§7.1)
+# the share of singular-value mass that sets how many principal directions a head has (docs/methods/svd-poles.md)
+PRINCIPAL_MASS = 0.99
 
 
 def split_heads(labels: Sequence[str], num_last_layers: int) -> tuple[list[str], list[str]]:
@@ -171,7 +176,7 @@ class ReconstructionResult:
 
 
 def reconstruction_accuracy(
-    lens: Any,
+    lens: Lens,
     data: Any,
     weights: torch.Tensor,
     stats: PieceStats,

@@ -1,5 +1,5 @@
 """The labelled evaluation data and the reference set whose statistics supply the means (and fits) of an ablation or a
-reconstruction (METHODS §2.1–2.2).
+reconstruction (docs/methods/mean-ablation.md, docs/methods/reconstruction.md).
 
 The reference is, in order of preference: a statistics artifact, a separate fit set collected here, by default (shapes
 data only) an independent draw of the same shapes split (seed + 1), or, with `mean_source="eval"`, the evaluation
@@ -9,13 +9,16 @@ data itself (the references' in-sample protocol).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data.loader import as_source, fingerprint
 from ..errors import CliplensError
 from ..stats.collect import PieceStats
 from ..stats.obtain import obtain_piece_stats
 from .zeroshot import source_prompts
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 
 def evaluation_source(data_path: Any, label: str | None) -> Any:
@@ -43,7 +46,7 @@ def default_reference(source: Any) -> tuple[Any, str]:
 
 
 def reference_statistics(
-    lens: Any, source: Any, data_path: Any, *, stats_path: str | os.PathLike | None = None, fit_path: Any = None,
+    lens: Lens, source: Any, data_path: Any, *, stats_path: str | os.PathLike | None = None, fit_path: Any = None,
     mean_source: str = "reference", convention: str | None = None, normalize: bool | None = None,
     granularity: str | None = "head", spatial: bool = False, batch_size: int = 32, num_workers: int = 0,
     progress: bool = False,

@@ -1,4 +1,5 @@
-"""Mean-ablation of second-order neuron effects, read out as zero-shot accuracy (METHODS §4.5).
+"""Mean-ablation of second-order neuron effects, read out as zero-shot accuracy
+(docs/methods/second-order.md#statistics).
 
 An ablation replaces chosen neurons' effects by their fit-set means inside the representation rep = scale·z/ν, i.e.
 subtracts Σ_{chosen n} Δ_n with Δ_n = φ_n − φ̄_n. In coordinates Σ_n m_n Δ_n = Σ_j (Σ_n m_n δ_{n,j} u_{j,n}) + (Σ_n m_n)
@@ -9,7 +10,7 @@ form: no effect is materialised. The evaluation set is a second stream and may d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +20,9 @@ from ..io.compat import fitted_on, require_model
 from ..labels import mlp_label
 from ..stats.second_order import SecondOrderStats
 from .zeroshot import predict
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 VARIANTS = ("baseline", "without_all", "without_significant", "without_insignificant", "pc_reconstruction")
 
@@ -30,7 +34,8 @@ def remove_deviations(effects: SecondOrderEffects, stats: SecondOrderStats, mask
 
 
 def ablation_variants(effects: SecondOrderEffects, stats: SecondOrderStats) -> dict[str, torch.Tensor]:
-    """The five representations of METHODS §4.5 for a batch, keyed by VARIANTS, each [B, d] float64."""
+    """The five representations of docs/methods/second-order.md#statistics for a batch, keyed by VARIANTS, each [B, d]
+    float64."""
     return _variants(effects, stats)[0]
 
 
@@ -79,7 +84,7 @@ class SecondOrderAblation:
 
 @torch.no_grad()
 def second_order_ablation(
-    lens: Any, stats: SecondOrderStats, data: Any, weights: torch.Tensor, *, batch_size: int = 32,
+    lens: Lens, stats: SecondOrderStats, data: Any, weights: torch.Tensor, *, batch_size: int = 32,
     num_workers: int = 0, progress: bool = False,
 ) -> SecondOrderAblation:
     """Stream the labelled evaluation `data` once; zero-shot accuracy of every variant with classifier `weights`."""

@@ -7,11 +7,14 @@ scale of the image-side vector and a sum of pieces needs no normalisation.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from ..errors import CliplensError
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 EncodeText = Callable[[list[str]], torch.Tensor]
 
@@ -60,7 +63,7 @@ def source_prompts(source: Any) -> tuple[list[str], str | tuple[str, ...]]:
     return list(classnames), "openai"
 
 
-def source_classifier(lens: Any, source: Any, templates: str | Sequence[str] | None = None) -> torch.Tensor:
+def source_classifier(lens: Lens, source: Any, templates: str | Sequence[str] | None = None) -> torch.Tensor:
     """Zero-shot classifier W [d, classes] for a data source (float64), text embeddings cached on disk.
 
     `templates`: None or "auto" for the source's default, a named set ("openai", "simple", "photo", "none", or

@@ -1,4 +1,4 @@
-"""Sparse text decomposition (METHODS §5): write unit directions as k signed text atoms, by batched OMP.
+"""Sparse text decomposition (docs/methods/omp.md): write unit directions as k signed text atoms, by batched OMP.
 
 Orthogonal Matching Pursuit picks, k times, the atom most correlated with the residual and refits all picked
 coefficients by least squares. We run it for thousands of targets at once in torch, on any device.
@@ -140,7 +140,7 @@ def reconstruct_from_codes(
     """x D [B, d] for sparse codes ids/coef [B, k] (slots with id −1 are ignored).
 
     `renormalize` makes each row a unit vector (rows that are zero stay zero): the ResNet-pairs reference projects
-    onto the unit direction, the second-order reference onto the raw x D (METHODS §5.4).
+    onto the unit direction, the second-order reference onto the raw x D (docs/methods/omp.md#reconstruction).
     """
     out = torch.zeros(len(ids), dictionary.shape[1], dtype=dictionary.dtype, device=dictionary.device)
     for slot in range(ids.shape[1]):
@@ -314,7 +314,7 @@ def _finite_matrix(name: str, x: Any) -> torch.Tensor:
 
 
 class SparseTextDecomposition:
-    """Explain each target direction by `n_atoms` signed texts (METHODS §5), scikit-learn style.
+    """Explain each target direction by `n_atoms` signed texts (docs/methods/omp.md), scikit-learn style.
 
     `fit(targets [B, d], text_embeddings [M, d], texts)` builds the dictionary with `prepare_dictionary` and solves
     OMP for all targets. Fitted attributes: `dictionary_` [M, d], `ids_` [B, k] (−1 = unused), `coef_` [B, k]
@@ -384,7 +384,8 @@ class SparseTextDecomposition:
         return self
 
     def reconstruct(self, renormalize: bool | None = None) -> torch.Tensor:
-        """x D [B, d] per target; `renormalize` (default: the constructor's) gives unit rows (METHODS §5.4)."""
+        """x D [B, d] per target; `renormalize` (default: the constructor's) gives unit rows
+        (docs/methods/omp.md#reconstruction)."""
         require_fitted(self, "coef_")
         unit = self.renormalize if renormalize is None else renormalize
         return reconstruct_from_codes(self.ids_, self.coef_, self.dictionary_, renormalize=unit)

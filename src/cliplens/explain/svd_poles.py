@@ -1,4 +1,4 @@
-"""SVD poles (PCLens `svd_data_approx`, METHODS §7.1) from a piece's count, mean and covariance.
+"""SVD poles (PCLens `svd_data_approx`, docs/methods/svd-poles.md) from a piece's count, mean and covariance.
 
 The thin SVD of the centred data X_c = U S Vᵀ and the eigen-decomposition of the population covariance
 Σ = X_cᵀX_c / n share V, with S_i = sqrt(n·λ_i); so the principal components, their singular values and the rank rule
@@ -79,7 +79,8 @@ def _pole(sign: int, ids: torch.Tensor, scores: torch.Tensor, texts: Sequence[st
 
 
 def prepare_texts(pool: torch.Tensor, mode: str) -> torch.Tensor:
-    """The text embeddings as the chosen reference era used them (see TEXT_MODES and METHODS §7.1 step 3)."""
+    """The text embeddings as the chosen reference era used them (see TEXT_MODES and docs/methods/svd-poles.md step
+    3)."""
     if mode in ("center_normalize", "center"):
         pool = pool - pool.mean(0)
     if mode in ("center_normalize", "normalize"):
@@ -107,7 +108,8 @@ def row_space_projector(rows: torch.Tensor) -> torch.Tensor:
 
 
 class SVDPoles:
-    """Principal components of one piece, each named by its most positive and most negative texts (METHODS §7.1).
+    """Principal components of one piece, each named by its most positive and most negative texts
+    (docs/methods/svd-poles.md).
 
     Fitted attributes: `mean_` [d]; `singular_values_` [d] (all of them, of the centred data); `n_components_` r;
     `components_` V_r [r, d] (orthonormal rows, signs by SIGN_RULE); `text_mean_` [d] (mean of the raw text pool, for

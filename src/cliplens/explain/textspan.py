@@ -1,4 +1,4 @@
-"""TextSpan (Gandelsman et al., METHODS §3) computed from a piece's mean and covariance alone (§3.3).
+"""TextSpan (Gandelsman et al.) computed from a piece's mean and covariance alone (docs/methods/textspan.md).
 
 Every score the per-image algorithm computes is the variance of the deflated data along a text, tᵀΣt, so the count,
 mean and covariance of a piece carry everything it needs: no per-image pieces are ever stored. After the texts are
@@ -22,11 +22,11 @@ COLLAPSED_TEXT = 1e-8
 
 
 class TextSpan:
-    """Greedy, variance-maximising orthogonal text basis of one piece (METHODS §3.3).
+    """Greedy, variance-maximising orthogonal text basis of one piece (docs/methods/textspan.md#algorithm).
 
-    The span is the top-`rank` eigenvectors of the uncentred second moment Σ + μμᵀ (what the reference's uncentred
-    SVD of the data spans). `center_texts` and `centered_span` give PCLens's port (§7.1): texts centred by their mean,
-    span of the covariance instead.
+    The span is the top-`rank` eigenvectors of the uncentred second moment Σ + μμᵀ (what the reference's uncentred SVD
+    of the data spans). `center_texts` and `centered_span` give PCLens's port (docs/methods/svd-poles.md): texts centred
+    by their mean, span of the covariance instead.
 
     Fitted attributes: `ids_` and `texts_` in picking order, `directions_` [m, d] (each text orthogonalised against
     the earlier picks, unnormalised, as picked), `variance_explained_` [m] (fraction of tr Σ per step), `mean_` [d].
@@ -99,7 +99,8 @@ class TextSpan:
         return units.T @ units
 
     def reconstruct(self, x: Any) -> torch.Tensor:
-        """μ + (x − μ) Q_m for pieces x [..., d] (float64): the per-image reconstruction of §3.2, as a fixed map."""
+        """μ + (x − μ) Q_m for pieces x [..., d] (float64): the per-image reconstruction of docs/methods/textspan.md, as
+        a fixed map."""
         require_fitted(self, "mean_")
         x = as_pieces(x, self.mean_)
         return self.mean_ + (x - self.mean_) @ self.projector()

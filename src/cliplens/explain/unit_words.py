@@ -1,4 +1,4 @@
-"""Units (MLP neurons, ResNet pairs) named by the OMP text atoms of their principal directions (METHODS §5).
+"""Units (MLP neurons, ResNet pairs) named by the OMP text atoms of their principal directions (docs/methods/omp.md).
 
 How many atoms k to ask for, and the description rows (explain/tables.py's columns) of chosen units.
 """

@@ -1,7 +1,7 @@
 """Hugging Face backend: `CLIPModel` (or `CLIPVisionModelWithProjection`) described as the same ViT spec.
 
-HF names map one-to-one onto the open_clip ones (METHODS §0.3); only q/k/v are separate linears here, so we
-concatenate them into the fused layout the decomposition uses.
+HF names map one-to-one onto the open_clip ones (docs/methods/decomposition.md#backends); only q/k/v are separate
+linears here, so we concatenate them into the fused layout the decomposition uses.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """open_clip backend: build models, and describe their image towers as plain specs.
 
-Only the variants whose decomposition METHODS.md derives are described; anything else is refused by name, so a
-user never gets pieces that silently fail to add up.
+Only the variants whose decomposition docs/methods/decomposition.md derives are described; anything else is refused by
+name, so a user never gets pieces that silently fail to add up.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ and the result is a mergeable, self-describing artifact.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,14 @@ from .accumulate import DenseReducer, HeadReducer, PairReducer
 from .identity import check_compatible, merged_metadata
 from .moments import Moments
 from .pairs import PairStats
+
+if TYPE_CHECKING:
+    from ..lens import Lens
+
+# What a pass can reduce: a ResNet's neuron pieces would need a [d, d] scatter per neuron (17 GB for RN50); ResNet
+# neurons are studied through their neuron×head pairs.
+COLLECTED = ("layer", "head", "pair")
+
 
 class PieceStats:
     """Count, mean [C, d] and covariance [C, d, d] of every piece; with spatial pieces also token means [C, N, d]."""
@@ -75,7 +83,7 @@ class PieceStats:
 
 
 def collect(
-    lens: Any,
+    lens: Lens,
     data: Any,
     *,
     granularity: str = "head",
@@ -126,7 +134,7 @@ def collect(
     return stats
 
 
-def load_stats(path: str | Path, lens: Any = None, **expect: Any) -> PieceStats | PairStats:
+def load_stats(path: str | Path, lens: Lens | None = None, **expect: Any) -> PieceStats | PairStats:
     """Read statistics; with `lens`, refuse ones made for another model; `expect` pins other settings."""
     if lens is not None:
         expect = {MODEL_KEY: lens.fingerprint, **expect}

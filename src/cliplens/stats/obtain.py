@@ -5,15 +5,19 @@ record of where they came from that its metadata.json keeps.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CliplensError
+from ..io.compat import DATA_KEY
 from .collect import PieceStats, load_stats
 from .pairs import PairStats
 
+if TYPE_CHECKING:
+    from ..lens import Lens
+
 
 def obtain_piece_stats(
-    lens: Any, stats_path: str | os.PathLike | None, data: Any, *, convention: str | None, normalize: bool | None,
+    lens: Lens, stats_path: str | os.PathLike | None, data: Any, *, convention: str | None, normalize: bool | None,
     granularity: str | None = "head", batch_size: int = 32, num_workers: int = 0, spatial: bool = False,
     progress: bool = False,
 ) -> PieceStats:
@@ -23,13 +27,8 @@ def obtain_piece_stats(
     convention and unnormalised pieces. `spatial` asks for per-token means too (the CLS ablation's).
     """
     if stats_path is not None:
-        expect: dict[str, Any] = {}
-        if granularity is not None:
-            expect["granularity"] = granularity
-        if convention is not None:
-            expect["convention"] = convention
-        if normalize is not None:
-            expect["normalize"] = normalize
+        given = dict(granularity=granularity, convention=convention, normalize=normalize)
+        expect = {key: value for key, value in given.items() if value is not None}
         stats = load_stats(stats_path, lens, **expect)
         if not isinstance(stats, PieceStats):
             raise CliplensError(f"{stats_path} holds ResNet pair statistics; collect with --granularity head")
@@ -41,7 +40,7 @@ def obtain_piece_stats(
                         normalize=bool(normalize), batch_size=batch_size, num_workers=num_workers, progress=progress)
 
 
-def read_pair_stats(stats_path: str | os.PathLike, lens: Any) -> PairStats:
+def read_pair_stats(stats_path: str | os.PathLike, lens: Lens) -> PairStats:
     """Pair statistics from `cliplens collect --granularity pair`, refused if made for another model."""
     stats = load_stats(stats_path, lens)
     if not isinstance(stats, PairStats):
@@ -50,7 +49,7 @@ def read_pair_stats(stats_path: str | os.PathLike, lens: Any) -> PairStats:
 
 
 def obtain_pair_stats(
-    lens: Any, stats_path: str | os.PathLike | None, fit_path: Any, *, top_k: int = 50, batch_size: int = 32,
+    lens: Lens, stats_path: str | os.PathLike | None, fit_path: Any, *, top_k: int = 50, batch_size: int = 32,
     num_workers: int = 0, save_to: str | os.PathLike | None = None, progress: bool = False,
 ) -> PairStats:
     """The pair statistics: read from `stats_path`, or collected over `fit_path` and saved to `save_to` at once (a
@@ -66,5 +65,5 @@ def obtain_pair_stats(
 
 def statistics_record(stats: PieceStats, source: str | None) -> dict[str, Any]:
     """What metadata.json says about the statistics a command used."""
-    keys = ("granularity", "convention", "normalize", "data_fingerprint", "data_size", "skipped")
-    return {"source": source, "count": stats.count, **{key: stats.metadata.get(key) for key in keys}}
+    data = {key: stats.metadata.get(key) for key in (DATA_KEY, "data_size", "skipped")}
+    return {"source": source, "count": stats.count, **stats.settings.metadata(), **data}

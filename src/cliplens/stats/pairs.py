@@ -1,4 +1,4 @@
-"""Closed-form statistics of ResNet neuron×head pairs from scalar moments (METHODS §6.3).
+"""Closed-form statistics of ResNet neuron×head pairs from scalar moments (docs/methods/resnet-pairs.md#closed-forms).
 
 Each pair varies across images only through its scalar coefficient s, so its mean, its centred norms, its top images
 and its principal direction all follow from the moments and extremes of s plus the fixed direction u. The reference
@@ -146,7 +146,8 @@ class PairStats:
         return (deviation.abs() * self.direction_norms()[..., None]).flip(-1)
 
     def scores(self) -> torch.Tensor:
-        """Pair importance [H, C]: mean of the top-k centred norms (the masks of METHODS §6.4 rank by this)."""
+        """Pair importance [H, C]: mean of the top-k centred norms (the masks of docs/methods/resnet-pairs.md#ablation
+        rank by this)."""
         return self.norms().mean(-1)
 
     def principal_signs(self) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Per-neuron statistics of second-order effects over a dataset (METHODS §4.5, §14.2 item 4), streamed in two passes.
+"""Per-neuron statistics of second-order effects over a dataset (docs/methods/second-order.md#statistics), streamed in
+two passes.
 
 A neuron's effect is φ_n = x_n·B_n: per-image coordinates x_n [J + K] times fixed directions B_n [J + K, d]. So its
 mean, its covariance and every centred norm live in the coordinate space: ‖Δ_n‖² = δᵀG_nδ with δ = x_n − x̄_n and
@@ -11,7 +12,7 @@ reference's top-k SVD) or from the coordinate covariance (all images), without a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +26,9 @@ from ..labels import mlp_label
 from ..settings import Settings
 from .identity import check_compatible, merged_metadata
 from .moments import Moments
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 KIND = "second-order-stats"
 SIGN_RULE = "majority of the top-k rows project positively; a k/2 tie takes the sign of their summed projection"
@@ -330,13 +334,13 @@ def _safe(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values > 0, values, torch.ones_like(values))
 
 
-def load_second_order(path: str | Path, lens: Any) -> SecondOrderStats:
+def load_second_order(path: str | Path, lens: Lens) -> SecondOrderStats:
     """Read statistics written by `SecondOrderStats.save`; refuses another model's, rebuilds the directions."""
     metadata = read_metadata(path)
     if metadata.get("kind") != KIND:
         raise CliplensError(f"{path} holds {metadata.get('kind')!r}, not second-order statistics; pass the folder "
                             "`cliplens second-order` wrote")
-    fields = {"layer": int, "convention": str, "scale": (int, float), "normalize": bool, "top_k": int}
+    fields = {"layer": int, "scale": (int, float), "top_k": int}
     tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint}, fields)
     settings = Settings.from_metadata(metadata)
     basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), settings.convention).basis
@@ -360,7 +364,7 @@ def load_second_order(path: str | Path, lens: Any) -> SecondOrderStats:
 
 
 def collect_second_order(
-    lens: Any,
+    lens: Lens,
     data: Any,
     *,
     layer: int,

@@ -26,7 +26,8 @@ def largest_pieces(stats: PieceStats, top: int = 10) -> list[dict[str, object]]:
 
 
 def largest_pairs(stats: PairStats, top: int = 10) -> list[dict[str, object]]:
-    """Neuron×head pairs ranked by their score (mean of the top-k centred norms, METHODS §6.4)."""
+    """Neuron×head pairs ranked by their score (mean of the top-k centred norms,
+    docs/methods/resnet-pairs.md#ablation)."""
     scores = stats.scores()
     flat = scores.flatten().argsort(descending=True)[:top]
     signs = stats.principal_signs()

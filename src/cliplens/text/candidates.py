@@ -8,12 +8,15 @@ templates (none for TextSpan, a photo template for neurons and pairs).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .embed import embed_texts
 from .pools import get_pool
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 HEAD_POOL, HEAD_POOL_TEMPLATES = "descriptions", "none"  # heads are named with image descriptions
 UNIT_POOL, UNIT_POOL_TEMPLATES = "words", "photo"  # neurons and pairs with common words, as in their papers
@@ -27,7 +30,7 @@ def pool_name(pool: str | os.PathLike | None, data_path: Any, usual_pool: str) -
 
 
 def candidate_texts(
-    lens: Any, data_path: Any, usual_pool: str, *, pool: str | os.PathLike | None = None,
+    lens: Lens, data_path: Any, usual_pool: str, *, pool: str | os.PathLike | None = None,
     pool_size: int | None = None, pool_templates: str = "none",
 ) -> tuple[str | os.PathLike, list[str], torch.Tensor]:
     """(pool name, texts, unit embeddings [M, d]) of the chosen pool; embeddings are float32, cached on disk per

@@ -1,4 +1,5 @@
-"""Zero-shot accuracy with chosen pieces replaced by their mean (METHODS §2.1): the call behind `cliplens ablate`.
+"""Zero-shot accuracy with chosen pieces replaced by their mean (docs/methods/mean-ablation.md#definition): the call
+behind `cliplens ablate`.
 
 Each group of patterns is one variant (its pieces ablated together); presets add the references' variants: `mlps`
 (every MLP plus embed), `cls` (TextSpan's table: the CLS→CLS attention cells, the MLPs, and both; its means need
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import CliplensError
 from ..evaluate.ablation import (
@@ -20,6 +21,9 @@ from ..evaluate.groups import split_patterns
 from ..evaluate.reference import evaluation_record, evaluation_source, reference_statistics
 from ..evaluate.zeroshot import source_classifier
 from ..stats.obtain import statistics_record
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 PRESETS = {"mlps": mlp_variants, "cls": cls_variants, "layer-curve": layer_curve}
 
@@ -44,7 +48,7 @@ def check_request(components: Sequence[str], presets: Sequence[str]) -> None:
 
 
 def ablation_study(
-    lens: Any, data_path: Any, *, components: Sequence[str] = (), presets: Sequence[str] = (),
+    lens: Lens, data_path: Any, *, components: Sequence[str] = (), presets: Sequence[str] = (),
     stats_path: str | os.PathLike | None = None, fit_path: Any = None, mean_source: str = "reference",
     label: str | None = None, templates: str | None = None, granularity: str | None = None,
     convention: str | None = None, normalize: bool | None = None, batch_size: int = 32, num_workers: int = 0,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 
-def describe_architecture(lens: Any, images: int) -> list[tuple[str, str]]:
+def describe_architecture(lens: Lens, images: int) -> list[tuple[str, str]]:
     """(name, value) rows: the model, its shapes, pieces per granularity, and memory to materialise them for `images`
     images."""
     spec = lens.spec

@@ -1,10 +1,12 @@
 """Every head of the last layers named with texts, from statistics: the call behind `cliplens explain` and
 `cliplens textspan`.
 
-- textspan: the head's greedy variance-maximising text basis (METHODS §3); similarity = variance explained.
-- svd: each principal component named by the texts at its two poles (§7.1); similarity = the text's coordinate.
-- omp: each of the head's top principal directions written as k signed text atoms (§5); similarity = coefficient,
-  method `omp-pc{i}` names the direction.
+- textspan: the head's greedy variance-maximising text basis (docs/methods/textspan.md#algorithm); similarity = variance
+  explained.
+- svd: each principal component named by the texts at its two poles (docs/methods/svd-poles.md); similarity = the text's
+  coordinate.
+- omp: each of the head's top principal directions written as k signed text atoms (docs/methods/omp.md); similarity =
+  coefficient, method `omp-pc{i}` names the direction.
 
 The statistics come from `stats_path` (a `cliplens collect --granularity head` artifact, refused if made for another
 model) or are collected over `data_path`.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -28,6 +30,9 @@ from ..explain.textspan import TextSpan
 from ..stats.collect import PieceStats
 from ..stats.obtain import obtain_piece_stats, statistics_record
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 EXPLAIN_METHODS = ("textspan", "svd", "omp")
 
@@ -94,7 +99,7 @@ def head_descriptions(
 
 
 def explain_heads(
-    lens: Any, data_path: Any, *, method: str = "textspan",
+    lens: Lens, data_path: Any, *, method: str = "textspan",
     stats_path: str | os.PathLike | None = None, convention: str | None = None, normalize: bool | None = None,
     pool: str | os.PathLike | None = None, pool_size: int | None = None, pool_templates: str = HEAD_POOL_TEMPLATES,
     texts_per_head: int = 20, num_last_layers: int = 4, w_ov_rank: int = 80, max_components: int = 80,

@@ -1,4 +1,5 @@
-"""ResNet neuron×head pairs end to end (METHODS §6): the calls behind `cliplens pairs` and `cliplens neuron-ablate`.
+"""ResNet neuron×head pairs end to end (docs/methods/resnet-pairs.md): the calls behind `cliplens pairs` and `cliplens
+neuron-ablate`.
 
 `pair_study`: pair statistics (collected on the fit data, or read), a summary of every pair, the words of each kept
 pair's and neuron's principal direction (OMP over a text pool), and the zero-shot accuracy with all but the top x % of
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -27,10 +28,14 @@ from ..evaluate.pair_ablation import (
 from ..evaluate.zeroshot import source_classifier
 from ..explain.omp import DictNorm, SparseTextDecomposition
 from ..explain.unit_words import atom_count, word_rows
+from ..labels import pair_label, pool_head_label
 from ..stats.moments import Moments
 from ..stats.obtain import obtain_pair_stats
 from ..stats.pairs import PairStats
 from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 PAIR_ATOMS = 64  # the ResNet paper's k
 LEVELS = ("pair", "neuron", "both")
@@ -64,7 +69,7 @@ class PairTexts:
 
 
 def pair_texts(
-    lens: Any, stats: PairStats, data_path: Any, *, omp_atoms: int | None, dict_norm: DictNorm,
+    lens: Lens, stats: PairStats, data_path: Any, *, omp_atoms: int | None, dict_norm: DictNorm,
     pool: str | os.PathLike | None, pool_size: int | None, pool_templates: str,
 ) -> PairTexts | None:
     """Each pair's principal direction as `omp_atoms` texts of the pool (default k: PAIR_ATOMS, at most half the
@@ -106,12 +111,12 @@ def pair_summary(stats: PairStats, scores: torch.Tensor, keep: torch.Tensor) -> 
     rows = []
     for i, flat in enumerate(order.tolist()):
         h, n = divmod(flat, stats.neurons)
-        rows.append({"head": h, "neuron": n, "label": f"H{h}N{n}", **{name: values[name][i] for name in columns}})
+        rows.append({"head": h, "neuron": n, "label": pair_label(h, n), **{name: values[name][i] for name in columns}})
     return rows
 
 
 def pair_study(
-    lens: Any, data_path: Any, *, keep: float = 10.0, stats_path: str | os.PathLike | None = None,
+    lens: Lens, data_path: Any, *, keep: float = 10.0, stats_path: str | os.PathLike | None = None,
     fit_path: Any = None, top_k: int = 50, templates: str = "auto", omp_atoms: int | None = None,
     dict_norm: DictNorm = "row", pool: str | os.PathLike | None = None, pool_size: int | None = None,
     pool_templates: str = UNIT_POOL_TEMPLATES, texts_per_unit: int = 10, batch_size: int = 32, num_workers: int = 0,
@@ -133,8 +138,8 @@ def pair_study(
     pair_words = None
     if text is not None:
         kept = ranked(scores, pair_mask).tolist()
-        pair_words = word_rows(text.omp, [(f"H{flat // stats.neurons}", flat % stats.neurons) for flat in kept], kept,
-                               texts_per_unit, f"omp-k{text.atoms}")
+        units = [(pool_head_label(flat // stats.neurons), flat % stats.neurons) for flat in kept]
+        pair_words = word_rows(text.omp, units, kept, texts_per_unit, f"omp-k{text.atoms}")
 
     source = as_source(data_path)
     weights = source_classifier(lens, source, templates) if getattr(source, "classnames", None) else None
@@ -163,7 +168,7 @@ def pair_study(
 
 
 def pair_ablation_study(
-    lens: Any, data_path: Any, *, keeps: Sequence[float] = DEFAULT_KEEPS, level: str = "both",
+    lens: Lens, data_path: Any, *, keeps: Sequence[float] = DEFAULT_KEEPS, level: str = "both",
     stats_path: str | os.PathLike | None = None, fit_path: Any = None, top_k: int = 50, templates: str = "auto",
     omp_atoms: int | None = None, dict_norm: DictNorm = "row", pool: str | os.PathLike | None = None,
     pool_size: int | None = None, pool_templates: str = UNIT_POOL_TEMPLATES, batch_size: int = 32,

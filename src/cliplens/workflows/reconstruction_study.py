@@ -1,4 +1,5 @@
-"""Accuracy vs texts per head when the last layers' heads are rebuilt from text (METHODS §2.2): the call behind
+"""Accuracy vs texts per head when the last layers' heads are rebuilt from text
+(docs/methods/reconstruction.md#protocol): the call behind
 `cliplens reconstruct`.
 
 Every head of the last `num_last_layers` layers is replaced by its reconstruction from m texts (TextSpan, SVD poles,
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..evaluate.reconstruction import METHODS, ReconstructionResult, reconstruction_accuracy
 from ..evaluate.reference import evaluation_record, evaluation_source, reference_statistics
 from ..evaluate.zeroshot import source_classifier
 from ..stats.obtain import statistics_record
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 
 @dataclass
@@ -39,7 +43,7 @@ def powers_of_two(limit: int) -> list[int]:
 
 
 def reconstruction_study(
-    lens: Any, data_path: Any, *, methods: Sequence[str] = METHODS, counts: Sequence[int] | None = None,
+    lens: Lens, data_path: Any, *, methods: Sequence[str] = METHODS, counts: Sequence[int] | None = None,
     num_last_layers: int = 4, w_ov_rank: int = 80, random_seed: int = 0,
     stats_path: str | os.PathLike | None = None, fit_path: Any = None, mean_source: str = "reference",
     label: str | None = None, templates: str | None = None, convention: str | None = None,

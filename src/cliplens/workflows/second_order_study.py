@@ -1,9 +1,9 @@
-"""Per-neuron second-order statistics of one ViT MLP layer, their words and their ablations (METHODS §4–5): the call
-behind `cliplens second-order`.
+"""Per-neuron second-order statistics of one ViT MLP layer, their words and their ablations
+(docs/methods/second-order.md, docs/methods/omp.md): the call behind `cliplens second-order`.
 
 The statistics hold each neuron's mean effect, principal direction, threshold and top images; each principal direction
 (top-k images, the paper's) is written as signed OMP text atoms; with labelled evaluation data, the five zero-shot
-accuracies of METHODS §4.5 are measured in one more pass.
+accuracies of docs/methods/second-order.md#statistics are measured in one more pass.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,8 +21,12 @@ from ..evaluate.second_order_ablation import SecondOrderAblation, second_order_a
 from ..evaluate.zeroshot import source_classifier
 from ..explain.omp import DictNorm, SparseTextDecomposition
 from ..explain.unit_words import atom_count, word_rows
+from ..labels import neuron_label
 from ..stats.second_order import SecondOrderStats, collect_second_order
 from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 NEURON_ATOMS = 128  # the second-order paper's k
 
@@ -51,7 +55,7 @@ def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
 
 
 def neuron_words(
-    stats: SecondOrderStats, lens: Any, data_path: Any, *, omp_atoms: int | None, dict_norm: DictNorm,
+    stats: SecondOrderStats, lens: Lens, data_path: Any, *, omp_atoms: int | None, dict_norm: DictNorm,
     pool: str | os.PathLike | None, pool_size: int | None, pool_templates: str, texts_per_unit: int,
 ) -> list[dict[str, Any]]:
     """Each neuron's principal direction (top-k images, the paper's) as OMP text atoms; neurons that never moved
@@ -71,14 +75,14 @@ def write_top_images(stats: SecondOrderStats, data: Any, folder: Path, count: in
     """Grids of the top images (by centred second-order norm) of the `count` neurons with the largest mean of them."""
     strongest = stats.norms().mean(-1).argsort(descending=True, stable=True)[:count].tolist()
     for n in strongest:
-        ranking = Ranking(f"L{stats.layer}N{n}", "centred second-order norm", stats.top_images[n].cpu(),
+        ranking = Ranking(neuron_label(stats.layer, n), "centred second-order norm", stats.top_images[n].cpu(),
                           stats.top_norms[n].cpu())
         write_ranking(folder, ranking, data)
     return folder
 
 
 def second_order_study(
-    lens: Any, data_path: Any, *, mlp_layer: int, convention: str = "separate", scale: float = 1.0,
+    lens: Lens, data_path: Any, *, mlp_layer: int, convention: str = "separate", scale: float = 1.0,
     normalize: bool = False, top_k: int = 100, eval_data_path: Any = None, templates: str = "auto",
     omp_atoms: int | None = None, dict_norm: DictNorm = "row", pool: str | os.PathLike | None = None,
     pool_size: int | None = None, pool_templates: str = UNIT_POOL_TEMPLATES, texts_per_unit: int = 10,

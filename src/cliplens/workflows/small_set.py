@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..errors import CliplensError
 from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 MAX_BYTES = 2 * 1024**3
 
@@ -27,7 +30,7 @@ class DecomposedSet:
 
 
 def decompose_set(
-    lens: Any, data_path: Any, *, granularity: str = "head", spatial: bool = False, convention: str = "separate",
+    lens: Lens, data_path: Any, *, granularity: str = "head", spatial: bool = False, convention: str = "separate",
     normalize: bool = False, max_images: int = 64, batch_size: int = 32, num_workers: int = 0,
     progress: bool = False,
 ) -> DecomposedSet:
@@ -49,7 +52,7 @@ def decompose_set(
     if values.numel() * 4 > MAX_BYTES:
         raise CliplensError(f"the pieces need {values.numel() * 4 / 1e9:.1f} GB; use fewer images or "
                             "`cliplens collect`")
-    metadata = {**lens.describe(), **settings.metadata(), "labels": labels, "shape": list(values.shape), "data_path": str(data_path),
-                "data_fingerprint": fingerprint(source), "skipped": report.skipped}
+    metadata = {**lens.describe(), **settings.metadata(), "labels": labels, "shape": list(values.shape),
+                "data_path": str(data_path), "data_fingerprint": fingerprint(source), "skipped": report.skipped}
     name = "coefficients" if granularity == "pair" else "components"
     return DecomposedSet(name, values, torch.cat(embeddings).float(), report, metadata)
