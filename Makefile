@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 # installs and imports together on our machines (the CPU-only torch 2.13.0 wheel has no matching torchvision).
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test env
+.PHONY: demo test env docs
 
 env: $(VENV)/.installed
 
@@ -23,3 +23,6 @@ demo: env
 
 test: env
 	$(PYTHON) -m pytest -q
+
+docs: env
+	$(PYTHON) -m mkdocs build --strict --site-dir site
