@@ -60,3 +60,25 @@ class Settings:
 
 
 KEYS = tuple(field.name for field in fields(Settings))  # the metadata keys, in the record's order
+
+
+class CarriesSettings:
+    """Read-only `granularity`, `spatial`, `convention` and `normalize` of a result that carries its `settings`."""
+
+    settings: Settings
+
+    @property
+    def granularity(self) -> str:
+        return self.settings.granularity
+
+    @property
+    def spatial(self) -> bool:
+        return self.settings.spatial
+
+    @property
+    def convention(self) -> str:
+        return self.settings.convention
+
+    @property
+    def normalize(self) -> bool:
+        return self.settings.normalize

@@ -1,14 +1,5 @@
-"""`cliplens explain --method {textspan,svd,omp}`: name every head of the last layers with texts, from statistics.
-
-- textspan: the head's greedy variance-maximising text basis (docs/methods/textspan.md#algorithm); similarity = variance
-  explained.
-- svd: each principal component named by the texts at its two poles (docs/methods/svd-poles.md); similarity = the text's
-  coordinate.
-- omp: each of the head's top principal directions written as k signed text atoms (docs/methods/omp.md); similarity =
-  coefficient, method `omp-pc{i}` names the direction.
-
-The statistics come from `--stats` (a `cliplens collect --granularity head` artifact, refused if made for another
-model) or are collected here over `--data-path`. Writes <method>.csv and metadata.json.
+"""`cliplens explain --method {textspan,svd,omp}`: name every head of the last layers with texts (see
+`workflows.head_texts`, the call it makes). Writes <method>.csv and metadata.json.
 """
 
 from __future__ import annotations

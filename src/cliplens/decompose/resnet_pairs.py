@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..errors import CliplensError
 from ..labels import BIAS, pair_label, pool_head_label, pool_neuron_label
 from ..models.spec import ResNetPoolSpec
-from ..settings import Settings
+from ..settings import CarriesSettings, Settings
 from .result import Decomposition
 
 GRANULARITIES = ("head", "neuron", "pair")  # what a ResNet's attention-pool pieces can be
@@ -32,7 +32,7 @@ class PoolTrace:
 
 
 @dataclass
-class PairDecomposition:
+class PairDecomposition(CarriesSettings):
     """Pairs r[b, h, n] = (coefficients[b, h, n]·u[h, n] + offsets[h]) / norm[b], plus `bias` / norm[b]."""
 
     coefficients: torch.Tensor  # s [B, H, C]
@@ -43,14 +43,6 @@ class PairDecomposition:
     embedding: torch.Tensor  # y [B, O], unnormalised
     norm: torch.Tensor  # [B, 1]: 1, or ‖y‖ when normalised
     settings: Settings  # granularity "pair", never spatial
-
-    @property
-    def granularity(self) -> str:
-        return self.settings.granularity
-
-    @property
-    def convention(self) -> str:
-        return self.settings.convention
 
     @property
     def heads(self) -> int:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from ..labels import token_label
-from ..settings import Settings
+from ..settings import CarriesSettings, Settings
 
 
 @dataclass
-class Decomposition:
+class Decomposition(CarriesSettings):
     """Pieces [B, C, d], or [B, C, T, d] when spatial, with one label per piece along C.
 
     Invariant: `components` summed over pieces (and tokens) equals `embedding`, or `embedding / ‖embedding‖` when
@@ -23,22 +23,6 @@ class Decomposition:
     labels: list[str]
     embedding: torch.Tensor  # [B, d]: the model's own unnormalised image embedding
     settings: Settings  # what the pieces are: granularity, spatial, convention, normalize
-
-    @property
-    def granularity(self) -> str:
-        return self.settings.granularity
-
-    @property
-    def convention(self) -> str:
-        return self.settings.convention
-
-    @property
-    def spatial(self) -> bool:
-        return self.settings.spatial
-
-    @property
-    def normalize(self) -> bool:
-        return self.settings.normalize
 
     def index(self, label: str) -> int:
         try:
