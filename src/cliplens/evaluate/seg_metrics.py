@@ -1,0 +1,97 @@
+"""Segmentation metrics as the benchmarks define them (docs/methods/segmentation.md#metrics), streamed.
+
+Every metric is accumulated over the dataset from counts (confusion matrices) and, for mAP, one number per image, so
+memory does not grow with the number of images and no mask is kept.
+
+- Binary (ImageNet-segmentation protocol, Chefer et al. 2021): pixel accuracy = Σ correct / Σ pixels; mIoU = the mean
+  over {background, foreground} of dataset-wide I_c / U_c; mAP = the mean over images of the average precision
+  (scikit-learn's Σ_n (R_n − R_{n−1}) P_n) of the soft two-channel map [1 − m, m] against the one-hot truth [bg, fg],
+  both channels pooled.
+- Multi-class (PASCAL Context protocol): per-class IoU from dataset-wide I / U, averaged over the classes that occur
+  (U > 0); pixels labelled `ignore` in the truth count nowhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import CliplensError
+
+
+def average_precision(scores: torch.Tensor, truth: torch.Tensor) -> float:
+    """scikit-learn's average_precision_score for one flat set: thresholds at every distinct score, ties together."""
+    order = scores.double().flatten().argsort(descending=True, stable=True)
+    ranked, hits = scores.double().flatten()[order], truth.flatten()[order].double()
+    if hits.sum() == 0:
+        raise CliplensError("average precision needs at least one positive pixel")
+    last = torch.cat([(ranked[1:] != ranked[:-1]).nonzero().squeeze(1), ranked.new_tensor([len(ranked) - 1]).long()])
+    true_positives = hits.cumsum(0)[last]
+    precision = true_positives / (last + 1).double()
+    recall = true_positives / true_positives[-1]
+    steps = torch.diff(recall, prepend=recall.new_zeros(1))
+    return float((steps * precision).sum())
+
+
+def binary_average_precision(soft: torch.Tensor, foreground: torch.Tensor) -> float:
+    """AP of the pooled channels [1 − soft, soft] against [background, foreground] (one image)."""
+    foreground = foreground.bool()
+    return average_precision(torch.cat([1 - soft.flatten(), soft.flatten()]),
+                             torch.cat([~foreground.flatten(), foreground.flatten()]))
+
+
+class BinarySegmentation:
+    """Streaming binary metrics: a 2×2 confusion matrix (truth × prediction) and the sum of per-image APs."""
+
+    def __init__(self) -> None:
+        self.confusion = torch.zeros(2, 2, dtype=torch.float64)
+        self.ap_sum = 0.0
+        self.images = 0
+
+    def update(self, soft: torch.Tensor, predicted: torch.Tensor, truth: torch.Tensor) -> None:
+        """One batch: soft maps in [0, 1], hard foreground masks and true foreground masks, all [B, H, W]."""
+        if not soft.shape == predicted.shape == truth.shape:
+            raise CliplensError(f"maps {tuple(soft.shape)}, masks {tuple(predicted.shape)} and truth "
+                                f"{tuple(truth.shape)} must have one shape")
+        cells = 2 * truth.bool().long().flatten() + predicted.bool().long().flatten()
+        self.confusion += torch.bincount(cells.cpu(), minlength=4).view(2, 2).double()
+        for image_soft, image_truth in zip(soft, truth):
+            self.ap_sum += binary_average_precision(image_soft.cpu(), image_truth.cpu())
+        self.images += len(soft)
+
+    def pixel_accuracy(self) -> float:
+        return float(self.confusion.diagonal().sum() / self.confusion.sum())
+
+    def miou(self) -> float:
+        return iou(self.confusion).nanmean().item()
+
+    def map(self) -> float:
+        return self.ap_sum / self.images
+
+
+def iou(confusion: torch.Tensor) -> torch.Tensor:
+    """Per-class I/U from a truth × prediction confusion matrix; NaN for a class absent from truth and prediction."""
+    intersection = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    return torch.where(union > 0, intersection / union.clamp_min(1), torch.full_like(union, float("nan")))
+
+
+class MultiClassSegmentation:
+    """Streaming multi-class mIoU: a classes × classes confusion matrix; truth pixels equal to `ignore` are skipped."""
+
+    def __init__(self, classes: int, ignore: int = 255) -> None:
+        self.classes, self.ignore = classes, ignore
+        self.confusion = torch.zeros(classes, classes, dtype=torch.float64)
+
+    def update(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
+        """One batch of label maps [B, H, W] (integers in [0, classes), truth may also hold `ignore`)."""
+        truth, predicted = truth.flatten().long().cpu(), predicted.flatten().long().cpu()
+        kept = truth != self.ignore
+        truth, predicted = truth[kept], predicted[kept]
+        if len(truth) and (truth.max() >= self.classes or truth.min() < 0 or predicted.max() >= self.classes
+                           or predicted.min() < 0):
+            raise CliplensError(f"label maps must hold classes 0..{self.classes - 1} (or {self.ignore} to ignore)")
+        cells = torch.bincount(self.classes * truth + predicted, minlength=self.classes**2)
+        self.confusion += cells.view(self.classes, self.classes).double()
+
+    def miou(self) -> float:
+        return iou(self.confusion).nanmean().item()

@@ -1,0 +1,87 @@
+"""Zero-shot segmentation: metrics against literal loops, data sources, heatmap exactness, the command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cliplens.errors import CliplensError
+from cliplens.evaluate.seg_metrics import (BinarySegmentation, MultiClassSegmentation, average_precision,
+                                           binary_average_precision)
+
+
+# metrics ------------------------------------------------------------------------------------------------------------
+def _binary_batch(seed: int, n: int = 4, size: int = 9):
+    generator = torch.Generator().manual_seed(seed)
+    soft = torch.rand(n, size, size, generator=generator, dtype=torch.float64)
+    soft = (soft * 4).round() / 4  # ties, as min-max normalised maps have
+    truth = torch.rand(n, size, size, generator=generator) > 0.6
+    truth[:, 0, 0] = True  # every image has foreground
+    return soft, soft > soft.mean(dim=(1, 2), keepdim=True), truth
+
+
+def test_average_precision_matches_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    soft, _, truth = _binary_batch(0)
+    for image_soft, image_truth in zip(soft, truth):
+        scores = np.concatenate([1 - image_soft.numpy().ravel(), image_soft.numpy().ravel()])
+        labels = np.concatenate([~image_truth.numpy().ravel(), image_truth.numpy().ravel()])
+        assert binary_average_precision(image_soft, image_truth) == pytest.approx(
+            metrics.average_precision_score(labels, scores), abs=1e-12)
+    assert average_precision(torch.tensor([0.9, 0.1]), torch.tensor([True, False])) == 1.0
+
+
+def test_binary_metrics_equal_a_literal_per_image_loop():
+    metric = BinarySegmentation()
+    batches = [_binary_batch(seed) for seed in range(3)]
+    for batch in batches:
+        metric.update(*batch)
+    correct = pixels = 0
+    intersection, union, aps = [0, 0], [0, 0], []
+    for soft, predicted, truth in batches:
+        for s, p, t in zip(soft, predicted, truth):
+            p, t = p.numpy(), t.numpy()
+            correct += int((p == t).sum())
+            pixels += p.size
+            for c, (pc, tc) in enumerate(((~p, ~t), (p, t))):
+                intersection[c] += int((pc & tc).sum())
+                union[c] += int((pc | tc).sum())
+            aps.append(binary_average_precision(s, torch.from_numpy(t)))
+    assert metric.images == 12
+    assert metric.pixel_accuracy() == pytest.approx(correct / pixels, abs=1e-12)
+    assert metric.miou() == pytest.approx((intersection[0] / union[0] + intersection[1] / union[1]) / 2, abs=1e-12)
+    assert metric.map() == pytest.approx(sum(aps) / len(aps), abs=1e-12)
+
+
+def test_a_perfect_prediction_scores_one():
+    metric = BinarySegmentation()
+    _, _, truth = _binary_batch(1)
+    metric.update(truth.double(), truth, truth)
+    assert (metric.pixel_accuracy(), metric.miou(), metric.map()) == (1.0, 1.0, 1.0)
+    multi = MultiClassSegmentation(3)
+    labels = torch.randint(0, 3, (2, 5, 5), generator=torch.Generator().manual_seed(0))
+    multi.update(labels, labels)
+    assert multi.miou() == 1.0
+
+
+def test_multiclass_miou_equals_a_literal_loop_and_skips_ignored_pixels():
+    generator = torch.Generator().manual_seed(3)
+    classes, ignore = 4, 255
+    truth = torch.randint(0, classes, (6, 7, 7), generator=generator)
+    truth[truth == 3] = ignore  # class 3 never occurs in the truth
+    truth[:, 0] = ignore
+    predicted = torch.randint(0, classes, (6, 7, 7), generator=generator)
+    metric = MultiClassSegmentation(classes, ignore=ignore)
+    metric.update(predicted[:3], truth[:3])
+    metric.update(predicted[3:], truth[3:])
+    intersection, union = np.zeros(classes), np.zeros(classes)
+    for p, t in zip(predicted.numpy(), truth.numpy()):
+        kept = t != ignore
+        for c in range(classes):
+            intersection[c] += ((p == c) & (t == c) & kept).sum()
+            union[c] += (((p == c) | (t == c)) & kept).sum()
+    present = union > 0
+    assert metric.miou() == pytest.approx((intersection[present] / union[present]).mean(), abs=1e-12)
+    with pytest.raises(CliplensError, match="classes 0..3"):
+        metric.update(torch.full((1, 2, 2), 7), torch.zeros(1, 2, 2, dtype=torch.long))
