@@ -85,3 +85,62 @@ def test_multiclass_miou_equals_a_literal_loop_and_skips_ignored_pixels():
     assert metric.miou() == pytest.approx((intersection[present] / union[present]).mean(), abs=1e-12)
     with pytest.raises(CliplensError, match="classes 0..3"):
         metric.update(torch.full((1, 2, 2), 7), torch.zeros(1, 2, 2, dtype=torch.long))
+
+
+# data -----------------------------------------------------------------------------------------------------------------
+def test_shapes_segmentation_masks_label_each_object_by_its_shape():
+    from cliplens.data.segmentation import segmentation_source
+
+    source = segmentation_source("shapes:segmentation:3:5")
+    assert len(source) == 3 and not source.single_object
+    for i in range(3):
+        scene, labels = source.scenes.scene(i), source.mask(i)
+        assert labels.shape == source[i][0].size[::-1]
+        assert (labels > 0).sum() == sum(int(m.sum()) for m in scene.masks)
+        for obj, pixels in zip(scene.objects, scene.masks):
+            assert (labels[pixels] == source.classnames.index(obj.shape) + 1).all()
+    with pytest.raises(CliplensError, match="shapes:segmentation:<n>"):
+        segmentation_source("shapes:segmentation:x")
+    with pytest.raises(CliplensError, match="not one of"):
+        segmentation_source("shapes:test:4")
+
+
+def _mask_folder(root, sizes=((20, 16), (12, 12))):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("cat\ndog\n")
+    written = []
+    for i, (w, h) in enumerate(sizes):
+        labels = np.zeros((h, w), dtype=np.uint8)
+        labels[2:6, 3:9], labels[0, :] = 1 + i % 2, 255
+        Image.new("RGB", (w, h), (200, 10, 10)).save(root / "images" / f"im{i}.jpg")
+        Image.fromarray(labels, "L").save(root / "masks" / f"im{i}.png")
+        written.append(labels)
+    return written
+
+
+def test_mask_folder_round_trip_and_one_line_errors(tmp_path):
+    from PIL import Image
+
+    from cliplens.data.segmentation import aligned_mask, segmentation_source
+
+    written = _mask_folder(tmp_path / "set")
+    source = segmentation_source(f"masks:{tmp_path / 'set'}")
+    assert source.classnames == ["cat", "dog"] and len(source) == 2
+    for i, labels in enumerate(written):
+        assert np.array_equal(source.mask(i), labels) and source[i][0].size == labels.shape[::-1]
+    assert aligned_mask(written[0], 8).shape == (8, 8)
+    Image.fromarray(np.full((16, 20), 3, dtype=np.uint8), "L").save(tmp_path / "set" / "masks" / "im0.png")
+    with pytest.raises(CliplensError, match="holds value 3"):
+        source.mask(0)
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8), "L").save(tmp_path / "set" / "masks" / "im0.png")
+    with pytest.raises(CliplensError, match="5x5 but its image is 20x16"):
+        source.mask(0)
+    (tmp_path / "set" / "masks" / "im1.png").unlink()
+    with pytest.raises(CliplensError, match="have no mask"):
+        segmentation_source(f"masks:{tmp_path / 'set'}")
+    (tmp_path / "set" / "classes.txt").unlink()
+    with pytest.raises(CliplensError, match="lacks classes.txt"):
+        segmentation_source(f"masks:{tmp_path / 'set'}")
