@@ -144,3 +144,47 @@ def test_mask_folder_round_trip_and_one_line_errors(tmp_path):
     (tmp_path / "set" / "classes.txt").unlink()
     with pytest.raises(CliplensError, match="lacks classes.txt"):
         segmentation_source(f"masks:{tmp_path / 'set'}")
+
+
+# heatmaps -------------------------------------------------------------------------------------------------------------
+def test_per_token_maps_sum_to_the_image_level_projection(vit_lens, vit_images, resnet_lens, resnet_images):
+    from cliplens.apps.segmentation import head_token_scores, pair_token_scores
+    from cliplens.labels import head_label, pool_head_label
+
+    directions = torch.randn(3, vit_lens.spec.output_dim, generator=torch.Generator().manual_seed(0),
+                             dtype=torch.float64)
+    layers = [1, 2]
+    tokens = head_token_scores(vit_lens, vit_images, directions, layers)
+    whole = vit_lens.decompose(vit_images, granularity="head")
+    chosen = sum(whole[head_label(l, h)] for l in layers for h in range(vit_lens.spec.heads))
+    assert tokens.shape == (5, 3, vit_lens.spec.tokens)
+    assert torch.allclose(tokens.sum(-1), chosen @ directions.T, atol=1e-10, rtol=0)
+    tokens = pair_token_scores(resnet_lens, resnet_images, directions)
+    whole = resnet_lens.decompose(resnet_images, granularity="head")
+    every = sum(whole[pool_head_label(h)] for h in range(resnet_lens.spec.heads))
+    assert tokens.shape == (5, 3, resnet_lens.spec.tokens)
+    assert torch.allclose(tokens.sum(-1), every @ directions.T, atol=1e-10, rtol=0)
+
+
+def test_baseline_maps_are_distributions_and_masks_follow_the_rules(vit_lens, vit_images):
+    from cliplens.apps.segmentation import Maps, attention_maps, class_labels, foreground, lens_maps
+
+    for rollout in (False, True):
+        maps = attention_maps(vit_lens, vit_images, rollout=rollout)
+        assert maps.shape == (5, vit_lens.spec.tokens - 1) and (maps > 0).all() and (maps.sum(1) < 1).all()
+    directions = torch.eye(2, vit_lens.spec.output_dim, dtype=torch.float64)
+    heads, centre = lens_maps(vit_lens, vit_images, ["heads", "centre"], directions, layers=[2])
+    assert heads.values.shape == (5, 2, 32, 32) and centre.values.shape == (5, 1, 32, 32)
+    assert torch.allclose(heads.values.sum(1), torch.zeros(5, 32, 32, dtype=torch.float64), atol=1e-12)  # centred
+    predicted = torch.tensor([0, 1, 0, 1, 1])
+    soft, hard = foreground(heads, predicted, single_object=True, threshold=None)
+    assert soft.amin(dim=(1, 2)).eq(0).all() and soft.amax(dim=(1, 2)).eq(1).all()
+    expected = heads.values[torch.arange(5), predicted].clamp_min(0)
+    assert torch.equal(hard, soft > soft.mean(dim=(1, 2), keepdim=True))
+    assert torch.equal(soft > 0, expected > expected.flatten(1).min(1).values[:, None, None])
+    labels = class_labels(heads, predicted, hard)
+    assert torch.equal(labels == 0, ~hard) and torch.equal(labels[hard], heads.values.argmax(1)[hard] + 1)
+    labels = class_labels(Maps("centre", centre.values), predicted, hard)
+    assert torch.equal(labels, torch.where(hard, predicted[:, None, None] + 1, 0))
+    soft, hard = foreground(centre, predicted, single_object=False, threshold=0.5)
+    assert hard[:, 16, 16].all() and not hard[:, 0, 0].any()
