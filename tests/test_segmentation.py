@@ -17,7 +17,7 @@ def _binary_batch(seed: int, n: int = 4, size: int = 9):
     soft = torch.rand(n, size, size, generator=generator, dtype=torch.float64)
     soft = (soft * 4).round() / 4  # ties, as min-max normalised maps have
     truth = torch.rand(n, size, size, generator=generator) > 0.6
-    truth[:, 0, 0] = True  # every image has foreground
+    truth[:, 0, 1] = True  # every image has foreground
     return soft, soft > soft.mean(dim=(1, 2), keepdim=True), truth
 
 
@@ -35,12 +35,14 @@ def test_average_precision_matches_scikit_learn():
 def test_binary_metrics_equal_a_literal_per_image_loop():
     metric = BinarySegmentation()
     batches = [_binary_batch(seed) for seed in range(3)]
+    valid = torch.ones(4, 9, 9, dtype=torch.bool)
+    valid[:, :, 0] = False  # an ignored border column
     for batch in batches:
-        metric.update(*batch)
+        metric.update(*batch, valid)
     correct = pixels = 0
     intersection, union, aps = [0, 0], [0, 0], []
     for soft, predicted, truth in batches:
-        for s, p, t in zip(soft, predicted, truth):
+        for s, p, t in zip(soft[:, :, 1:], predicted[:, :, 1:], truth[:, :, 1:]):
             p, t = p.numpy(), t.numpy()
             correct += int((p == t).sum())
             pixels += p.size

@@ -47,15 +47,19 @@ class BinarySegmentation:
         self.ap_sum = 0.0
         self.images = 0
 
-    def update(self, soft: torch.Tensor, predicted: torch.Tensor, truth: torch.Tensor) -> None:
-        """One batch: soft maps in [0, 1], hard foreground masks and true foreground masks, all [B, H, W]."""
+    def update(self, soft: torch.Tensor, predicted: torch.Tensor, truth: torch.Tensor,
+               valid: torch.Tensor | None = None) -> None:
+        """One batch: soft maps in [0, 1], hard foreground masks and true foreground masks, all [B, H, W]; pixels
+        where `valid` is False (ignored truth) count nowhere."""
         if not soft.shape == predicted.shape == truth.shape:
             raise CliplensError(f"maps {tuple(soft.shape)}, masks {tuple(predicted.shape)} and truth "
                                 f"{tuple(truth.shape)} must have one shape")
-        cells = 2 * truth.bool().long().flatten() + predicted.bool().long().flatten()
-        self.confusion += torch.bincount(cells.cpu(), minlength=4).view(2, 2).double()
-        for image_soft, image_truth in zip(soft, truth):
-            self.ap_sum += binary_average_precision(image_soft.cpu(), image_truth.cpu())
+        soft, predicted, truth = soft.cpu(), predicted.bool().cpu(), truth.bool().cpu()
+        valid = torch.ones_like(truth) if valid is None else valid.bool().cpu()
+        cells = 2 * truth[valid].long() + predicted[valid].long()
+        self.confusion += torch.bincount(cells, minlength=4).view(2, 2).double()
+        for image_soft, image_truth, image_valid in zip(soft, truth, valid):
+            self.ap_sum += binary_average_precision(image_soft[image_valid], image_truth[image_valid])
         self.images += len(soft)
 
     def pixel_accuracy(self) -> float:
