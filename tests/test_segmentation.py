@@ -190,3 +190,59 @@ def test_baseline_maps_are_distributions_and_masks_follow_the_rules(vit_lens, vi
     assert torch.equal(labels, torch.where(hard, predicted[:, None, None] + 1, 0))
     soft, hard = foreground(centre, predicted, single_object=False, threshold=0.5)
     assert hard[:, 16, 16].all() and not hard[:, 0, 0].any()
+
+
+# the study and the command --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy_vit():
+    import cliplens
+
+    return cliplens.load("toy:vit")
+
+
+def test_the_centre_prior_scores_as_a_literal_loop_over_the_masks(toy_vit):
+    from cliplens.apps.segmentation import centre_prior
+    from cliplens.data.segmentation import segmentation_source
+    from cliplens.workflows.segmentation import segmentation_study
+
+    result = segmentation_study(toy_vit, "shapes:segmentation:5:2", ["centre", "heads"], batch_size=2, examples=3)
+    centre = {row["lens"]: row for row in result.rows}["centre"]
+    source = segmentation_source("shapes:segmentation:5:2")
+    prior = centre_prior(1, 96, torch.float64)[0, 0]
+    soft = (prior - prior.min()) / (prior.max() - prior.min())
+    hard = (soft > soft.mean()).numpy()
+    correct, intersection, union = 0, np.zeros(2), np.zeros(2)
+    for i in range(5):
+        truth = source.mask(i) > 0
+        correct += (hard == truth).sum()
+        for c, (p, t) in enumerate(((~hard, ~truth), (hard, truth))):
+            intersection[c] += (p & t).sum()
+            union[c] += (p | t).sum()
+    assert centre["images"] == 5 and centre["pixel_accuracy"] == pytest.approx(correct / (5 * 96 * 96), abs=1e-12)
+    assert centre["miou"] == pytest.approx((intersection / union).mean(), abs=1e-12)
+    assert len(result.examples) == 3 and set(result.examples[0].soft) == {"centre", "heads"}
+
+
+def test_segment_command_writes_metrics_and_overlays_and_refuses_in_one_line(tmp_path, monkeypatch):
+    import csv
+
+    from click.testing import CliRunner
+
+    from cliplens.cli import cli, main
+
+    out = tmp_path / "seg"
+    result = CliRunner().invoke(cli, ["segment", "--model", "toy:vit", "--data-path", "shapes:segmentation:4",
+                                      "--lens", "heads", "--lens", "attention", "--lens", "rollout", "--lens",
+                                      "centre", "--examples", "2", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out / "metrics.csv") as table:
+        rows = list(csv.DictReader(table))
+    assert [row["lens"] for row in rows] == ["heads", "attention", "rollout", "centre"]
+    assert {"pixel_accuracy", "miou", "map", "class_miou", "images"} <= set(rows[0])
+    assert all(row["images"] == "4" and 0 <= float(row["miou"]) <= 1 for row in rows)
+    assert (out / "overlays.png").stat().st_size > 0 and (out / "metadata.json").is_file()
+    for args, message in ((["--model", "toy:rn", "--lens", "rollout"], "needs a vit model"),
+                          (["--data-path", "shapes:test:4", "--lens", "centre"], "segmentation needs images with masks")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["segment", *args, "--output-dir", str(tmp_path / "refused")])
+        assert exit_.value.code == 2
