@@ -41,14 +41,37 @@ SPATIAL_HEADS = Settings(granularity="head", spatial=True, convention="separate"
 
 @dataclass
 class Maps:
-    """One batch's maps for one lens at image resolution: [B, K, S, S] per class, or [B, 1, S, S] class-agnostic."""
+    """One batch's maps for one lens on the patch grid: [B, K, G, G] per class, or [B, 1, G, G] class-agnostic.
+
+    Kept at grid resolution and upsampled only where a rule needs it, a few classes at a time, so a thousand class
+    maps never exist at image resolution at once."""
 
     lens: str
-    values: torch.Tensor
+    grid: torch.Tensor
+    size: int  # the image side the maps are upsampled to
 
     @property
     def class_specific(self) -> bool:
         return self.lens in CLASS_SPECIFIC
+
+    def upsampled(self, grid: torch.Tensor) -> torch.Tensor:
+        """[B, k, G, G] → [B, k, S, S], bilinear (align_corners=False) as the papers upsample."""
+        batch, classes, side, _ = grid.shape
+        flat = grid.reshape(batch * classes, 1, side, side)
+        return F.interpolate(flat, size=(self.size, self.size), mode="bilinear", align_corners=False).view(
+            batch, classes, self.size, self.size)
+
+    def best(self, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per pixel, the largest class value and its class [B, S, S], over classes upsampled `chunk` at a time."""
+        top = index = None
+        for start in range(0, self.grid.shape[1], chunk):
+            values, found = self.upsampled(self.grid[:, start:start + chunk]).max(1)
+            if top is None:
+                top, index = values, found + start
+            else:
+                better = values > top
+                top, index = torch.where(better, values, top), torch.where(better, found + start, index)
+        return top, index
 
 
 def check_lenses(lens: Lens, names: Sequence[str]) -> list[str]:
@@ -102,14 +125,13 @@ def attention_maps(lens: Lens, images: torch.Tensor, *, rollout: bool) -> torch.
     return rolled[:, 0, 1:] if rollout else last.cls_attention().mean(1)[:, 1:]
 
 
-def to_image(grid_values: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, K, G²] patch values → [B, K, size, size], bilinear (align_corners=False) as the papers upsample."""
-    batch, classes, patches = grid_values.shape
+def to_grid(token_values: torch.Tensor) -> torch.Tensor:
+    """[B, K, G²] patch values → [B, K, G, G]."""
+    batch, classes, patches = token_values.shape
     side = int(round(patches**0.5))
     if side * side != patches:
         raise CliplensError(f"{patches} patch tokens do not form a square grid; segmentation needs square inputs")
-    grid = grid_values.reshape(batch * classes, 1, side, side)
-    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False).view(batch, classes, size, size)
+    return token_values.reshape(batch, classes, side, side)
 
 
 def centre_prior(batch: int, size: int, dtype: torch.dtype) -> torch.Tensor:
@@ -121,7 +143,7 @@ def centre_prior(batch: int, size: int, dtype: torch.dtype) -> torch.Tensor:
 
 def lens_maps(lens: Lens, images: torch.Tensor, names: Sequence[str], directions: torch.Tensor, *,
               layers: Sequence[int]) -> list[Maps]:
-    """Every requested lens's maps for one preprocessed batch, at the input's resolution."""
+    """Every requested lens's maps for one preprocessed batch (upsampled later to the input's side)."""
     size = images.shape[-1]
     maps = []
     for name in names:
@@ -130,12 +152,12 @@ def lens_maps(lens: Lens, images: torch.Tensor, names: Sequence[str], directions
                       else pair_token_scores(lens, images, directions))[..., 1:]
             if tokens.shape[1] > 1:
                 tokens = tokens - tokens.mean(1, keepdim=True)
-            values = to_image(tokens, size)
+            grid = to_grid(tokens)
         elif name == "centre":
-            values = centre_prior(len(images), size, images.dtype).to(images.device)
+            grid = centre_prior(len(images), size, images.dtype).to(images.device)
         else:
-            values = to_image(attention_maps(lens, images, rollout=name == "rollout")[:, None], size)
-        maps.append(Maps(name, values))
+            grid = to_grid(attention_maps(lens, images, rollout=name == "rollout")[:, None])
+        maps.append(Maps(name, grid, size))
     return maps
 
 
@@ -150,11 +172,12 @@ def foreground(maps: Maps, predicted: torch.Tensor, *, single_object: bool, thre
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(soft map in [0, 1], hard mask) [B, S, S]: the predicted class's map for single-object data, else the
     per-pixel max over classes; threshold None means each map's mean."""
-    values = maps.values
-    if maps.class_specific:
-        values = values[torch.arange(len(values)), predicted] if single_object else values.max(1).values
+    grid = maps.grid
+    if maps.class_specific and not single_object:
+        values = maps.best()[0]
     else:
-        values = values[:, 0]
+        chosen = grid[torch.arange(len(grid)), predicted] if maps.class_specific else grid[:, 0]
+        values = maps.upsampled(chosen[:, None])[:, 0]
     soft = normalised(values)
     cut = soft.mean(dim=(1, 2), keepdim=True) if threshold is None else threshold
     return soft, soft > cut
@@ -163,7 +186,7 @@ def foreground(maps: Maps, predicted: torch.Tensor, *, single_object: bool, thre
 def class_labels(maps: Maps, predicted: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
     """Multi-class label maps [B, S, S]: 0 background, k + 1 for class k on the foreground."""
     if maps.class_specific:
-        chosen = maps.values.argmax(1)
+        chosen = maps.best()[1]
     else:
         chosen = predicted[:, None, None].expand_as(hard)
     return torch.where(hard, chosen + 1, torch.zeros_like(chosen))
