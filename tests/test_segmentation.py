@@ -250,3 +250,70 @@ def test_segment_command_writes_metrics_and_overlays_and_refuses_in_one_line(tmp
         with pytest.raises(SystemExit) as exit_:
             main(["segment", *args, "--output-dir", str(tmp_path / "refused")])
         assert exit_.value.code == 2
+
+
+def _gtsegs(path, images):
+    """A file in gtsegs_ijcv.mat's layout: MATLAB v7.3 object references, arrays stored column-major."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as file:
+        refs = file.create_group("#refs#")
+        value = file.create_group("value")
+        img = value.create_dataset("img", (len(images), 1), dtype=h5py.ref_dtype)
+        gt = value.create_dataset("gt", (len(images), 1), dtype=h5py.ref_dtype)
+        for i, (pixels, truth) in enumerate(images):
+            img[i, 0] = refs.create_dataset(f"img{i}", data=pixels.transpose(2, 1, 0)).ref
+            array = refs.create_dataset(f"gt{i}", data=truth.transpose(1, 0))
+            cell = refs.create_dataset(f"cell{i}", (1, 1), dtype=h5py.ref_dtype)
+            cell[0, 0] = array.ref
+            gt[i, 0] = cell.ref
+
+
+def test_imagenet_segmentation_reader_round_trips_the_matlab_layout(tmp_path):
+    from cliplens.data.segmentation import segmentation_source
+
+    generator = np.random.default_rng(0)
+    written = []
+    for height, width in ((10, 14), (12, 9)):
+        pixels = generator.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        truth = np.zeros((height, width), dtype=np.uint8)
+        truth[2:5, 1:7] = 1
+        written.append((pixels, truth))
+    _gtsegs(tmp_path / "gtsegs_ijcv.mat", written)
+    source = segmentation_source(f"imagenet-seg:{tmp_path / 'gtsegs_ijcv.mat'}")
+    assert len(source) == 2 and source.single_object and source.classnames is None
+    for i, (pixels, truth) in enumerate(written):
+        assert np.array_equal(np.asarray(source[i][0]), pixels)
+        assert np.array_equal(source.mask(i), truth)
+    (tmp_path / "other.mat").write_bytes(b"MATLAB 5.0 MAT-file")
+    with pytest.raises(CliplensError, match="cannot open .* as HDF5"):
+        segmentation_source(f"imagenet-seg:{tmp_path / 'other.mat'}")
+
+
+def test_pascal_context_reader_ignores_background_and_labels_every_pixel(tmp_path):
+    from PIL import Image
+
+    from cliplens.apps.segmentation import Maps, class_labels
+    from cliplens.data.segmentation import IGNORE, PASCAL_CONTEXT_59, segmentation_source
+
+    voc = tmp_path / "VOCdevkit" / "VOC2010"
+    for folder in ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext"):
+        (voc / folder).mkdir(parents=True)
+    (voc / "ImageSets" / "SegmentationContext" / "val.txt").write_text("2008_000002\n2008_000001\n")
+    for i, name in enumerate(("2008_000002", "2008_000001")):
+        labels = np.zeros((6, 8), dtype=np.uint8)
+        labels[1:4, 2:6] = 37 + i  # person, plate
+        Image.new("RGB", (8, 6), (i, 0, 0)).save(voc / "JPEGImages" / f"{name}.jpg")
+        Image.fromarray(labels, "L").save(voc / "SegmentationClassContext" / f"{name}.png")
+    source = segmentation_source(f"pascal-context:{tmp_path}")
+    assert len(source) == 2 and not source.background and source.classnames == list(PASCAL_CONTEXT_59)
+    assert source.classnames[36] == "person" and source.describe(0).endswith("2008_000002.jpg")
+    mask = source.mask(1)
+    assert (mask[1:4, 2:6] == 38).all() and (mask[0] == IGNORE).all()
+    grid = torch.zeros(1, 3, 2, 2)
+    grid[0, 2] = 1.0
+    assert (class_labels(Maps("heads", grid, 4), torch.tensor([0]), None) == 3).all()
+    (voc / "SegmentationClassContext" / "2008_000001.png").unlink()
+    with pytest.raises(CliplensError, match="have no label PNG"):
+        segmentation_source(f"pascal-context:{tmp_path}")
+    with pytest.raises(CliplensError, match="holds no VOC2010/JPEGImages"):
+        segmentation_source(f"pascal-context:{tmp_path / 'VOCdevkit' / 'VOC2010' / 'JPEGImages'}")

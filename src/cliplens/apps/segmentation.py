@@ -14,7 +14,8 @@ Class maps are centred over the classes (score − mean over classes, TextSpan's
 Per image, the foreground map (the predicted class's map for single-object data, the per-pixel max over classes
 otherwise) has its negatives clipped to 0 and is min–max normalised to [0, 1]; the hard mask is map > threshold
 (default: the map's mean). Multi-class labels: each foreground pixel takes its argmax class (class-specific lenses)
-or the image's zero-shot class (class-agnostic ones); the rest is background.
+or the image's zero-shot class (class-agnostic ones); the rest is background (where the truth has no background,
+PASCAL Context 59, every pixel takes a class).
 """
 
 from __future__ import annotations
@@ -183,10 +184,11 @@ def foreground(maps: Maps, predicted: torch.Tensor, *, single_object: bool, thre
     return soft, soft > cut
 
 
-def class_labels(maps: Maps, predicted: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
-    """Multi-class label maps [B, S, S]: 0 background, k + 1 for class k on the foreground."""
+def class_labels(maps: Maps, predicted: torch.Tensor, hard: torch.Tensor | None) -> torch.Tensor:
+    """Multi-class label maps [B, S, S]: k + 1 for class k on the foreground `hard`, 0 elsewhere; with no `hard`
+    (truth without background, PASCAL Context 59) every pixel takes a class."""
     if maps.class_specific:
         chosen = maps.best()[1]
     else:
-        chosen = predicted[:, None, None].expand_as(hard)
-    return torch.where(hard, chosen + 1, torch.zeros_like(chosen))
+        chosen = predicted[:, None, None].expand(len(predicted), maps.size, maps.size)
+    return chosen + 1 if hard is None else torch.where(hard, chosen + 1, torch.zeros_like(chosen))

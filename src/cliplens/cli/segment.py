@@ -8,15 +8,23 @@ from typing import Any
 import click
 
 from ..apps.segmentation import LENSES
+from ..data.segmentation import IMAGENET_SEG_PREFIX
+from ..extras import require
 from ..workflows.segmentation import GRID, METRICS, segmentation_study, write_segmentation
-from .options import Options, load_lens, model_options, output_option
+from .options import Options, before_body, load_lens, model_options, output_option, running_command
+
+
+def _needs_h5py(options: Options) -> None:
+    """imagenet-seg: data is HDF5; say which extra reads it before loading a model."""
+    if str(options["data_path"]).startswith(IMAGENET_SEG_PREFIX):
+        require("segment", "h5py", user=f"{running_command()} on imagenet-seg: data")
 
 
 @click.command("segment")
 @model_options
 @click.option("--data-path", default="shapes:segmentation:256", show_default=True,
-              help="Images with masks: shapes:segmentation:<n>[:<seed>] or masks:<dir> (images/, masks/, "
-                   "classes.txt).")
+              help="Images with masks: shapes:segmentation:<n>[:<seed>], masks:<dir> (images/, masks/, "
+                   "classes.txt), imagenet-seg:<gtsegs_ijcv.mat> or pascal-context:<VOC2010 dir>.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--lens", "lenses", multiple=True, type=click.Choice(LENSES), required=True,
@@ -28,6 +36,7 @@ from .options import Options, load_lens, model_options, output_option
 @click.option("--examples", type=click.IntRange(min=0), default=6, show_default=True,
               help="Images drawn in the overlay grid (0: no grid).")
 @output_option("cliplens-out/segment")
+@before_body(_needs_h5py)
 def command(model: Options, **options: Any) -> None:
     """Segment images with masks from each lens's heatmaps; metrics.csv has one row per lens."""
     lens = load_lens(model)
@@ -40,7 +49,13 @@ def command(model: Options, **options: Any) -> None:
     click.echo(f"{lens.name}: {result.report.summary()}")
     click.echo(f"  {'lens':<10} {'pixel acc':>9} {'mIoU':>7} {'mAP':>7} {'class mIoU':>10}")
     for row in result.rows:
-        click.echo(f"  {row['lens']:<10} {100 * row['pixel_accuracy']:8.2f}% {100 * row['miou']:6.2f}% "
-                   f"{100 * row['map']:6.2f}% {100 * row['class_miou']:9.2f}%")
+        cells = [_percent(row[key], width) for key, width in (("pixel_accuracy", 9), ("miou", 7), ("map", 7),
+                                                             ("class_miou", 10))]
+        click.echo(f"  {row['lens']:<10} {' '.join(cells)}")
     written = [METRICS] + ([GRID] if result.examples else [])
     click.echo(f"wrote {', '.join(written)} to {output_dir}")
+
+
+def _percent(value: Any, width: int) -> str:
+    """A metric as a percentage, or a dash where the data defines none."""
+    return f"{100 * value:{width - 1}.2f}%" if value != "" else f"{'-':>{width}}"

@@ -6,9 +6,14 @@ where the truth says nothing. It also says how its classes are prompted (`phrase
 image shows one object (`single_object`: the foreground is the predicted class's map) or several (the foreground is
 every class's map at once).
 
-Data specs: `shapes:segmentation:<n>[:<seed>]` (the shapes world, exact masks, classes = shapes) and `masks:<dir>`
+Data specs: `shapes:segmentation:<n>[:<seed>]` (the shapes world, exact masks, classes = shapes), `masks:<dir>`
 (`<dir>/images/<name>.<png|jpg|jpeg>`, `<dir>/masks/<name>.png`, `<dir>/classes.txt` with one name per line for
-the mask values 1, 2, ...).
+the mask values 1, 2, ...) and `imagenet-seg:<gtsegs_ijcv.mat>` (ImageNet-segmentation, one object per image,
+foreground/background truth; its classes are the 1,000 ImageNet names, which a source names by `class_pool`) and
+`pascal-context:<dir>` (PASCAL Context in the 59-class layout of segmentation toolkits, val split).
+
+`background` says whether the truth labels background pixels; where it does not (PASCAL Context 59, whose
+background is ignored), there is no binary truth and every pixel takes a class.
 """
 
 from __future__ import annotations
@@ -26,15 +31,24 @@ from .folders import ImageFolder, printable
 IGNORE = 255  # truth pixels that count nowhere (PASCAL-style "void" borders)
 SHAPES_SEGMENTATION = "shapes:segmentation"
 MASKS_PREFIX = "masks:"
+IMAGENET_SEG_PREFIX = "imagenet-seg:"
+PASCAL_CONTEXT_PREFIX = "pascal-context:"
+PASCAL_CONTEXT_59 = (  # the 59 classes of the segmentation toolkits' PascalContext59, label values 1..59
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building", "bus",
+    "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow", "cup", "curtain", "dog", "door", "fence",
+    "floor", "flower", "food", "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse",
+    "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow",
+    "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-SPECS = "shapes:segmentation:<n>[:<seed>] or masks:<dir>"
+SPECS = "shapes:segmentation:<n>[:<seed>], masks:<dir>, imagenet-seg:<gtsegs_ijcv.mat> or pascal-context:<dir>"
 
 
 class ShapesSegmentation:
     """The shapes world's segmentation split: 2-3 solid objects of distinct shapes and colours per image, each
     pixel labelled exactly by the object painted on it; classes are the values of `by` (shape or colour)."""
 
-    single_object = False
+    single_object, background = False, True
 
     def __init__(self, n: int, seed: int = 0, *, by: str = "shape") -> None:
         from ..shapes import ShapesDataset
@@ -68,7 +82,7 @@ class ShapesSegmentation:
 class MaskFolder:
     """Image + mask PNG pairs with a class-name file (layout in the module docstring)."""
 
-    single_object = False
+    single_object, background = False, True
 
     def __init__(self, root: str | Path) -> None:
         root = Path(root)
@@ -130,6 +144,90 @@ class MaskFolder:
         return self.images.describe(index)
 
 
+class ImageNetSegmentation:
+    """`gtsegs_ijcv.mat` (Guillaumin et al.; the benchmark of Chefer et al. 2021): a MATLAB v7.3 (HDF5) file whose
+    `value/img` and `value/gt` hold one object reference per image. MATLAB stores arrays column-major, so an image
+    reads as [3, W, H] and a ground-truth cell as [W, H]: both are transposed on read. The truth is foreground (1) or
+    background (0); the class is the zero-shot prediction, never a label from the file."""
+
+    single_object, background = True, True
+    classnames = None
+    class_pool = "imagenet"
+    templates = "openai"
+
+    def __init__(self, path: str | Path) -> None:
+        from ..extras import require
+
+        require("segment", "h5py", user="reading imagenet-seg:")
+        import h5py
+
+        self.path = Path(path)
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise CliplensError(f"cannot open {printable(str(path))} as HDF5 ({exc}); pass gtsegs_ijcv.mat "
+                                "(MATLAB v7.3)") from exc
+        if "value/img" not in self.file or "value/gt" not in self.file:
+            raise CliplensError(f"{printable(str(path))} has no value/img and value/gt; is it gtsegs_ijcv.mat?")
+        self.images, self.truths = self.file["value/img"], self.file["value/gt"]
+        if self.images.shape != self.truths.shape or self.images.shape[1:] != (1,):
+            raise CliplensError(f"value/img {self.images.shape} and value/gt {self.truths.shape} must both be "
+                                "[N, 1] references; is it gtsegs_ijcv.mat?")
+        self.fingerprint = f"imagenet-seg:{len(self)}:{self.path.stat().st_size}"
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        pixels = np.asarray(self.file[self.images[index, 0]]).transpose(2, 1, 0)
+        return Image.fromarray(pixels.astype(np.uint8), "RGB"), -1
+
+    def mask(self, index: int) -> np.ndarray:
+        cell = self.file[self.truths[index, 0]]  # a MATLAB cell: one more reference, unless saved as the array
+        truth = np.asarray(self.file[cell[0, 0]] if cell.dtype == object else cell).transpose(1, 0)
+        return (truth > 0).astype(np.int64)
+
+    def describe(self, index: int) -> str:
+        return f"{printable(self.path.name)} image {index}"
+
+
+class PascalContext(MaskFolder):
+    """PASCAL Context, 59 classes, as segmentation toolkits lay it out: `VOC2010/JPEGImages/<id>.jpg`,
+    `VOC2010/SegmentationClassContext/<id>.png` (0 background, 1..59 the classes) and the split file
+    `VOC2010/ImageSets/SegmentationContext/<split>.txt`. `<dir>` is the VOC2010 folder or one holding it (directly or
+    in VOCdevkit/). Background pixels are ignored, as the 59-class protocol does (reduce-zero-label)."""
+
+    background = False
+
+    def __init__(self, root: str | Path, split: str = "val") -> None:
+        given = Path(root)
+        found = [c for c in (given, given / "VOC2010", given / "VOCdevkit" / "VOC2010") if (c / "JPEGImages").is_dir()]
+        if not found:
+            raise CliplensError(f"{printable(str(given))} holds no VOC2010/JPEGImages; pass the folder of PASCAL "
+                                "Context's VOC2010 (JPEGImages, SegmentationClassContext, ImageSets/SegmentationContext)")
+        voc = found[0]
+        listing = voc / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+        labels = voc / "SegmentationClassContext"
+        if not listing.is_file() or not labels.is_dir():
+            raise CliplensError(f"{printable(str(voc))} lacks ImageSets/SegmentationContext/{split}.txt or "
+                                "SegmentationClassContext/; convert PASCAL Context to the 59-class layout first")
+        ids = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not ids:
+            raise CliplensError(f"{printable(str(listing))} lists no image")
+        self.mask_paths = [labels / f"{name}.png" for name in ids]
+        missing = [p.name for p in self.mask_paths if not p.is_file()]
+        if missing:
+            raise CliplensError(f"{len(missing)} image(s) of {listing.name} have no label PNG in "
+                                f"{printable(str(labels))}, e.g. {printable(missing[0])}")
+        self.classnames, self.phrases, self.templates = list(PASCAL_CONTEXT_59), list(PASCAL_CONTEXT_59), "openai"
+        self.images = ImageFolder([voc / "JPEGImages" / f"{name}.jpg" for name in ids])
+        self.fingerprint = f"pascal-context-59:{split}:{self.images.fingerprint}"
+
+    def mask(self, index: int) -> np.ndarray:
+        labels = super().mask(index)
+        return np.where(labels == 0, IGNORE, labels)
+
+
 def segmentation_source(data: Any) -> Any:
     """A data spec (see the module docstring) as a segmentation source; sources with `mask` pass through."""
     if hasattr(data, "mask") and hasattr(data, "classnames"):
@@ -145,6 +243,10 @@ def segmentation_source(data: Any) -> Any:
             raise CliplensError(f"bad data spec {spec!r}; write shapes:segmentation:<n>[:<seed>]") from None
     if spec.startswith(MASKS_PREFIX):
         return MaskFolder(spec.removeprefix(MASKS_PREFIX))
+    if spec.startswith(PASCAL_CONTEXT_PREFIX):
+        return PascalContext(spec.removeprefix(PASCAL_CONTEXT_PREFIX))
+    if spec.startswith(IMAGENET_SEG_PREFIX):
+        return ImageNetSegmentation(spec.removeprefix(IMAGENET_SEG_PREFIX))
     raise CliplensError(f"segmentation needs images with masks: {spec!r} is not one of {SPECS}")
 
 

@@ -73,11 +73,15 @@ def segmentation_study(
     layers = chosen_layers(lens, last_layers)
     if threshold is not None and not 0 <= threshold < 1:
         raise CliplensError(f"threshold {threshold} must lie in [0, 1): maps are normalised to [0, 1]")
+    classnames, phrases = class_texts(source)
     templates = resolve_templates(source.templates)
-    directions = template_average(lens.encode_text, source.phrases, templates).to(lens.dtype)
+    directions = template_average(lens.encode_text, phrases, templates).to(lens.dtype)
     size = lens.spec.image_size
-    binary = {name: BinarySegmentation() for name in names}
-    multi = {name: MultiClassSegmentation(len(source.classnames) + 1, ignore=IGNORE) for name in names}
+    # binary truth exists only where the truth labels background
+    binary = {name: BinarySegmentation() for name in names} if source.background else {}
+    # per-class truth exists only where the source names the classes of its mask values
+    multi = ({name: MultiClassSegmentation(len(classnames) + 1, ignore=IGNORE) for name in names}
+             if source.classnames is not None else {})
     kept: list[Example] = []
     report = LoadReport()
     with torch.no_grad():
@@ -91,20 +95,40 @@ def segmentation_study(
             fresh = [Example(_as_seen(source[i][0], size), truth[k].numpy()) for k, i in enumerate(room)]
             for maps in lens_maps(lens, batch.images, names, directions, layers=layers):
                 soft, hard = foreground(maps, predicted, single_object=source.single_object, threshold=threshold)
-                binary[maps.lens].update(soft, hard, truth > 0, truth != IGNORE)
-                multi[maps.lens].update(class_labels(maps, predicted, hard), truth)
+                if binary:
+                    binary[maps.lens].update(soft, hard, truth > 0, truth != IGNORE)
+                if multi:
+                    multi[maps.lens].update(class_labels(maps, predicted, hard if binary else None), truth)
                 for k, example in enumerate(fresh):
                     example.soft[maps.lens] = soft[k].cpu()
             kept.extend(fresh)
-    rows = [{"lens": name, "pixel_accuracy": binary[name].pixel_accuracy(), "miou": binary[name].miou(),
-             "map": binary[name].map(), "class_miou": multi[name].miou(), "images": binary[name].images}
-            for name in names]
+    rows = [{"lens": name, **_binary_columns(binary.get(name)), "class_miou": multi[name].miou() if multi else "",
+             "images": report.loaded} for name in names]
     metadata = {**lens.describe(), "command": "segment", "lenses": names, "layers": layers,
-                "threshold": "mean" if threshold is None else threshold, "classes": list(source.classnames),
-                "phrases": list(source.phrases), "templates": list(templates),
-                "single_object": source.single_object, "data_path": str(data), "data_fingerprint": fingerprint(source),
+                "threshold": "mean" if threshold is None else threshold, "classes": classnames,
+                "phrases": phrases, "templates": list(templates),
+                "single_object": source.single_object, "background": source.background, "data_path": str(data), "data_fingerprint": fingerprint(source),
                 "skipped": report.skipped, "geometry": "aligned"}
     return SegmentationResult(rows, kept, report, metadata)
+
+
+def _binary_columns(metric: BinarySegmentation | None) -> dict[str, Any]:
+    """pixel_accuracy, miou, map; blank where the truth has no background (no binary benchmark)."""
+    if metric is None:
+        return {"pixel_accuracy": "", "miou": "", "map": ""}
+    return {"pixel_accuracy": metric.pixel_accuracy(), "miou": metric.miou(), "map": metric.map()}
+
+
+def class_texts(source: Any) -> tuple[list[str], list[str]]:
+    """(class names, the texts prompted for them): the source's own, or the names of its `class_pool`."""
+    if source.classnames is None:
+        from ..text.pools import imagenet_classnames
+
+        if source.class_pool != "imagenet":
+            raise CliplensError(f"unknown class pool {source.class_pool!r} of a segmentation source")
+        names = imagenet_classnames()
+        return names, names
+    return list(source.classnames), list(source.phrases)
 
 
 def _as_seen(image: Image.Image | None, size: int) -> Image.Image:
