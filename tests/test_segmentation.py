@@ -317,3 +317,17 @@ def test_pascal_context_reader_ignores_background_and_labels_every_pixel(tmp_pat
         segmentation_source(f"pascal-context:{tmp_path}")
     with pytest.raises(CliplensError, match="holds no VOC2010/JPEGImages"):
         segmentation_source(f"pascal-context:{tmp_path / 'VOCdevkit' / 'VOC2010' / 'JPEGImages'}")
+
+
+def test_heads_lens_beats_raw_attention_and_the_centre_prior_on_the_toy_vit(toy_vit):
+    """Seed 3, 32 images. Margins from a bootstrap over 256 images of that seed (resampling 32 images): heads −
+    attention binary mIoU 0.059 ± 0.006, heads − centre 0.216 ± 0.010; the asserted 0.03 and 0.15 sit 5 and 7 standard
+    deviations below, so the result is the lens, not the draw of images. Settings (last 3 layers, mean threshold)
+    were chosen on seed 1."""
+    from cliplens.workflows.segmentation import segmentation_study
+
+    result = segmentation_study(toy_vit, "shapes:segmentation:32:3", ["heads", "attention", "centre"], last_layers=3,
+                                examples=0)
+    miou = {row["lens"]: row["miou"] for row in result.rows}
+    assert miou["heads"] > miou["attention"] + 0.03
+    assert miou["heads"] > miou["centre"] + 0.15
