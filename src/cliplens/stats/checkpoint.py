@@ -20,6 +20,7 @@ import torch
 from ..data.loader import Batch, LoadReport, stream
 from ..errors import CliplensError
 from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.atomic import interrupted
 from ..io.compat import require_match
 
 KIND = "checkpoint"
@@ -53,6 +54,9 @@ class Checkpoints:
         """The checkpoint's state if there is one (None: start from the beginning); refuses one of another run."""
         if self.path is None:
             raise CliplensError("resuming needs the checkpoint folder of the interrupted run; pass checkpoint_dir")
+        aside = interrupted(self.path)
+        if aside is not None:  # killed between the two renames of a checkpoint write: the previous one is complete
+            aside.rename(self.path)
         if not self.path.exists():
             return None
         what = f"the checkpoint {self.path}"

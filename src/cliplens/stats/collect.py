@@ -124,7 +124,7 @@ def collect(
         identity = {"pass": "collect", MODEL_KEY: lens.fingerprint, "model": lens.name, "precision": lens.precision,
                     **settings.metadata(), "top_k": top_k if granularity == "pair" else None,
                     "data_fingerprint": fingerprint(part), "batch_size": batch_size, "part": part_name(part)}
-        checkpoints = Checkpoints(checkpoint_dir, f"collect.{part_name(part)}", identity, checkpoint_every)
+        checkpoints = Checkpoints(checkpoint_dir, f"collect-{part_name(part)}", identity, checkpoint_every)
         return _collect_part(lens, part, settings, top_k, checkpoints, resume, batch_size=batch_size,
                              num_workers=num_workers, progress=progress and (ranks is None or ranks.rank == 0))
 

@@ -95,3 +95,12 @@ def _joined(ranges: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             joined.append(dict(r))
     return joined
+
+
+def coverage_summary(metadata: dict[str, Any]) -> str:
+    """Which data statistics cover, in words: the whole source, or which positions of which sources."""
+    ranges = data_ranges(metadata)
+    if not ranges:
+        return f"the data with fingerprint {metadata.get('data_fingerprint')}"
+    return "; ".join(f"all {r['size']} images of {r['source']}" if (r["start"], r["stop"]) == (0, r["size"]) else
+                     f"images {r['start']} to {r['stop'] - 1} of the {r['size']} of {r['source']}" for r in ranges)

@@ -421,7 +421,7 @@ def collect_second_order(
                     "precision": lens.precision, "layer": layer, "convention": convention, "scale": float(scale),
                     "normalize": normalize, "top_k": top_k, "ranking": ranking, "centre": given,
                     "data_fingerprint": fingerprint(part), "batch_size": batch_size, "part": part_name(part)}
-        checkpoints = Checkpoints(checkpoint_dir, f"second-order-L{layer}.{part_name(part)}", identity,
+        checkpoints = Checkpoints(checkpoint_dir, f"second-order-L{layer}-{part_name(part)}", identity,
                                   checkpoint_every)
         resumed = checkpoints.resume() if resume else None
         options = dict(scale=scale, normalize=normalize, top_k=top_k)
