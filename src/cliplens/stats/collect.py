@@ -135,10 +135,14 @@ def collect(
             stats = local(ranks)
 
         def rebuild(rank: int, tensors: dict[str, torch.Tensor], report: LoadReport) -> PieceStats | PairStats:
-            return _result(lens, settings, shard_of(source, Shard(rank, ranks.size)), report, top_k, tensors,
-                           stats.labels if isinstance(stats, PieceStats) else stats.factors)
+            if isinstance(stats, PairStats):  # the factors are the model's weights: rank 0's own
+                part = PairStats.from_state({**tensors, **_factors(stats)}, {"top_k": top_k})
+            else:
+                part = PieceStats.from_state(stats.labels, tensors, {})
+            return _described(part, lens, settings, shard_of(source, Shard(rank, ranks.size)), report)
 
-        return ranks.fold(_exchanged(stats), stats.report, rebuild)
+        sent = {name: tensor for name, tensor in stats.state().items() if name not in _factors(stats)}
+        return ranks.fold(sent, stats.report, rebuild)
 
 
 def _collect_part(lens: Any, part: Any, settings: Settings, top_k: int, checkpoints: Checkpoints, resume: bool,
@@ -162,32 +166,26 @@ def _collect_part(lens: Any, part: Any, settings: Settings, top_k: int, checkpoi
                                          description=f"collect {lens.name}", **stream_options):
             reducer.update(batch.images, batch.indices)
     if settings.granularity == "pair":
-        state, template = reducer.stats.state(), reducer.stats.factors
-    else:
-        labels, moments, token_mean = reducer.finish()
-        state, template = {**moments.state(), **({"token_mean": token_mean} if token_mean is not None else {})}, labels
-    return _result(lens, settings, part, report, top_k, state, template)
+        return _described(reducer.stats, lens, settings, part, report)
+    labels, moments, token_mean = reducer.finish()
+    return _described(PieceStats(labels, moments, {}, token_mean), lens, settings, part, report)
 
 
-def _result(lens: Any, settings: Settings, part: Any, report: LoadReport, top_k: int,
-            tensors: dict[str, torch.Tensor], template: list[str] | dict[str, torch.Tensor]) -> PieceStats | PairStats:
-    """The statistics of one part from its state tensors, with the metadata of that part (`template`: the piece
-    labels, or the pairs' factor weights, which every part shares)."""
-    metadata = {"kind": "pair-stats" if settings.granularity == "pair" else "piece-stats", **lens.describe(),
-                "architecture": lens.kind, **settings.metadata(), **data_record(part, report)}
-    if settings.granularity == "pair":
-        stats = PairStats.from_state({**tensors, **{f"factor.{k}": v for k, v in template.items()}},
-                                     {**metadata, "top_k": top_k})
-        stats.metadata["count"] = stats.count
-    else:
-        stats = PieceStats.from_state(template, tensors, metadata)
+def _described(stats: PieceStats | PairStats, lens: Any, settings: Settings, part: Any,
+               report: LoadReport) -> PieceStats | PairStats:
+    """`stats` of one part, with the metadata that says what they are and which data they cover."""
+    pairs = isinstance(stats, PairStats)
+    stats.metadata.update({"kind": "pair-stats" if pairs else "piece-stats", **lens.describe(),
+                           "architecture": lens.kind, **settings.metadata(), **data_record(part, report)})
+    if pairs:
+        stats.metadata.update(top_k=stats.top_k, count=stats.count)
     stats.report = report
     return stats
 
 
-def _exchanged(stats: PieceStats | PairStats) -> dict[str, torch.Tensor]:
-    """What a rank sends to rank 0: its state, less the pair factors (equal on every rank: the model's weights)."""
-    return {name: tensor for name, tensor in stats.state().items() if not name.startswith("factor.")}
+def _factors(stats: PieceStats | PairStats) -> dict[str, torch.Tensor]:
+    """The pair factor weights as state entries (none for pieces): equal on every rank, so never sent."""
+    return {f"factor.{name}": t for name, t in stats.factors.items()} if isinstance(stats, PairStats) else {}
 
 
 def load_stats(path: str | Path, lens: Any = None, **expect: Any) -> PieceStats | PairStats:
