@@ -21,10 +21,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from . import (ablate, collect, decompose, demo, explain, info, neuron_ablate, pairs, reconstruct, retrieve,
-                   second_order, segment, textspan, train_toy)
+    from . import (ablate, collect, decompose, demo, explain, info, merge, neuron_ablate, pairs, reconstruct,
+                   retrieve, second_order, segment, textspan, train_toy)
 
-    for module in (demo, info, decompose, collect, textspan, explain, ablate, reconstruct, second_order, pairs,
+    for module in (demo, info, decompose, collect, merge, textspan, explain, ablate, reconstruct, second_order, pairs,
                    neuron_ablate, retrieve, segment, train_toy):
         cli.add_command(module.command)
 

@@ -1,7 +1,9 @@
 """The batch loop shared by every streaming pass: preprocess in workers, skip what cannot be read, keep order.
 
 `stream` is the one loop every pass over a dataset uses: batches ready for a model, with their positions and labels,
-a progress bar, and one error when nothing could be read.
+a progress bar, and one error when nothing could be read. A pass can start at any batch boundary (`start`): the
+batches after it have the same composition as in a pass from the beginning, which is what makes a resumed pass
+bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Batch:
     indices: torch.Tensor  # positions in the source, so top-k results can name their images
     images: torch.Tensor  # [B, 3, H, W], preprocessed
     labels: torch.Tensor  # [B], -1 where the source has no labels
+    stop: int = 0  # the source position after this batch's block: where a pass resumed after it starts
 
 
 @dataclass
@@ -41,6 +44,12 @@ class LoadReport:
             shown = ", ".join(named) + (" ..." if len(self.skipped) > 3 else "")
             line += f"; skipped {len(self.skipped)} unreadable file(s): {shown}"
         return line
+
+    def extend(self, other: "LoadReport") -> None:
+        """Add the counts and skipped files of a pass over the data that follows this one's."""
+        self.total, self.loaded = self.total + other.total, self.loaded + other.loaded
+        self.skipped.extend(other.skipped)
+        self.reasons.extend(other.reasons)
 
 
 SHAPES_PREFIX = "shapes:"
@@ -83,14 +92,15 @@ def fingerprint(source: Any) -> str:
 class _Preprocessed(Dataset):
     """(position, tensor or why it was skipped, label) per item; sources with `read` (ImageFolder) say why."""
 
-    def __init__(self, source: Any, preprocess: Any):
-        self.source, self.preprocess = source, preprocess
+    def __init__(self, source: Any, preprocess: Any, start: int = 0):
+        self.source, self.preprocess, self.start = source, preprocess, start
         self.read = getattr(source, "read", None)
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.source) - self.start
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str, int]:
+        i += self.start
         if self.read is not None:
             try:
                 image, label = self.read(i)
@@ -119,19 +129,22 @@ def _collate(items: Sequence[tuple[int, torch.Tensor | str, int]]) -> tuple[list
 
 def batches(
     source: Any, preprocess: Any, *, batch_size: int = 32, num_workers: int = 0, report: LoadReport | None = None,
-    progress: bool = False, description: str = "images",
+    progress: bool = False, description: str = "images", start: int = 0,
 ) -> Iterator[Batch]:
-    """Preprocessed batches in source order; unreadable items are skipped and recorded in `report`."""
+    """Preprocessed batches in source order from position `start`; unreadable items are skipped and recorded in
+    `report` (whose total is the whole source's size)."""
     require_positive_int("batch_size", batch_size)
+    if not 0 <= start <= len(source):
+        raise CliplensError(f"cannot start at position {start} of a source of {len(source)} items")
     report = report if report is not None else LoadReport()
     report.total = len(source)
-    loader = DataLoader(_Preprocessed(source, preprocess), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(_Preprocessed(source, preprocess, start), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate, shuffle=False)
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(source), desc=description, unit="img", leave=False)
-    for skipped, batch in loader:
+        bar = tqdm(total=len(source), initial=start, desc=description, unit="img", leave=False)
+    for block, (skipped, batch) in enumerate(loader):
         describe = getattr(source, "describe", lambda i: f"item {i}")
         report.skipped.extend(describe(i) for i, _ in skipped)
         report.reasons.extend(why for _, why in skipped)
@@ -139,6 +152,7 @@ def batches(
             bar.update(len(skipped) + (len(batch.indices) if batch is not None else 0))
         if batch is not None:
             report.loaded += len(batch.indices)
+            batch.stop = min(start + (block + 1) * batch_size, len(source))
             yield batch
     if progress:
         bar.close()
@@ -161,16 +175,17 @@ def require_labels(labels: torch.Tensor) -> None:
 
 def stream(
     model: ImageModel, data: Any, *, batch_size: int = 32, num_workers: int = 0, progress: bool = False,
-    description: str = "images", labelled: bool = False, report: LoadReport | None = None,
+    description: str = "images", labelled: bool = False, report: LoadReport | None = None, start: int = 0,
 ) -> Iterator[Batch]:
     """The batches of `data` (anything `as_source` takes) ready for `model`: images on its device and dtype, with their
     positions and labels, in order. `labelled` refuses unlabelled images; `report` (optional) receives the counts and
-    skipped files. Once the data is exhausted, a pass that could read no image at all is an error."""
+    skipped files, and may hold those of an interrupted pass that this one resumes from position `start` (a batch
+    boundary). Once the data is exhausted, a pass that could read no image at all is an error."""
     report = report if report is not None else LoadReport()
     for batch in batches(as_source(data), model.preprocess, batch_size=batch_size, num_workers=num_workers,
-                         report=report, progress=progress, description=description):
+                         report=report, progress=progress, description=description, start=start):
         if labelled:
             require_labels(batch.labels)
-        yield Batch(batch.indices, model.images_to_tensor(batch.images), batch.labels)
+        yield Batch(batch.indices, model.images_to_tensor(batch.images), batch.labels, batch.stop)
     if report.loaded == 0:
         raise CliplensError(f"no readable images in the data ({report.summary()}); check the path")

@@ -40,8 +40,15 @@ JSON_TYPES = {list: "a JSON list", type(None): "JSON null", str: "a JSON string"
 
 
 def save_artifact(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
-    """Write tensors and metadata to the folder `path`, replacing a previous artifact there (and nothing else)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    """Write tensors and metadata to the folder `path`, replacing a previous artifact there (and nothing else).
+
+    Tensors that share memory (safetensors refuses those) are written as copies."""
+    state, storages = {}, set()
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().contiguous().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        state[name] = tensor.clone() if storage in storages else tensor
+        storages.add(storage)
     return write_folder(path, {TENSORS: lambda file: save_file(state, file)}, metadata)
 
 

@@ -3,6 +3,9 @@
 Three shapes of data need three reducers: materialised pieces (layers, ResNet heads), ViT heads in their
 low-dimensional coefficient form (the cheap path that keeps `collect` close to a plain forward pass), and ResNet
 pairs as scalar coefficients.
+
+Each reducer's `state()` is its exact running state as named tensors (float64 accumulators as they are, never
+rounded or re-derived) and `from_state` rebuilds it, so a pass checkpointed and resumed continues bit for bit.
 """
 
 from __future__ import annotations
@@ -40,6 +43,21 @@ class DenseReducer:
 
     def finish(self) -> tuple[list[str], Moments, torch.Tensor | None]:
         return self.labels, self.moments, self.token_mean
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The moments (and token means); the labels travel beside them, in `labels`."""
+        tensors = self.moments.state()
+        if self.token_mean is not None:
+            tensors["token_mean"] = self.token_mean
+        return tensors
+
+    @classmethod
+    def from_state(cls, decomposer, settings: Settings, tensors: dict[str, torch.Tensor],
+                   labels: list[str]) -> "DenseReducer":
+        reducer = cls(decomposer, settings)
+        reducer.labels, reducer.moments = list(labels), Moments.from_tensors(tensors)
+        reducer.token_mean = tensors.get("token_mean")
+        return reducer
 
 
 class HeadReducer:
@@ -88,6 +106,24 @@ class HeadReducer:
             token_mean[~is_head, 0] = self.dense.mean
         return labels, Moments.from_state(count, mean, scatter), token_mean
 
+    labels = None  # computed from the model's spec in `finish`, so nothing to carry beside the state
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Head and dense moments, the heads' bases (and token bases and means)."""
+        tensors = {**self.heads.state("heads."), **self.dense.state("dense."), "basis": self.basis}
+        if self.settings.spatial:
+            tensors.update(token_basis=self.token_basis, token_mean=self.token_mean)
+        return tensors
+
+    @classmethod
+    def from_state(cls, decomposer: ViTDecomposer, settings: Settings, tensors: dict[str, torch.Tensor],
+                   labels: None = None) -> "HeadReducer":
+        reducer = cls(decomposer, settings)
+        reducer.heads, reducer.dense = Moments.from_tensors(tensors, "heads."), Moments.from_tensors(tensors, "dense.")
+        reducer.basis = tensors["basis"]
+        reducer.token_basis, reducer.token_mean = tensors.get("token_basis"), tensors.get("token_mean")
+        return reducer
+
 
 class PairReducer:
     """ResNet pairs: scalar moments and extremes of the coefficients s [B, H, C]."""
@@ -107,3 +143,15 @@ class PairReducer:
                        "bias": pairs.bias}
             self.stats = PairStats(factors, self.top_k)
         self.stats.update(pairs.coefficients, indices)
+
+    labels = None  # pairs are addressed by (head, neuron) positions, not labels
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.stats.state()
+
+    @classmethod
+    def from_state(cls, decomposer, settings: Settings, tensors: dict[str, torch.Tensor], labels: None = None, *,
+                   top_k: int) -> "PairReducer":
+        reducer = cls(decomposer, settings, top_k=top_k)
+        reducer.stats = PairStats.from_state(tensors, {"top_k": top_k})
+        return reducer

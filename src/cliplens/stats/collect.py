@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data.loader import LoadReport, as_source, fingerprint, stream
+from ..data.loader import LoadReport, as_source, fingerprint
+from ..data.shards import Shard, shard_of
 from ..errors import CliplensError
 from ..io.artifacts import check_shapes, load_artifact, read_metadata, save_artifact
 from ..io.compat import MODEL_KEY
 from ..settings import Settings
 from .accumulate import DenseReducer, HeadReducer, PairReducer
-from .identity import check_compatible, merged_metadata
+from .checkpoint import EVERY, Checkpoints
+from .distributed import Ranks, data_part, joined, part_name
+from .identity import check_compatible, data_record, merged_metadata
 from .moments import Moments
 from .pairs import PairStats
 
@@ -76,10 +79,18 @@ class PieceStats:
         return PieceStats(self.labels, moments, merged_metadata(self.metadata, other.metadata, moments.count), token_mean)
 
     def save(self, path: str | Path) -> Path:
-        tensors = {"count": torch.tensor([self.count]), "mean": self.mean, "scatter": self.moments.scatter}
+        return save_artifact(path, self.state(), {**self.metadata, "count": self.count, "labels": self.labels})
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """count, mean, scatter (and token_mean): the exact accumulators, as saved and as exchanged between ranks."""
+        tensors = self.moments.state()
         if self.token_mean is not None:
             tensors["token_mean"] = self.token_mean
-        return save_artifact(path, tensors, {**self.metadata, "count": self.count, "labels": self.labels})
+        return tensors
+
+    @classmethod
+    def from_state(cls, labels: list[str], tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> "PieceStats":
+        return cls(labels, Moments.from_tensors(tensors), metadata, tensors.get("token_mean"))
 
 
 def collect(
@@ -94,44 +105,95 @@ def collect(
     num_workers: int = 0,
     top_k: int = 50,
     progress: bool = False,
-) -> PieceStats | PairStats:
+    shard: str | Shard | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = EVERY,
+    resume: bool = False,
+    distributed: bool | None = False,
+) -> PieceStats | PairStats | None:
     """Statistics of `lens`'s pieces over `data` (a folder, a path list, or a dataset of (image, label) items).
 
     ResNet models with granularity "pair" give `PairStats` (scalar moments and extremes, closed-form directions);
     everything else gives `PieceStats`.
+
+    Long runs: with `checkpoint_dir`, the running state is saved there every `checkpoint_every` batches, and
+    `resume=True` continues from it (the result is bit-identical to an uninterrupted run). `shard="i/n"` reads only
+    the i-th of n contiguous slices of the data (merge the shards' statistics in shard order for the whole).
+    `distributed=None` splits the data over the processes when launched by torchrun (True requires it): rank 0
+    returns the statistics of all the data, merged in rank order, and the other ranks return None.
     """
     settings = Settings(granularity, spatial, convention, normalize)
+    if granularity == "pair" and lens.kind != "resnet":
+        raise CliplensError("granularity 'pair' exists for ResNet CLIP models only; use 'head' or 'layer' for a ViT")
     source = as_source(data)
-    report = LoadReport()
-    if granularity == "pair":
-        if lens.kind != "resnet":
-            raise CliplensError("granularity 'pair' exists for ResNet CLIP models only; use 'head' or 'layer' for a ViT")
-        reducer = PairReducer(lens.decomposer, settings, top_k=top_k)
-    elif granularity == "head" and lens.kind == "vit":
-        reducer = HeadReducer(lens.decomposer, settings)
+
+    def local(ranks: Ranks | None) -> PieceStats | PairStats:
+        part = data_part(source, shard, ranks)
+        identity = {"pass": "collect", MODEL_KEY: lens.fingerprint, "model": lens.name, "precision": lens.precision,
+                    **settings.metadata(), "top_k": top_k if granularity == "pair" else None,
+                    "data_fingerprint": fingerprint(part), "batch_size": batch_size, "part": part_name(part)}
+        checkpoints = Checkpoints(checkpoint_dir, f"collect-{part_name(part)}", identity, checkpoint_every)
+        return _collect_part(lens, part, settings, top_k, checkpoints, resume, batch_size=batch_size,
+                             num_workers=num_workers, progress=progress and (ranks is None or ranks.rank == 0))
+
+    with joined(distributed, lens.device) as ranks:
+        if ranks is None:
+            return local(None)
+        with ranks.together():
+            stats = local(ranks)
+
+        def rebuild(rank: int, tensors: dict[str, torch.Tensor], report: LoadReport) -> PieceStats | PairStats:
+            if isinstance(stats, PairStats):  # the factors are the model's weights: rank 0's own
+                part = PairStats.from_state({**tensors, **_factors(stats)}, {"top_k": top_k})
+            else:
+                part = PieceStats.from_state(stats.labels, tensors, {})
+            return _described(part, lens, settings, shard_of(source, Shard(rank, ranks.size)), report)
+
+        sent = {name: tensor for name, tensor in stats.state().items() if name not in _factors(stats)}
+        return ranks.fold(sent, stats.report, rebuild)
+
+
+def _collect_part(lens: Lens, part: Any, settings: Settings, top_k: int, checkpoints: Checkpoints, resume: bool,
+                  **stream_options: Any) -> PieceStats | PairStats:
+    """One process's pass over its part of the data, checkpointed and resumable."""
+    if settings.granularity == "pair":
+        kind, options = PairReducer, {"top_k": top_k}
+    elif settings.granularity == "head" and lens.kind == "vit":
+        kind, options = HeadReducer, {}
     else:
-        reducer = DenseReducer(lens.decomposer, settings)
+        kind, options = DenseReducer, {}
+    resumed = checkpoints.resume() if resume else None
+    if resumed is None:
+        reducer, report, start = kind(lens.decomposer, settings, **options), LoadReport(), 0
+    else:
+        reducer = kind.from_state(lens.decomposer, settings, resumed.tensors, resumed.record.get("labels"), **options)
+        report, start = resumed.report, resumed.position
     with torch.no_grad():
-        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
-                            description=f"collect {lens.name}", report=report):
+        for batch in checkpoints.batches(lens, part, stage="collect", report=report, start=start,
+                                         state=lambda: (reducer.state(), {"labels": reducer.labels}),
+                                         description=f"collect {lens.name}", **stream_options):
             reducer.update(batch.images, batch.indices)
-    metadata = {
-        "kind": "pair-stats" if granularity == "pair" else "piece-stats",
-        **lens.describe(),
-        "architecture": lens.kind,
-        **settings.metadata(),
-        "data_fingerprint": fingerprint(source),
-        "data_size": report.total,
-        "skipped": len(report.skipped),
-    }
-    if granularity == "pair":
-        stats = reducer.stats
-        stats.metadata.update(metadata, top_k=top_k, count=stats.count)
-    else:
-        labels, moments, token_mean = reducer.finish()
-        stats = PieceStats(labels, moments, metadata, token_mean)
+    if settings.granularity == "pair":
+        return _described(reducer.stats, lens, settings, part, report)
+    labels, moments, token_mean = reducer.finish()
+    return _described(PieceStats(labels, moments, {}, token_mean), lens, settings, part, report)
+
+
+def _described(stats: PieceStats | PairStats, lens: Lens, settings: Settings, part: Any,
+               report: LoadReport) -> PieceStats | PairStats:
+    """`stats` of one part, with the metadata that says what they are and which data they cover."""
+    pairs = isinstance(stats, PairStats)
+    stats.metadata.update({"kind": "pair-stats" if pairs else "piece-stats", **lens.describe(),
+                           "architecture": lens.kind, **settings.metadata(), **data_record(part, report)})
+    if pairs:
+        stats.metadata.update(top_k=stats.top_k, count=stats.count)
     stats.report = report
     return stats
+
+
+def _factors(stats: PieceStats | PairStats) -> dict[str, torch.Tensor]:
+    """The pair factor weights as state entries (none for pieces): equal on every rank, so never sent."""
+    return {f"factor.{name}": t for name, t in stats.factors.items()} if isinstance(stats, PairStats) else {}
 
 
 def load_stats(path: str | Path, lens: Lens | None = None, **expect: Any) -> PieceStats | PairStats:
@@ -153,5 +215,4 @@ def load_stats(path: str | Path, lens: Lens | None = None, **expect: Any) -> Pie
     if "token_mean" in tensors:
         shapes["token_mean"] = ("pieces", "tokens", "dim")
     check_shapes(path, tensors, shapes, pieces=len(labels))
-    moments = Moments.from_state(int(tensors["count"][0]), tensors["mean"], tensors["scatter"])
-    return PieceStats(labels, moments, metadata, tensors.get("token_mean"))
+    return PieceStats.from_state(labels, tensors, metadata)

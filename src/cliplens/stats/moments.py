@@ -23,6 +23,16 @@ class Moments:
         moments.count, moments.mean, moments.scatter = int(count), mean.double(), scatter.double()
         return moments
 
+    def state(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The exact running state as named tensors (for artifacts, checkpoints and exchanges between processes)."""
+        return {f"{prefix}count": torch.tensor([self.count]), f"{prefix}mean": self.mean,
+                f"{prefix}scatter": self.scatter}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "") -> "Moments":
+        """The inverse of `state`."""
+        return cls.from_state(int(tensors[f"{prefix}count"][0]), tensors[f"{prefix}mean"], tensors[f"{prefix}scatter"])
+
     def update(self, batch: torch.Tensor) -> None:
         """Add a batch of pieces [B, C, d] (any float dtype).
 

@@ -11,12 +11,14 @@ reference's top-k SVD) or from the coordinate covariance (all images), without a
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data.loader import LoadReport, as_source, fingerprint, stream
+from ..data.loader import LoadReport, as_source, fingerprint
+from ..data.shards import Shard, shard_of
 from ..decompose.finite import require_finite
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError, require_positive_int
@@ -24,7 +26,9 @@ from ..io.artifacts import check_shapes, load_artifact, read_metadata, save_arti
 from ..io.compat import MODEL_KEY
 from ..labels import mlp_label
 from ..settings import Settings
-from .identity import check_compatible, merged_metadata
+from .checkpoint import EVERY, Checkpoints, Resumed
+from .distributed import Ranks, data_part, joined, part_name, together
+from .identity import check_compatible, data_record, merged_metadata
 from .moments import Moments
 
 if TYPE_CHECKING:
@@ -298,11 +302,9 @@ class SecondOrderStats:
     # persistence -----------------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Accumulators (enough to merge or recompute) plus the derived per-neuron results, for readers elsewhere."""
-        tensors = {"count": torch.tensor([self.count]), "ranked": torch.tensor([self.ranked]),
-                   "mean": self.moments.mean, "scatter": self.moments.scatter}
+        tensors = self.state()
         if self.centre is not None:
-            tensors.update(centre=self.centre, top_norms=self.top_norms, top_index=self.top_index,
-                           top_deviations=self.top_deviations, thresholds=self.thresholds)
+            tensors["thresholds"] = self.thresholds
             tensors.update({name: getattr(self, name) for name in DERIVED})
         else:
             tensors["mean_effects"] = self.mean_effects
@@ -312,6 +314,28 @@ class SecondOrderStats:
                     "coordinates": f"{self.basis.num_heads} head coefficients (κ·s) then "
                                    f"{self.basis.offsets.shape[0]} shared offset coefficients"}
         return save_artifact(path, tensors, metadata)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The exact accumulators: pass-1 moments and, once ranking started, the centre and the top-k lists."""
+        tensors = {**self.moments.state(), "ranked": torch.tensor([self.ranked])}
+        if self.centre is not None:
+            tensors.update(centre=self.centre, top_norms=self.top_norms, top_index=self.top_index,
+                           top_deviations=self.top_deviations)
+        return tensors
+
+    @classmethod
+    def from_state(cls, basis: SecondOrderBasis, tensors: dict[str, torch.Tensor], *, scale: float, normalize: bool,
+                   top_k: int, metadata: dict[str, Any] | None = None) -> "SecondOrderStats":
+        """The inverse of `state` (any derived results among `tensors` are kept as well, on the basis's device)."""
+        stats = cls(basis, scale=scale, normalize=normalize, top_k=top_k, metadata=metadata)
+        device = basis.neurons.device
+        tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
+        stats.moments, stats.ranked = Moments.from_tensors(tensors), int(tensors["ranked"][0])
+        if "centre" in tensors:
+            stats.centre, stats.top_norms, stats.top_index = tensors["centre"], tensors["top_norms"], tensors["top_index"]
+            stats.top_deviations = tensors["top_deviations"]
+            stats._derived.update({name: tensors[name] for name in DERIVED if name in tensors})
+        return stats
 
 
 def _eigh(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,18 +373,8 @@ def load_second_order(path: str | Path, lens: Lens) -> SecondOrderStats:
         shapes.update(centre=("F", "J+K"), top_norms=("F", "k"), top_index=("F", "k"),
                       top_deviations=("F", "k", "J+K"), **DERIVED)
     check_shapes(path, tensors, shapes, F=basis.num_neurons, **{"J+K": basis.dim})
-    stats = SecondOrderStats(basis, scale=metadata["scale"], normalize=settings.normalize,
-                             top_k=int(metadata["top_k"]), metadata=metadata)
-    device = basis.neurons.device
-    stats.moments = Moments.from_state(int(tensors["count"][0]), tensors["mean"].to(device),
-                                       tensors["scatter"].to(device))
-    stats.ranked = int(tensors["ranked"][0])
-    if "centre" in tensors:
-        stats.centre = tensors["centre"].to(device)
-        stats.top_norms, stats.top_index = tensors["top_norms"].to(device), tensors["top_index"].to(device)
-        stats.top_deviations = tensors["top_deviations"].to(device)
-        stats._derived.update({name: tensors[name].to(device) for name in DERIVED})
-    return stats
+    return SecondOrderStats.from_state(basis, tensors, scale=metadata["scale"], normalize=settings.normalize,
+                                       top_k=int(metadata["top_k"]), metadata=metadata)
 
 
 def collect_second_order(
@@ -375,30 +389,101 @@ def collect_second_order(
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = False,
-) -> SecondOrderStats:
+    shard: str | Shard | None = None,
+    ranking: bool = True,
+    centre: torch.Tensor | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = EVERY,
+    resume: bool = False,
+    distributed: bool | None = False,
+) -> SecondOrderStats | None:
     """Second-order statistics of MLP layer `layer` over `data`, in two streaming passes.
 
     Pass 1 gives the moments (mean effects and coordinate covariances need only these); pass 2, from the pass-1 mean,
     gives exact centred norms, top-k images and thresholds, and with them both principal directions (the all-image
-    one is oriented by the same top-k sign rule).
+    one is oriented by the same top-k sign rule). `ranking=False` stops after pass 1; `centre` ranks from a given
+    centre instead of this pass's own mean.
+
+    Split data. Pass 2 needs the mean of all the data, which no part has on its own, so a split collection shares it:
+
+    - torchrun (`distributed`, as in `collect`): after pass 1, rank 0 merges the ranks' moments in rank order and
+      sends the merged moments to every rank; each rank ranks its slice from that mean, and rank 0 merges the ranks'
+      statistics in rank order. Equal to one process to round-off; rank 0 returns it, the others None.
+    - shards (`shard="i/n"`, for job arrays): collect every shard with `ranking=False`, merge them (`cliplens merge`),
+      then collect every shard again with `centre=merged.mean_coordinates` and merge those. Rankings measured from
+      one shared centre merge exactly; statistics ranked from different centres refuse to merge.
+
+    Checkpoints (`checkpoint_dir`, `checkpoint_every`, `resume`) cover both passes, as in `collect`.
     """
     second_order = SecondOrderLens(lens.decomposer, layer, convention)
     source = as_source(data)
-    stats = SecondOrderStats(second_order.basis, scale=scale, normalize=normalize, top_k=top_k)
-    for stage in ("moments", "ranking"):
-        report = LoadReport()
-        if stage == "ranking":
-            stats.start_ranking()
-        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
-                            description=f"second order {mlp_label(layer)} ({stage})", report=report):
+    given = None if centre is None else hashlib.sha256(centre.double().cpu().numpy().tobytes()).hexdigest()[:16]
+
+    def start(ranks: Ranks | None) -> tuple[Any, Checkpoints, SecondOrderStats, Resumed | None]:
+        part = data_part(source, shard, ranks)
+        identity = {"pass": "second-order", MODEL_KEY: lens.fingerprint, "model": lens.name,
+                    "precision": lens.precision, "layer": layer, "convention": convention, "scale": float(scale),
+                    "normalize": normalize, "top_k": top_k, "ranking": ranking, "centre": given,
+                    "data_fingerprint": fingerprint(part), "batch_size": batch_size, "part": part_name(part)}
+        checkpoints = Checkpoints(checkpoint_dir, f"second-order-L{layer}-{part_name(part)}", identity,
+                                  checkpoint_every)
+        resumed = checkpoints.resume() if resume else None
+        options = dict(scale=scale, normalize=normalize, top_k=top_k)
+        stats = (SecondOrderStats(second_order.basis, **options) if resumed is None
+                 else SecondOrderStats.from_state(second_order.basis, resumed.tensors, **options))
+        return part, checkpoints, stats, resumed
+
+    def run(stage: str, report: LoadReport, position: int) -> LoadReport:
+        for batch in checkpoints.batches(lens, part, stage=stage, state=lambda: (stats.state(), {}), report=report,
+                                         start=position, batch_size=batch_size, num_workers=num_workers,
+                                         progress=progress and (ranks is None or ranks.rank == 0),
+                                         description=f"second order {mlp_label(layer)} ({stage})"):
             effects = second_order(batch.images, scale=scale, normalize=normalize)
             require_finite(batch.images, effects.coefficients, effects.kappa)
             if stage == "moments":
                 stats.update(effects)
             else:
                 stats.rank(effects, batch.indices)
-    stats.metadata = {**lens.describe(), "architecture": lens.kind, **stats.settings.metadata(), "layer": layer,
-                      "data_fingerprint": fingerprint(source), "data_size": report.total,
-                      "skipped": len(report.skipped)}
-    stats.report = report
-    return stats
+        return report
+
+    with joined(distributed, lens.device) as ranks:
+        with together(ranks):
+            part, checkpoints, stats, resumed = start(ranks)
+            ranked = resumed is not None and resumed.stage == "ranking"
+            if not ranked:
+                report = run("moments", *((resumed.report, resumed.position) if resumed else (LoadReport(), 0)))
+        if ranking:
+            shared = centre if centre is not None or ranks is None else _merged_mean(ranks, stats)
+            with together(ranks):
+                if not ranked:
+                    stats.start_ranking(shared)
+                elif shared is not None and not torch.equal(stats.centre, shared.to(stats.centre)):
+                    raise CliplensError(f"the checkpoint in {checkpoint_dir} ranks from another centre than the "
+                                        "merged first pass; delete it to start over")
+                report = run("ranking", *((resumed.report, resumed.position) if ranked else (LoadReport(), 0)))
+        stats.metadata, stats.report = _metadata(lens, stats, part, report), report
+        if ranks is None:
+            return stats
+
+        def rebuild(rank: int, tensors: dict[str, torch.Tensor], report: LoadReport) -> SecondOrderStats:
+            part = SecondOrderStats.from_state(stats.basis, tensors, scale=scale, normalize=normalize, top_k=top_k)
+            part.metadata = _metadata(lens, part, shard_of(source, Shard(rank, ranks.size)), report)
+            return part
+
+        return ranks.fold(stats.state(), report, rebuild)
+
+
+def _metadata(lens: Lens, stats: SecondOrderStats, part: Any, report: LoadReport) -> dict[str, Any]:
+    """What the statistics of one part record about the model, the settings and the data read."""
+    return {**lens.describe(), "architecture": lens.kind, **stats.settings.metadata(), "layer": stats.layer,
+            **data_record(part, report)}
+
+
+def _merged_mean(ranks: Ranks, stats: SecondOrderStats) -> torch.Tensor:
+    """The first-pass mean of all ranks' data: rank 0 merges the ranks' moments in rank order (as merging the shards'
+    statistics would) and every rank receives the merged moments."""
+    merged = None
+    for tensors in ranks.gather(stats.moments.state()):
+        moments = Moments.from_tensors({name: tensor.to(stats.moments.mean.device) for name, tensor in tensors.items()})
+        merged = moments if merged is None else merged.merge(moments)
+    return ranks.broadcast((merged or stats.moments).state())["mean"]

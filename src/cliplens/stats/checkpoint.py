@@ -1,0 +1,96 @@
+"""Checkpoints of a streaming pass, so that a long run killed at any moment resumes and ends bit-identical.
+
+Every N batches the pass's exact running state (the reducers' float64 accumulators and top-k lists, as they are) is
+written as one atomic artifact folder (`io.atomic`: a kill in the middle of a write leaves the previous checkpoint),
+together with where the pass stands: its stage (a two-pass collection has two), the next source position (always a
+batch boundary, so the batches after it have the same composition as in an uninterrupted pass) and the load report so
+far. It also records what must not change for the state to be continued: the model fingerprint, the settings, the
+data fingerprint, the batch size and which part of the data this process reads. Resuming refuses, in one line, a
+checkpoint that differs in any of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+
+from ..data.loader import Batch, LoadReport, stream
+from ..errors import CliplensError
+from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.atomic import interrupted
+from ..io.compat import require_match
+
+if TYPE_CHECKING:
+    from ..lens import Lens
+
+KIND = "checkpoint"
+EVERY = 100  # batches between checkpoints by default: about 1 % of the time of a batch of 32 on CPU (BENCHMARKS.md)
+
+
+@dataclass
+class Resumed:
+    """Where an interrupted pass stood: its stage, next position, state and load report."""
+
+    stage: str
+    position: int
+    tensors: dict[str, torch.Tensor]
+    record: dict[str, Any]
+    report: LoadReport
+
+
+class Checkpoints:
+    """The checkpoint of one part of one pass: `folder/<name>`, written every `every` batches (0: never).
+
+    `identity` holds what a resumed run must share with the one that wrote the checkpoint (JSON values).
+    """
+
+    def __init__(self, folder: str | Path | None, name: str, identity: dict[str, Any], every: int = EVERY):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise CliplensError(f"checkpoint_every must be a whole number of batches (0: never), got {every!r}")
+        self.path = Path(folder) / name if folder is not None else None
+        self.identity, self.every, self.done = dict(identity), every if folder is not None else 0, 0
+
+    def resume(self) -> Resumed | None:
+        """The checkpoint's state if there is one (None: start from the beginning); refuses one of another run."""
+        if self.path is None:
+            raise CliplensError("resuming needs the checkpoint folder of the interrupted run; pass checkpoint_dir")
+        aside = interrupted(self.path)
+        if aside is not None:  # killed between the two renames of a checkpoint write: the previous one is complete
+            aside.rename(self.path)
+        if not self.path.exists():
+            return None
+        what = f"the checkpoint {self.path}"
+        try:
+            if read_metadata(self.path).get("kind") != KIND:
+                raise CliplensError(f"{self.path} is not a checkpoint; pass the checkpoint folder of the interrupted "
+                                    "run")
+            tensors, record = load_artifact(self.path)
+        except CliplensError as exc:
+            raise CliplensError(f"{exc} (delete {self.path} to start over)") from exc
+        require_match(record, self.identity, what,
+                      remedy="resume with the model, data and options of the interrupted run, or start over "
+                             "without resuming")
+        saved = record.get("report") or {}
+        report = LoadReport(int(saved.get("total", 0)), int(saved.get("loaded", 0)), list(saved.get("skipped", [])),
+                            list(saved.get("reasons", [])))
+        return Resumed(record["stage"], int(record["position"]), tensors, record, report)
+
+    def batches(self, lens: Lens, data: Any, *, stage: str, state: Callable[[], tuple[dict, dict]],
+                report: LoadReport, start: int = 0, **options: Any) -> Iterator[Batch]:
+        """`stream`'s batches from `start`; after every `every`-th batch is processed, a checkpoint of `state()`
+        ((tensors, extra record entries)) is written before the next one is read."""
+        for batch in stream(lens, data, report=report, start=start, **options):
+            yield batch
+            self.done += 1
+            if self.every and self.done % self.every == 0:
+                self.save(stage, batch.stop, *state(), report)
+
+    def save(self, stage: str, position: int, tensors: dict[str, torch.Tensor], extra: dict[str, Any],
+             report: LoadReport) -> Path:
+        record = {**extra, **self.identity, "kind": KIND, "stage": stage, "position": position,
+                  "report": {"total": report.total, "loaded": report.loaded, "skipped": report.skipped,
+                             "reasons": report.reasons}}
+        return save_artifact(self.path, tensors, record)
