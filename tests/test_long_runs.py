@@ -47,8 +47,8 @@ class Interrupted(Exception):
     """Stands in for a crash in the middle of a batch."""
 
 
-def interrupt(monkeypatch, owner, name: str, after: int) -> list[int]:
-    """Make `owner.name` raise on its call number `after + 1`; returns the list of calls it saw."""
+def interrupt(monkeypatch, owner, name: str, after: int | None) -> list[int]:
+    """Make `owner.name` raise on its call number `after + 1` (never, for None); returns the calls it saw."""
     original, calls = getattr(owner, name), []
 
     def wrapped(*args, **kwargs):

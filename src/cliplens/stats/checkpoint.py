@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..lens import Lens
 
 KIND = "checkpoint"
-EVERY = 100  # batches between checkpoints by default: about 1 % of the time of a batch of 32 on CPU (BENCHMARKS.md)
+EVERY = 100  # batches between checkpoints by default: < 0.1 % of a CPU pass on full-size models (BENCHMARKS.md)
 
 
 @dataclass
