@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import click
 
+from ..data.loader import MAX_BATCH_SIZE, MAX_WORKERS
 from ..evaluate.ablation import MEAN_SOURCES
 from ..explain.tables import write_descriptions
 from ..extras import require
@@ -82,8 +83,8 @@ def load_lens(model: Options):
 data_options = stacked([
     click.option("--data-path", default="shapes:test:512", show_default=True,
                  help="Image folder, text file of paths, or shapes:<split>[:<n>] for the built-in world."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-    click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=32, show_default=True),
+    click.option("--num-workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0, show_default=True),
 ])
 
 
@@ -167,8 +168,8 @@ def omp_options(default_atoms: int) -> Callable:
     return stacked([
         pool_options(UNIT_POOL, UNIT_POOL_TEMPLATES, uses_pool=lambda options: options["omp_atoms"] != 0),
         click.option("--omp-atoms", type=click.IntRange(min=0), default=None,
-                     help=f"Texts per principal direction (k of OMP) [default: {default_atoms}, at most half the "
-                          "pool]; 0 skips the text side."),
+                     help=f"Texts per principal direction (k of OMP), below the embedding width [default: "
+                          f"{default_atoms}, at most half the pool and below the width]; 0 skips the text side."),
         click.option("--dict-norm", type=click.Choice(["row", "axis0"]), default="row", show_default=True,
                      help="OMP dictionary normalisation; axis0 reproduces the reference's word lists."),
     ])
