@@ -26,7 +26,7 @@ from ..evaluate.pair_ablation import (
     top_mask,
 )
 from ..evaluate.zeroshot import source_classifier
-from ..explain.omp import DictNorm, SparseTextDecomposition
+from ..explain.omp import DictNorm, SparseTextDecomposition, require_fewer_atoms
 from ..explain.unit_words import atom_count, word_rows
 from ..labels import pair_label, pool_head_label
 from ..stats.moments import Moments
@@ -78,7 +78,7 @@ def pair_texts(
         return None
     _, texts, embeddings = candidate_texts(lens, data_path, UNIT_POOL, pool=pool, pool_size=pool_size,
                                            pool_templates=pool_templates)
-    atoms = atom_count(omp_atoms, PAIR_ATOMS, len(texts))
+    atoms = atom_count(omp_atoms, PAIR_ATOMS, len(texts), embeddings.shape[1])
     reconstruction, omp = text_reconstruction(stats, embeddings, texts, n_atoms=atoms, dict_norm=dict_norm)
     return PairTexts(texts, embeddings, atoms, reconstruction, omp)
 
@@ -127,6 +127,7 @@ def pair_study(
     in-sample means) and then saved to `save_stats` if given."""
     keep_percent = check_keep(keep)
     require_resnet(lens, "cliplens pairs")
+    require_fewer_atoms(omp_atoms, lens.spec.output_dim)
     stats = obtain_pair_stats(lens, stats_path, fit_path or data_path, top_k=top_k, batch_size=batch_size,
                               num_workers=num_workers, save_to=save_stats, progress=progress)
     scores = stats.scores()
@@ -181,6 +182,7 @@ def pair_ablation_study(
     if level not in LEVELS:
         raise CliplensError(f"unknown level {level!r}; choose from {', '.join(LEVELS)}")
     require_resnet(lens, "cliplens neuron-ablate (ViT MLP neurons are ablated by `cliplens second-order`)")
+    require_fewer_atoms(omp_atoms, lens.spec.output_dim)
     source = as_source(data_path)
     weights = source_classifier(lens, source, templates)
     stats = obtain_pair_stats(lens, stats_path, fit_path or data_path, top_k=top_k, batch_size=batch_size,

@@ -19,7 +19,7 @@ from ..apps.retrieval import Ranking, write_ranking
 from ..data.loader import as_source
 from ..evaluate.second_order_ablation import SecondOrderAblation, second_order_ablation
 from ..evaluate.zeroshot import source_classifier
-from ..explain.omp import DictNorm, SparseTextDecomposition
+from ..explain.omp import DictNorm, SparseTextDecomposition, require_fewer_atoms
 from ..explain.unit_words import atom_count, word_rows
 from ..labels import neuron_label
 from ..stats.second_order import SecondOrderStats, collect_second_order
@@ -62,7 +62,7 @@ def neuron_words(
     (a zero direction) have nothing to explain and get no rows."""
     _, texts, embeddings = candidate_texts(lens, data_path, UNIT_POOL, pool=pool, pool_size=pool_size,
                                            pool_templates=pool_templates)
-    atoms = atom_count(omp_atoms, NEURON_ATOMS, len(texts))
+    atoms = atom_count(omp_atoms, NEURON_ATOMS, len(texts), embeddings.shape[1])
     directions = stats.principal_directions
     alive = (directions.norm(dim=-1) > 0).nonzero()[:, 0].tolist()
     omp = SparseTextDecomposition(atoms, dict_norm=dict_norm, dtype=torch.float64)
@@ -91,6 +91,7 @@ def second_order_study(
 ) -> SecondOrderStudy:
     """Second-order statistics of every neuron of `mlp_layer` over `data_path` (two streaming passes), saved to
     `save_stats` at once if given; their words unless `omp_atoms` is 0; the ablations on `eval_data_path` if given."""
+    require_fewer_atoms(omp_atoms, lens.spec.output_dim)
     stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
                                  normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
                                  progress=progress)
