@@ -7,6 +7,7 @@ Where a check must come before a slow step, the slow step is replaced by one tha
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,6 +72,56 @@ def test_ablate_checks_its_component_patterns_before_collecting(toy_vit, monkeyp
         workflow.ablation_study(toy_vit, DATA, components=["mlps,L9H0"], granularity="head")
 
 
+LATE = [  # (workflow module, function, model, the pass it must not reach, options, what the refusal says)
+    ("reconstruction_study", "reconstruction_study", "vit", "reference_statistics", {"methods": ["pca"]},
+     "unknown reconstruction method"),
+    ("reconstruction_study", "reconstruction_study", "vit", "reference_statistics", {"num_last_layers": 9},
+     "num_last_layers must be between 1 and 4"),
+    ("reconstruction_study", "reconstruction_study", "vit", "reference_statistics", {"counts": [1, 200]},
+     "200 texts per head exceeds the span"),
+    ("reconstruction_study", "reconstruction_study", "vit", "reference_statistics", {"random_seed": 2**64},
+     "random_seed must be an integer from"),
+    ("reconstruction_study", "reconstruction_study", "vit", "reference_statistics", {"templates": "{x}"},
+     "unknown template set"),
+    ("reconstruction_study", "reconstruction_study", "vit", "reference_statistics", {"pool": "no-such-pool"},
+     "unknown text pool 'no-such-pool'"),
+    ("ablation_study", "ablation_study", "vit", "reference_statistics", {"components": ["mlps"], "templates": "{} {}"},
+     'must contain exactly one "{}"'),
+    ("head_texts", "explain_heads", "vit", "obtain_piece_stats", {"pool_templates": "{", "pool": "shapes"},
+     "unknown template set"),
+    ("head_texts", "explain_heads", "vit", "obtain_piece_stats", {"num_last_layers": 5},
+     "num_last_layers must be between 1 and 4"),
+    ("second_order_study", "second_order_study", "vit", "collect_second_order",
+     {"mlp_layer": 1, "eval_data_path": "no-such-folder"}, "no-such-folder does not exist"),
+    ("second_order_study", "second_order_study", "vit", "collect_second_order",
+     {"mlp_layer": 1, "eval_data_path": DATA, "templates": "{x}"}, "unknown template set"),
+    ("pair_study", "pair_study", "rn", "obtain_pair_stats", {"fit_path": DATA, "omp_atoms": 0, "templates": "{"},
+     "unknown template set"),
+    ("pair_study", "pair_study", "rn", "obtain_pair_stats", {"pool": "no-such-pool"}, "unknown text pool"),
+    ("pair_study", "pair_ablation_study", "rn", "obtain_pair_stats", {"pool": "no-such-pool"}, "unknown text pool"),
+]
+
+
+@pytest.mark.parametrize("module, function, model, work, options, says", LATE,
+                         ids=[f"{case[1]}-{list(case[4])[-1]}" for case in LATE])
+def test_workflows_check_what_their_later_steps_need_before_the_first_pass(module, function, model, work, options,
+                                                                            says, toy_vit, toy_rn, monkeypatch):
+    import importlib
+
+    workflow = importlib.import_module(f"cliplens.workflows.{module}")
+    monkeypatch.setattr(workflow, work, never("the first pass"))
+    with pytest.raises(CliplensError, match=re.escape(says)):
+        getattr(workflow, function)(toy_vit if model == "vit" else toy_rn, DATA, **options)
+
+
+def test_a_seed_torch_cannot_take_is_refused_before_loading(monkeypatch):
+    from cliplens.models import toy
+
+    monkeypatch.setattr(toy, "load_toy", never("model loading"))
+    with pytest.raises(CliplensError, match="seed must be an integer from -2\\*\\*63 to 2\\*\\*64 - 1"):
+        cliplens.load("toy:vit", seed=2**64)
+
+
 def test_predicted_labels_are_those_the_decomposition_gives(toy_vit, toy_rn):
     from cliplens.settings import Settings
 
@@ -94,6 +145,9 @@ def test_train_toy_checks_its_options_before_training(monkeypatch, tmp_path, cap
     code, err = run_cli(capsys, "train-toy", "--model", "rn", "--steps", 1, "--batch-size", 2**63,
                         "--output-dir", tmp_path)
     assert code == 2 and "--batch-size must be at most" in one_error_line(err)
+    (tmp_path / "file").write_text("")
+    code, err = run_cli(capsys, "train-toy", "--model", "rn", "--steps", 1, "--output-dir", tmp_path / "file" / "out")
+    assert code == 2 and "cannot make the folder" in one_error_line(err)
 
 
 def test_a_checkpoint_of_other_shapes_is_refused_in_one_line(tmp_path):

@@ -18,3 +18,11 @@ def require_positive_int(name: str, value: Any, *, maximum: int | None = None) -
     if maximum is not None and value > maximum:
         raise CliplensError(f"{name} must be at most {maximum}, got {value!r}")
     return value
+
+
+def require_seed(name: str, value: Any) -> int:
+    """`value` if it is an integer torch can seed with (from -2**63 to 2**64 - 1), else a CliplensError naming `name`
+    (torch's own refusal is an overflow error from deep inside a pass)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or not -2**63 <= value < 2**64:
+        raise CliplensError(f"{name} must be an integer from -2**63 to 2**64 - 1, got {value!r}")
+    return value

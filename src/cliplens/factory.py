@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CliplensError
+from .errors import CliplensError, require_seed
 from .lens import DTYPES, Lens
 
 
@@ -118,6 +118,7 @@ def load(
         raise CliplensError("model must be an id such as 'ViT-B-32', 'hf:openai/clip-vit-base-patch32' or 'toy:vit'")
     _check_precision(precision)  # before any slow model construction
     _check_device(device)
+    require_seed("seed", seed)
     if model.startswith("toy:"):
         from .models.toy import load_toy
 

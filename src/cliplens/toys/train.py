@@ -266,9 +266,16 @@ def train_toy(
     `config.checkpoint_every` steps."""
     config.check()
     if isinstance(evaluate_n, bool) or not isinstance(evaluate_n, int) or evaluate_n < 0:
-        raise CliplensError(f"--eval-images must be a non-negative integer (0 skips the measurement), got {evaluate_n!r}")
+        raise CliplensError(f"--eval-images must be a non-negative integer (0 skips the measurement), "
+                            f"got {evaluate_n!r}")
     if config.checkpoint_every and checkpoint_dir is None:
         raise CliplensError("checkpoint_every needs a checkpoint folder; pass --checkpoint-dir")
+    for folder in (output_dir, checkpoint_dir if config.checkpoint_every else None):
+        if folder is not None:  # made now: a folder that cannot be made must not cost the whole run
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CliplensError(f"cannot make the folder {folder} ({exc.strerror or exc}); choose another")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     architecture = ARCHITECTURES[config.model]

@@ -19,7 +19,7 @@ from ..evaluate.ablation import (
 )
 from ..evaluate.groups import split_patterns
 from ..evaluate.reference import evaluation_record, evaluation_source, reference_statistics
-from ..evaluate.zeroshot import source_classifier
+from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..settings import Settings
 from ..stats.obtain import statistics_record
 
@@ -63,6 +63,7 @@ def ablation_study(
         pattern_variants(lens.decomposer.labels(Settings(granularity or "head", convention=convention or "separate")),
                          groups)
     source = evaluation_source(data_path, label)
+    classifier_prompts(source, templates)
     stats, where = reference_statistics(lens, source, data_path, stats_path=stats_path, fit_path=fit_path,
                                         mean_source=mean_source, convention=convention, normalize=normalize,
                                         granularity=granularity, spatial="cls" in presets, batch_size=batch_size,
