@@ -205,6 +205,21 @@ def test_absurd_sizes_and_an_empty_data_path_are_refused(capsys, tmp_path):
         as_source("  ")
 
 
+@pytest.mark.parametrize("command", ["collect", "textspan", "train-toy"])
+def test_an_output_folder_that_cannot_be_made_is_refused_when_the_command_line_is_read(command, capsys, tmp_path,
+                                                                                      monkeypatch):
+    from cliplens import factory
+    from cliplens.toys import train
+
+    monkeypatch.setattr(factory, "load", never("model loading"))
+    monkeypatch.setattr(train, "train_toy", never("training"))
+    (tmp_path / "file").write_text("")
+    model = ["--model", "rn"] if command == "train-toy" else []
+    for folder, says in ((tmp_path / "file" / "out", "is a file"), ("x" * 300, "longer than the 255 bytes|too long")):
+        code, err = run_cli(capsys, command, *model, "--output-dir", folder)
+        assert code == 2 and "Usage:" in err and "Invalid value for '--output-dir'" in err and re.search(says, err), err
+
+
 def test_a_component_named_twice_or_zero_padded_is_refused_before_the_pass(toy_vit, monkeypatch):
     from cliplens.apps import retrieval
     from cliplens.labels import parse_label

@@ -6,6 +6,7 @@ need, and the tables they print.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,9 +89,35 @@ data_options = stacked([
 ])
 
 
+def makeable_folder(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """click callback: refuse, before any work, an output folder that cannot be made (a name longer than the file
+    system takes, a file on its way, no permission to write), which would otherwise be found once the results are
+    written. Nothing is created here."""
+    if value is None:
+        return value
+    folder = Path(value)
+    try:
+        existing = next(parent for parent in (folder.absolute(), *folder.absolute().parents) if parent.exists())
+        longest = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    except OSError as exc:
+        raise click.BadParameter(f"{value} cannot be made ({exc.strerror or exc})") from exc
+    if any(len(os.fsencode(part)) > longest for part in folder.parts):
+        raise click.BadParameter(f"a folder name in {value} is longer than the {longest} bytes the file system takes")
+    if not existing.is_dir():
+        raise click.BadParameter(f"{value} cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{value} cannot be made: no permission to write in {existing}")
+    return value
+
+
+def output_folder_option(*names: str, **options: Any) -> Callable:
+    """A folder the command writes to: checked to be makeable when the command line is read (`makeable_folder`)."""
+    return click.option(*names, type=click.Path(file_okay=False, path_type=Path), callback=makeable_folder, **options)
+
+
 def output_option(default: str) -> Callable:
-    return click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=default,
-                        show_default=True, help="Folder for the results (created if missing).")
+    return output_folder_option("--output-dir", default=default, show_default=True,
+                                help="Folder for the results (created if missing).")
 
 
 # --stats --convention --normalize: which per-piece statistics the command works from.
@@ -194,7 +221,7 @@ explain_options = stacked([
                  help="svd: at most this many principal components per head (PCLens max_text)."),
     click.option("--num-directions", type=click.IntRange(min=1), default=3, show_default=True,
                  help="omp: top principal directions explained per head."),
-    click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    output_folder_option("--output-dir", default=None,
                  help="Folder for <method>.csv and metadata.json [default: cliplens-out/<method>]."),
 ])
 
