@@ -177,11 +177,17 @@ def test_default_sweep_stops_at_the_span():
 
 
 def test_omp_atom_count_defaults_to_half_a_small_pool_and_refuses_too_many():
-    assert atom_count(None, 128, 30_000) == 128  # the papers' k on a full word pool
-    assert atom_count(None, 128, 39) == 19  # the shapes vocabulary: half of it, so OMP still has to choose
-    assert atom_count(7, 128, 39) == 7
+    assert atom_count(None, 128, 30_000, 512) == 128  # the papers' k on a full word pool
+    assert atom_count(None, 128, 39, 512) == 19  # the shapes vocabulary: half of it, so OMP still has to choose
+    assert atom_count(7, 128, 39, 512) == 7
     with pytest.raises(CliplensError, match="exceeds the text pool"):
-        atom_count(40, 128, 39)
+        atom_count(40, 128, 39, 512)
+
+
+def test_omp_atom_count_stays_below_the_embedding_width():
+    assert atom_count(None, 128, 30_000, 128) == 127  # the default on a 128-wide toy: capped, so OMP must choose
+    with pytest.raises(CliplensError, match="not below the embedding width 128"):
+        atom_count(128, 128, 30_000, 128)
 
 
 def test_ablate_cls_refuses_statistics_without_token_means(tmp_path, lens):

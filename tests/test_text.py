@@ -249,7 +249,7 @@ def test_an_entry_made_for_another_model_is_refused(tmp_path) -> None:
     made_for, asked_by = FakeLens(fingerprint="fake-a"), FakeLens(fingerprint="fake-b")
     embed_texts(made_for, TEXTS, cache_dir=tmp_path)
     shutil.move(cache_path(made_for, TEXTS, "none", tmp_path), cache_path(asked_by, TEXTS, "none", tmp_path))
-    with pytest.raises(CliplensError, match="fingerprint='fake-a'"):
+    with pytest.raises(CliplensError, match=r"made with fake-clip \(fingerprint fake-a\)"):
         embed_texts(asked_by, TEXTS, cache_dir=tmp_path)
     assert asked_by.calls == 0
 

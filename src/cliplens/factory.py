@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CliplensError
+from .errors import CliplensError, require_seed
 from .lens import DTYPES, Lens
 
 
@@ -20,15 +20,33 @@ def _check_precision(precision: str) -> None:
         raise CliplensError(f"precision {precision!r} is unknown; choose one of {', '.join(DTYPES)}")
 
 
+def _check_device(device: str | torch.device) -> torch.device:
+    """The device, if this machine has it and cliplens can compute on it: cpu, an existing CUDA GPU, or Apple's mps.
+    Anything else (meta tensors hold no values, other backends are untested) is refused before a model is built."""
+    if not isinstance(device, (str, torch.device)):  # torch.device(1) would quietly mean cuda:1
+        raise CliplensError(f"device must be a string such as 'cpu' or 'cuda:1', got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise CliplensError(f"device {device!r} is not a valid torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CliplensError(f"device {device!r} was requested but no CUDA GPU is available; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise CliplensError(f"device {device!r} does not exist: this machine has {count} CUDA GPU(s), "
+                                f"cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CliplensError(f"device {device!r} (Apple GPU) is not available here; use --device cpu")
+    elif parsed.type != "cpu":
+        raise CliplensError(f"device type {parsed.type!r} is not supported; use cpu, cuda or mps")
+    return parsed
+
+
 def _ready(model: nn.Module, device: str, precision: str) -> nn.Module:
     _check_precision(precision)
-    try:
-        device = torch.device(device)
-    except RuntimeError as exc:
-        raise CliplensError(f"device {device!r} is not a valid torch device (e.g. cpu, cuda, cuda:1)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliplensError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
-    return model.to(device=device, dtype=DTYPES[precision]).eval().requires_grad_(False)
+    return model.to(device=_check_device(device), dtype=DTYPES[precision]).eval().requires_grad_(False)
 
 
 def from_openclip(
@@ -99,6 +117,8 @@ def load(
     if not isinstance(model, str) or not model.strip():
         raise CliplensError("model must be an id such as 'ViT-B-32', 'hf:openai/clip-vit-base-patch32' or 'toy:vit'")
     _check_precision(precision)  # before any slow model construction
+    _check_device(device)
+    require_seed("seed", seed)
     if model.startswith("toy:"):
         from .models.toy import load_toy
 

@@ -120,9 +120,19 @@ def match_label(text: str) -> Piece | None:
     return None
 
 
+def padding_hint(text: str) -> str:
+    """For an error message: " (did you mean 'L3H1'? ...)" when `text` is a label written with zero-padded numbers
+    (L03H1), which never name a piece (each piece has exactly one label); else ""."""
+    unpadded = re.sub(r"\d+", lambda number: str(int(number.group())), text)
+    if unpadded == text or match_label(unpadded) is None:
+        return ""
+    return f" (did you mean {unpadded!r}? labels write numbers without leading zeros)"
+
+
 def parse_label(text: str) -> Piece:
     """The piece `text` names; a CliplensError when it is not a label."""
     piece = match_label(text)
     if piece is None:
-        raise CliplensError(f"cannot read the piece label {text!r}; write {READABLE} (numbers without leading zeros)")
+        raise CliplensError(f"cannot read the piece label {text!r}{padding_hint(text)}; write {READABLE} (numbers "
+                            "without leading zeros)")
     return piece

@@ -7,23 +7,43 @@ through the spec, so open_clip, Hugging Face and toy models share one code path.
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import cached_property
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import torch
 from PIL import Image
 from torch import nn
 
+from .data.folders import Unreadable, open_image, printable
 from .decompose.finite import require_finite
 from .decompose.resnet_pairs import PairDecomposition, ResNetDecomposer
 from .decompose.result import Decomposition
 from .decompose.vit import ViTDecomposer
 from .errors import CliplensError
+from .io.compat import ModelFingerprint
 from .models.spec import ResNetPoolSpec, ViTSpec
 from .settings import Settings
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16, "bf16": torch.bfloat16}
 TEXT_BATCH = 256
+
+
+Images = Union[torch.Tensor, Image.Image, str, os.PathLike, Iterable[Union[Image.Image, str, os.PathLike]]]
+
+
+def _as_image(image: Any) -> Image.Image | torch.Tensor:
+    """An image file read as 8-bit RGB (as a pass over a folder reads it); PIL images and tensors as they are, for
+    `preprocess`."""
+    if isinstance(image, (Image.Image, torch.Tensor)):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return open_image(image)
+        except Unreadable as exc:
+            raise CliplensError(f"cannot read the image {printable(os.fspath(image))!s}: {exc}") from None
+    raise CliplensError(f"an image in the list is of type {type(image).__name__}; pass PIL images or image paths, "
+                        "or one tensor [B, 3, H, W]")
 
 
 class Lens:
@@ -74,8 +94,9 @@ class Lens:
         return ViTDecomposer(self.spec) if self.kind == "vit" else ResNetDecomposer(self.spec)
 
     @cached_property
-    def fingerprint(self) -> str:
-        """A digest of the model id and every weight: artifacts made for another model are refused by it.
+    def fingerprint(self) -> ModelFingerprint:
+        """A digest of the model id and every weight: artifacts made for another model are refused by it (and the
+        refusal names this model, which the digest carries along).
 
         `pretrained` is left out on purpose: it only says where the weights came from, and the weights are hashed.
         """
@@ -83,7 +104,7 @@ class Lens:
         for key, tensor in sorted(self.model.state_dict().items()):
             digest.update(key.encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return ModelFingerprint(digest.hexdigest()[:16], self.name, self.pretrained)
 
     # text side -----------------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> Any:
@@ -103,30 +124,39 @@ class Lens:
         return torch.cat(chunks)
 
     # image side ----------------------------------------------------------------------------------------------------
-    def images_to_tensor(self, images: torch.Tensor | Image.Image | Iterable[Image.Image]) -> torch.Tensor:
-        """A batch [B, 3, H, W] on the lens's device and dtype, preprocessing PIL images with `preprocess`."""
-        if isinstance(images, Image.Image):
+    def images_to_tensor(self, images: Images) -> torch.Tensor:
+        """A batch [B, 3, H, W] on the lens's device and dtype: PIL images and image files (paths) are preprocessed with
+        `preprocess`, tensors are taken as preprocessed already."""
+        if isinstance(images, (Image.Image, str, os.PathLike)):
             images = [images]
         if not isinstance(images, torch.Tensor):
-            images = torch.stack([self.preprocess(image) for image in images])
+            if not isinstance(images, Iterable):
+                raise CliplensError(f"images must be a tensor [B, 3, H, W], a PIL image, an image path, or a list of "
+                                    f"those; got {type(images).__name__}")
+            images = [self.preprocess(_as_image(image)) for image in images]
+            if not images:
+                raise CliplensError("no images given: pass at least one PIL image, image path or tensor")
+            images = torch.stack(images)
         if images.dim() == 3:
             images = images[None]
         if images.dim() != 4 or images.shape[1] != 3:
             raise CliplensError(f"expected images [B, 3, H, W], got a tensor of shape {tuple(images.shape)}")
+        if len(images) == 0:
+            raise CliplensError("the image batch is empty: pass at least one image")
         images = images.to(self.device, self.dtype)
         if not torch.isfinite(images).all():
             raise CliplensError("the image batch contains NaN or infinite values; check the input images")
         return images
 
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor | Image.Image | Iterable[Image.Image]) -> torch.Tensor:
+    def encode_image(self, images: Images) -> torch.Tensor:
         """The backend's own unnormalised image embedding [B, d]."""
         return self._encode_image(self.images_to_tensor(images))
 
     @torch.no_grad()
     def decompose(
         self,
-        images: torch.Tensor | Image.Image | Iterable[Image.Image],
+        images: Images,
         *,
         granularity: str = "head",
         spatial: bool = False,

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from PIL import Image
 
 from ..data.loader import as_source, fingerprint, stream
 from ..errors import CliplensError, require_positive_int
 from ..io.compat import fitted_on, require_model
 from ..io.tables import write_rows
-from ..labels import match_label, pair_label
+from ..labels import match_label, padding_hint, pair_label
 from ..report.grids import save_grid
 from ..settings import Settings
 from ..stats.pairs import PairStats
@@ -58,7 +57,8 @@ def parse_component(label: str, lens: Lens) -> Component:
     piece = match_label(label.strip())
     numbers = None if piece is None or piece.token is not None else RANKED.get((piece.kind, piece.layer is not None))
     if numbers is None:
-        raise CliplensError(f"cannot read component {label!r}; write H<head>N<neuron>, N<neuron> or L<layer>H<head>")
+        raise CliplensError(f"cannot read component {label!r}{padding_hint(label.strip())}; write H<head>N<neuron>, "
+                            "N<neuron> or L<layer>H<head>")
     kind, index = piece.kind, tuple(getattr(piece, number) for number in numbers)
     spec = lens.spec
     wanted = "vit" if kind == "head" else "resnet"
@@ -103,13 +103,7 @@ def query_vector(lens: Lens, component: Component, *, text: str | None, image: A
     if text is not None:
         embedding = lens.encode_text([text])[0].to(lens.dtype)
         return embedding / embedding.norm()
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as opened:
-                image = opened.convert("RGB")
-        except OSError as exc:
-            raise CliplensError(f"cannot read the query image {image} ({exc}); pass an image file") from exc
-    pieces = lens.decompose(image, granularity="head", convention=convention)
+    pieces = lens.decompose(image, granularity="head", convention=convention)  # an image path is read there
     return pieces[component.label][0]
 
 
@@ -139,6 +133,10 @@ def retrieve(
     parsed = [parse_component(label, lens) for label in components]
     if not parsed:
         raise CliplensError("name at least one component, e.g. H3N17, N17 or L3H2")
+    named = [component.label for component in parsed]
+    twice = [label for i, label in enumerate(named) if label in named[:i]]
+    if twice:
+        raise CliplensError(f"component {twice[0]} is named twice; name each component once")
     kinds = {c.kind for c in parsed}
     if "head" in kinds and (query_text is None) == (query_image is None):
         raise CliplensError("ranking a ViT head needs exactly one query: a text or an image")

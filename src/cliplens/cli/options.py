@@ -6,11 +6,13 @@ need, and the tables they print.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
+from ..data.loader import MAX_BATCH_SIZE, MAX_WORKERS
 from ..evaluate.ablation import MEAN_SOURCES
 from ..explain.tables import write_descriptions
 from ..extras import require
@@ -82,14 +84,40 @@ def load_lens(model: Options):
 data_options = stacked([
     click.option("--data-path", default="shapes:test:512", show_default=True,
                  help="Image folder, text file of paths, or shapes:<split>[:<n>] for the built-in world."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-    click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=32, show_default=True),
+    click.option("--num-workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0, show_default=True),
 ])
 
 
+def makeable_folder(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """click callback: refuse, before any work, an output folder that cannot be made (a name longer than the file
+    system takes, a file on its way, no permission to write), which would otherwise be found once the results are
+    written. Nothing is created here."""
+    if value is None:
+        return value
+    folder = Path(value)
+    try:
+        existing = next(parent for parent in (folder.absolute(), *folder.absolute().parents) if parent.exists())
+        longest = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    except OSError as exc:
+        raise click.BadParameter(f"{value} cannot be made ({exc.strerror or exc})") from exc
+    if any(len(os.fsencode(part)) > longest for part in folder.parts):
+        raise click.BadParameter(f"a folder name in {value} is longer than the {longest} bytes the file system takes")
+    if not existing.is_dir():
+        raise click.BadParameter(f"{value} cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{value} cannot be made: no permission to write in {existing}")
+    return value
+
+
+def output_folder_option(*names: str, **options: Any) -> Callable:
+    """A folder the command writes to: checked to be makeable when the command line is read (`makeable_folder`)."""
+    return click.option(*names, type=click.Path(file_okay=False, path_type=Path), callback=makeable_folder, **options)
+
+
 def output_option(default: str) -> Callable:
-    return click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=default,
-                        show_default=True, help="Folder for the results (created if missing).")
+    return output_folder_option("--output-dir", default=default, show_default=True,
+                                help="Folder for the results (created if missing).")
 
 
 # --stats --convention --normalize: which per-piece statistics the command works from.
@@ -167,8 +195,8 @@ def omp_options(default_atoms: int) -> Callable:
     return stacked([
         pool_options(UNIT_POOL, UNIT_POOL_TEMPLATES, uses_pool=lambda options: options["omp_atoms"] != 0),
         click.option("--omp-atoms", type=click.IntRange(min=0), default=None,
-                     help=f"Texts per principal direction (k of OMP) [default: {default_atoms}, at most half the "
-                          "pool]; 0 skips the text side."),
+                     help=f"Texts per principal direction (k of OMP), below the embedding width [default: "
+                          f"{default_atoms}, at most half the pool and below the width]; 0 skips the text side."),
         click.option("--dict-norm", type=click.Choice(["row", "axis0"]), default="row", show_default=True,
                      help="OMP dictionary normalisation; axis0 reproduces the reference's word lists."),
     ])
@@ -193,7 +221,7 @@ explain_options = stacked([
                  help="svd: at most this many principal components per head (PCLens max_text)."),
     click.option("--num-directions", type=click.IntRange(min=1), default=3, show_default=True,
                  help="omp: top principal directions explained per head."),
-    click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    output_folder_option("--output-dir", default=None,
                  help="Folder for <method>.csv and metadata.json [default: cliplens-out/<method>]."),
 ])
 

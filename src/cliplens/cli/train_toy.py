@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
 from ..toys.train import SHIPPED_STEPS, TrainConfig, train_toy
+from .options import output_folder_option
 
 
 @click.command("train-toy")
@@ -17,18 +19,17 @@ from ..toys.train import SHIPPED_STEPS, TrainConfig, train_toy
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads, show_default=True,
               help="CPU threads (the shipped weights used 1; other counts change the weights by float rounding).")
-@click.option("--output-dir", type=click.Path(file_okay=False), required=True,
-              help="Folder for <model>.safetensors and <model>.json.")
+@output_folder_option("--output-dir", required=True, help="Folder for <model>.safetensors and <model>.json.")
 @click.option("--eval-images", type=int, default=1000, show_default=True,
               help="Held-out test images for the final zero-shot measurement (0 to skip).")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for checkpoints (step-<n>), so a long run can stop and go on later.")
+@output_folder_option("--checkpoint-dir", default=None,
+                      help="Folder for checkpoints (step-<n>), so a long run can stop and go on later.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Write a checkpoint every this many steps (0: never).")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue from a checkpoint of the same recipe (bit for bit the weights of an uncut run).")
-def command(model_name: str, seed: int, steps: int | None, batch_size: int, threads: int, output_dir: str,
-            eval_images: int, checkpoint_dir: str | None, checkpoint_every: int, resume: str | None) -> None:
+def command(model_name: str, seed: int, steps: int | None, batch_size: int, threads: int, output_dir: Path,
+            eval_images: int, checkpoint_dir: Path | None, checkpoint_every: int, resume: str | None) -> None:
     """Train a toy CLIP on the shapes world and write its weights and config."""
     steps = SHIPPED_STEPS[model_name] if steps is None else steps
     config = TrainConfig(model=model_name, seed=seed, steps=steps, batch_size=batch_size, threads=threads,

@@ -60,15 +60,7 @@ class ImageFolder:
         label = self.labels[i] if self.labels else -1
         if self.sizes[i] in (MISSING, NOT_A_FILE):
             raise Unreadable("missing" if self.sizes[i] == MISSING else "not a regular file")
-        try:
-            with Image.open(self.paths[i]) as image:
-                return to_rgb(image), label
-        except Unreadable:
-            raise
-        except Image.DecompressionBombError:
-            raise Unreadable("too many pixels (decompression bomb)") from None
-        except Exception as exc:  # deliberate: PIL's decoders raise many types on damaged or crafted files
-            raise Unreadable(_reason(exc)) from None
+        return open_image(self.paths[i]), label
 
     def __getitem__(self, i: int) -> tuple[Image.Image | None, int]:
         try:
@@ -88,6 +80,19 @@ class ImageFolder:
             name = path.relative_to(self.root).as_posix() if self.root else str(path)
             digest.update(os.fsencode(name) + b"\0" + str(size).encode() + b"\n")
         return digest.hexdigest()[:16]
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """The file as an 8-bit RGB image; raises Unreadable, whatever the cause, with the reason in a few words."""
+    try:
+        with Image.open(path) as image:
+            return to_rgb(image)
+    except Unreadable:
+        raise
+    except Image.DecompressionBombError:
+        raise Unreadable("too many pixels (decompression bomb)") from None
+    except Exception as exc:  # deliberate: PIL's decoders raise many types on damaged or crafted files
+        raise Unreadable(_reason(exc)) from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

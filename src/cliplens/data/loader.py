@@ -8,8 +8,11 @@ bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -53,6 +56,10 @@ class LoadReport:
 
 
 SHAPES_PREFIX = "shapes:"
+# Caps that turn an absurd size into one line before any work. A batch of 65536 images of 224 px is 39 GB of float32
+# pixels, more than any accelerator holds; 1024 loader processes exceed the cores of any single machine.
+MAX_BATCH_SIZE = 2**16
+MAX_WORKERS = 1024
 
 
 def shapes_source(spec: str) -> Any:
@@ -72,6 +79,9 @@ def as_source(data: Any) -> Any:
     pass through unchanged."""
     if isinstance(data, str) and data.startswith(SHAPES_PREFIX):
         return shapes_source(data)
+    if isinstance(data, (str, os.PathLike)) and not os.fspath(data).strip():
+        raise CliplensError("the data path is empty; pass a folder of images, a text file listing them, or "
+                            "shapes:<split>[:<n>]")
     if isinstance(data, (str, os.PathLike)):
         return ImageFolder(data)
     if isinstance(data, (list, tuple)) and data and isinstance(data[0], (str, os.PathLike)):
@@ -133,18 +143,23 @@ def batches(
 ) -> Iterator[Batch]:
     """Preprocessed batches in source order from position `start`; unreadable items are skipped and recorded in
     `report` (whose total is the whole source's size)."""
-    require_positive_int("batch_size", batch_size)
+    require_positive_int("batch_size", batch_size, maximum=MAX_BATCH_SIZE)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or not 0 <= num_workers <= MAX_WORKERS:
+        raise CliplensError(f"num_workers must be an integer from 0 to {MAX_WORKERS}, got {num_workers!r}")
     if not 0 <= start <= len(source):
         raise CliplensError(f"cannot start at position {start} of a source of {len(source)} items")
     report = report if report is not None else LoadReport()
     report.total = len(source)
-    loader = DataLoader(_Preprocessed(source, preprocess, start), batch_size=batch_size, num_workers=num_workers,
+    workers = min(num_workers, -(-(len(source) - start) // batch_size))  # a worker beyond one per batch would only idle
+    loader = DataLoader(_Preprocessed(source, preprocess, start), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, shuffle=False)
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(source), initial=start, desc=description, unit="img", leave=False)
-    for block, (skipped, batch) in enumerate(loader):
+    with _interrupts_held():  # the workers start here
+        iterator = iter(loader)
+    for block, (skipped, batch) in enumerate(iterator):
         describe = getattr(source, "describe", lambda i: f"item {i}")
         report.skipped.extend(describe(i) for i, _ in skipped)
         report.reasons.extend(why for _, why in skipped)
@@ -156,6 +171,30 @@ def batches(
             yield batch
     if progress:
         bar.close()
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C back while the loader's worker processes start, so that they never take it.
+
+    Ctrl-C reaches every process of the terminal's process group. A worker that took it would die with its own
+    traceback and fail the main process with "worker exited unexpectedly", and one that arrives while the loader is
+    still starting workers leaves it half-built (torch then prints another traceback). So the workers start with SIGINT
+    blocked (forked and spawned processes inherit the mask, and keep it), and an interrupt that arrives meanwhile is
+    noted and raised here once the loader is complete, where it shuts its workers down cleanly."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield  # no POSIX signals (Windows), or not the thread Python delivers them to
+        return
+    noted: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda number, frame: noted.append(number))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, handler if handler is not None else signal.default_int_handler)
+    if noted:
+        raise KeyboardInterrupt
 
 
 class ImageModel(Protocol):

@@ -177,6 +177,18 @@ class ResNetDecomposer:
             self._directions = torch.einsum("hoe,hen->hno", self.out_weight, self.value_weight)
         return self._directions
 
+    def labels(self, settings: Settings) -> list[str]:
+        """The labels of the pieces `decompose` gives with these settings, without decomposing anything."""
+        settings.require_granularity(GRANULARITIES)
+        spec = self.spec
+        if settings.granularity == "pair":
+            return [pair_label(h, n) for h in range(spec.heads) for n in range(spec.channels)]
+        if settings.granularity == "neuron":
+            labels = [pool_neuron_label(n) for n in range(spec.channels)]
+        else:
+            labels = [pool_head_label(h) for h in range(spec.heads)]
+        return labels + ([BIAS] if settings.convention == "separate" else [])
+
     def decompose(self, images: torch.Tensor, settings: Settings) -> Decomposition | PairDecomposition:
         settings.require_granularity(GRANULARITIES)
         granularity, spatial, convention = settings.granularity, settings.spatial, settings.convention
@@ -190,7 +202,6 @@ class ResNetDecomposer:
         if granularity == "neuron":
             s = torch.einsum("bhm,bmc->bhc", trace.attention, trace.tokens)
             pieces = torch.einsum("bhn,hno->bno", s, self.directions()) + head_offsets.sum(0) / spec.channels
-            labels = [pool_neuron_label(n) for n in range(spec.channels)]
         else:
             values = torch.einsum("bmc,hec->bhme", trace.tokens, self.value_weight)
             if convention == "reference":  # the value bias stays in its head, weighted by attention
@@ -202,12 +213,10 @@ class ResNetDecomposer:
                 pieces = torch.einsum("bhe,hoe->bho", weighted.sum(2), self.out_weight)
             if convention == "reference":
                 pieces = pieces + spec.c_bias / (spec.heads * (spec.tokens if spatial else 1))
-            labels = [pool_head_label(h) for h in range(spec.heads)]
         if convention == "separate":
             bias_piece = bias.expand(len(images), *pieces.shape[2:]) if not spatial else _at_first_token(bias, pieces)
             pieces = torch.cat([pieces, bias_piece[:, None]], 1)
-            labels.append(BIAS)
-        result = Decomposition(pieces, labels, trace.embedding, settings)
+        result = Decomposition(pieces, self.labels(settings), trace.embedding, settings)
         if settings.normalize:
             norms = trace.embedding.norm(dim=-1).view(-1, *([1] * (pieces.dim() - 1)))
             result.components = pieces / norms

@@ -245,6 +245,11 @@ class ViTDecomposer:
     def decompose(self, images: torch.Tensor, settings: Settings) -> Decomposition:
         return self.group(self.factorise(images, settings))
 
+    def labels(self, settings: Settings) -> list[str]:
+        """The labels of the pieces `decompose` gives with these settings, without decomposing anything."""
+        settings.require_granularity(GRANULARITIES)
+        return piece_labels(self.spec, settings)
+
     def group(self, factors: Factorised) -> Decomposition:
         """The pieces of `factors` in residual order, as the settings they were made with define them."""
         heads = factors.tokens() if factors.settings.spatial else factors.heads()

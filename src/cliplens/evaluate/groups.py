@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 from typing import Iterable, Sequence
 
 from ..errors import CliplensError
-from ..labels import EMBED, match_label
+from ..labels import EMBED, match_label, padding_hint
 
 _LAYER_SLICE = re.compile(r"(attn|mlp)\[(-?\d*)(:?)(-?\d*)\]")
 GLOB_CHARACTERS = "*?["
@@ -124,8 +124,8 @@ def select(labels: Sequence[str], patterns: Iterable[str]) -> list[str]:
         matched = _match(labels, pattern)
         if not matched:
             raise CliplensError(
-                f"component pattern {pattern!r} matches no piece; the labels look like {list(labels)[:6]}. "
-                f"Use {PATTERN_HELP}"
+                f"component pattern {pattern!r} matches no piece{padding_hint(pattern)}; the labels look like "
+                f"{list(labels)[:6]}. Use {PATTERN_HELP}"
             )
         chosen.update(matched)
     return [label for label in labels if label in chosen]

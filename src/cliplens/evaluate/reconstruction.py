@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from ..data.loader import as_source, fingerprint
-from ..errors import CliplensError, require_positive_int
+from ..errors import CliplensError, require_positive_int, require_seed
 from ..extras import require
 from ..explain.base import fit_pieces
 from ..explain.omp import orthogonal_matching_pursuit, prepare_dictionary
@@ -64,6 +64,12 @@ def split_heads(labels: Sequence[str], num_last_layers: int) -> tuple[list[str],
                             f"got {num_last_layers!r}")
     first = count - num_last_layers
     return heads_of_layers(labels, range(first, count)), heads_of_layers(labels, range(first))
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown or not methods:
+        raise CliplensError(f"unknown reconstruction method {unknown[:1] or methods}; choose from {', '.join(METHODS)}")
 
 
 def check_text_counts(counts: Sequence[int], limit: int) -> list[int]:
@@ -198,9 +204,8 @@ def reconstruction_accuracy(
     statistics and the text selections. `text_embeddings` [M, d] are the unit embeddings of the pool `texts`.
     """
     stats = check_statistics(stats, lens)
-    unknown = [method for method in methods if method not in METHODS]
-    if unknown or not methods:
-        raise CliplensError(f"unknown reconstruction method {unknown[:1] or methods}; choose from {', '.join(METHODS)}")
+    check_methods(methods)
+    require_seed("seed", seed)
     analysed, earlier = split_heads(stats.labels, num_last_layers)
     dim = stats.mean.shape[1]
     text_embeddings = torch.as_tensor(text_embeddings)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from ..errors import CliplensError
+from ..text.templates import resolve_templates
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -63,19 +64,28 @@ def source_prompts(source: Any) -> tuple[list[str], str | tuple[str, ...]]:
     return list(classnames), "openai"
 
 
-def source_classifier(lens: Lens, source: Any, templates: str | Sequence[str] | None = None) -> torch.Tensor:
-    """Zero-shot classifier W [d, classes] for a data source (float64), text embeddings cached on disk.
+def classifier_prompts(source: Any, templates: str | Sequence[str] | None = None) -> tuple[list[str], Any]:
+    """The class phrases and the templates a zero-shot classifier for `source` is built from, checked without embedding
+    any text, so that a command can refuse unlabelled data or a malformed template before its passes.
 
     `templates`: None or "auto" for the source's default, a named set ("openai", "simple", "photo", "none", or
     "shapes" for the shapes world's held-out templates), or format strings with one "{}".
     """
-    if templates == "auto":
-        templates = None
-    from ..text.embed import embed_texts
-
     phrases, default = source_prompts(source)
-    if templates == "shapes":
+    if templates in (None, "auto"):
+        templates = default
+    elif templates == "shapes":
         from ..shapes.prompts import TEMPLATES
 
         templates = TEMPLATES
-    return embed_texts(lens, phrases, templates=default if templates is None else templates).to(torch.float64).T
+    resolve_templates(templates)
+    return phrases, templates
+
+
+def source_classifier(lens: Lens, source: Any, templates: str | Sequence[str] | None = None) -> torch.Tensor:
+    """Zero-shot classifier W [d, classes] for a data source (float64), text embeddings cached on disk; `templates`
+    as `classifier_prompts` takes them."""
+    from ..text.embed import embed_texts
+
+    phrases, templates = classifier_prompts(source, templates)
+    return embed_texts(lens, phrases, templates=templates).to(torch.float64).T

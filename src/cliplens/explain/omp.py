@@ -31,6 +31,18 @@ ARGMAX_BLOCK = 256  # atoms per block in `_first_argmax`; the dictionary is zero
 SCREENED_CANDIDATES = 8  # atoms rescored exactly per target and step when float64 work is screened in float32
 
 
+def require_fewer_atoms(atoms: int | None, width: int, option: str = "--omp-atoms") -> None:
+    """Refuse k ≥ d text atoms for directions in a d-dimensional embedding (None: the caller's default, capped).
+
+    k = d atoms span the whole space, so OMP matches any direction exactly with whatever texts it picked first: the
+    words say nothing about the direction and their coefficients grow to hundreds. Refused rather than capped at
+    d − 1, because a capped run would quietly answer another question than the one asked; defaults are capped."""
+    if atoms is not None and atoms >= width:
+        raise CliplensError(f"{option} {atoms} is not below the embedding width {width}: that many texts span every "
+                            f"direction, so their words and coefficients would mean nothing; ask for at most "
+                            f"{width - 1}")
+
+
 def prepare_dictionary(text_embeddings: torch.Tensor, dict_norm: DictNorm = "row", scale: float = 1.0) -> torch.Tensor:
     """Atoms [M, d] from text embeddings [M, d]: centre on the mean text, then normalise.
 

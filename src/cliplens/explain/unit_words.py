@@ -8,14 +8,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import CliplensError
-from .omp import SparseTextDecomposition
+from .omp import SparseTextDecomposition, require_fewer_atoms
 
 
-def atom_count(requested: int | None, default: int, pool_size: int) -> int:
-    """k for OMP: the request if given (refused above the pool size), else `default` capped at half the pool, so that
-    the default works on small pools such as the shapes vocabulary."""
+def atom_count(requested: int | None, default: int, pool_size: int, width: int) -> int:
+    """k for OMP: the request if given (refused above the pool size, and unless below the embedding `width`, see
+    `require_fewer_atoms`), else `default` capped at half the pool and below the width, so that the default works on
+    small pools such as the shapes vocabulary and on narrow models such as the toys."""
+    require_fewer_atoms(requested, width)
     if requested is None:
-        return min(default, max(1, pool_size // 2))
+        return min(default, max(1, pool_size // 2), width - 1)
     if requested > pool_size:
         raise CliplensError(f"--omp-atoms {requested} exceeds the text pool ({pool_size} texts); ask for fewer")
     return requested

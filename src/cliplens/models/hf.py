@@ -6,6 +6,7 @@ linears here, so we concatenate them into the fused layout the decomposition use
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -68,22 +69,58 @@ def pooled(output: object) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def create(ident: str) -> tuple[nn.Module, Callable, Callable | None]:
-    """(model, preprocess, tokenizer) for a Hub repo id or a local folder, offline if the files are cached."""
-    require("hf", "transformers", user=f"model hf:{ident}")
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
+PROBE_TIMEOUT_S = 5.0  # one request to the Hub; a connected machine answers in well under a second
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
+
+def create(ident: str) -> tuple[nn.Module, Callable, Callable | None]:
+    """(model, preprocess, tokenizer) for a Hub repo id or a local folder.
+
+    A folder or a cached id is read without the network. Otherwise the files are downloaded, unless Hugging Face's
+    offline variables are set or one quick request finds the Hub unreachable: then it fails at once, instead of after
+    the half minute of retries the Hub client spends on each file."""
+    require("hf", "transformers", user=f"model hf:{ident}")
+    remedy = "download it on a connected machine (huggingface-cli download) and pass hf:/path/to/folder"
     local = Path(ident).expanduser().is_dir()
     try:
-        model = CLIPModel.from_pretrained(ident, attn_implementation="eager")
-        processor = CLIPImageProcessor.from_pretrained(ident)
-        tokenizer = CLIPTokenizerFast.from_pretrained(ident)
+        return _from_pretrained(ident, local_files_only=True)
     except (OSError, ValueError) as exc:
-        where = "the folder" if local else "the local Hugging Face cache, and it cannot be downloaded here"
-        raise CliplensError(
-            f"CLIP model {ident!r} is not in {where} ({type(exc).__name__}); download it on a connected machine "
-            "(huggingface-cli download) and pass hf:/path/to/folder"
-        ) from exc
+        if local:
+            raise CliplensError(f"the folder {ident!r} holds no CLIP model that transformers reads "
+                                f"({type(exc).__name__}); {remedy}") from exc
+    offline = [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
+    why = f"{offline[0]} is set" if offline else hub_unreachable(ident)
+    if why is not None:
+        raise CliplensError(f"CLIP model {ident!r} is not in the local Hugging Face cache, and it cannot be downloaded "
+                            f"here ({why}); {remedy}")
+    try:
+        return _from_pretrained(ident, local_files_only=False)
+    except (OSError, ValueError) as exc:
+        raise CliplensError(f"CLIP model {ident!r} could not be downloaded ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); {remedy}") from exc
+
+
+def hub_unreachable(ident: str) -> str | None:
+    """Why the Hugging Face Hub cannot be reached, in a few words, or None when it answered (whatever it said: a
+    missing or gated repository is for the download to report)."""
+    from huggingface_hub import model_info
+    from huggingface_hub.utils import HfHubHTTPError
+
+    try:
+        model_info(ident, timeout=PROBE_TIMEOUT_S)
+    except (HfHubHTTPError, ValueError):  # the Hub answered with an error, or the id is malformed: not a network issue
+        return None
+    except Exception as exc:  # deliberate: the HTTP client's connection and timeout errors differ between versions
+        return f"the Hugging Face Hub is unreachable: {type(exc).__name__}"
+    return None
+
+
+def _from_pretrained(ident: str, *, local_files_only: bool) -> tuple[nn.Module, Callable, Callable]:
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
+
+    model = CLIPModel.from_pretrained(ident, attn_implementation="eager", local_files_only=local_files_only)
+    processor = CLIPImageProcessor.from_pretrained(ident, local_files_only=local_files_only)
+    tokenizer = CLIPTokenizerFast.from_pretrained(ident, local_files_only=local_files_only)
 
     def preprocess(image) -> torch.Tensor:
         return processor(images=image, return_tensors="pt")["pixel_values"][0]

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import CliplensError
 from .spec import BlockSpec, LayerNormSpec, ResNetPoolSpec, ViTSpec
+from .weights import load_weights
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -194,12 +195,6 @@ def create(name: str, pretrained: str | None, *, seed: int) -> tuple[nn.Module, 
     finally:
         logging.disable(logging.NOTSET)
     if pretrained is not None and tag is None:
-        state = read_state_dict(pretrained)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            shown = ", ".join((missing + unexpected)[:4])
-            raise CliplensError(
-                f"checkpoint {pretrained} does not fit {name}: {len(missing)} missing and {len(unexpected)} unexpected "
-                f"keys (e.g. {shown}); check the model id (OpenAI weights need a '-quickgelu' id)"
-            )
+        load_weights(model, read_state_dict(pretrained), f"checkpoint {pretrained}", name,
+                     "check the model id (OpenAI weights need a '-quickgelu' id)")
     return model, preprocess, open_clip.get_tokenizer(name)

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import CliplensError
 from ..io.atomic import replacing, write_text
+from .weights import load_weights
 
 CONTEXT_LENGTH = 32
 TEXT_TOWER = {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3}
@@ -116,16 +117,15 @@ def load_toy(
             f"toy {name!r} is missing from {directory} (need {weights.name} and {config_path.name}); "
             f"reinstall cliplens or rebuild it with `cliplens train-toy --model {name}`"
         )
-    config = json.loads(config_path.read_text())
-    architecture = config["architecture"]
-    model = build_model(architecture)
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CliplensError(
-            f"{weights} does not match its config (missing {sorted(missing)[:3]}, unexpected "
-            f"{sorted(unexpected)[:3]}); rebuild it with `cliplens train-toy --model {name}`"
-        )
+    rebuild = f"rebuild it with `cliplens train-toy --model {name}`"
+    try:
+        config = json.loads(config_path.read_text())
+        architecture = config["architecture"]
+        model = build_model(architecture)
+        state = load_file(str(weights))
+    except Exception as exc:  # deliberate: a damaged JSON, config or safetensors file fails in many ways
+        raise CliplensError(f"cannot read the toy {name!r} in {directory} ({type(exc).__name__}); {rebuild}") from exc
+    load_weights(model, state, str(weights), f"the architecture in {config_path.name}", rebuild)
     model = model.to(device=device, dtype=dtype).eval()
     info = {"name": f"toy:{name}", "weights": str(weights), **config}
     return model, make_preprocess(architecture), make_tokenizer(architecture), info

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .embed import embed_texts
-from .pools import get_pool
+from .pools import get_pool, require_pool
+from .templates import resolve_templates
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -27,6 +28,13 @@ def pool_name(pool: str | os.PathLike | None, data_path: Any, usual_pool: str) -
     if pool is not None:
         return pool
     return "shapes" if str(data_path).startswith("shapes:") else usual_pool
+
+
+def check_candidates(data_path: Any, usual_pool: str, *, pool: str | os.PathLike | None, pool_templates: str) -> None:
+    """Refuse, before any pass, a pool that is neither built in nor a file (or needs an extra that is missing) and
+    malformed pool templates: what `candidate_texts` would refuse only once the statistics are in."""
+    require_pool(pool_name(pool, data_path, usual_pool), "the text pool")
+    resolve_templates(pool_templates)
 
 
 def candidate_texts(

@@ -40,10 +40,13 @@ def _prefix(texts: list[str], size: int | None, name: str) -> list[str]:
 
 
 def require_pool(name: str | os.PathLike, user: str) -> None:
-    """Stop before any work if built-in pool `name` needs an optional extra that is not installed."""
+    """Stop before any work if pool `name` is neither built in nor a file, or needs an optional extra that is not
+    installed."""
     if isinstance(name, str) and name in EXTRAS:
         extra, module = EXTRAS[name]
         require(extra, module, user=user)
+    if not (isinstance(name, str) and name in POOLS) and not Path(name).is_file():
+        raise unknown_pool(name)
 
 
 def words(size: int | None = None) -> list[str]:
@@ -109,6 +112,8 @@ def get_pool(name_or_path: str | os.PathLike, size: int | None = None) -> list[s
         return POOLS[name_or_path](size)
     if Path(name_or_path).is_file():
         return read_pool(name_or_path, size)
-    raise CliplensError(
-        f"unknown text pool {str(name_or_path)!r}: use one of {', '.join(POOLS)} or the path of a text file"
-    )
+    raise unknown_pool(name_or_path)
+
+
+def unknown_pool(name: str | os.PathLike) -> CliplensError:
+    return CliplensError(f"unknown text pool {str(name)!r}: use one of {', '.join(POOLS)} or the path of a text file")

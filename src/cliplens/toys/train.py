@@ -37,8 +37,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.loader import MAX_BATCH_SIZE
 from ..errors import CliplensError, require_positive_int
 from ..io.artifacts import load_artifact, save_artifact
+from ..models.weights import load_weights
 from ..models.toy import (
     ARCHITECTURES, CLIP_MEAN, CLIP_STD, build_model, check_name, image_size, make_preprocess, make_tokenizer, save_toy,
 )
@@ -53,6 +55,7 @@ SUPERVISED_ATTRIBUTES = tuple(name for name in FACT_ATTRIBUTES if name != "round
 POSITION_INIT_STD = 1.0
 SHIPPED_STEPS = {"vit": 32000, "rn": 2000}  # the ViT learns shape more slowly (no convolutional prior)
 HEAD_SCALE = 10.0  # logit scale of the auxiliary classifiers, which read unit-normalised embeddings
+MAX_THREADS = 1024  # more than the cores of any single machine: a larger count is a typo
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,12 @@ class TrainConfig:
     def check(self) -> None:
         check_name(self.model)
         require_positive_int("--steps", self.steps)
+        require_positive_int("--batch-size", self.batch_size, maximum=MAX_BATCH_SIZE)
         if self.batch_size < 2:
             raise CliplensError(f"--batch-size must be at least 2 for a contrastive loss, got {self.batch_size}")
-        if self.seed < 0:
-            raise CliplensError(f"--seed must be a non-negative integer, got {self.seed}")
+        if not 0 <= self.seed < 2**64:  # torch's seeds are unsigned 64-bit integers
+            raise CliplensError(f"--seed must be an integer from 0 to 2**64 - 1, got {self.seed}")
+        require_positive_int("--threads", self.threads, maximum=MAX_THREADS)
 
 
 def _value_index(attribute: str, value: str) -> int:
@@ -221,13 +226,20 @@ def load_checkpoint(path: Path, config: TrainConfig, model: torch.nn.Module, hea
     """Restore a checkpoint of the same recipe into fresh objects; returns (steps done, seconds spent)."""
     tensors, metadata = load_artifact(path, {"kind": CHECKPOINT_KIND, "recipe": config.recipe()},
                                       fields={"step": int, "elapsed_s": (int, float)})
+    remedy = "resume from a checkpoint this version of cliplens wrote for the same recipe"
     for prefix, module in (("model.", model), ("heads.", heads)):
-        module.load_state_dict({key.removeprefix(prefix): value for key, value in tensors.items()
-                                if key.startswith(prefix)})
+        load_weights(module, {key.removeprefix(prefix): value for key, value in tensors.items()
+                              if key.startswith(prefix)}, f"checkpoint {path}", f"the {config.model} toy", remedy)
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
+            _, index, name = key.split(".", 2) if key.count(".") >= 2 else (key, "", "")
+            fits = index.isdecimal() and int(index) < len(parameters) and (
+                value.dim() == 0 or value.shape == parameters[int(index)].shape)
+            if not fits:
+                raise CliplensError(f"checkpoint {path}: optimizer state {key!r} {list(value.shape)} fits no parameter "
+                                    f"of the {config.model} toy; {remedy}")
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
     return int(metadata["step"]), float(metadata["elapsed_s"])
@@ -253,8 +265,17 @@ def train_toy(
     `<model>.json` to `output_dir` if given, and a checkpoint to `checkpoint_dir/step-<n>` every
     `config.checkpoint_every` steps."""
     config.check()
+    if isinstance(evaluate_n, bool) or not isinstance(evaluate_n, int) or evaluate_n < 0:
+        raise CliplensError(f"--eval-images must be a non-negative integer (0 skips the measurement), "
+                            f"got {evaluate_n!r}")
     if config.checkpoint_every and checkpoint_dir is None:
         raise CliplensError("checkpoint_every needs a checkpoint folder; pass --checkpoint-dir")
+    for folder in (output_dir, checkpoint_dir if config.checkpoint_every else None):
+        if folder is not None:  # made now: a folder that cannot be made must not cost the whole run
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CliplensError(f"cannot make the folder {folder} ({exc.strerror or exc}); choose another")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     architecture = ARCHITECTURES[config.model]

@@ -19,7 +19,8 @@ from ..evaluate.ablation import (
 )
 from ..evaluate.groups import split_patterns
 from ..evaluate.reference import evaluation_record, evaluation_source, reference_statistics
-from ..evaluate.zeroshot import source_classifier
+from ..evaluate.zeroshot import classifier_prompts, source_classifier
+from ..settings import Settings
 from ..stats.obtain import statistics_record
 
 if TYPE_CHECKING:
@@ -57,7 +58,12 @@ def ablation_study(
     """Accuracy on `data_path` with each variant mean-ablated: one per comma-separated pattern group in
     `components`, plus those of each preset; `label` re-labels shapes data by another attribute."""
     check_request(components, presets)
+    groups = [split_patterns(text) for text in components]
+    if stats_path is None:  # collected below: a pattern that names no piece is found before that pass, not after
+        pattern_variants(lens.decomposer.labels(Settings(granularity or "head", convention=convention or "separate")),
+                         groups)
     source = evaluation_source(data_path, label)
+    classifier_prompts(source, templates)
     stats, where = reference_statistics(lens, source, data_path, stats_path=stats_path, fit_path=fit_path,
                                         mean_source=mean_source, convention=convention, normalize=normalize,
                                         granularity=granularity, spatial="cls" in presets, batch_size=batch_size,
@@ -66,7 +72,7 @@ def ablation_study(
     for preset in dict.fromkeys(presets):  # presets share variants (mlps): each is scored once
         named = {variant.name for variant in variants}
         variants += [variant for variant in PRESETS[preset](stats.labels)[1:] if variant.name not in named]
-    variants += pattern_variants(stats.labels, [split_patterns(text) for text in components])
+    variants += pattern_variants(stats.labels, groups)
     weights = source_classifier(lens, source, templates)
     scores = evaluate_variants(lens, source, variants, weights, stats, batch_size=batch_size,
                                num_workers=num_workers, progress=progress)

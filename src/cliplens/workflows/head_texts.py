@@ -23,13 +23,14 @@ import torch
 from ..errors import CliplensError
 from ..evaluate.reconstruction import principal_directions, split_heads
 from ..explain.base import fit_pieces
-from ..explain.omp import SparseTextDecomposition
+from ..explain.omp import SparseTextDecomposition, require_fewer_atoms
 from ..explain.svd_poles import SVDPoles
 from ..explain.tables import description_rows, label_position
 from ..explain.textspan import TextSpan
 from ..stats.collect import PieceStats
 from ..stats.obtain import obtain_piece_stats, statistics_record
-from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts
+from ..settings import Settings
+from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts, check_candidates
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -109,6 +110,10 @@ def explain_heads(
     from `stats_path`) and the candidate texts of `pool` (default: descriptions, or the shapes vocabulary on shapes
     data)."""
     check_method(method)
+    if method == "omp":
+        require_fewer_atoms(texts_per_head, lens.spec.output_dim, "--texts-per-head")
+    split_heads(lens.decomposer.labels(Settings("head")), num_last_layers)  # checked now, used once the stats are in
+    check_candidates(data_path, HEAD_POOL, pool=pool, pool_templates=pool_templates)
     stats = obtain_piece_stats(lens, stats_path, data_path, convention=convention, normalize=normalize,
                                batch_size=batch_size, num_workers=num_workers, progress=progress)
     heads, _ = split_heads(stats.labels, num_last_layers)

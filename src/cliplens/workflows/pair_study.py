@@ -25,14 +25,14 @@ from ..evaluate.pair_ablation import (
     neuron_principal_directions, neuron_scores, pair_batches, require_resnet, standard_variants, text_reconstruction,
     top_mask,
 )
-from ..evaluate.zeroshot import source_classifier
-from ..explain.omp import DictNorm, SparseTextDecomposition
+from ..evaluate.zeroshot import classifier_prompts, source_classifier
+from ..explain.omp import DictNorm, SparseTextDecomposition, require_fewer_atoms
 from ..explain.unit_words import atom_count, word_rows
 from ..labels import pair_label, pool_head_label
 from ..stats.moments import Moments
 from ..stats.obtain import obtain_pair_stats
 from ..stats.pairs import PairStats
-from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts
+from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -78,7 +78,7 @@ def pair_texts(
         return None
     _, texts, embeddings = candidate_texts(lens, data_path, UNIT_POOL, pool=pool, pool_size=pool_size,
                                            pool_templates=pool_templates)
-    atoms = atom_count(omp_atoms, PAIR_ATOMS, len(texts))
+    atoms = atom_count(omp_atoms, PAIR_ATOMS, len(texts), embeddings.shape[1])
     reconstruction, omp = text_reconstruction(stats, embeddings, texts, n_atoms=atoms, dict_norm=dict_norm)
     return PairTexts(texts, embeddings, atoms, reconstruction, omp)
 
@@ -127,6 +127,13 @@ def pair_study(
     in-sample means) and then saved to `save_stats` if given."""
     keep_percent = check_keep(keep)
     require_resnet(lens, "cliplens pairs")
+    require_fewer_atoms(omp_atoms, lens.spec.output_dim)  # everything the later steps need is checked before the passes
+    if omp_atoms != 0:
+        check_candidates(data_path, UNIT_POOL, pool=pool, pool_templates=pool_templates)
+    source = as_source(data_path)
+    labelled = bool(getattr(source, "classnames", None))
+    if labelled:
+        classifier_prompts(source, templates)
     stats = obtain_pair_stats(lens, stats_path, fit_path or data_path, top_k=top_k, batch_size=batch_size,
                               num_workers=num_workers, save_to=save_stats, progress=progress)
     scores = stats.scores()
@@ -141,8 +148,7 @@ def pair_study(
         units = [(pool_head_label(flat // stats.neurons), flat % stats.neurons) for flat in kept]
         pair_words = word_rows(text.omp, units, kept, texts_per_unit, f"omp-k{text.atoms}")
 
-    source = as_source(data_path)
-    weights = source_classifier(lens, source, templates) if getattr(source, "classnames", None) else None
+    weights = source_classifier(lens, source, templates) if labelled else None
     board = None
     if weights is not None:
         board = AccuracyBoard(weights, standard_variants(PairAblation(stats, lens.device), keeps=[keep_percent],
@@ -181,6 +187,9 @@ def pair_ablation_study(
     if level not in LEVELS:
         raise CliplensError(f"unknown level {level!r}; choose from {', '.join(LEVELS)}")
     require_resnet(lens, "cliplens neuron-ablate (ViT MLP neurons are ablated by `cliplens second-order`)")
+    require_fewer_atoms(omp_atoms, lens.spec.output_dim)
+    if omp_atoms != 0:
+        check_candidates(data_path, UNIT_POOL, pool=pool, pool_templates=pool_templates)
     source = as_source(data_path)
     weights = source_classifier(lens, source, templates)
     stats = obtain_pair_stats(lens, stats_path, fit_path or data_path, top_k=top_k, batch_size=batch_size,

@@ -14,11 +14,15 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..evaluate.reconstruction import METHODS, ReconstructionResult, reconstruction_accuracy
+from ..evaluate.reconstruction import (
+    METHODS, ReconstructionResult, check_methods, check_text_counts, reconstruction_accuracy, split_heads,
+)
 from ..evaluate.reference import evaluation_record, evaluation_source, reference_statistics
-from ..evaluate.zeroshot import source_classifier
+from ..evaluate.zeroshot import classifier_prompts, source_classifier
+from ..errors import require_seed
+from ..settings import Settings
 from ..stats.obtain import statistics_record
-from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts
+from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts, check_candidates
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -52,7 +56,14 @@ def reconstruction_study(
 ) -> ReconstructionStudy:
     """Accuracy on `data_path` with the last layers' heads rebuilt from m texts for each method and each m in
     `counts` (default: 1, 2, 4, ... up to the smallest of `w_ov_rank`, the embedding dimension and the pool size)."""
+    check_methods(methods)  # everything the passes below need is checked before the first one
+    require_seed("random_seed", random_seed)
+    split_heads(lens.decomposer.labels(Settings("head")), num_last_layers)
+    if counts is not None:
+        check_text_counts(counts, min(w_ov_rank, lens.spec.output_dim))
+    check_candidates(data_path, HEAD_POOL, pool=pool, pool_templates=pool_templates)
     source = evaluation_source(data_path, label)
+    classifier_prompts(source, templates)
     stats, where = reference_statistics(lens, source, data_path, stats_path=stats_path, fit_path=fit_path,
                                         mean_source=mean_source, convention=convention, normalize=normalize,
                                         granularity="head", batch_size=batch_size, num_workers=num_workers,

@@ -18,12 +18,12 @@ import torch
 from ..apps.retrieval import Ranking, write_ranking
 from ..data.loader import as_source
 from ..evaluate.second_order_ablation import SecondOrderAblation, second_order_ablation
-from ..evaluate.zeroshot import source_classifier
-from ..explain.omp import DictNorm, SparseTextDecomposition
+from ..evaluate.zeroshot import classifier_prompts, source_classifier
+from ..explain.omp import DictNorm, SparseTextDecomposition, require_fewer_atoms
 from ..explain.unit_words import atom_count, word_rows
 from ..labels import neuron_label
 from ..stats.second_order import SecondOrderStats, collect_second_order
-from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts
+from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -62,7 +62,7 @@ def neuron_words(
     (a zero direction) have nothing to explain and get no rows."""
     _, texts, embeddings = candidate_texts(lens, data_path, UNIT_POOL, pool=pool, pool_size=pool_size,
                                            pool_templates=pool_templates)
-    atoms = atom_count(omp_atoms, NEURON_ATOMS, len(texts))
+    atoms = atom_count(omp_atoms, NEURON_ATOMS, len(texts), embeddings.shape[1])
     directions = stats.principal_directions
     alive = (directions.norm(dim=-1) > 0).nonzero()[:, 0].tolist()
     omp = SparseTextDecomposition(atoms, dict_norm=dict_norm, dtype=torch.float64)
@@ -91,6 +91,12 @@ def second_order_study(
 ) -> SecondOrderStudy:
     """Second-order statistics of every neuron of `mlp_layer` over `data_path` (two streaming passes), saved to
     `save_stats` at once if given; their words unless `omp_atoms` is 0; the ablations on `eval_data_path` if given."""
+    require_fewer_atoms(omp_atoms, lens.spec.output_dim)  # everything the later steps need is checked before the passes
+    if omp_atoms != 0:
+        check_candidates(data_path, UNIT_POOL, pool=pool, pool_templates=pool_templates)
+    source = None if eval_data_path is None else as_source(eval_data_path)
+    if source is not None:
+        classifier_prompts(source, templates)
     stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
                                  normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
                                  progress=progress)
@@ -101,8 +107,7 @@ def second_order_study(
         words = neuron_words(stats, lens, data_path, omp_atoms=omp_atoms, dict_norm=dict_norm, pool=pool,
                              pool_size=pool_size, pool_templates=pool_templates, texts_per_unit=texts_per_unit)
     ablation = None
-    if eval_data_path is not None:
-        source = as_source(eval_data_path)
+    if source is not None:
         weights = source_classifier(lens, source, templates)
         ablation = second_order_ablation(lens, stats, source, weights, batch_size=batch_size,
                                          num_workers=num_workers, progress=progress)
