@@ -112,7 +112,8 @@ def test_second_order_resumes_in_either_pass(lenses, monkeypatch, tmp_path, stag
         collect_second_order(lenses["vit"], DATA, checkpoint_dir=tmp_path, checkpoint_every=1, **options)
     monkeypatch.undo()
     checkpoint = json.loads(next(tmp_path.glob("*/metadata.json")).read_text())
-    assert checkpoint["stage"] == {"update": "moments", "rank": "ranking"}[stage] and checkpoint["position"] == 4 * after
+    assert checkpoint["stage"] == {"update": "moments", "rank": "ranking"}[stage]
+    assert checkpoint["position"] == 4 * after
     resumed = collect_second_order(lenses["vit"], DATA, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True,
                                    **options)
     assert_identical(whole, resumed)
@@ -179,8 +180,8 @@ runpy.run_module("cliplens", run_name="__main__", alter_sys=True)
 
 
 def test_sigkilled_collect_resumes_to_the_uninterrupted_result(tmp_path):
-    """`python -m cliplens collect` killed by SIGKILL mid-pass (its third batch read, not reduced), then run with --resume,
-    writes the artifact of an uninterrupted run, bit for bit. (A crash inside a checkpoint write leaves the previous
+    """`python -m cliplens collect` killed by SIGKILL mid-pass (its third batch read, not reduced), then run with
+    --resume, writes the artifact of an uninterrupted run, bit for bit. (A crash inside a checkpoint write leaves the previous
     checkpoint: `test_resume_finds_a_checkpoint_a_crash_left_aside` here, and io.atomic's own tests.)"""
     args = ["collect", "--model", "toy:vit", "--data-path", "shapes:test:20", "--batch-size", "4",
             "--output-dir", str(tmp_path / "out"), "--checkpoint-every", "1"]
