@@ -112,7 +112,8 @@ def test_second_order_resumes_in_either_pass(lenses, monkeypatch, tmp_path, stag
         collect_second_order(lenses["vit"], DATA, checkpoint_dir=tmp_path, checkpoint_every=1, **options)
     monkeypatch.undo()
     checkpoint = json.loads(next(tmp_path.glob("*/metadata.json")).read_text())
-    assert checkpoint["stage"] == {"update": "moments", "rank": "ranking"}[stage] and checkpoint["position"] == 4 * after
+    assert checkpoint["stage"] == {"update": "moments", "rank": "ranking"}[stage]
+    assert checkpoint["position"] == 4 * after
     resumed = collect_second_order(lenses["vit"], DATA, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True,
                                    **options)
     assert_identical(whole, resumed)
@@ -165,47 +166,38 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(lenses, tmp_path)
 
 KILLER = """
 import os, runpy, signal, sys
-import cliplens.io.atomic as atomic
-import cliplens.stats.accumulate as accumulate
-where, after = sys.argv.pop(1), int(sys.argv.pop(1))
-owner, name = (atomic, "_swap") if where == "swap" else (getattr(accumulate, where), "update")
-original, calls = getattr(owner, name), []
-def killing(*args, **kwargs):
+from cliplens.stats.accumulate import HeadReducer
+update, calls = HeadReducer.update, []
+def killing(self, *args):
     calls.append(1)
-    if len(calls) > after:
+    if len(calls) == 3:  # the third batch is read and about to be reduced; the second one is checkpointed
         os.kill(os.getpid(), signal.SIGKILL)
-    return original(*args, **kwargs)
-setattr(owner, name, killing)
+    return update(self, *args)
+HeadReducer.update = killing
 sys.argv[0] = "cliplens"
 runpy.run_module("cliplens", run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.mark.parametrize("model, granularity, where", [("toy:vit", "head", "HeadReducer"), ("toy:rn", "pair", "swap")],
-                         ids=["vit-head-killed-mid-batch", "rn-pair-killed-mid-checkpoint-write"])
-def test_sigkilled_collect_resumes_to_the_uninterrupted_result(tmp_path, model, granularity, where):
-    """`python -m cliplens collect` killed by SIGKILL (in the middle of its third batch, or as it is about to swap
-    its third checkpoint in), then run again with --resume, writes the artifact of an uninterrupted run, bit for
-    bit."""
-    args = ["collect", "--model", model, "--granularity", granularity, "--data-path", "shapes:test:20",
-            "--batch-size", "4", "--top-k", "3", "--output-dir", str(tmp_path / "out"), "--checkpoint-every", "1"]
-    killed = subprocess.run([sys.executable, "-c", KILLER, where, "2", *args], env=env(), capture_output=True,
-                            text=True, timeout=300)
+def test_sigkilled_collect_resumes_to_the_uninterrupted_result(tmp_path):
+    """`python -m cliplens collect` killed by SIGKILL mid-pass (its third batch read, not reduced), then run with
+    --resume, writes the artifact of an uninterrupted run, bit for bit. (A crash inside a checkpoint write leaves the previous
+    checkpoint: `test_resume_finds_a_checkpoint_a_crash_left_aside` here, and io.atomic's own tests.)"""
+    args = ["collect", "--model", "toy:vit", "--data-path", "shapes:test:20", "--batch-size", "4",
+            "--output-dir", str(tmp_path / "out"), "--checkpoint-every", "1"]
+    killed = subprocess.run([sys.executable, "-c", KILLER, *args], env=env(), capture_output=True, text=True,
+                            timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     checkpoints = tmp_path / "out" / "checkpoints"
     assert not (tmp_path / "out" / "stats").exists()
     assert json.loads((checkpoints / "collect-whole" / "metadata.json").read_text())["position"] == 8
-    if where == "swap":  # the third checkpoint was staged but never swapped in: litter the next write removes
-        assert any(".cliplens-new-" in entry.name for entry in checkpoints.iterdir())
     resumed = subprocess.run([sys.executable, "-m", "cliplens", *args, "--resume"], env=env(), capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "20 of 20 images used" in resumed.stdout
-    assert sorted(entry.name for entry in checkpoints.iterdir()) == ["collect-whole"]
-    lens = cliplens.load(model)
-    whole = lens.collect("shapes:test:20", granularity=granularity, batch_size=4, top_k=3)
-    saved = cliplens.load_stats(tmp_path / "out" / "stats", lens)
-    assert_identical(whole, saved)
+    lens = cliplens.load("toy:vit")
+    whole = lens.collect("shapes:test:20", batch_size=4)
+    assert_identical(whole, cliplens.load_stats(tmp_path / "out" / "stats", lens))
 
 
 # shards and merge -----------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from .options import Options, data_options, load_lens, model_options, output_opt
               help="Images kept per ResNet pair for norms and principal directions.")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True, help="Rows in the summary.")
 @click.option("--shard", default=None, metavar="I/N", callback=lambda ctx, param, value: value and Shard.parse(value),
-              help="Read only the I-th of N contiguous slices of the data (0-based); `cliplens merge` joins the shards.")
+              help="Read only the I-th of N contiguous slices of the data (0-based); `cliplens merge` joins them.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=EVERY, show_default=True,
               help="Save the running state every this many batches (0: never), so an interrupted run can --resume.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

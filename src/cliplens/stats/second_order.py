@@ -332,8 +332,8 @@ class SecondOrderStats:
         tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
         stats.moments, stats.ranked = Moments.from_tensors(tensors), int(tensors["ranked"][0])
         if "centre" in tensors:
-            stats.centre, stats.top_norms, stats.top_index = tensors["centre"], tensors["top_norms"], tensors["top_index"]
-            stats.top_deviations = tensors["top_deviations"]
+            stats.centre, stats.top_norms = tensors["centre"], tensors["top_norms"]
+            stats.top_index, stats.top_deviations = tensors["top_index"], tensors["top_deviations"]
             stats._derived.update({name: tensors[name] for name in DERIVED if name in tensors})
         return stats
 
