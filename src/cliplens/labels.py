@@ -31,6 +31,7 @@ POOL_HEAD = "H{head}"
 PAIR = "H{head}N{neuron}"
 POOL_NEURON = "N{neuron}"
 TOKEN = "{label}T{token}"
+COMPONENT = "{label}.pc{index}"  # principal component `index` of a piece (decreasing variance)
 
 # (kind, form) for every form above: `Piece.kind` names what a label is, `Piece.layer is None` tells the ResNet pool's
 # heads and neurons from a ViT's.
@@ -83,6 +84,11 @@ def pool_neuron_label(neuron: int) -> str:
 def token_label(label: str, token: int) -> str:
     """The part of piece `label` that reads source token `token`."""
     return TOKEN.format(label=label, token=token)
+
+
+def component_label(label: str, index: int) -> str:
+    """Principal component `index` (0 = largest variance) of piece `label`: `L3H7.pc0`, `H2.pc4`."""
+    return COMPONENT.format(label=label, index=index)
 
 
 @dataclass(frozen=True)
