@@ -58,9 +58,9 @@ class HeadFamily:
 
     kind = "heads"
 
-    def __init__(self, stats: PieceStats):
+    def __init__(self, stats: PieceStats, heads: Sequence[str] | None = None):
         self.stats = stats
-        self.labels = head_labels(stats.labels)
+        self.labels = head_labels(stats.labels) if heads is None else list(heads)
         self.index = torch.tensor([stats.labels.index(label) for label in self.labels])
         self.mean = stats.mean[self.index].to(torch.float64)  # [U, d]
         self.covariance = stats.covariance[self.index].to(torch.float64)  # [U, d, d]
@@ -82,13 +82,14 @@ class HeadFamily:
 
 
 class ComponentFamily:
-    """The principal components of every head (PCLens's unit), then the heads themselves as units U_pc … U_pc + H − 1
-    so that "the whole heads that hold these components" is an edit of the same pass."""
+    """The principal components of every head (or of `heads`; PCLens's unit), then the heads themselves as units
+    U_pc … U_pc + H − 1 so that "the whole heads that hold these components" is an edit of the same pass."""
 
     kind = "pcs"
 
-    def __init__(self, stats: PieceStats, *, mass: float = 0.99, max_components: int = 80):
-        self.heads = HeadFamily(stats)
+    def __init__(self, stats: PieceStats, *, heads: Sequence[str] | None = None, mass: float = 0.99,
+                 max_components: int = 80):
+        self.heads = HeadFamily(stats, heads)
         variances, vectors, owners = [], [], []
         for h, covariance in enumerate(self.heads.covariance):
             values, directions = head_components(stats.count, covariance, mass=mass, max_components=max_components)

@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CliplensError
-from ..extras import require
-from ..io.atomic import replacing, write_folder
+from ..io.atomic import write_folder
 from ..io.tables import write_rows
+from ..report.figures import png_figure
 from ..explain.components import concept_basis
 from .piece_edits import ComponentFamily, Edit, PieceFamily
 
@@ -49,12 +49,14 @@ def rank_units(family: PieceFamily, text_embeddings: torch.Tensor) -> tuple[torc
 
 
 def check_ks(ks: Sequence[int], available: int) -> list[int]:
-    ks = sorted(set(int(k) for k in ks))
-    if not ks or ks[0] < 1:
+    """The distinct k in increasing order, without those above the number of units (a ResNet has few heads)."""
+    given = sorted(set(int(k) for k in ks))
+    if not given or given[0] < 1:
         raise CliplensError(f"k must be positive integers, got {list(ks)}")
-    if ks[-1] > available:
-        raise CliplensError(f"k={ks[-1]} exceeds the {available} units of this kind; pass smaller --k values")
-    return ks
+    kept = [k for k in given if k <= available]
+    if not kept:
+        raise CliplensError(f"every k ({given}) exceeds the {available} units of this kind; pass smaller --k values")
+    return kept
 
 
 def ablating(units: torch.Tensor, size: int) -> torch.Tensor:
@@ -125,15 +127,8 @@ class SpuriousResult:
 def plot(path: str | os.PathLike, result: SpuriousResult) -> Path:
     """Left: accuracy per group on the test set at the chosen k (random: mean ± spread over draws). Right: the
     validation worst-group accuracy against k, selected vs random (PNG)."""
-    require("explain", "matplotlib", user="the spurious-cue plot")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    figure, (bars, curve) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    try:
+    with png_figure(path, "the spurious-cue plot", ncols=2, figsize=(11, 4.2),
+                    gridspec_kw={"width_ratios": [3, 2]}) as (_, (bars, curve)):
         measures = result.groups + ["worst_group", "average"]
         width = 0.8 / len(result.summary)
         for i, row in enumerate(result.summary):
@@ -161,12 +156,7 @@ def plot(path: str | os.PathLike, result: SpuriousResult) -> Path:
         curve.set_ylabel("validation worst-group accuracy (%)")
         curve.set_title(f"k chosen on validation: {result.k}", fontsize=9)
         curve.legend(fontsize=7)
-        figure.tight_layout()
-        with replacing(path) as staging:
-            figure.savefig(staging, dpi=120, format="png")
-    finally:
-        plt.close(figure)
-    return path
+    return Path(path)
 
 
 RANKING, SWEEP, SUMMARY, FIGURE = "ranking.csv", "sweep.csv", "summary.csv", "spurious.png"

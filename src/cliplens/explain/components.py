@@ -107,10 +107,11 @@ class ComponentTexts:
         mean, covariance, pool = checked_piece(count, mean, covariance, text_embeddings, texts)
         if self.texts_per_pole > len(pool):
             raise CliplensError(f"texts_per_pole={self.texts_per_pole} exceeds the text pool ({len(pool)} texts)")
-        variances, vectors = head_components(count, covariance, mass=self.mass, max_components=self.max_components)
-        if components is not None:
+        if components is None:
+            _, vectors = head_components(count, covariance, mass=self.mass, max_components=self.max_components)
+        else:
             vectors = torch.as_tensor(components).to(mean.device, torch.float64)
-            variances = torch.einsum("rd,de,re->r", vectors, covariance, vectors)
+        variances = torch.einsum("rd,de,re->r", vectors, covariance, vectors)  # vᵀΣv: bit-identical for −v
         coordinates = prepare_texts(pool, self.text_mode) @ vectors.T
         self.mean_, self.variances_, self.components_, self.coordinates_ = mean, variances, vectors, coordinates
         self.poles_ = [self._poles(coordinates[:, j], texts) for j in range(len(vectors))]

@@ -25,6 +25,7 @@ from ..shapes.prompts import TEMPLATES, class_phrases
 from ..shapes.splits import SPURIOUS_GROUPS, SPURIOUS_MATCH_RATE
 from ..stats.obtain import obtain_pair_stats, obtain_piece_stats
 from ..text.embed import embed_texts
+from ..text.templates import resolve_templates
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -70,6 +71,7 @@ def spurious_study(
     concept = [text.strip() for text in concept if text.strip()]
     if not concept:
         raise CliplensError("give the concept as one or more texts, e.g. --concept 'water,lake,ocean,forest'")
+    resolve_templates(concept_templates)
     test, phrases, templates = group_source(data_path)
     val, _, _ = group_source(val_path)
     if kind == "pairs":
@@ -79,7 +81,7 @@ def spurious_study(
         stats = obtain_piece_stats(lens, stats_path, fit_path, convention=None, normalize=None,
                                    batch_size=batch_size, num_workers=num_workers, progress=progress)
     family = piece_family(kind, lens, stats, mass=mass, max_components=max_components)
-    check_ks(ks, candidate_count(family))
+    ks = check_ks(ks, candidate_count(family))
     order, ranking = rank_units(family, embed_texts(lens, concept, templates=concept_templates))
     edits = selection_edits(family, order, ks, draws=draws, seed=draw_seed)
     weights = embed_texts(lens, phrases, templates=templates).to(torch.float64).T
@@ -96,7 +98,7 @@ def spurious_study(
     summary = summary_rows([row for row in sweep if row["split"] == "test"], k, groups)
     metadata = {
         "model": lens.name, "kind": kind, "concept": concept, "concept_templates": concept_templates,
-        "ks": sorted(set(ks)), "chosen_k": k, "draws": draws, "draw_seed": draw_seed, "units": candidate_count(family),
+        "ks": ks, "chosen_k": k, "draws": draws, "draw_seed": draw_seed, "units": candidate_count(family),
         "test": str(data_path), "val": str(val_path), "fit": None if stats_path else str(fit_path),
         "stats": None if stats_path is None else str(stats_path), "images": images, "groups": groups,
         "classes": phrases, "rule": "k maximises the validation worst-group accuracy of the selected units",
