@@ -53,6 +53,8 @@ def test_require_names_the_missing_modules_and_the_extra(monkeypatch):
 @pytest.mark.parametrize("missing, argv", [
     ("matplotlib", ["reconstruct"]),
     ("matplotlib", ["demo", "--output-dir", "unused"]),
+    ("matplotlib", ["spurious", "--concept", "stripes,checker"]),
+    ("matplotlib", ["components"]),
     ("wordfreq", ["textspan", "--pool", "words"]),
     ("wordfreq", ["explain", "--method", "omp", "--pool", "words"]),
     ("wordfreq", ["reconstruct", "--pool", "words"]),

@@ -14,6 +14,7 @@ import click
 from .options import needs, output_option
 
 FIT, EVAL = "shapes:test:512:0", "shapes:test:512:1"  # two independent draws: fit statistics on one, score on the other
+SMALL_EVAL = "shapes:test:256:1"
 
 
 Step = tuple[str, str, list[str]]
@@ -44,6 +45,11 @@ def vit_steps(out: Path) -> list[Step]:
          "retrieve",
          vit + ["--data-path", EVAL, "--component", "L1H2", "--query-text", "a blue object", "--top", "16",
                 "--output-dir", str(out / "vit-retrieve")]),
+        ("Principal components of the last layer's heads: their text poles, which answer 'a striped object', and "
+         "keeping, removing or amplifying the largest two on shape", "components",
+         vit + ["--data-path", SMALL_EVAL, "--stats", stats, "--label", "shape", "--query", "a striped object",
+                "--edit-top", "2", "--pool", "shapes", "--pool-templates", "photo",
+                "--output-dir", str(out / "vit-components")]),
     ]
 
 
@@ -60,6 +66,11 @@ def rn_steps(out: Path) -> list[Step]:
         ("Retrieval: the top images of two strong pairs and of a neuron across its heads", "retrieve",
          rn + ["--data-path", FIT, "--stats", stats, "--component", "H1N262", "--component", "H2N20",
                "--component", "N342", "--top", "16", "--output-dir", str(out / "rn-retrieve")]),
+        ("Spurious cue: toy:rn's pairs along the words 'stripes, checker' mean-ablated, k chosen on validation, "
+         "against random pairs", "spurious",
+         rn + ["--data-path", "shapes:spurious-test:400:12", "--val-path", "shapes:spurious-test:400:11",
+               "--fit-path", "shapes:spurious-train:400:10", "--concept", "stripes,checker", "--k", "16", "--k", "32",
+               "--k", "64", "--k", "128", "--batch-size", "100", "--output-dir", str(out / "rn-spurious")]),
     ]
 
 
