@@ -157,3 +157,13 @@ def test_a_query_ranks_heads_and_components_by_variance_along_it_and_ignores_sig
     assert heads[0]["query_variance"] == pytest.approx(float(unit @ family.heads.covariance[best] @ unit))
     family.vectors = -family.vectors
     assert query_rows(family, "q", -query, top=5) == rows
+
+
+def test_a_head_pattern_that_names_nothing_is_refused_before_the_first_pass(monkeypatch):
+    from cliplens.workflows import component_study as workflow
+
+    monkeypatch.setattr(workflow, "obtain_piece_stats", lambda *a, **k: pytest.fail("the first pass ran"))
+    with pytest.raises(CliplensError, match="matches no piece"):
+        workflow.component_study(cliplens.load("toy:vit"), "shapes:test:4", heads=["L9H*"])
+    with pytest.raises(CliplensError, match="unknown text pool"):
+        workflow.component_study(cliplens.load("toy:rn"), "shapes:test:4", pool="no-such-pool")

@@ -167,3 +167,15 @@ def test_pairs_along_the_background_words_fix_toy_rn_worst_group():
     assert selected["worst_group"] - full["worst_group"] >= 0.15, table
     assert selected["average"] >= full["average"] - 0.02, table
     assert selected["worst_group"] - random["worst_group"] >= 0.15 and random["draws"] == 10, table
+
+
+def test_the_command_refuses_data_without_groups_before_loading_the_model(monkeypatch, capsys):
+    from cliplens import factory
+
+    monkeypatch.setattr(factory, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    for argv, says in ((["--val-path", "shapes:test:8"], "has no groups"),
+                       (["--concept", " , "], "give the concept")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["spurious", "--concept", "stripes", *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and says in err and len(err.strip().splitlines()) == 1, err

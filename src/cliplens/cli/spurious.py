@@ -16,10 +16,17 @@ import click
 
 from ..evaluate.piece_edits import KINDS
 from ..evaluate.spurious import DEFAULT_KS, FIGURE, RANDOM_DRAWS, SUMMARY, write_spurious
-from ..workflows.spurious_study import spurious_study
-from .options import Options, load_lens, model_options, needs, output_option
+from ..workflows.spurious_study import check_concept, group_source, spurious_study
+from .options import Options, before_body, load_lens, model_options, needs, output_option
 
 GROUP_DATA = "shapes:spurious-test[:<n>[:<seed>]] or waterbirds:<folder>[:<split>]"
+
+
+def _check_before_loading(options: Options) -> None:
+    """Data without groups and a malformed concept are refused before the model is loaded."""
+    for key in ("data_path", "val_path"):
+        group_source(options[key])
+    check_concept(options["concept"].split(","), options["concept_templates"])
 
 
 @click.command("spurious")
@@ -48,6 +55,7 @@ GROUP_DATA = "shapes:spurious-test[:<n>[:<seed>]] or waterbirds:<folder>[:<split
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @output_option("cliplens-out/spurious")
 @needs("explain", "matplotlib")
+@before_body(_check_before_loading)
 def command(model: Options, output_dir: Path, concept: str, **options: Any) -> None:
     """Worst-group accuracy with the pieces along a concept's texts mean-ablated, against k random pieces.
 

@@ -100,6 +100,11 @@ class ComponentFamily:
         self.vectors = torch.cat(vectors)  # [P, d]
         self.owner = torch.tensor(owners)  # [P]: the head of each component
         self.component_count = len(owners)
+        widest = max(len(values) for values in variances)
+        # component p is slot (owner, rank within its head) of a [H, widest] grid, so a batch's coordinates are one
+        # einsum over heads and never a [B, P, d] copy of the heads' deviations
+        self.slots = torch.tensor([h * widest + j for h, values in enumerate(variances) for j in range(len(values))])
+        self.width = widest
         self.labels = [component_label(self.heads.labels[h], j) for h, values in enumerate(variances)
                        for j in range(len(values))] + self.heads.labels
 
@@ -110,9 +115,11 @@ class ComponentFamily:
 
     def logits(self, lens: Lens, images: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding, deviations = self.heads.deviations(lens, images)
-        vectors = self.vectors.to(deviations.device)
-        coordinates = torch.einsum("bpd,pd->bp", deviations[:, self.owner.to(deviations.device)], vectors)
-        component_logits = coordinates[..., None] * (vectors @ weights)  # [B, P, K]
+        vectors, slots = self.vectors.to(deviations.device), self.slots.to(deviations.device)
+        grid = vectors.new_zeros(len(self.heads.labels) * self.width, vectors.shape[1])
+        grid[slots] = vectors
+        coordinates = torch.einsum("bhd,hrd->bhr", deviations, grid.view(len(self.heads.labels), self.width, -1))
+        component_logits = coordinates.flatten(1)[:, slots, None] * (vectors @ weights)  # [B, P, K]
         return embedding @ weights, torch.cat([component_logits, deviations @ weights], dim=1)
 
     def holders(self, chosen: torch.Tensor) -> torch.Tensor:
@@ -130,6 +137,7 @@ class PairFamily:
         out, value = stats.factors["out_weight"].to(torch.float64), stats.factors["value_weight"].to(torch.float64)
         self.directions = torch.einsum("hoe,hen->hno", out, value)  # u [H, C, O]
         self.labels = [pair_label(h, n) for h in range(stats.heads) for n in range(stats.neurons)]
+        self._unit_logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def variances(self, basis: torch.Tensor | None = None) -> torch.Tensor:
         lengths = self.directions.square().sum(-1) if basis is None else along(self.directions, basis)
@@ -138,7 +146,9 @@ class PairFamily:
     def logits(self, lens: Lens, images: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = lens.decomposer.pairs(images)
         centred = pairs.coefficients.to(torch.float64) - self.stats.coef_mean.to(weights.device, torch.float64)
-        per_unit = self.directions.to(weights.device) @ weights  # [H, C, K]
+        if self._unit_logits is None or self._unit_logits[0] is not weights:  # a pass hands the same W every batch
+            self._unit_logits = (weights, self.directions.to(weights.device) @ weights)  # u·W [H, C, K]
+        per_unit = self._unit_logits[1]
         return pairs.embedding.to(torch.float64) @ weights, (centred[..., None] * per_unit).flatten(1, 2)
 
 

@@ -17,11 +17,12 @@ from ..errors import CliplensError
 from ..evaluate.components import component_edits, plot_edits, query_rows, with_deltas
 from ..evaluate.groups import select
 from ..evaluate.reference import evaluation_source
-from ..evaluate.piece_edits import ComponentFamily, GroupBoard, piece_family, score_edits
+from ..evaluate.piece_edits import ComponentFamily, GroupBoard, head_labels, piece_family, score_edits
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..explain.components import ComponentTexts
 from ..io.atomic import write_folder
 from ..io.tables import write_rows
+from ..settings import Settings
 from ..stats.obtain import obtain_piece_stats
 from ..text.candidates import HEAD_POOL, check_candidates, candidate_texts
 from ..text.embed import embed_texts
@@ -55,6 +56,8 @@ def component_study(
     if edit_top < 0 or top < 1:
         raise CliplensError(f"edit_top must be ≥ 0 and top ≥ 1, got {edit_top} and {top}")
     check_candidates(data_path, HEAD_POOL, pool=pool, pool_templates=pool_templates)
+    chosen = select(head_labels(lens.decomposer.labels(Settings("head"))),
+                    heads or (["attn[-1:]"] if lens.kind == "vit" else ["*"]))
     source = evaluation_source(data_path, label)
     labelled = edit_top > 0 and bool(getattr(source, "classnames", None))
     if labelled:
@@ -62,7 +65,6 @@ def component_study(
     stats = obtain_piece_stats(lens, stats_path, fit_path or data_path, convention=None, normalize=None,
                                batch_size=batch_size, num_workers=num_workers, progress=progress)
     family: ComponentFamily = piece_family("pcs", lens, stats, mass=mass, max_components=max_components)
-    chosen = select(family.heads.labels, heads or (["attn[-1:]"] if lens.kind == "vit" else ["*"]))
     _, texts, embeddings = candidate_texts(lens, data_path, HEAD_POOL, pool=pool, pool_size=pool_size,
                                            pool_templates=pool_templates)
     explainer = ComponentTexts(texts_per_pole, max_components, mass)

@@ -45,6 +45,15 @@ def group_source(data: Any) -> tuple[Any, list[str], Any]:
                         "waterbirds:<folder>[:train|val|test]")
 
 
+def check_concept(concept: Sequence[str], templates: str) -> list[str]:
+    """The concept's texts, stripped; refuses an empty concept or malformed templates."""
+    texts = [text.strip() for text in concept if text.strip()]
+    if not texts:
+        raise CliplensError("give the concept as one or more texts, e.g. --concept 'water,lake,ocean,forest'")
+    resolve_templates(templates)
+    return texts
+
+
 def group_names(source: Any) -> list[str]:
     return list(waterbirds.GROUPS if isinstance(source, waterbirds.WaterbirdsDataset) else SPURIOUS_GROUPS)
 
@@ -68,10 +77,7 @@ def spurious_study(
         raise CliplensError(f"unknown kind of piece {kind!r}; choose from {', '.join(KINDS)}")
     if kind == "pairs" and lens.kind != "resnet":
         raise CliplensError(f"pairs exist for ResNet CLIP models only; {lens.name} is a {lens.kind}: use heads or pcs")
-    concept = [text.strip() for text in concept if text.strip()]
-    if not concept:
-        raise CliplensError("give the concept as one or more texts, e.g. --concept 'water,lake,ocean,forest'")
-    resolve_templates(concept_templates)
+    concept = check_concept(concept, concept_templates)
     test, phrases, templates = group_source(data_path)
     val, _, _ = group_source(val_path)
     if kind == "pairs":
