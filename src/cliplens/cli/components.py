@@ -46,7 +46,13 @@ from .options import Options, data_options, load_lens, model_options, needs, out
 @needs("explain", "matplotlib")
 def command(model: Options, output_dir: Path, heads: str | None, **options: Any) -> None:
     """Name every principal component of chosen heads by its two text poles, rank heads and components for text
-    queries, and measure keeping, removing or amplifying single components."""
+    queries, and measure keeping, removing or amplifying single components.
+
+    Writes poles.csv (per component: variance, its dominant and opposite poles' texts, its reconstruction text),
+    queries.csv (per query, the heads and components with the most variance along it), edits.csv (labelled data:
+    accuracy per class and on average for each edit, and its change from the full model), edits.png and
+    metadata.json. No result depends on the signs the eigen-solver gives the components.
+    """
     lens = load_lens(model)
     study = component_study(lens, heads=split_patterns(heads) if heads else None, progress=True, **options)
     written = write_components(study, output_dir)

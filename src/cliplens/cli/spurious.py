@@ -60,7 +60,10 @@ def command(model: Options, output_dir: Path, concept: str, **options: Any) -> N
     """Worst-group accuracy with the pieces along a concept's texts mean-ablated, against k random pieces.
 
     Every row gives the accuracy of each group (class × spurious attribute), the worst of them, their mean and the
-    image-weighted average; k is chosen on --val-path and reported on --data-path.
+    image-weighted average; k is chosen on --val-path and reported on --data-path. Writes ranking.csv (units by
+    variance inside the concept's span), sweep.csv (every edit and k on both sets), summary.csv (the test set at k:
+    full model, selected units, random units as mean and spread over the draws, and for pcs the heads holding them),
+    spurious.png and metadata.json.
     """
     lens = load_lens(model)
     result = spurious_study(lens, options.pop("data_path"), concept=concept.split(","), progress=True, **options)
