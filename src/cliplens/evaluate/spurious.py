@@ -141,7 +141,7 @@ def plot(path: str | os.PathLike, result: SpuriousResult) -> Path:
         bars.set_ylabel("test accuracy (%)")
         bars.set_ylim(0, 105)
         bars.set_title(f"{result.metadata['model']}: {result.kind} along {', '.join(result.concept)}", fontsize=9)
-        bars.legend(fontsize=7, loc="lower right")
+        bars.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=len(result.summary))
         val = [row for row in result.sweep if row["split"] == "val"]
         ks = sorted({row["k"] for row in val if row["edit"] == SELECTED})
         for name in (SELECTED, RANDOM, HOLDERS):
@@ -152,6 +152,7 @@ def plot(path: str | os.PathLike, result: SpuriousResult) -> Path:
         curve.axhline(100 * full, color="grey", linestyle="--", label=FULL)
         curve.axvline(result.k, color="black", linewidth=0.8, linestyle=":")
         curve.set_xscale("log", base=2)
+        curve.set_xticks(ks, [str(k) for k in ks])
         curve.set_xlabel("k (units ablated)")
         curve.set_ylabel("validation worst-group accuracy (%)")
         curve.set_title(f"k chosen on validation: {result.k}", fontsize=9)

@@ -102,5 +102,7 @@ def write_components(study: ComponentStudy, output_dir: str | os.PathLike) -> os
         writers[QUERIES] = lambda file: write_rows(file, study.queries)
     if study.edits is not None:
         writers[EDITS] = lambda file: write_rows(file, study.edits)
-        writers[FIGURE] = lambda file: plot_edits(file, study.edits, f"{study.metadata['model']}: single components")
+        title = (f"{study.metadata['model']}: single components on {study.edits[0]['images']} images "
+                 f"(amplify ×{study.metadata['amplify']:g})")
+        writers[FIGURE] = lambda file: plot_edits(file, study.edits, title)
     return write_folder(output_dir, writers, study.metadata)
