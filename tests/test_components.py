@@ -33,8 +33,9 @@ def flips(count: int, seed: int = 1) -> torch.Tensor:
 def test_every_component_result_is_the_same_when_component_signs_flip():
     covariance, mean, pool, texts = piece()
     first = ComponentTexts(texts_per_pole=3).fit(100, mean, covariance, pool, texts)
+    signs = flips(len(first.components_))[:, None]
     flipped = ComponentTexts(texts_per_pole=3).fit(100, mean, covariance, pool, texts,
-                                                   components=first.components_ * flips(len(first.components_))[:, None])
+                                                   components=first.components_ * signs)
     assert first.rows("h") == flipped.rows("h")
     assert first.poles_ == flipped.poles_
     assert torch.equal(first.reconstruction_ids_, flipped.reconstruction_ids_)

@@ -37,11 +37,15 @@ def query_rows(family: ComponentFamily, query: str, embedding: torch.Tensor, top
     return rows
 
 
+def check_amplify(amplify: float) -> None:
+    if amplify == 1:
+        raise CliplensError("amplify=1 changes nothing; pass a factor such as 2 (or 0.5 to damp)")
+
+
 def component_edits(family: ComponentFamily, components: Sequence[int], amplify: float) -> list[Edit]:
     """The full model, then per component: keep only it in its head (the rest of the head at its mean), remove it,
     and scale its deviation by `amplify`."""
-    if amplify == 1:
-        raise CliplensError("amplify=1 changes nothing; pass a factor such as 2 (or 0.5 to damp)")
+    check_amplify(amplify)
     size = len(family.labels)
     edits = [Edit("full model", torch.zeros(size, dtype=torch.float64), (("piece", ""), ("component", "")))]
     for unit in components:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from ..errors import CliplensError
-from ..evaluate.components import component_edits, plot_edits, query_rows, with_deltas
+from ..evaluate.components import check_amplify, component_edits, plot_edits, query_rows, with_deltas
 from ..evaluate.groups import select
 from ..evaluate.reference import evaluation_source
 from ..evaluate.piece_edits import ComponentFamily, GroupBoard, head_labels, piece_family, score_edits
@@ -46,15 +46,17 @@ def component_study(
     edit_top: int = 3, amplify: float = 2.0, top: int = 10, stats_path: str | os.PathLike | None = None,
     fit_path: Any = None, pool: str | os.PathLike | None = None, pool_size: int | None = None,
     pool_templates: str = "none", texts_per_pole: int = 5, mass: float = 0.99, max_components: int = 80,
-    label: str | None = None, templates: str | None = None, batch_size: int = 32, num_workers: int = 0, progress: bool = False,
+    label: str | None = None, templates: str | None = None, batch_size: int = 32, num_workers: int = 0,
+    progress: bool = False,
 ) -> ComponentStudy:
     """Poles of every component of the heads matching `heads` (patterns; default: the last layer's heads of a ViT,
-    every pool head of a ResNet), the `top` heads and components for each
-    query, and keep / remove / amplify edits of the `edit_top` largest components of each chosen head scored on
-    `data_path` (relabelled by `label` for shapes data; skipped when it has no class names). Statistics from `stats_path`, or collected on `fit_path`
-    (default: `data_path`)."""
+    every pool head of a ResNet), the `top` heads and components for each query, and keep / remove / amplify edits
+    of the `edit_top` largest components of each chosen head scored on `data_path` (relabelled by `label` for shapes
+    data; skipped when it has no class names). Statistics from `stats_path`, or collected on `fit_path` (default:
+    `data_path`)."""
     if edit_top < 0 or top < 1:
         raise CliplensError(f"edit_top must be ≥ 0 and top ≥ 1, got {edit_top} and {top}")
+    check_amplify(amplify)
     check_candidates(data_path, HEAD_POOL, pool=pool, pool_templates=pool_templates)
     chosen = select(head_labels(lens.decomposer.labels(Settings("head"))),
                     heads or (["attn[-1:]"] if lens.kind == "vit" else ["*"]))
@@ -69,10 +71,10 @@ def component_study(
                                            pool_templates=pool_templates)
     explainer = ComponentTexts(texts_per_pole, max_components, mass)
     poles = []
-    for label in chosen:
-        h = family.heads.labels.index(label)
+    for head in chosen:
+        h = family.heads.labels.index(head)
         explainer.fit(stats.count, family.heads.mean[h], family.heads.covariance[h], embeddings, texts)
-        poles += explainer.rows(label)
+        poles += explainer.rows(head)
     query_table = []
     if queries:
         centre = embeddings.to(torch.float64).mean(0)  # the pool's average text, as the poles' coordinates are
@@ -87,8 +89,9 @@ def component_study(
         score_edits(lens, source, edited, source_classifier(lens, source, templates), board, batch_size=batch_size,
                     num_workers=num_workers, progress=progress)
         edits = with_deltas(board.rows())
-    metadata = {"model": lens.name, "heads": list(chosen), "components": family.component_count, "queries": list(queries),
-                "edit_top": edit_top, "amplify": amplify, "mass": mass, "max_components": max_components,
+    metadata = {"model": lens.name, "heads": list(chosen), "components": family.component_count,
+                "queries": list(queries), "edit_top": edit_top, "amplify": amplify, "mass": mass,
+                "max_components": max_components,
                 "data": str(data_path), "fit": None if stats_path else str(fit_path or data_path),
                 "stats": None if stats_path is None else str(stats_path), "fit_images": stats.count,
                 "pool_texts": len(texts), "sign_rule": "none needed: every output is invariant to component signs"}
