@@ -1,8 +1,9 @@
 """`toy:cnn`: a small convolutional shape classifier on the shapes world, shipped as a CLIP-Dissect target.
 
 Its final layer `fc` has one neuron per shape (in `SHAPES` order), which is the ground truth that checks neuron labels
-(docs/methods/dissect.md#evaluation). Four conv stages `layer1..layer4` (3x3 conv, stride 2 except the last, ReLU: 48, 24,
-12, 12 pixels at 96), a global average pool and `fc`. Weights are stored as fp16 safetensors next to the toy CLIPs.
+(docs/methods/dissect.md#evaluation). Four conv stages `layer1..layer4` (3x3 conv, stride 2 except the last, batch
+norm, ReLU: maps of 32, 16, 8 and 8 pixels for its 64-pixel input), a global average pool and `fc`. Weights are
+stored as fp16 safetensors next to the toy CLIPs.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ from .toy import CLIP_MEAN, CLIP_STD, toy_directory
 from .weights import load_weights
 
 NAME = "cnn"
-ARCHITECTURE: dict[str, Any] = {"kind": "cnn", "image_size": 96, "widths": [16, 32, 64, 64], "classes": 6}
+ARCHITECTURE: dict[str, Any] = {"kind": "cnn", "image_size": 64, "widths": [16, 32, 64, 64], "classes": 6}
 
 
 class ToyCNN(nn.Module):
-    """layer1..layer4 (conv 3x3, ReLU) -> global mean -> fc; module paths are the layer names Dissect uses."""
+    """layer1..layer4 (conv 3x3, batch norm, ReLU) -> global mean -> fc; module paths are the layer names Dissect uses."""
 
     def __init__(self, widths: list[int], classes: int) -> None:
         super().__init__()
         channels = [3, *widths]
         for i in range(len(widths)):
             stride = 2 if i < len(widths) - 1 else 1
-            stage = nn.Sequential(nn.Conv2d(channels[i], channels[i + 1], 3, stride=stride, padding=1), nn.ReLU())
+            stage = nn.Sequential(nn.Conv2d(channels[i], channels[i + 1], 3, stride=stride, padding=1),
+                                  nn.BatchNorm2d(channels[i + 1]), nn.ReLU())
             self.add_module(f"layer{i + 1}", stage)
         self.depth = len(widths)
         self.fc = nn.Linear(widths[-1], classes)
@@ -59,7 +61,8 @@ def save_cnn(model: ToyCNN, directory: Path, record: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    state = {key: value.half().contiguous() for key, value in model.state_dict().items()}
+    state = {key: (value.half() if value.is_floating_point() else value).contiguous()
+             for key, value in model.state_dict().items()}
     with replacing(directory / f"{NAME}.safetensors") as staging:
         save_file(state, staging)
     write_text(directory / f"{NAME}.json", json.dumps(record, indent=2) + "\n")
@@ -80,5 +83,6 @@ def load_cnn(directory: Path | None = None) -> tuple[ToyCNN, Callable, dict[str,
         state = load_file(str(weights))
     except Exception as exc:  # deliberate: a damaged JSON or safetensors file fails in many ways
         raise CliplensError(f"cannot read toy:cnn in {directory} ({type(exc).__name__}); {rebuild}") from exc
-    load_weights(model, {key: value.float() for key, value in state.items()}, str(weights), "toy:cnn", rebuild)
+    state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+    load_weights(model, state, str(weights), "toy:cnn", rebuild)
     return model.eval().requires_grad_(False), cnn_preprocess(record["architecture"]), record

@@ -21,7 +21,7 @@ from ..shapes import render
 from ..shapes.vocabulary import SHAPES
 from .train import MAX_THREADS, batch_preprocess, learning_rate
 
-SHIPPED_CNN_STEPS = 1000
+SHIPPED_CNN_STEPS = 500
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class CNNConfig:
     steps: int = SHIPPED_CNN_STEPS
     batch_size: int = 64
     learning_rate: float = 3e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     weight_decay: float = 1e-4
     threads: int = 1
 
