@@ -197,3 +197,38 @@ def python_target(path: str) -> Target:
 def is_python_path(spec: str) -> bool:
     module, _, attribute = spec.partition(":")
     return bool(attribute) and "." in module and attribute.isidentifier()
+
+
+TORCHVISION = "torchvision:"
+
+
+def target_from_spec(spec: str, *, weights: str | Path | None = None, seed: int = 0,
+                     load_clip: Callable[[str], "Lens"] | None = None) -> Target:
+    """`toy:cnn`, `torchvision:<name>` (or a bare torchvision model name), `package.module:factory`, or else a CLIP
+    id whose image tower `load_clip` loads (toy:vit, an open_clip id, hf:...)."""
+    import torchvision
+
+    if spec == "toy:cnn":
+        return toy_cnn_target(weights)
+    name = spec.removeprefix(TORCHVISION)
+    if spec.startswith(TORCHVISION) or name in torchvision.models.list_models(module=torchvision.models):
+        return torchvision_target(name, weights, seed=seed)
+    if weights is not None:
+        raise CliplensError("--target-weights is for torchvision models and toy:cnn; a CLIP target takes "
+                            "--target-pretrained")
+    if is_python_path(spec):
+        return python_target(spec)
+    if load_clip is None:
+        raise CliplensError(f"cannot load {spec!r} as a target here; pass a Target")
+    return lens_target(load_clip(spec))
+
+
+def default_layers(target: Target) -> list[str]:
+    """The reference's ResNet layers (conv1, layer1..layer4) where they exist; toy:cnn's four stages and fc."""
+    names = set(target.layer_names())
+    wanted = ["conv1", "layer1", "layer2", "layer3", "layer4"] if "conv1" in names else [
+        "layer1", "layer2", "layer3", "layer4", "fc"]
+    found = [name for name in wanted if name in names]
+    if not found:
+        raise CliplensError(f"{target.name} has none of the default layers; pass --layers (module paths)")
+    return found

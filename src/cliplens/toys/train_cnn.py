@@ -1,7 +1,8 @@
 """Train `toy:cnn`, the shapes-world shape classifier that CLIP-Dissect is checked against, on CPU from a seed.
 
-Every step renders fresh `train` scenes (no image is seen twice) and fits the shape with cross-entropy; the final
-layer therefore has one neuron per shape, in `SHAPES` order. The same seed, steps and thread count give the same
+The first `scenes` scenes of the `train` split are rendered once (rendering costs more than a step of this small
+net), and every step fits the shape of a seeded random batch of them with cross-entropy; the final layer therefore
+has one neuron per shape, in `SHAPES` order. The same seed, steps and thread count give the same
 weights (one process, deterministic CPU kernels). Accuracy is measured on held-out `test` scenes.
 """
 
@@ -21,7 +22,7 @@ from ..shapes import render
 from ..shapes.vocabulary import SHAPES
 from .train import MAX_THREADS, batch_preprocess, learning_rate
 
-SHIPPED_CNN_STEPS = 500
+SHIPPED_CNN_STEPS = 800
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,12 @@ class CNNConfig:
     warmup_steps: int = 50
     weight_decay: float = 1e-4
     threads: int = 1
+    scenes: int = 8192
 
     def check(self) -> None:
         require_positive_int("--steps", self.steps)
         require_positive_int("--batch-size", self.batch_size)
+        require_positive_int("scenes", self.scenes)
         require_positive_int("--threads", self.threads, maximum=MAX_THREADS)
         if not 0 <= self.seed < 2**64:
             raise CliplensError(f"--seed must be an integer from 0 to 2**64 - 1, got {self.seed}")
@@ -62,12 +65,16 @@ def train_cnn(config: CNNConfig, output_dir: str | Path | None = None, *, comman
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model = build_cnn().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
     started = time.time()
+    pool_images, pool_labels = _batch(config.scenes, config.seed, "train", 0)
+    generator = torch.Generator().manual_seed(config.seed)
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        images, labels = _batch(config.batch_size, config.seed, "train", step * config.batch_size)
+        chosen = torch.randint(config.scenes, (config.batch_size,), generator=generator)
+        images, labels = pool_images[chosen], pool_labels[chosen]
         loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,186 @@
+"""CLIP-Dissect: hooks, reductions, targets, probe and concept sets, caches that miss on every changed key."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import cliplens
+from cliplens.dissect import cache as cache_module
+from cliplens.dissect.cache import Cache
+from cliplens.dissect.run import dissect, record
+from cliplens.dissect.sets import broden_labels, concept_set, probe_source
+from cliplens.dissect.targets import Target, hooked, read_state_dict, reduce_output, torchvision_target
+from cliplens.errors import CliplensError
+
+CONCEPTS = ["red", "blue", "circle", "square", "top left"]
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+
+
+def preprocess(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.resize((32, 32)), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return cliplens.load("toy:vit")
+
+
+def net_target(seed: int = 0) -> Target:
+    module = small_net(seed)
+    module(torch.zeros(1, 3, 32, 32))  # materialise the lazy layer
+    return Target("small", module.eval(), preprocess)
+
+
+def hooks(module: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in module.modules())
+
+
+def test_reductions():
+    maps = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    assert torch.equal(reduce_output(maps, "avg"), maps.mean((2, 3)))
+    assert torch.equal(reduce_output(maps, "max"), maps[:, :, 1, 1])
+    tokens = torch.randn(2, 5, 4)  # [B, T, D]
+    assert torch.equal(reduce_output(tokens, tokens="cls"), tokens[:, 0])
+    assert torch.equal(reduce_output((tokens, None), tokens="mean"), tokens.mean(1))
+    assert torch.equal(reduce_output(tokens.transpose(0, 1), tokens="max", sequence_first=True), tokens.amax(1))
+    assert torch.equal(reduce_output(tokens[:, 0]), tokens[:, 0])
+
+
+def test_hooks_are_removed_after_a_pass_and_after_a_failure():
+    target = net_target()
+    before = hooks(target.module)
+    found = record(target, probe_source("shapes:test:6"), ["0", "3"], batch_size=4)
+    assert found["0"].shape == (6, 4) and found["3"].shape == (6, 3) and found["positions"].tolist() == list(range(6))
+    assert hooks(target.module) == before
+    with pytest.raises(RuntimeError), hooked({"0": target.module[0]}, lambda output: output.mean()):
+        assert hooks(target.module) == before + 1
+        raise RuntimeError("a failing pass")
+    assert hooks(target.module) == before
+
+
+def test_hooked_values_are_the_layer_outputs():
+    target = net_target()
+    images = torch.stack([preprocess(image) for image, _ in (probe_source("shapes:test:3")[i] for i in range(3))])
+    found = record(target, probe_source("shapes:test:3"), ["1"], pool="max")
+    assert torch.allclose(found["1"], target.module[:2](images).amax((2, 3)))
+
+
+def test_unknown_layer_lists_the_valid_ones():
+    with pytest.raises(CliplensError, match=r"no layer 'fc'.*module paths: 0, 1, 2, 3"):
+        net_target().layers(["fc"])
+
+
+def test_torchvision_by_name_and_safe_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    first = torchvision_target("resnet18", seed=1)
+    assert "layer4" in first.layer_names() and first.module.training is False
+    state = {k: v.clone() + 1 if v.is_floating_point() else v for k, v in first.module.state_dict().items()}
+    save_file(state, tmp_path / "w.safetensors")
+    torch.save(state, tmp_path / "w.pt")
+    for file in ("w.safetensors", "w.pt"):
+        loaded = torchvision_target("resnet18", tmp_path / file, seed=2)
+        assert torch.equal(loaded.module.conv1.weight, state["conv1.weight"])
+    assert loaded.fingerprint != first.fingerprint
+    torch.save({"model": nn.Linear(2, 2)}, tmp_path / "module.pt")  # a pickled object, not a state dict
+    with pytest.raises(CliplensError, match="cannot read weights"):
+        read_state_dict(tmp_path / "module.pt")
+    with pytest.raises(CliplensError, match="no classification model"):
+        torchvision_target("resnet5000")
+
+
+def write_images(folder, n: int, seed: int = 0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_broden_and_file_list_probes_and_concepts(tmp_path):
+    root = tmp_path / "broden1_224"
+    write_images(root / "images" / "ade20k", 3)
+    with open(root / "index.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["image", "split", "ih", "iw", "sh", "sw", "color", "object"])
+        for i in (2, 0, 1):
+            writer.writerow([f"ade20k/{i}.png", "train", 20, 20, 20, 20, "", ""])
+    with open(root / "label.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
+        for number, name in enumerate(["-", "black-c", "wall", "street-s", "potted_plant", "wall"]):
+            writer.writerow([number, name, "object(1)", 1, 1.0, ""])
+    probe = probe_source(f"broden:{root}")
+    assert [p.name for p in probe.paths] == ["2.png", "0.png", "1.png"] and probe[0][0] is not None
+    assert broden_labels(root) == ["black", "wall", "street", "potted plant"]
+    assert concept_set(f"broden:{root}") == broden_labels(root)
+    listing = tmp_path / "list.txt"
+    listing.write_text("broden1_224/images/ade20k/1.png\n\nbroden1_224/images/ade20k/0.png\n")
+    assert len(probe_source(str(listing))) == 2
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("dog\n\n  cat \n\ndog\n")
+    assert concept_set(str(concepts)) == ["dog", "cat"]
+    assert concept_set("shapes")[:2] == ["circle", "ring"] and len(concept_set("words:50")) == 50
+
+
+def test_bad_probe_and_concepts_are_one_line_errors(tmp_path, judge):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(CliplensError, match="no non-empty lines"):
+        concept_set(str(empty))
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not a png")
+    with pytest.raises(CliplensError, match="no readable images"):
+        dissect(net_target(), judge, str(junk), CONCEPTS, ["0"])
+    with pytest.raises(CliplensError, match="no layer"):
+        dissect(net_target(), judge, "shapes:test:4", CONCEPTS, ["layer9"])
+
+
+def test_every_changed_key_is_a_cache_miss(tmp_path, judge, monkeypatch):
+    def run(target=None, probe="shapes:test:6", concepts=CONCEPTS, layer="0", pool="avg"):
+        result = dissect(target or net_target(), judge, probe, concepts, [layer], pool=pool, batch_size=4,
+                         cache_dir=tmp_path, similarity="cos_similarity")
+        return result.config["cache"], result
+
+    first, reference = run()
+    assert first == {"hits": [], "misses": ["text", "images", "activations"]}
+    again, repeated = run()
+    assert again == {"hits": ["text", "images", "activations"], "misses": []}
+    assert torch.equal(repeated.layers["0"].similarity, reference.layers["0"].similarity)
+    assert run(target=net_target(seed=1))[0]["misses"] == ["activations"]  # other weights
+    assert run(probe="shapes:test:6:1")[0]["misses"] == ["images", "activations"]  # other probe images
+    assert run(layer="1")[0]["misses"] == ["activations"]
+    assert run(pool="max")[0]["misses"] == ["activations"]
+    assert run(concepts=CONCEPTS[:4])[0]["misses"] == ["text"]
+    monkeypatch.setattr(cache_module, "__version__", "0.0.0-other")
+    assert run()[0]["misses"] == ["text", "images", "activations"]
+
+
+def test_a_cache_entry_moved_under_another_key_is_refused(tmp_path):
+    cache = Cache(tmp_path)
+    cache.fetch("images", {"probe": "a"}, lambda: {"x": torch.zeros(2)})
+    moved = cache.path("images", {"probe": "b"})
+    moved.parent.mkdir(parents=True, exist_ok=True)
+    cache.path("images", {"probe": "a"}).rename(moved)
+    with pytest.raises(CliplensError, match="probe='a'"):
+        cache.fetch("images", {"probe": "b"}, lambda: {"x": torch.ones(2)})
+    unverified = Cache(tmp_path)
+    unverified.fetch("images", {"probe": "unverified-123"}, lambda: {"x": torch.ones(2)})
+    assert not unverified.path("images", {"probe": "unverified-123"}).exists()
+
+
+def test_no_cache_writes_nothing(tmp_path, judge):
+    result = dissect(net_target(), judge, "shapes:test:4", CONCEPTS, ["0"], cache_dir=None, similarity="wpmi")
+    assert result.config["cache"]["hits"] == [] and not any(tmp_path.iterdir())
+    rows = result.rows()
+    assert [row["unit"] for row in rows] == [0, 1, 2, 3] and all(row["description"] in CONCEPTS for row in rows)
