@@ -184,3 +184,41 @@ def test_no_cache_writes_nothing(tmp_path, judge):
     assert result.config["cache"]["hits"] == [] and not any(tmp_path.iterdir())
     rows = result.rows()
     assert [row["unit"] for row in rows] == [0, 1, 2, 3] and all(row["description"] in CONCEPTS for row in rows)
+
+
+def redness_target() -> Target:
+    """Channel 0 of layer "0" is how red each pixel is; channel 1 is constant."""
+
+    class Redness(nn.Module):
+        def forward(self, images):
+            red = images[:, 0] - images[:, 1] - images[:, 2]
+            return torch.stack([red, torch.zeros_like(red)], 1)
+
+    module = nn.Sequential(Redness())
+    return Target("redness", module, lambda image: torch.from_numpy(np.asarray(image, dtype=np.float32) / 255
+                                                                     ).permute(2, 0, 1))
+
+
+def test_ground_truth_and_network_dissection_find_a_red_detector():
+    from cliplens.dissect.evaluate import best_explaining_values, network_dissection, shapes_values
+
+    target = redness_target()
+    source = probe_source("shapes:test:160")
+    found = record(target, source, ["0"], pool="max")
+    truth = best_explaining_values(found["0"], shapes_values(source, found["positions"]), top=10)
+    assert truth.values[0] == "red" and truth.attributes[0] == "colour" and truth.strength[0] > 0.9
+    labels, iou = network_dissection(target, "0", source, found["positions"])
+    assert labels[0] == "red" and iou[0].max() > 0.3
+
+
+def test_final_layer_scores():
+    from cliplens.dissect.evaluate import final_layer_scores
+
+    concepts = ["a", "b", "c", "d", "e", "f", "g"]
+    similarity = torch.tensor([[5.0, 1, 0, 0, 0, 0, 0],  # class a: rank 1
+                               [0, 1, 2, 3, 4, 5, 6]])  # class b: rank 6
+    embeddings = torch.eye(7)
+    scores = final_layer_scores(similarity, concepts, ["a", "b"], embeddings)
+    assert scores == {"top1": 0.5, "top5": 0.5, "mean_rank": 3.5, "cosine": 0.5}
+    with pytest.raises(CliplensError, match="missing"):
+        final_layer_scores(similarity, concepts, ["a", "z"])

@@ -49,6 +49,7 @@ class Dissection:
     positions: torch.Tensor  # [N] probe positions of the images used (unreadable ones skipped)
     layers: dict[str, LayerDissection]
     config: dict[str, Any]
+    clip_similarity: torch.Tensor  # P [N, M]: the judge's image–concept cosines every layer was matched against
     seconds: dict[str, float] = field(default_factory=dict)
     report: LoadReport | None = None
 
@@ -177,7 +178,7 @@ def dissect(
               "images": len(common), "concepts": len(concepts), "layers": layers, "similarity": similarity,
               "similarity_options": options, "pool": pool, "tokens": tokens, "templates": list(templates),
               "cache": {"hits": cache.hits, "misses": cache.misses}}
-    return Dissection(target.name, concepts, common, results, config, seconds)
+    return Dissection(target.name, concepts, common, results, config, P, seconds)
 
 
 
