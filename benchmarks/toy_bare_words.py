@@ -40,7 +40,8 @@ def main() -> None:
             cells = []
             for attribute in ATTRIBUTES:
                 labels = torch.tensor([VOCABULARY[attribute].index(s.objects[0].attribute(attribute)) for s in scenes])
-                cells.append(f"{attribute} {accuracy(embeddings, classifier(encode, classes(attribute), templates), labels):.3f}")
+                weights = classifier(encode, classes(attribute), templates)
+                cells.append(f"{attribute} {accuracy(embeddings, weights, labels):.3f}")
             print(f"toy:{toy:3s} {name:30s} " + "  ".join(cells))
 
 

@@ -44,8 +44,10 @@ def _neuron(text: str, layers: list[str] | None) -> tuple[str, int]:
               help="none (raw concepts, as the reference), a template set (photo, openai) or a format string.")
 @click.option("--similarity", type=click.Choice(list(SIMILARITIES)), default=DEFAULT_SIMILARITY, show_default=True)
 @click.option("--marginal", type=click.Choice(MARGINALS), default=None,
-              help="(soft_)wpmi's concept marginal: over the layer's neurons (reference) or neuron-free [default: layer].")
-@click.option("--pool", type=click.Choice(POOLS), default="avg", show_default=True, help="Conv maps: spatial reduction.")
+              help="(soft_)wpmi's concept marginal: over the layer's neurons (reference) or neuron-free "
+                   "[default: layer].")
+@click.option("--pool", type=click.Choice(POOLS), default="avg", show_default=True,
+              help="Conv maps: spatial reduction.")
 @click.option("--tokens", type=click.Choice(TOKENS), default="cls", show_default=True, help="Token outputs: reduction.")
 @click.option("--neuron", "neurons", multiple=True, help="<layer>:<unit> to draw with its top probe images; repeat.")
 @click.option("--top", type=click.IntRange(min=1), default=8, show_default=True, help="Images per neuron grid.")

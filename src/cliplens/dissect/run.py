@@ -159,8 +159,10 @@ def dissect(
     seconds = {}
     started = time.perf_counter()
     text = _text_embeddings(judge, concepts, templates, cache)
+    seconds["clip_text"] = time.perf_counter() - started
+    started = time.perf_counter()
     images = _image_embeddings(judge, source, probe_key, cache, passes)
-    seconds["clip"] = time.perf_counter() - started
+    seconds["clip_images"] = time.perf_counter() - started
     started = time.perf_counter()
     activations = _activations(target, source, probe_key, layers, cache, pool, tokens, passes)
     seconds["target"] = time.perf_counter() - started

@@ -35,7 +35,7 @@ def _unit_columns(x: torch.Tensor, floor: float = TINY) -> torch.Tensor:
 
 
 def cos_similarity(P: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """Sim = Âᵀ P̂ with every column of A and P at unit norm over the probe images (docs/methods/dissect.md#cos)."""
+    """Sim = Âᵀ P̂, every column of A and P at unit norm over the probe images (docs/methods/dissect.md#similarity)."""
     P, A = _checked(P, A)
     return _unit_columns(A).T @ _unit_columns(P)
 
@@ -72,7 +72,8 @@ def _check_marginal(marginal: str) -> None:
 
 def wpmi(P: torch.Tensor, A: torch.Tensor, top_k: int = 28, a: float = 2.0, lam: float = 0.6,
          marginal: str = "layer") -> torch.Tensor:
-    """Σ_{i∈E_k} log(p(c|x_i) + 1e-7) − λ log p(c), p(c|x_i) = softmax_c(a·P_i) (docs/methods/dissect.md#wpmi).
+    """Σ_{i∈E_k} log(p(c|x_i) + 1e-7) − λ log p(c) with p(c|x_i) = softmax_c(a·P_i)
+    (docs/methods/dissect.md#similarity).
 
     The sum over each neuron's top images is one product with a 0/1 membership matrix [K, N]."""
     P, A = _checked(P, A)
@@ -91,7 +92,7 @@ def soft_pi(top_k: int, p_start: float = 0.998, p_end: float = 0.97) -> torch.Te
 
 def soft_wpmi(P: torch.Tensor, A: torch.Tensor, top_k: int = 100, a: float = 10.0, lam: float = 1.0,
               p_start: float = 0.998, p_end: float = 0.97, marginal: str = "layer") -> torch.Tensor:
-    """Σ_r log(1 + π_r (p(c|x_(r)) − 1) + 1e-7) − λ log p(c) (docs/methods/dissect.md#soft-wpmi), the default.
+    """Σ_r log(1 + π_r (p(c|x_(r)) − 1) + 1e-7) − λ log p(c) (docs/methods/dissect.md#similarity), the default.
 
     With fewer than top_k probe images, all of them are used and π keeps its schedule over top_k."""
     P, A = _checked(P, A)
@@ -113,7 +114,7 @@ def soft_wpmi(P: torch.Tensor, A: torch.Tensor, top_k: int = 100, a: float = 10.
 
 def rank_reorder(P: torch.Tensor, A: torch.Tensor, top_fraction: float = 0.05, p: float = 3.0, scale_p: float = 0.5,
                  concept_chunk: int = 1500, seed: int = 0, permutations: int = 5) -> torch.Tensor:
-    """−(err / B) / (mean_top P)^scale_p (docs/methods/dissect.md#rank-reorder).
+    """−(err / B) / (mean_top P)^scale_p (docs/methods/dissect.md#similarity).
 
     Over neuron k's top n = ⌊top_fraction·N⌋ images (at least 2), activations a sorted descending; concept c re-ranks
     them by P[:, c] and gives its r-th image the r-th largest activation (ã); err = mean |a − ã|^p, B = the same error

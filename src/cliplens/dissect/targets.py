@@ -187,7 +187,8 @@ def python_target(path: str) -> Target:
     try:
         made = getattr(importlib.import_module(module_name), attribute)()
     except (ImportError, AttributeError) as exc:
-        raise CliplensError(f"cannot import the target factory {path!r} ({exc}); write package.module:function") from exc
+        raise CliplensError(f"cannot import the target factory {path!r} ({exc}); write package.module:function"
+                            ) from exc
     module, preprocess = made if isinstance(made, tuple) else (made, imagenet_preprocess())
     if not isinstance(module, nn.Module):
         raise CliplensError(f"{path} returned {type(module).__name__}, not a torch.nn.Module")

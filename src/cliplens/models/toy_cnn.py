@@ -26,7 +26,7 @@ ARCHITECTURE: dict[str, Any] = {"kind": "cnn", "image_size": 64, "widths": [16, 
 
 
 class ToyCNN(nn.Module):
-    """layer1..layer4 (conv 3x3, batch norm, ReLU) -> global max -> fc; module paths are the layer names Dissect uses."""
+    """layer1..layer4 (conv 3x3, batch norm, ReLU) -> global max -> fc; module paths are Dissect's layer names."""
 
     def __init__(self, widths: list[int], classes: int) -> None:
         super().__init__()
