@@ -222,3 +222,53 @@ def test_final_layer_scores():
     assert scores == {"top1": 0.5, "top5": 0.5, "mean_rank": 3.5, "cosine": 0.5}
     with pytest.raises(CliplensError, match="missing"):
         final_layer_scores(similarity, concepts, ["a", "z"])
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    from cliplens.cli import main
+
+    try:
+        main([str(arg) for arg in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_command_writes_one_csv_per_layer_config_and_neuron_grids(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, printed, err = cli(capsys, "dissect", "--target", "toy:rn", "--layers", "layer4,attnpool", "--probe",
+                             "shapes:test:8", "--concepts", "shapes", "--no-cache", "--neuron", "layer4:1",
+                             "--similarity", "wpmi", "--marginal", "uniform", "--output-dir", out)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out / "toy-rn_layer4.csv")))
+    assert list(rows[0]) == ["layer", "unit", "description", "similarity"]
+    assert [int(row["unit"]) for row in rows] == list(range(len(rows))) and len(rows) == 384
+    assert all(row["description"] in concept_set("shapes") for row in rows)
+    assert (out / "toy-rn_attnpool.csv").is_file() and Image.open(out / "toy-rn_layer4_1.png").size[0] > 100
+    import json
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["similarity"] == "wpmi" and config["similarity_options"] == {"marginal": "uniform"}
+    assert "layer4: 384 neurons" in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "layer9"], "no layer 'layer9'"),
+    (["--layers", "layer4", "--neuron", "fc:1"], "--neuron 'fc:1'"),
+    (["--layers", "layer4", "--similarity", "cos_similarity", "--marginal", "layer"], "--marginal is an option"),
+    (["--layers", "layer4", "--concepts", "EMPTY"], "no non-empty lines"),
+    (["--layers", "layer4", "--probe", "JUNK"], "no readable images"),
+    (["--layers", "layer4", "--target-weights", "w.pt"], "--target-weights is for torchvision"),
+])
+def test_command_errors_are_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_bytes(b"junk")
+    argv = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "junk") if a == "JUNK" else a
+            for a in argv]
+    code, _, err = cli(capsys, "dissect", "--target", "toy:rn", "--probe", "shapes:test:4", "--concepts", "shapes",
+                       "--no-cache", "--output-dir", tmp_path / "out", *argv)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
