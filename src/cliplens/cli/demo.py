@@ -67,7 +67,8 @@ def dissect_steps(out: Path) -> list[Step]:
     return [
         ("CLIP-Dissect: a concept for every neuron of toy:cnn, a shape classifier, judged by toy:vit", "dissect",
          ["--target", "toy:cnn", "--layers", "layer4,fc", "--probe", "shapes:test:256:1", "--concepts", "shapes",
-          "--clip", "toy:vit", "--neuron", "fc:0", "--neuron", "fc:3", "--no-cache", "--output-dir", str(out / "cnn-dissect")]),
+          "--clip", "toy:vit", "--neuron", "fc:0", "--neuron", "fc:3", "--no-cache",
+          "--output-dir", str(out / "cnn-dissect")]),
     ]
 
 
