@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 
 import torch
@@ -21,7 +22,7 @@ from cliplens.dissect.evaluate import (
 )
 from cliplens.dissect.run import dissect
 from cliplens.dissect.sets import concept_set, probe_source
-from cliplens.dissect.similarity import SIMILARITIES
+from cliplens.dissect.similarity import SIMILARITIES, soft_wpmi, wpmi
 from cliplens.dissect.targets import toy_cnn_target
 from cliplens.shapes.vocabulary import SHAPES, VOCABULARY
 from cliplens.text.embed import template_average
@@ -30,6 +31,8 @@ from cliplens.text.templates import resolve_templates
 LAYERS = ["layer1", "layer2", "layer3", "layer4", "fc"]
 TEMPLATES = ("none", "a photo of a {}")
 ATTRIBUTE_OF = {value: attribute for attribute, values in VOCABULARY.items() for value in values}
+FUNCTIONS = {**SIMILARITIES, "soft_wpmi uniform": functools.partial(soft_wpmi, marginal="uniform"),
+             "wpmi uniform": functools.partial(wpmi, marginal="uniform")}
 
 
 def main() -> None:
@@ -57,7 +60,7 @@ def main() -> None:
                 truth = {name: best_explaining_values(layer.activations, values, args.top)
                          for name, layer in result.layers.items()}
             text = template_average(judge.encode_text, concepts, resolve_templates(template))
-            for function_name, function in SIMILARITIES.items():
+            for function_name, function in FUNCTIONS.items():
                 sims = {name: function(result.clip_similarity, layer.activations)
                         for name, layer in result.layers.items()}
                 scores = final_layer_scores(sims["fc"], concepts, SHAPES, text)
