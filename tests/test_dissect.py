@@ -242,7 +242,8 @@ def test_command_writes_one_csv_per_layer_config_and_neuron_grids(tmp_path, caps
                              "shapes:test:8", "--concepts", "shapes", "--no-cache", "--neuron", "layer4:1",
                              "--similarity", "wpmi", "--marginal", "uniform", "--output-dir", out)
     assert code == 0, err
-    rows = list(csv.DictReader(open(out / "toy-rn_layer4.csv")))
+    with open(out / "toy-rn_layer4.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
     assert list(rows[0]) == ["layer", "unit", "description", "similarity"]
     assert [int(row["unit"]) for row in rows] == list(range(len(rows))) and len(rows) == 384
     assert all(row["description"] in concept_set("shapes") for row in rows)

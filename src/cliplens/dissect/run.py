@@ -71,14 +71,14 @@ class Dissection:
         return pandas.DataFrame(self.rows(), columns=list(COLUMNS))
 
 
-def _text_embeddings(judge: "Lens", concepts: list[str], templates: tuple[str, ...], cache: Cache) -> torch.Tensor:
+def _text_embeddings(judge: Lens, concepts: list[str], templates: tuple[str, ...], cache: Cache) -> torch.Tensor:
     key = {"model": str(judge.fingerprint), "precision": judge.precision, "texts": concepts,
            "templates": list(templates)}
     return cache.fetch("text", key, lambda: {"embeddings": template_average(judge.encode_text, concepts, templates)}
                        )["embeddings"]
 
 
-def _image_embeddings(judge: "Lens", source: Any, probe_key: str, cache: Cache, options: dict) -> Tensors:
+def _image_embeddings(judge: Lens, source: Any, probe_key: str, cache: Cache, options: dict) -> Tensors:
     def compute() -> dict[str, torch.Tensor]:
         report = LoadReport()
         chunks, positions = [], []
@@ -132,7 +132,7 @@ def _activations(target: Target, source: Any, probe_key: str, layers: list[str],
 
 
 def dissect(
-    target: Target, judge: "Lens", probe: Any, concepts: Sequence[str], layers: Sequence[str], *,
+    target: Target, judge: Lens, probe: Any, concepts: Sequence[str], layers: Sequence[str], *,
     similarity: str = DEFAULT_SIMILARITY, similarity_options: dict[str, Any] | None = None, pool: str = "avg",
     tokens: str = "cls", template: str = "none", batch_size: int = 32, num_workers: int = 0,
     cache_dir: Any = None, progress: bool = False,

@@ -161,7 +161,7 @@ def toy_cnn_target(directory: str | Path | None = None) -> Target:
     return Target("toy:cnn", module, preprocess)
 
 
-def lens_target(lens: "Lens") -> Target:
+def lens_target(lens: Lens) -> Target:
     """A CLIP image tower: module paths below the visual tower (layer4, attnpool, transformer.resblocks.3); for ViTs
     also `L<l>` (block l's output) and `L<l>.mlp` (its MLP neurons after the activation, the second-order lens's
     L<l>N<n>)."""
@@ -204,7 +204,7 @@ TORCHVISION = "torchvision:"
 
 
 def target_from_spec(spec: str, *, weights: str | Path | None = None, seed: int = 0,
-                     load_clip: Callable[[str], "Lens"] | None = None) -> Target:
+                     load_clip: Callable[[str], Lens] | None = None) -> Target:
     """`toy:cnn`, `torchvision:<name>` (or a bare torchvision model name), `package.module:factory`, or else a CLIP
     id whose image tower `load_clip` loads (toy:vit, an open_clip id, hf:...)."""
     import torchvision
