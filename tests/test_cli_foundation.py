@@ -98,6 +98,7 @@ def test_demo_runs_the_whole_pipeline_on_both_toys(tmp_path):
                  "vit-ablate/ablation.csv", "vit-second-order/neuron_words_L1.csv",
                  "vit-second-order/ablation_L1.csv", "vit-retrieve/L1H2.png", "rn-pairs/pair_words.csv",
                  "rn-neuron-ablate/ablation.csv", "rn-retrieve/N342.png", "vit-components/edits.png",
-                 "vit-components/queries.csv", "rn-spurious/summary.csv", "rn-spurious/spurious.png"):
+                 "vit-components/queries.csv", "rn-spurious/summary.csv", "rn-spurious/spurious.png",
+                 "cnn-dissect/toy-cnn_fc.csv", "cnn-dissect/toy-cnn_fc_0.png"):
         assert (tmp_path / path).is_file(), path
     assert any((tmp_path / "vit-second-order" / "top_images_L1").glob("*.png"))

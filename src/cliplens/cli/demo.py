@@ -74,16 +74,25 @@ def rn_steps(out: Path) -> list[Step]:
     ]
 
 
+def dissect_steps(out: Path) -> list[Step]:
+    return [
+        ("CLIP-Dissect: a concept for every neuron of toy:cnn, a shape classifier, judged by toy:vit", "dissect",
+         ["--target", "toy:cnn", "--layers", "layer4,fc", "--probe", "shapes:test:256:1", "--concepts", "shapes",
+          "--clip", "toy:vit", "--neuron", "fc:0", "--neuron", "fc:3", "--no-cache",
+          "--output-dir", str(out / "cnn-dissect")]),
+    ]
+
+
 @click.command("demo")
 @output_option("cliplens-out/demo")
 @click.pass_context
 @needs("explain", "matplotlib")  # the reconstruct step plots; other steps use the shapes pool, not wordfreq's words
 def command(ctx: click.Context, output_dir: Path) -> None:
-    """Run the pipeline on toy:vit and toy:rn with the shapes world and write every result under OUTPUT_DIR."""
+    """Run the pipeline on the toys (vit, rn; cnn for dissect) with the shapes world; results go under OUTPUT_DIR."""
     from . import cli
 
     started = time.perf_counter()
-    todo = vit_steps(output_dir) + rn_steps(output_dir)
+    todo = vit_steps(output_dir) + rn_steps(output_dir) + dissect_steps(output_dir)
     for number, (title, name, arguments) in enumerate(todo, 1):
         click.secho(f"\n[{number}/{len(todo)}] {title}", bold=True)
         click.echo(f"$ cliplens {name} {' '.join(arguments)}")

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import click
 
+from ..errors import CliplensError
 from ..toys.train import SHIPPED_STEPS, TrainConfig, train_toy
+from ..toys.train_cnn import SHIPPED_CNN_STEPS, CNNConfig, train_cnn
 from .options import output_folder_option
 
 
 @click.command("train-toy")
-@click.option("--model", "model_name", type=click.Choice(["vit", "rn"]), required=True, help="Which toy to train.")
+@click.option("--model", "model_name", type=click.Choice(["vit", "rn", "cnn"]), required=True,
+              help="Which toy to train (cnn: the shape classifier that `dissect` is checked against).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights and the data stream.")
 @click.option("--steps", type=int, default=None, help="Optimizer steps [default: what the shipped toy used].")
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
@@ -30,10 +33,18 @@ from .options import output_folder_option
               help="Continue from a checkpoint of the same recipe (bit for bit the weights of an uncut run).")
 def command(model_name: str, seed: int, steps: int | None, batch_size: int, threads: int, output_dir: Path,
             eval_images: int, checkpoint_dir: Path | None, checkpoint_every: int, resume: str | None) -> None:
-    """Train a toy CLIP on the shapes world and write its weights and config."""
+    """Train a toy model on the shapes world and write its weights and config."""
+    invocation = "cliplens " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    if model_name == "cnn":
+        if checkpoint_dir is not None or checkpoint_every or resume is not None:
+            raise CliplensError("toy:cnn trains in minutes and takes no checkpoints; drop --checkpoint-dir, "
+                                "--checkpoint-every and --resume")
+        config = CNNConfig(seed=seed, steps=SHIPPED_CNN_STEPS if steps is None else steps, batch_size=batch_size,
+                           threads=threads)
+        train_cnn(config, output_dir, command=invocation, evaluate_n=eval_images, log=click.echo)
+        return
     steps = SHIPPED_STEPS[model_name] if steps is None else steps
     config = TrainConfig(model=model_name, seed=seed, steps=steps, batch_size=batch_size, threads=threads,
                          checkpoint_every=checkpoint_every)
-    invocation = "cliplens " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     train_toy(config, output_dir, command=invocation, evaluate_n=eval_images, log=lambda line: click.echo(line),
               checkpoint_dir=checkpoint_dir, resume=resume)
