@@ -138,16 +138,17 @@ def test_train_toy_checks_its_options_before_training(monkeypatch, tmp_path, cap
     from cliplens.toys import train
 
     monkeypatch.setattr(train, "build_model", never("training"))
-    with pytest.raises(CliplensError, match="--eval-images must be a non-negative integer"):
-        train.train_toy(train.TrainConfig("rn", steps=1), tmp_path, evaluate_n=-5)
+    for n in (-5, 2**63):  # all rendered at once: 2**63 took every byte of memory
+        with pytest.raises(CliplensError, match="--eval-images must be an integer from 0 "):
+            train.train_toy(train.TrainConfig("rn", steps=1), tmp_path, evaluate_n=n)
     code, err = run_cli(capsys, "train-toy", "--model", "rn", "--steps", 1, "--threads", 0, "--output-dir", tmp_path)
     assert code == 2 and "--threads must be a positive integer" in one_error_line(err)
     code, err = run_cli(capsys, "train-toy", "--model", "rn", "--steps", 1, "--batch-size", 2**63,
                         "--output-dir", tmp_path)
     assert code == 2 and "--batch-size must be at most" in one_error_line(err)
     (tmp_path / "file").write_text("")
-    code, err = run_cli(capsys, "train-toy", "--model", "rn", "--steps", 1, "--output-dir", tmp_path / "file" / "out")
-    assert code == 2 and "cannot make the folder" in one_error_line(err)
+    with pytest.raises(CliplensError, match="cannot make the folder"):
+        train.train_toy(train.TrainConfig("rn", steps=1), tmp_path / "file" / "out", evaluate_n=0)
 
 
 def test_a_checkpoint_of_other_shapes_is_refused_in_one_line(tmp_path):
@@ -203,6 +204,10 @@ def test_absurd_sizes_and_an_empty_data_path_are_refused(capsys, tmp_path):
     assert code == 2 and "the data path is empty" in one_error_line(err)
     with pytest.raises(CliplensError, match="the data path is empty"):
         as_source("  ")
+    with pytest.raises(CliplensError, match="bad shapes data spec"):
+        as_source("shapes:test:4:1:2")  # a fourth field was ignored
+    with pytest.raises(CliplensError, match="the number of images must be at most"):
+        as_source(f"shapes:test:{2**70}")  # an OverflowError when the pass asked for the length
 
 
 @pytest.mark.parametrize("command", ["collect", "textspan", "train-toy"])

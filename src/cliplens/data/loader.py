@@ -59,6 +59,8 @@ def shapes_source(spec: str) -> Any:
 
     parts = spec.removeprefix(SHAPES_PREFIX).split(":")
     try:
+        if len(parts) > 3:
+            raise ValueError
         split, n, seed = parts[0] or "test", int(parts[1]) if len(parts) > 1 else 512, int(parts[2]) if len(parts) > 2 else 0
     except ValueError:
         raise CliplensError(f"bad shapes data spec {spec!r}; write shapes:<split>[:<n>[:<seed>]], e.g. shapes:test:512")

@@ -56,6 +56,7 @@ POSITION_INIT_STD = 1.0
 SHIPPED_STEPS = {"vit": 32000, "rn": 2000}  # the ViT learns shape more slowly (no convolutional prior)
 HEAD_SCALE = 10.0  # logit scale of the auxiliary classifiers, which read unit-normalised embeddings
 MAX_THREADS = 1024  # more than the cores of any single machine: a larger count is a typo
+MAX_EVAL_IMAGES = 50_000  # the measurement renders them all at once: 50,000 images of 96 px hold about 1.4 GB
 
 
 @dataclass(frozen=True)
@@ -265,8 +266,8 @@ def train_toy(
     `<model>.json` to `output_dir` if given, and a checkpoint to `checkpoint_dir/step-<n>` every
     `config.checkpoint_every` steps."""
     config.check()
-    if isinstance(evaluate_n, bool) or not isinstance(evaluate_n, int) or evaluate_n < 0:
-        raise CliplensError(f"--eval-images must be a non-negative integer (0 skips the measurement), "
+    if isinstance(evaluate_n, bool) or not isinstance(evaluate_n, int) or not 0 <= evaluate_n <= MAX_EVAL_IMAGES:
+        raise CliplensError(f"--eval-images must be an integer from 0 (no measurement) to {MAX_EVAL_IMAGES}, "
                             f"got {evaluate_n!r}")
     if config.checkpoint_every and checkpoint_dir is None:
         raise CliplensError("checkpoint_every needs a checkpoint folder; pass --checkpoint-dir")
