@@ -138,6 +138,8 @@ def test_train_toy_checks_its_options_before_training(monkeypatch, tmp_path, cap
     from cliplens.toys import train
 
     monkeypatch.setattr(train, "build_model", never("training"))
+    with pytest.raises(CliplensError, match="--steps must be at most"):
+        train.train_toy(train.TrainConfig("rn", steps=2**63), tmp_path, evaluate_n=0)
     for n in (-5, 2**63):  # all rendered at once: 2**63 took every byte of memory
         with pytest.raises(CliplensError, match="--eval-images must be an integer from 0 "):
             train.train_toy(train.TrainConfig("rn", steps=1), tmp_path, evaluate_n=n)

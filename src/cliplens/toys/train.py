@@ -55,6 +55,7 @@ SUPERVISED_ATTRIBUTES = tuple(name for name in FACT_ATTRIBUTES if name != "round
 POSITION_INIT_STD = 1.0
 SHIPPED_STEPS = {"vit": 32000, "rn": 2000}  # the ViT learns shape more slowly (no convolutional prior)
 HEAD_SCALE = 10.0  # logit scale of the auxiliary classifiers, which read unit-normalised embeddings
+MAX_STEPS = 10**7  # 300 times the shipped ViT's steps, months of CPU time: a larger count is a typo
 MAX_THREADS = 1024  # more than the cores of any single machine: a larger count is a typo
 MAX_EVAL_IMAGES = 50_000  # the measurement renders them all at once: 50,000 images of 96 px hold about 1.4 GB
 
@@ -82,7 +83,7 @@ class TrainConfig:
 
     def check(self) -> None:
         check_name(self.model)
-        require_positive_int("--steps", self.steps)
+        require_positive_int("--steps", self.steps, maximum=MAX_STEPS)
         require_positive_int("--batch-size", self.batch_size, maximum=MAX_BATCH_SIZE)
         if self.batch_size < 2:
             raise CliplensError(f"--batch-size must be at least 2 for a contrastive loss, got {self.batch_size}")
