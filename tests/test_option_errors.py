@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 
 import cliplens
+import cliplens.data
+import cliplens.text
 from cliplens.cli import main
 from cliplens.errors import CliplensError
 from conftest import tiny_vit
@@ -225,6 +227,23 @@ def test_an_output_folder_that_cannot_be_made_is_refused_when_the_command_line_i
     for folder, says in ((tmp_path / "file" / "out", "is a file"), ("x" * 300, "longer than the 255 bytes|too long")):
         code, err = run_cli(capsys, command, *model, "--output-dir", folder)
         assert code == 2 and "Usage:" in err and "Invalid value for '--output-dir'" in err and re.search(says, err), err
+
+
+LONG = "x" * 300  # longer than a file name can be: looking it up raised OSError (found by fuzzing)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: cliplens.text.get_pool(LONG), "unknown text pool"),
+    (lambda: cliplens.data.as_source(LONG), "does not exist"),
+    (lambda: cliplens.load("toy:vit", pretrained=LONG), "takes no pretrained tag or checkpoint file"),
+    (lambda: cliplens.load("ViT-S-32", pretrained=LONG), "has no pretrained tag"),
+    (lambda: cliplens.load("hf:" + LONG), "is not in the local Hugging Face cache"),
+], ids=["pool", "data", "toy", "open_clip", "hf"])
+def test_names_too_long_to_look_up_are_refused_like_missing_ones(call, says):
+    if "Hugging Face" in says:
+        pytest.importorskip("transformers")
+    with pytest.raises(CliplensError, match=says):
+        call()
 
 
 def test_a_component_named_twice_or_zero_padded_is_refused_before_the_pass(toy_vit, monkeypatch):
