@@ -236,7 +236,8 @@ def load_checkpoint(path: Path, config: TrainConfig, model: torch.nn.Module, hea
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2) if key.count(".") >= 2 else (key, "", "")
+            parts = key.split(".", 2)
+            index, name = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
             fits = index.isdecimal() and int(index) < len(parameters) and (
                 value.dim() == 0 or value.shape == parameters[int(index)].shape)
             if not fits:
@@ -277,7 +278,7 @@ def train_toy(
             try:
                 Path(folder).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise CliplensError(f"cannot make the folder {folder} ({exc.strerror or exc}); choose another")
+                raise CliplensError(f"cannot make the folder {folder} ({exc.strerror or exc}); choose another") from exc
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     architecture = ARCHITECTURES[config.model]
