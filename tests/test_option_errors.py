@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 
 import cliplens
+import cliplens.data
+import cliplens.text
 from cliplens.cli import main
 from cliplens.errors import CliplensError
 from conftest import tiny_vit
@@ -138,8 +140,11 @@ def test_train_toy_checks_its_options_before_training(monkeypatch, tmp_path, cap
     from cliplens.toys import train
 
     monkeypatch.setattr(train, "build_model", never("training"))
-    with pytest.raises(CliplensError, match="--eval-images must be a non-negative integer"):
-        train.train_toy(train.TrainConfig("rn", steps=1), tmp_path, evaluate_n=-5)
+    with pytest.raises(CliplensError, match="--steps must be at most"):
+        train.train_toy(train.TrainConfig("rn", steps=2**63), tmp_path, evaluate_n=0)
+    for n in (-5, 2**63):  # all rendered at once: 2**63 took every byte of memory
+        with pytest.raises(CliplensError, match="--eval-images must be an integer from 0 "):
+            train.train_toy(train.TrainConfig("rn", steps=1), tmp_path, evaluate_n=n)
     code, err = run_cli(capsys, "train-toy", "--model", "rn", "--steps", 1, "--threads", 0, "--output-dir", tmp_path)
     assert code == 2 and "--threads must be a positive integer" in one_error_line(err)
     code, err = run_cli(capsys, "train-toy", "--model", "rn", "--steps", 1, "--batch-size", 2**63,
@@ -203,6 +208,10 @@ def test_absurd_sizes_and_an_empty_data_path_are_refused(capsys, tmp_path):
     assert code == 2 and "the data path is empty" in one_error_line(err)
     with pytest.raises(CliplensError, match="the data path is empty"):
         as_source("  ")
+    with pytest.raises(CliplensError, match="bad shapes data spec"):
+        as_source("shapes:test:4:1:2")  # a fourth field was ignored
+    with pytest.raises(CliplensError, match="the number of images must be at most"):
+        as_source(f"shapes:test:{2**70}")  # an OverflowError when the pass asked for the length
 
 
 @pytest.mark.parametrize("command", ["collect", "textspan", "train-toy"])
@@ -218,6 +227,23 @@ def test_an_output_folder_that_cannot_be_made_is_refused_when_the_command_line_i
     for folder, says in ((tmp_path / "file" / "out", "is a file"), ("x" * 300, "longer than the 255 bytes|too long")):
         code, err = run_cli(capsys, command, *model, "--output-dir", folder)
         assert code == 2 and "Usage:" in err and "Invalid value for '--output-dir'" in err and re.search(says, err), err
+
+
+LONG = "x" * 300  # longer than a file name can be: looking it up raised OSError (found by fuzzing)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: cliplens.text.get_pool(LONG), "unknown text pool"),
+    (lambda: cliplens.data.as_source(LONG), "does not exist"),
+    (lambda: cliplens.load("toy:vit", pretrained=LONG), "takes no pretrained tag or checkpoint file"),
+    (lambda: cliplens.load("ViT-S-32", pretrained=LONG), "has no pretrained tag"),
+    (lambda: cliplens.load("hf:" + LONG), "is not in the local Hugging Face cache"),
+], ids=["pool", "data", "toy", "open_clip", "hf"])
+def test_names_too_long_to_look_up_are_refused_like_missing_ones(call, says):
+    if "Hugging Face" in says:
+        pytest.importorskip("transformers")
+    with pytest.raises(CliplensError, match=says):
+        call()
 
 
 def test_a_component_named_twice_or_zero_padded_is_refused_before_the_pass(toy_vit, monkeypatch):

@@ -67,11 +67,15 @@ def shapes_source(spec: str) -> Any:
     from ..shapes import ShapesDataset
 
     parts = spec.removeprefix(SHAPES_PREFIX).split(":")
+    bad = CliplensError(f"bad shapes data spec {spec!r}; write shapes:<split>[:<n>[:<seed>]], e.g. shapes:test:512")
+    if len(parts) > 3:
+        raise bad
+    split, n, seed = parts + ["test", "512", "0"][len(parts):]
     try:
-        split, n, seed = parts[0] or "test", int(parts[1]) if len(parts) > 1 else 512, int(parts[2]) if len(parts) > 2 else 0
+        n, seed = int(n), int(seed)
     except ValueError:
-        raise CliplensError(f"bad shapes data spec {spec!r}; write shapes:<split>[:<n>[:<seed>]], e.g. shapes:test:512")
-    return ShapesDataset(n, seed=seed, split=split)
+        raise bad from None
+    return ShapesDataset(n, seed=seed, split=split or "test")
 
 
 def as_source(data: Any) -> Any:
