@@ -156,7 +156,7 @@ def batches(
     report.total = len(source)
     workers = min(num_workers, -(-(len(source) - start) // batch_size))  # a worker beyond one per batch would only idle
     loader = DataLoader(_Preprocessed(source, preprocess, start), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, shuffle=False)
+                        collate_fn=_collate, shuffle=False, worker_init_fn=_hand_over_by_name)
     if progress:
         from tqdm.auto import tqdm
 
@@ -175,6 +175,18 @@ def batches(
             yield batch
     if progress:
         bar.close()
+
+
+def _hand_over_by_name(worker_id: int) -> None:
+    """In a loader worker: hand batches to the main process by the name of their shared memory, not by passing a
+    file descriptor, so that Ctrl-C cannot break a handover half-way.
+
+    A descriptor is passed over a connection that the main process opens to a thread of the worker, one per tensor.
+    Ctrl-C raises KeyboardInterrupt in the main process wherever it is, also inside that exchange; the connection then
+    closes early and the worker's thread prints the error (a traceback after our one line). A name needs no connection,
+    so there is nothing to break. torch's shared-memory manager removes the files once the processes using them are
+    gone, interrupted or not. Only this worker process changes its setting; the user's own process keeps its own."""
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 @contextlib.contextmanager
