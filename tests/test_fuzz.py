@@ -23,6 +23,8 @@ import os
 import shutil
 import signal
 import struct
+import threading
+import traceback
 from pathlib import Path
 from typing import Iterator
 
@@ -83,6 +85,8 @@ BASE: dict[str, dict[str, object]] = {
     "neuron-ablate": {"--model": "toy:rn", "--data-path": DATA, "--omp-atoms": "0", "--top-k": "2", "--keep": ["10"],
                       "--level": "pair"},
     "info": {"model": "toy:vit", "--images": "10"},
+    "merge": {"artifacts": ["shard-0", "shard-1"]},  # made by `quick`
+    "segment": {"--data-path": "shapes:segmentation:4", "--lens": ["heads", "centre"], "--examples": "1"},
     "train-toy": {"--model": "rn", "--steps": "1", "--batch-size": "2", "--eval-images": "0"},
     "demo": {},
 }
@@ -141,7 +145,7 @@ def command_line(name: str, chosen: dict[str, object]) -> list[str]:
     argv = [name]
     for flag, value in chosen.items():
         if not flag.startswith("-"):
-            argv.append(str(value))
+            argv += map(str, value if isinstance(value, list) else [value])
         elif value is True:
             argv.append(flag)
         else:
@@ -177,13 +181,18 @@ def memory_cap(extra: int) -> Iterator[None]:
 
 def run(argv: list[str]) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of `cliplens argv` in this process; a hang after HANG_S and an allocation of more
-    than MEMORY_B fail it (as unexpected exceptions, exit 1)."""
+    than MEMORY_B fail it (as unexpected exceptions, exit 1). A thread's uncaught exception is printed to that stderr,
+    as outside pytest (which would turn it into a warning)."""
     out, err = io.StringIO(), io.StringIO()
 
     def hung(number, frame):
         raise Hang(f"cliplens {' '.join(argv)} ran for more than {HANG_S} s")
 
-    previous = signal.signal(signal.SIGALRM, hung)
+    def printed(args: threading.ExceptHookArgs) -> None:
+        traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback, file=err)
+
+    previous, hook = signal.signal(signal.SIGALRM, hung), threading.excepthook
+    threading.excepthook = printed
     signal.alarm(HANG_S)
     try:
         with memory_cap(MEMORY_B), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -194,6 +203,7 @@ def run(argv: list[str]) -> tuple[int, str, str]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        threading.excepthook = hook
     return code, out.getvalue(), err.getvalue()
 
 
@@ -219,8 +229,8 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def quick(workdir):
-    """Commands run in `workdir`, with each model loaded once (a failed load is not cached: errors are re-raised) and
-    the demo's steps emptied (each step is a command fuzzed on its own)."""
+    """Commands run in `workdir` (which holds the two shards `merge` joins), with each model loaded once (a failed load
+    is not cached: errors are re-raised) and the demo's steps emptied (each step is a command fuzzed on its own)."""
     loaded: dict[tuple, cliplens.Lens] = {}
     real_load = factory.load
 
@@ -235,6 +245,8 @@ def quick(workdir):
         patch.setattr(demo, "vit_steps", lambda out: [])
         patch.setattr(demo, "rn_steps", lambda out: [])
         patch.chdir(workdir)
+        for i in range(2):
+            load("toy:vit").collect(DATA, shard=f"{i}/2").save(f"shard-{i}")
         yield
 
 
@@ -252,12 +264,14 @@ def test_the_base_invocations_succeed(name, quick):
 
 
 @pytest.mark.parametrize("name", COMMANDS)
-def test_fuzzed_options_end_in_success_or_one_line(name, quick):
+def test_fuzzed_options_end_in_success_or_one_line(name, quick, capfd):
+    """What loader workers (other processes) write to the stderr file descriptor counts too."""
     @fuzzing(examples=20)
     @given(argv=invocations(name))
     def fuzz(argv):
+        capfd.readouterr()
         code, _, err = run(argv)
-        check_outcome(argv, code, err)
+        check_outcome(argv, code, err + capfd.readouterr().err)
 
     fuzz()
 
