@@ -10,7 +10,9 @@ or one line.
   the digest are reached too) and loaded with `cliplens.load_stats`: the result is statistics that can be used, or a
   one-line CliplensError.
 
-Derandomized (the same examples on every run) and small enough for the default suite (~30 s); for a deeper local run,
+What counts as stderr: what `main` writes, a thread's uncaught exception, and what loader worker processes write to
+the file descriptor. Derandomized (the same examples on every run) and bounded for the default suite: 20 invocations
+per command and 150 damaged artifacts per kind (~100 s on two busy cores); for a deeper local run,
 CLIPLENS_FUZZ_EXAMPLES=500 draws that many fresh examples per test.
 """
 
