@@ -200,6 +200,44 @@ def test_sigkilled_collect_resumes_to_the_uninterrupted_result(tmp_path):
     assert_identical(whole, cliplens.load_stats(tmp_path / "out" / "stats", lens))
 
 
+SECOND_ORDER = ["second-order", "--model", "toy:vit", "--data-path", DATA, "--mlp-layer", "2", "--top-k", "3",
+                "--batch-size", "4", "--pool", "shapes", "--omp-atoms", "4", "--grids", "0"]
+
+
+def test_second_order_command_resumes_to_the_same_artifact_and_words(monkeypatch, tmp_path):
+    """`cliplens second-order` killed in its second pass continues from its checkpoint with --resume (the batches
+    before it are not read again) and writes the statistics and words of an uninterrupted run, bit for bit."""
+    runner = CliRunner()
+    whole = runner.invoke(cli, [*SECOND_ORDER, "--output-dir", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    interrupt(monkeypatch, second_order_module.SecondOrderStats, "rank", after=2)
+    died = runner.invoke(cli, [*SECOND_ORDER, "--output-dir", str(tmp_path / "out"), "--checkpoint-every", "1"])
+    assert isinstance(died.exception, Interrupted)
+    monkeypatch.undo()
+    assert json.loads(next((tmp_path / "out" / "checkpoints").glob("*/metadata.json")).read_text())["position"] == 8
+    calls = interrupt(monkeypatch, second_order_module.SecondOrderStats, "rank", after=None)
+    resumed = runner.invoke(cli, [*SECOND_ORDER, "--output-dir", str(tmp_path / "out"), "--checkpoint-every", "1",
+                                  "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(calls) == 3  # batches 3, 4 and 5 of 5 of the second pass
+    lens = cliplens.load("toy:vit")
+    saved = [load_second_order(tmp_path / run / "second_order_L2", lens) for run in ("whole", "out")]
+    assert_identical(*saved)
+    for table in ("neurons_L2.csv", "neuron_words_L2.csv"):
+        assert (tmp_path / "whole" / table).read_bytes() == (tmp_path / "out" / table).read_bytes(), table
+
+
+def test_second_order_command_refuses_a_shard_before_any_work(monkeypatch, tmp_path):
+    """Its second pass needs the mean of all the data, and its words, grids and ablations the statistics of all of it:
+    one shard of it has neither, so --shard is refused in one line that names torchrun, before the model loads."""
+    from cliplens import factory
+
+    monkeypatch.setattr(factory, "load", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    refused = CliRunner().invoke(cli, [*SECOND_ORDER, "--output-dir", str(tmp_path), "--shard", "0/2"])
+    assert isinstance(refused.exception, CliplensError) and "torchrun --nproc-per-node K" in str(refused.exception)
+    assert "\n" not in str(refused.exception)
+
+
 # shards and merge -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which, granularity, spatial", [("vit", "head", True), ("rn", "pair", False)])
 def test_shards_merge_to_one_pass_in_any_given_order(lenses, monkeypatch, tmp_path, which, granularity, spatial):
@@ -300,6 +338,23 @@ def test_torchrun_collect_equals_merged_shards_bit_for_bit(tmp_path, one_thread)
     for name in ("coef_mean", "high_values", "low_values"):  # fp32 coefficients agree to ~1e-7 across batchings
         assert torch.allclose(getattr(saved, name), getattr(whole, name), rtol=0, atol=1e-5), name
     assert saved.metadata["data_fingerprint"] == whole.metadata["data_fingerprint"]
+
+
+def test_torchrun_second_order_command_writes_once_what_one_process_writes(tmp_path, one_thread):
+    """`torchrun -m cliplens second-order`: the ranks share both passes (one checkpoint each) and rank 0 alone writes
+    the statistics and words; the top images are those of one process, the norms equal to round-off."""
+    args = ["--precision", "fp64", "--data-path", "shapes:test:12", "--checkpoint-every", "1", "--output-dir", "out"]
+    run = torchrun("-m", "cliplens", *SECOND_ORDER, *args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("wrote out/second_order_L2") == 1 and "12 of 12 images used" in run.stdout
+    assert (tmp_path / "out" / "neuron_words_L2.csv").is_file()
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == [
+        "second-order-L2-0-of-2", "second-order-L2-1-of-2"]
+    lens = cliplens.load("toy:vit", precision="fp64")
+    whole = collect_second_order(lens, "shapes:test:12", layer=2, top_k=3, batch_size=4)
+    saved = load_second_order(tmp_path / "out" / "second_order_L2", lens)
+    assert torch.equal(saved.top_images, whole.top_images)
+    assert torch.allclose(saved.top_norms, whole.top_norms, rtol=0, atol=TOLERANCE)
 
 
 TORCHRUN_SCRIPT = """

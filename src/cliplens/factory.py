@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .errors import CliplensError, require_seed
+from .io.paths import is_dir
 from .lens import DTYPES, Lens
 
 
@@ -144,7 +145,7 @@ def _toy_directory(model: str, pretrained: str | None) -> Path | None:
     """Where a toy's weights come from: the shipped ones (None), or a `cliplens train-toy` output folder."""
     if pretrained is None:
         return None
-    if not Path(pretrained).is_dir():
+    if not is_dir(pretrained):
         raise CliplensError(
             f"{model} takes no pretrained tag or checkpoint file; omit --pretrained for the shipped weights, or pass "
             f"the folder that `cliplens train-toy` wrote (got {pretrained!r})"

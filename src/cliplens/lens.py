@@ -41,7 +41,7 @@ def _as_image(image: Any) -> Image.Image | torch.Tensor:
         try:
             return open_image(image)
         except Unreadable as exc:
-            raise CliplensError(f"cannot read the image {printable(os.fspath(image))!s}: {exc}") from None
+            raise CliplensError(f"cannot read the image {printable(os.fspath(image))}: {exc}") from None
     raise CliplensError(f"an image in the list is of type {type(image).__name__}; pass PIL images or image paths, "
                         "or one tensor [B, 3, H, W]")
 

@@ -6,13 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..data.shards import Shard
 from ..settings import CONVENTIONS
-from ..stats.checkpoint import EVERY
 from ..stats.collect import COLLECTED
-from ..stats.distributed import rank_device
 from ..stats.summary import format_table, largest_pairs, largest_pieces
-from .options import Options, data_options, load_lens, model_options, output_option
+from .options import Options, data_options, load_lens, long_run_options, model_options, output_option
 
 
 @click.command("collect")
@@ -26,27 +23,17 @@ from .options import Options, data_options, load_lens, model_options, output_opt
 @click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
               help="Images kept per ResNet pair for norms and principal directions.")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True, help="Rows in the summary.")
-@click.option("--shard", default=None, metavar="I/N", callback=lambda ctx, param, value: value and Shard.parse(value),
-              help="Read only the I-th of N contiguous slices of the data (0-based); `cliplens merge` joins them.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=EVERY, show_default=True,
-              help="Save the running state every this many batches (0: never), so an interrupted run can --resume.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the checkpoints  [default: OUTPUT_DIR/checkpoints]")
-@click.option("--resume", is_flag=True,
-              help="Continue from the checkpoint of an interrupted run with the same options (bit-identical result); "
-                   "without one, start from the beginning.")
+@long_run_options("Read only the I-th of N contiguous slices of the data (0-based); `cliplens merge` joins them.")
 def command(output_dir: Path, granularity: str, spatial: bool, convention: str, normalize: bool, top_k: int,
-            show: int, shard: Shard | None, checkpoint_every: int, checkpoint_dir: Path | None, resume: bool,
-            data_path: str, batch_size: int, num_workers: int, model: Options) -> None:
+            show: int, long_run: Options, data_path: str, batch_size: int, num_workers: int, model: Options) -> None:
     """Collect mean and covariance of every piece over the data in one pass; write them to OUTPUT_DIR/stats.
 
     Under torchrun (torchrun --nproc-per-node K -m cliplens collect ...) every process reads its slice of the data and
     rank 0 writes the merged statistics."""
-    lens = load_lens({**model, "device": rank_device(model["device"])})
+    lens = load_lens(model)
     stats = lens.collect(data_path, granularity=granularity, spatial=spatial, convention=convention,
                          normalize=normalize, batch_size=batch_size, num_workers=num_workers, top_k=top_k,
-                         progress=True, shard=shard, checkpoint_dir=checkpoint_dir or output_dir / "checkpoints",
-                         checkpoint_every=checkpoint_every, resume=resume, distributed=None)
+                         progress=True, distributed=None, **long_run)
     if stats is None:  # a torchrun rank other than 0: rank 0 writes
         return
     path = stats.save(output_dir / "stats")

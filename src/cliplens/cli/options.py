@@ -13,11 +13,14 @@ from typing import Any, Callable
 import click
 
 from ..data.loader import MAX_BATCH_SIZE, MAX_WORKERS
+from ..data.shards import Shard
 from ..evaluate.ablation import MEAN_SOURCES
 from ..explain.tables import write_descriptions
 from ..extras import require
 from ..io.metadata import write_metadata
 from ..lens import DTYPES
+from ..stats.checkpoint import EVERY
+from ..stats.distributed import rank_device
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, UNIT_POOL, UNIT_POOL_TEMPLATES, pool_name
 from ..text.pools import require_pool
 from ..workflows.head_texts import HeadTexts
@@ -72,10 +75,10 @@ model_options = stacked([
 
 
 def load_lens(model: Options):
-    """The Lens named by model_options' dict."""
+    """The Lens named by model_options' dict; under torchrun, --device cuda is each rank's own GPU."""
     from ..factory import load
 
-    return load(model["model"], model["pretrained"], device=model["device"], precision=model["precision"],
+    return load(model["model"], model["pretrained"], device=rank_device(model["device"]), precision=model["precision"],
                 seed=model["seed"])
 
 
@@ -118,6 +121,29 @@ def output_folder_option(*names: str, **options: Any) -> Callable:
 def output_option(default: str) -> Callable:
     return output_folder_option("--output-dir", default=default, show_default=True,
                                 help="Folder for the results (created if missing).")
+
+
+def long_run_options(shard_help: str) -> Callable:
+    """--shard --checkpoint-every --checkpoint-dir --resume: what a run of hours needs. The command receives them as
+    one dict argument `long_run`, ready for the library (checkpoints default to OUTPUT_DIR/checkpoints)."""
+
+    def default_folder(options: Options) -> None:
+        options["checkpoint_dir"] = options["checkpoint_dir"] or options["output_dir"] / "checkpoints"
+
+    return stacked([
+        click.option("--shard", default=None, metavar="I/N", callback=lambda ctx, param, value: value and
+                     Shard.parse(value), help=shard_help),
+        click.option("--checkpoint-every", type=click.IntRange(min=0), default=EVERY, show_default=True,
+                     help="Save the running state every this many batches (0: never), so an interrupted run can "
+                          "--resume."),
+        output_folder_option("--checkpoint-dir", default=None,
+                             help="Folder for the checkpoints  [default: OUTPUT_DIR/checkpoints]"),
+        click.option("--resume", is_flag=True,
+                     help="Continue from the checkpoint of an interrupted run with the same options (bit-identical "
+                          "result); without one, start from the beginning."),
+        before_body(default_folder),
+        grouped("long_run", ("shard", "checkpoint_every", "checkpoint_dir", "resume")),
+    ])
 
 
 # --stats --convention --normalize: which per-piece statistics the command works from.

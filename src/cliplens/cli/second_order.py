@@ -16,9 +16,10 @@ import click
 
 from ..explain.tables import write_descriptions
 from ..io.tables import write_rows
-from ..workflows.second_order_study import NEURON_ATOMS, second_order_study, write_top_images
+from ..workflows.second_order_study import NEURON_ATOMS, require_whole_data, second_order_study, write_top_images
 from ..settings import CONVENTIONS
-from .options import Options, data_options, load_lens, model_options, omp_options, output_option, texts_per_unit_option
+from .options import (Options, before_body, data_options, load_lens, long_run_options, model_options, omp_options,
+                      output_option, texts_per_unit_option)
 
 
 @click.command("second-order")
@@ -43,12 +44,20 @@ from .options import Options, data_options, load_lens, model_options, omp_option
 @texts_per_unit_option
 @click.option("--grids", type=click.IntRange(min=0), default=8, show_default=True,
               help="Write the top images of this many neurons (largest mean top-k effect) as PNG grids and CSV.")
-def command(model: Options, output_dir: Path, grids: int, **options: Any) -> None:
-    """Second-order statistics of every neuron of --mlp-layer over --data-path (two streaming passes)."""
+@before_body(lambda options: require_whole_data(options["shard"]))
+@long_run_options("Refused: the second pass needs the first-pass mean of all the data, which no slice has; split a "
+                  "run with torchrun instead (docs/commands/second-order.md).")
+def command(model: Options, output_dir: Path, grids: int, long_run: Options, **options: Any) -> None:
+    """Second-order statistics of every neuron of --mlp-layer over --data-path (two streaming passes).
+
+    Under torchrun (torchrun --nproc-per-node K -m cliplens second-order ...) every process reads its slice of the
+    data in both passes and rank 0 writes everything."""
     lens = load_lens(model)
     layer = options["mlp_layer"]
     artifact = output_dir / f"second_order_L{layer}"
-    study = second_order_study(lens, save_stats=artifact, progress=True, **options)
+    study = second_order_study(lens, save_stats=artifact, progress=True, **long_run, **options)
+    if study is None:  # a torchrun rank other than 0: rank 0 writes
+        return
     table = write_rows(output_dir / f"neurons_L{layer}.csv", study.neurons)
     click.echo(f"{lens.name} layer {layer}: {study.stats.report.summary()}\nwrote {artifact} and {table}")
     if study.words is not None:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import CliplensError
+from ..io.paths import is_dir, is_file
 
 MISSING, NOT_A_FILE = -1, -2  # sizes that mark a listed path the pass must skip
 SIXTEEN_BIT = 65535
@@ -143,14 +144,14 @@ def _list_source(source: str | os.PathLike | list) -> tuple[Path | None, list[tu
     if isinstance(source, (list, tuple)):
         return None, [(Path(p), _size(Path(p))) for p in source]
     path = Path(source).expanduser()
-    if path.is_file():
+    if is_file(path):
         try:
             listed = path.read_bytes()
         except OSError as exc:
             raise CliplensError(f"cannot read the file list {printable(str(path))} ({exc.strerror})") from exc
         lines = [os.fsdecode(line.strip()) for line in listed.splitlines()]
         return None, [(path.parent / line, _size(path.parent / line)) for line in lines if line]
-    if not path.is_dir():
+    if not is_dir(path):
         raise CliplensError(f"{printable(str(path))} does not exist; pass a folder of images or a text file listing "
                             "image paths")
     files = list(_walk(path))

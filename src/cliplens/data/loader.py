@@ -68,11 +68,15 @@ def shapes_source(spec: str) -> Any:
     from ..shapes import ShapesDataset
 
     parts = spec.removeprefix(SHAPES_PREFIX).split(":")
+    bad = CliplensError(f"bad shapes data spec {spec!r}; write shapes:<split>[:<n>[:<seed>]], e.g. shapes:test:512")
+    if len(parts) > 3:
+        raise bad
+    split, n, seed = parts + ["test", "512", "0"][len(parts):]
     try:
-        split, n, seed = parts[0] or "test", int(parts[1]) if len(parts) > 1 else 512, int(parts[2]) if len(parts) > 2 else 0
+        n, seed = int(n), int(seed)
     except ValueError:
-        raise CliplensError(f"bad shapes data spec {spec!r}; write shapes:<split>[:<n>[:<seed>]], e.g. shapes:test:512")
-    return ShapesDataset(n, seed=seed, split=split)
+        raise bad from None
+    return ShapesDataset(n, seed=seed, split=split or "test")
 
 
 def as_source(data: Any) -> Any:
@@ -155,7 +159,7 @@ def batches(
     report.total = len(source)
     workers = min(num_workers, -(-(len(source) - start) // batch_size))  # a worker beyond one per batch would only idle
     loader = DataLoader(_Preprocessed(source, preprocess, start), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, shuffle=False)
+                        collate_fn=_collate, shuffle=False, worker_init_fn=_hand_over_by_name)
     if progress:
         from tqdm.auto import tqdm
 
@@ -174,6 +178,18 @@ def batches(
             yield batch
     if progress:
         bar.close()
+
+
+def _hand_over_by_name(worker_id: int) -> None:
+    """In a loader worker: hand batches to the main process by the name of their shared memory, not by passing a
+    file descriptor, so that Ctrl-C cannot break a handover half-way.
+
+    A descriptor is passed over a connection that the main process opens to a thread of the worker, one per tensor.
+    Ctrl-C raises KeyboardInterrupt in the main process wherever it is, also inside that exchange; the connection then
+    closes early and the worker's thread prints the error (a traceback after our one line). A name needs no connection,
+    so there is nothing to break. torch's shared-memory manager removes the files once the processes using them are
+    gone, interrupted or not. Only this worker process changes its setting; the user's own process keeps its own."""
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 @contextlib.contextmanager

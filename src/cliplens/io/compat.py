@@ -31,7 +31,7 @@ class ModelFingerprint(str):
 
 
 def describe_model(model: Any, pretrained: Any, fingerprint: Any) -> str:
-    """"toy:rn (fingerprint ab12...)", with the weights when an id does not name them alone."""
+    """The model in words, e.g. "toy:rn (fingerprint ab12...)", with its weights when the id does not name them."""
     weights = f" with weights {pretrained}" if pretrained else ""
     return f"{model}{weights} (fingerprint {fingerprint})"
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import CliplensError
 from ..extras import require
+from ..io.paths import is_dir
 from .spec import BlockSpec, LayerNormSpec, ViTSpec
 
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
@@ -81,7 +82,7 @@ def create(ident: str) -> tuple[nn.Module, Callable, Callable | None]:
     the half minute of retries the Hub client spends on each file."""
     require("hf", "transformers", user=f"model hf:{ident}")
     remedy = "download it on a connected machine (huggingface-cli download) and pass hf:/path/to/folder"
-    local = Path(ident).expanduser().is_dir()
+    local = is_dir(Path(ident).expanduser())
     try:
         return _from_pretrained(ident, local_files_only=True)
     except (OSError, ValueError) as exc:

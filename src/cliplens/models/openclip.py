@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import CliplensError
+from ..io.paths import is_file
 from .spec import BlockSpec, LayerNormSpec, ResNetPoolSpec, ViTSpec
 from .weights import load_weights
 
@@ -136,13 +137,13 @@ def spec_of(model: nn.Module) -> ViTSpec | ResNetPoolSpec:
 
 
 def is_checkpoint_path(pretrained: str) -> bool:
-    return pretrained.lower().endswith(CHECKPOINT_SUFFIXES) or os.sep in pretrained or Path(pretrained).is_file()
+    return pretrained.lower().endswith(CHECKPOINT_SUFFIXES) or os.sep in pretrained or is_file(pretrained)
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Weights from a safetensors file or a plain PyTorch state dict (never unpickling arbitrary objects)."""
     file = Path(path).expanduser()
-    if not file.is_file():
+    if not is_file(file):
         raise CliplensError(f"checkpoint {file} does not exist; pass the path of a .safetensors or .pt file")
     try:
         if file.suffix == ".safetensors":

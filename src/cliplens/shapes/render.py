@@ -22,11 +22,16 @@ RENDERER_VERSION = 1
 DEFAULT_IMAGE_SIZE = 96
 
 
+MAX_IMAGES = 10**9  # a pass over a billion rendered images takes weeks: a larger request is a typo
+
+
 def check_request(n: int, seed: int, split: str, image_size: int) -> None:
     if split not in SPLITS:
         raise CliplensError(f"unknown shapes split {split!r}; choose one of {', '.join(SPLITS)}")
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise CliplensError(f"the number of images must be a non-negative integer, got {n!r}")
+    if n > MAX_IMAGES:
+        raise CliplensError(f"the number of images must be at most {MAX_IMAGES}, got {n!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise CliplensError(f"the shapes seed must be a non-negative integer, got {seed!r}")
     if image_size < 24:

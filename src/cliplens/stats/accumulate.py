@@ -21,6 +21,17 @@ from .moments import Moments
 from .pairs import PairStats
 
 
+def piece_state(moments: Moments, token_mean: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The exact state of materialised pieces: their moments and, for spatial pieces, their token means. Shared by the
+    reducer (checkpoints) and `PieceStats` (artifacts and exchanges between ranks), which must read each other's."""
+    return {**moments.state(), **({} if token_mean is None else {"token_mean": token_mean})}
+
+
+def piece_from_state(tensors: dict[str, torch.Tensor]) -> tuple[Moments, torch.Tensor | None]:
+    """The inverse of `piece_state`: (moments, token means or None)."""
+    return Moments.from_tensors(tensors), tensors.get("token_mean")
+
+
 class DenseReducer:
     """Moments of materialised pieces [B, C, d]; with spatial pieces also their per-token means [C, N, d]."""
 
@@ -46,17 +57,13 @@ class DenseReducer:
 
     def state(self) -> dict[str, torch.Tensor]:
         """The moments (and token means); the labels travel beside them, in `labels`."""
-        tensors = self.moments.state()
-        if self.token_mean is not None:
-            tensors["token_mean"] = self.token_mean
-        return tensors
+        return piece_state(self.moments, self.token_mean)
 
     @classmethod
     def from_state(cls, decomposer, settings: Settings, tensors: dict[str, torch.Tensor],
                    labels: list[str]) -> "DenseReducer":
         reducer = cls(decomposer, settings)
-        reducer.labels, reducer.moments = list(labels), Moments.from_tensors(tensors)
-        reducer.token_mean = tensors.get("token_mean")
+        reducer.labels, (reducer.moments, reducer.token_mean) = list(labels), piece_from_state(tensors)
         return reducer
 
 

@@ -17,7 +17,7 @@ from ..errors import CliplensError
 from ..io.artifacts import check_shapes, load_artifact, read_metadata, save_artifact
 from ..io.compat import MODEL_KEY
 from ..settings import Settings
-from .accumulate import DenseReducer, HeadReducer, PairReducer
+from .accumulate import DenseReducer, HeadReducer, PairReducer, piece_from_state, piece_state
 from .checkpoint import EVERY, Checkpoints
 from .distributed import Ranks, data_part, joined, part_name
 from .identity import check_compatible, data_record, merged_metadata
@@ -83,14 +83,12 @@ class PieceStats:
 
     def state(self) -> dict[str, torch.Tensor]:
         """count, mean, scatter (and token_mean): the exact accumulators, as saved and as exchanged between ranks."""
-        tensors = self.moments.state()
-        if self.token_mean is not None:
-            tensors["token_mean"] = self.token_mean
-        return tensors
+        return piece_state(self.moments, self.token_mean)
 
     @classmethod
     def from_state(cls, labels: list[str], tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> "PieceStats":
-        return cls(labels, Moments.from_tensors(tensors), metadata, tensors.get("token_mean"))
+        moments, token_mean = piece_from_state(tensors)
+        return cls(labels, moments, metadata, token_mean)
 
 
 def collect(

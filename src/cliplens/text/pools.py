@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 from ..errors import CliplensError, require_positive_int
 from ..extras import require
+from ..io.paths import is_file
 from .descriptions import all_descriptions
 
 WORDS_DEFAULT_SIZE = 30_000
@@ -45,7 +46,7 @@ def require_pool(name: str | os.PathLike, user: str) -> None:
     if isinstance(name, str) and name in EXTRAS:
         extra, module = EXTRAS[name]
         require(extra, module, user=user)
-    if not (isinstance(name, str) and name in POOLS) and not Path(name).is_file():
+    if not (isinstance(name, str) and name in POOLS) and not is_file(name):
         raise unknown_pool(name)
 
 
@@ -110,7 +111,7 @@ def get_pool(name_or_path: str | os.PathLike, size: int | None = None) -> list[s
     """A built-in pool by name, or a user pool from a text file; `size` keeps the first `size` texts."""
     if isinstance(name_or_path, str) and name_or_path in POOLS:
         return POOLS[name_or_path](size)
-    if Path(name_or_path).is_file():
+    if is_file(name_or_path):
         return read_pool(name_or_path, size)
     raise unknown_pool(name_or_path)
 

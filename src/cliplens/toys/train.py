@@ -55,7 +55,9 @@ SUPERVISED_ATTRIBUTES = tuple(name for name in FACT_ATTRIBUTES if name != "round
 POSITION_INIT_STD = 1.0
 SHIPPED_STEPS = {"vit": 32000, "rn": 2000}  # the ViT learns shape more slowly (no convolutional prior)
 HEAD_SCALE = 10.0  # logit scale of the auxiliary classifiers, which read unit-normalised embeddings
+MAX_STEPS = 10**7  # 300 times the shipped ViT's steps, months of CPU time: a larger count is a typo
 MAX_THREADS = 1024  # more than the cores of any single machine: a larger count is a typo
+MAX_EVAL_IMAGES = 50_000  # the measurement renders them all at once: 50,000 images of 96 px hold about 1.4 GB
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class TrainConfig:
 
     def check(self) -> None:
         check_name(self.model)
-        require_positive_int("--steps", self.steps)
+        require_positive_int("--steps", self.steps, maximum=MAX_STEPS)
         require_positive_int("--batch-size", self.batch_size, maximum=MAX_BATCH_SIZE)
         if self.batch_size < 2:
             raise CliplensError(f"--batch-size must be at least 2 for a contrastive loss, got {self.batch_size}")
@@ -234,7 +236,8 @@ def load_checkpoint(path: Path, config: TrainConfig, model: torch.nn.Module, hea
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2) if key.count(".") >= 2 else (key, "", "")
+            parts = key.split(".", 2)
+            index, name = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
             fits = index.isdecimal() and int(index) < len(parameters) and (
                 value.dim() == 0 or value.shape == parameters[int(index)].shape)
             if not fits:
@@ -265,8 +268,8 @@ def train_toy(
     `<model>.json` to `output_dir` if given, and a checkpoint to `checkpoint_dir/step-<n>` every
     `config.checkpoint_every` steps."""
     config.check()
-    if isinstance(evaluate_n, bool) or not isinstance(evaluate_n, int) or evaluate_n < 0:
-        raise CliplensError(f"--eval-images must be a non-negative integer (0 skips the measurement), "
+    if isinstance(evaluate_n, bool) or not isinstance(evaluate_n, int) or not 0 <= evaluate_n <= MAX_EVAL_IMAGES:
+        raise CliplensError(f"--eval-images must be an integer from 0 (no measurement) to {MAX_EVAL_IMAGES}, "
                             f"got {evaluate_n!r}")
     if config.checkpoint_every and checkpoint_dir is None:
         raise CliplensError("checkpoint_every needs a checkpoint folder; pass --checkpoint-dir")
@@ -275,7 +278,7 @@ def train_toy(
             try:
                 Path(folder).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise CliplensError(f"cannot make the folder {folder} ({exc.strerror or exc}); choose another")
+                raise CliplensError(f"cannot make the folder {folder} ({exc.strerror or exc}); choose another") from exc
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     architecture = ARCHITECTURES[config.model]

@@ -17,11 +17,14 @@ import torch
 
 from ..apps.retrieval import Ranking, write_ranking
 from ..data.loader import as_source
+from ..data.shards import Shard
+from ..errors import CliplensError
 from ..evaluate.second_order_ablation import SecondOrderAblation, second_order_ablation
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..explain.omp import DictNorm, SparseTextDecomposition, require_fewer_atoms
 from ..explain.unit_words import atom_count, word_rows
 from ..labels import neuron_label
+from ..stats.checkpoint import EVERY
 from ..stats.second_order import SecondOrderStats, collect_second_order
 from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates
 
@@ -81,16 +84,30 @@ def write_top_images(stats: SecondOrderStats, data: Any, folder: Path, count: in
     return folder
 
 
+def require_whole_data(shard: str | Shard | None) -> None:
+    """Refuse a shard: the second pass needs the first-pass mean of all the data, and the words, grids and ablations
+    need statistics of all of it (docs/commands/second-order.md#long-runs)."""
+    if shard is not None:
+        raise CliplensError("second-order cannot run on one shard: its second pass needs the first-pass mean of all "
+                            "the data; split the run with torchrun --nproc-per-node K -m cliplens second-order ...")
+
+
 def second_order_study(
     lens: Lens, data_path: Any, *, mlp_layer: int, convention: str = "separate", scale: float = 1.0,
     normalize: bool = False, top_k: int = 100, eval_data_path: Any = None, templates: str = "auto",
     omp_atoms: int | None = None, dict_norm: DictNorm = "row", pool: str | os.PathLike | None = None,
     pool_size: int | None = None, pool_templates: str = UNIT_POOL_TEMPLATES, texts_per_unit: int = 10,
     batch_size: int = 32, num_workers: int = 0, save_stats: str | os.PathLike | None = None,
-    progress: bool = False,
-) -> SecondOrderStudy:
+    progress: bool = False, shard: str | Shard | None = None, checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = EVERY, resume: bool = False,
+) -> SecondOrderStudy | None:
     """Second-order statistics of every neuron of `mlp_layer` over `data_path` (two streaming passes), saved to
-    `save_stats` at once if given; their words unless `omp_atoms` is 0; the ablations on `eval_data_path` if given."""
+    `save_stats` at once if given; their words unless `omp_atoms` is 0; the ablations on `eval_data_path` if given.
+
+    The passes checkpoint and resume as in `collect_second_order`. Under torchrun the ranks share the passes and rank 0
+    does the rest (the others return None). A `shard` is refused: its words, grids and ablations would describe
+    statistics ranked from its own mean, which no other shard shares (`require_whole_data`)."""
+    require_whole_data(shard)
     require_fewer_atoms(omp_atoms, lens.spec.output_dim)  # everything the later steps need is checked before the passes
     if omp_atoms != 0:
         check_candidates(data_path, UNIT_POOL, pool=pool, pool_templates=pool_templates)
@@ -99,7 +116,10 @@ def second_order_study(
         classifier_prompts(source, templates)
     stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
                                  normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
-                                 progress=progress)
+                                 progress=progress, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                                 resume=resume, distributed=None)
+    if stats is None:  # a torchrun rank other than 0
+        return None
     if save_stats is not None:
         stats.save(save_stats)
     words = None
