@@ -95,7 +95,7 @@ def overview(findings: Findings) -> dict[str, Any]:
     return {
         "model": findings.model, "runs": findings.runs, "shape": findings.shape, "chunk": CHUNK, "grid": grid,
         "strips": strips, "others": others, "top": _top(findings, by_family),
-        "ablations": findings.ablations, "reconstruction": findings.reconstruction,
+        "ablations": findings.ablations, "tables": findings.tables,
     }
 
 
@@ -113,19 +113,20 @@ def _top(findings: Findings, by_family: dict[str, list[str]]) -> dict[str, dict[
 
 
 def search_index(findings: Findings) -> dict[str, list[str]]:
-    """word -> units whose texts hold it, strongest text first, SEARCH_HITS at most per word."""
-    hits: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    """word -> units whose texts hold it, SEARCH_HITS at most per word: those where it ranks highest among the unit's
+    texts first (values of different methods are not comparable; ranks are), heads before the many neurons."""
+    order = {"heads": 0, "pool heads": 1, "pairs": 2, "neurons": 3}
+    hits: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
     for label, unit in findings.units.items():
-        texts = [entry for entries in unit["texts"].values() for entry in entries]
-        texts += [entry for poles in unit.get("poles", {}).values() for side in poles.values() for entry in side]
-        strength: dict[str, float] = {}
-        for text, value in texts:
-            for word in _words(text):
-                strength[word] = max(strength.get(word, 0.0), abs(value or 0.0))
-        for word, value in strength.items():
-            hits[word].append((value, label))
-    return {word: [label for _, label in sorted(found, reverse=True)[:SEARCH_HITS]] for word, found in
-            sorted(hits.items())}
+        lists = [*unit["texts"].values(), *(side for poles in unit.get("poles", {}).values() for side in poles.values())]
+        best: dict[str, int] = {}
+        for texts in lists:
+            for rank, (text, _) in enumerate(texts):
+                for word in _words(text):
+                    best[word] = min(best.get(word, rank), rank)
+        for word, rank in best.items():
+            hits[word].append((rank, order.get(family(label), 4), label))
+    return {word: [label for *_, label in sorted(found)[:SEARCH_HITS]] for word, found in sorted(hits.items())}
 
 
 def _words(text: str) -> set[str]:

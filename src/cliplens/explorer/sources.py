@@ -29,9 +29,9 @@ DESCRIPTION, RANK, METHOD = "description", "rank", "method"
 TEXT_VALUES = ("similarity", "coefficient", "variance_explained", "score")  # the first one a description row has
 LABEL_COLUMNS = ("piece", "label", "component")  # a row that names its unit outright
 POLE_METHODS = {"svd_poles+": "+", "svd_poles-": "-"}
-NEURON_SCORES = ("mean_norm", "rms_deviation", "variance_explained_pc1")
-PAIR_SCORES = ("score", "coef_std")
+WHOLE_TABLE_ROWS = 100  # a smaller table that is neither texts nor a ranking is about the model: shown whole
 LINKS_PER_NEURON = 3  # heads a neuron is linked to: the largest head coordinates of its principal direction
+LINKS_PER_HEAD = 20  # neurons listed on a head's page: those with the largest coordinates on it
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Findings:
     runs: list[dict[str, str]] = field(default_factory=list)
     units: dict[str, dict[str, Any]] = field(default_factory=dict)
     ablations: list[dict[str, Any]] = field(default_factory=list)  # variant, pieces, accuracy, full accuracy
-    reconstruction: list[dict[str, Any]] = field(default_factory=list)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "folder/file.csv" -> its rows
     images: dict[str, Path] = field(default_factory=dict)  # thumbnail name -> source PNG
     shape: dict[str, int] = field(default_factory=dict)  # layers, heads (ViT) or pool heads (ResNet)
 
@@ -102,13 +102,16 @@ def gather(runs: list[Path]) -> Findings:
         for folder in _folders(run):
             _read_folder(findings, folder)
         findings.runs.append({"folder": str(run), "command": _command(run)})
+    for label, unit in findings.units.items():
+        if "links" in unit and match_label(label).kind == "head":
+            unit["links"] = sorted(unit["links"], key=lambda link: -link[1])[:LINKS_PER_HEAD]
     return findings
 
 
-def _command(run: Path) -> str:
-    """The commands (or artifact kinds) whose records are in a run folder, for the report's list of outputs read."""
+def _command(run: Path, nested: bool = True) -> str:
+    """The commands (or artifact kinds) whose records are in a run folder (and below it, when `nested`)."""
     found = []
-    for folder in _folders(run):
+    for folder in _folders(run) if nested else [run]:
         record = _json(folder / METADATA)
         if isinstance(record, dict) and (record.get("command") or record.get("kind")):
             found.append(str(record.get("command") or record.get("kind")))
@@ -177,11 +180,12 @@ def _read_second_order(findings: Findings, folder: Path) -> None:
     tensors, metadata = load_artifact(folder, fields={"layer": int, "heads": list})
     layer, heads = metadata["layer"], metadata["heads"]
     findings.shape["neurons"] = tensors["mean"].shape[0]
-    findings.shape.setdefault("neuron layers", 0)
-    findings.shape["neuron layers"] = max(findings.shape["neuron layers"], layer + 1)
     if "mean_effects" in tensors:
         for n, value in enumerate(tensors["mean_effects"].norm(dim=-1).tolist()):
-            findings.score(neuron_label(layer, n), "mean_norm", value)
+            findings.score(neuron_label(layer, n), "mean effect norm", value)
+    if "variance_explained" in tensors:
+        for n, value in enumerate(tensors["variance_explained"].tolist()):
+            findings.score(neuron_label(layer, n), "PC1 variance share", value)
     if "principal_coordinates" not in tensors:
         return
     through = tensors["principal_coordinates"][:, : len(heads)].abs()  # [F, J]
@@ -228,26 +232,16 @@ def row_label(row: dict[str, str], neurons: bool) -> str | None:
 
 
 def _read_table(findings: Findings, path: Path) -> None:
+    """Description tables become texts; per-unit rankings are read with their grids; other small tables (accuracies
+    of reconstructions and ablations) are shown whole. Larger per-unit tables repeat what the artifacts hold."""
     rows = _rows(path)
-    if not rows:
+    if not rows or match_label(path.stem) is not None:
         return
-    columns = set(rows[0])
-    neurons = path.stem.startswith("neuron")
-    if DESCRIPTION in columns:
-        _read_descriptions(findings, rows, neurons)
-    elif path.stem.startswith("neurons_L"):
-        for row in rows:
-            label = row_label(row, neurons=True)
-            for name in NEURON_SCORES:
-                if label and name in row:
-                    findings.score(label, name, _number(row[name]))
-    elif path.stem == "pairs":
-        for row in rows:
-            label = row_label(row, neurons=False)
-            if label and "score" in row:
-                findings.score(label, "score", _number(row["score"]))
-    elif path.stem == "reconstruction":
-        findings.reconstruction = [{key: _plain(value) for key, value in row.items()} for row in rows]
+    if DESCRIPTION in rows[0]:
+        _read_descriptions(findings, rows, neurons=path.stem.startswith("neuron"))
+    elif len(rows) <= WHOLE_TABLE_ROWS and _command(path.parent, nested=False) != "ablate":  # that one: _read_ablation
+        findings.tables[f"{path.parent.name}/{path.name}"] = [{key: _plain(value) for key, value in row.items()}
+                                                             for row in rows]
 
 
 def _plain(text: str) -> Any:

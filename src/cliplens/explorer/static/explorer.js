@@ -147,10 +147,9 @@ const explorer = (() => {
         "accuracy", "full model"], overview.ablations.map((a) => [a.variant, a.pieces.join(", ") || "none",
         a.accuracy, a.full])));
     }
-    if (overview.reconstruction.length) {
-      const columns = Object.keys(overview.reconstruction[0]);
-      parts.push(el("h2", { text: "Reconstruction from texts" }),
-        table(columns, overview.reconstruction.map((row) => columns.map((c) => row[c]))));
+    for (const [name, rows] of Object.entries(overview.tables)) {
+      const columns = Object.keys(rows[0]);
+      parts.push(el("h2", { text: name }), table(columns, rows.map((row) => columns.map((c) => row[c]))));
     }
     parts.push(el("h2", { text: "Outputs read" }), table(["folder", "command"],
       overview.runs.map((run) => [run.folder, run.command])));
