@@ -33,7 +33,7 @@ def synthetic(layers: int, heads: int, neuron_layers: int, neurons: int, grids: 
               ) -> Findings:
     """Findings of the given size: every score, text list and map a full set of command outputs would give."""
     rng = np.random.default_rng(seed)
-    vocabulary = [f"w{i}" for i in range(20_000)]
+    vocabulary = np.array([f"w{i}" for i in range(20_000)])
     text = lambda: " ".join(rng.choice(vocabulary, size=3))  # noqa: E731
     findings = Findings(model={"model": f"synthetic {layers}x{heads}", "pretrained": None, "fingerprint": "0" * 16},
                         shape={"layers": layers, "heads": heads, "neurons": neurons})

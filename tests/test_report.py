@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from cliplens.cli import cli
 from cliplens.explorer.site import chunk_key
+from cliplens.explorer.sources import row_label
 
 CHROMIUM = Path("/usr/bin/chromium")
 DATA = "shapes:test:32:0"
@@ -80,6 +81,18 @@ def test_report_joins_the_outputs_per_unit(report, runs):
     assert HEAD in [label for label, _ in neuron["links"]]
     words = data(report, "search")
     assert any(HEAD in words[word] for text in head_texts(runs) for word in text.lower().split() if word in words)
+
+
+@pytest.mark.parametrize("row, neurons, label", [
+    ({"layer": "3", "unit": "7"}, False, "L3H7"),  # a ViT head's texts (textspan, explain)
+    ({"layer": "1", "unit": "5"}, True, "L1N5"),  # second-order neuron words
+    ({"layer": "H2", "unit": "9"}, False, "H2N9"),  # ResNet pair words
+    ({"layer": "layer4", "unit": "9"}, True, "N9"),  # ResNet neuron words
+    ({"piece": "L0H1", "layer": "0"}, False, "L0H1"),  # a table that names its unit outright
+    ({"layer": "3", "unit": "mlp"}, False, None),  # not a unit with a page
+])
+def test_rows_name_their_unit(row, neurons, label):
+    assert row_label(row, neurons) == label
 
 
 def test_report_is_self_contained(report):

@@ -21,7 +21,7 @@ from ..errors import CliplensError
 from ..io.artifacts import load_artifact
 from ..io.atomic import METADATA, stamped_record
 from ..io.compat import MODEL_KEY, describe_model
-from ..labels import head_label, match_label, neuron_label, pair_label, pool_head_label, pool_neuron_label
+from ..labels import head_label, match_label, neuron_label, pair_label, pool_neuron_label
 from ..stats.collect import load_stats
 
 # columns of the tables read here (docs/commands/*.md describe them)
@@ -131,12 +131,13 @@ def _read_folder(findings: Findings, folder: Path) -> None:
         _read_ablation(findings, folder, record)
     for table in sorted(folder.glob("*.csv")):
         _read_table(findings, table)
+    query = record.get("query_text") if isinstance(record, dict) else None
     for picture in sorted(folder.glob("*.png")):
-        if match_label(picture.stem) is not None:
+        if match_label(picture.stem) is not None:  # a ranking's grid: retrieve, second-order --grids
             name = f"thumb-{len(findings.images)}-{picture.stem}.png"
             findings.images[name] = picture
-            findings.unit(picture.stem).setdefault("images", []).append(
-                {"src": name, "caption": f"{folder.name}/{picture.name}"})
+            caption = f"{folder.name}/{picture.name}" + (f", query: {query!r}" if query else "")
+            findings.unit(picture.stem).setdefault("images", []).append({"src": name, "caption": caption})
 
 
 # statistics ---------------------------------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def row_label(row: dict[str, str], neurons: bool) -> str | None:
     for column in LABEL_COLUMNS:
         if row.get(column):
             return row[column] if match_label(row[column]) is not None else None
-    layer, unit = row.get("layer", ""), row.get("unit", row.get("neuron", ""))
+    layer, unit = row.get("layer", ""), row.get("unit", "")
     if not unit.isdigit():
         return None
     if match_label(layer) is not None and layer.startswith("H"):
@@ -226,8 +227,6 @@ def row_label(row: dict[str, str], neurons: bool) -> str | None:
         return pool_neuron_label(int(unit))
     if layer.isdigit():
         return (neuron_label if neurons else head_label)(int(layer), int(unit))
-    if layer == "" and unit.isdigit() and neurons:
-        return pool_head_label(int(unit))
     return None
 
 
