@@ -33,8 +33,10 @@ def synthetic(layers: int, heads: int, neuron_layers: int, neurons: int, grids: 
               ) -> Findings:
     """Findings of the given size: every score, text list and map a full set of command outputs would give."""
     rng = np.random.default_rng(seed)
-    vocabulary = np.array([f"w{i}" for i in range(20_000)])
-    text = lambda: " ".join(rng.choice(vocabulary, size=3))  # noqa: E731
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocabulary = ["".join(rng.choice(letters, size=rng.integers(3, 9))) for _ in range(20_000)]  # English-like spread
+    pool = [" ".join(vocabulary[i] for i in row) for row in rng.integers(0, len(vocabulary), (50_000, 3))]
+    text = lambda: pool[rng.integers(len(pool))]  # noqa: E731
     findings = Findings(model={"model": f"synthetic {layers}x{heads}", "pretrained": None, "fingerprint": "0" * 16},
                         shape={"layers": layers, "heads": heads, "neurons": neurons})
     picture = folder / "grid.png"
@@ -61,7 +63,7 @@ def synthetic(layers: int, heads: int, neuron_layers: int, neurons: int, grids: 
     return findings
 
 
-def timings(index: Path, neuron: str, repeats: int) -> dict[str, list[float]]:
+def timings(index: Path, neuron: str, word: str, repeats: int) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
     found: dict[str, list[float]] = {"first page (ms)": [], "neuron page (ms)": [], "first search (ms)": []}
@@ -78,7 +80,7 @@ def timings(index: Path, neuron: str, repeats: int) -> dict[str, list[float]]:
             page.wait_for_selector(f"h1:text-is('{neuron}')")
             found["neuron page (ms)"].append(1000 * (time.perf_counter() - started))
             started = time.perf_counter()
-            page.fill("#search", "w123")
+            page.fill("#search", word)
             page.wait_for_selector("#hits li")
             found["first search (ms)"].append(1000 * (time.perf_counter() - started))
             context.close()
@@ -103,11 +105,13 @@ def main() -> None:
             files = list(site.iterdir())
             overview = (site / "data-overview.js").stat().st_size
             total = sum(path.stat().st_size for path in files)
+            search = [path.stat().st_size for path in files if path.name.startswith("data-search-")]
             print(f"{name}: built in {built:.1f} s; {len(files)} files, {total / 2**20:.1f} MiB; "
-                  f"overview data {overview / 2**10:.0f} KiB, search index "
-                  f"{(site / 'data-search.js').stat().st_size / 2**20:.1f} MiB")
+                  f"overview data {overview / 2**10:.0f} KiB; search index {sum(search) / 2**20:.1f} MiB in "
+                  f"{len(search)} files, the largest {max(search) / 2**10:.0f} KiB")
             neuron = neuron_label(size[2] - 1, size[3] - 1)
-            for what, values in timings(site / "index.html", neuron, args.repeats).items():
+            word = findings.units["L0H0"]["texts"]["textspan"][0][0].split()[0][:3]
+            for what, values in timings(site / "index.html", neuron, word, args.repeats).items():
                 print(f"  {what}: median {statistics.median(values):.0f}, range {min(values):.0f}-{max(values):.0f} "
                       f"over {len(values)} fresh loads")
 

@@ -79,7 +79,10 @@ def test_report_joins_the_outputs_per_unit(report, runs):
     assert neurons and all(re.fullmatch(r"L2N\d+", label) for label in neurons)
     neuron = data(report, chunk_key(neurons[0]))[neurons[0]]
     assert HEAD in [label for label, _ in neuron["links"]]
-    words = data(report, "search")
+    words = {word: labels for path in report.glob("data-search-*.js")
+             for word, labels in data(report, path.stem[len("data-"):]).items()}
+    assert all(path.stem[-2:] == word[:2] for path in report.glob("data-search-*.js")
+               for word in data(report, path.stem[len("data-"):]))
     assert any(HEAD in words[word] for text in head_texts(runs) for word in text.lower().split() if word in words)
 
 

@@ -94,9 +94,24 @@ def overview(findings: Findings) -> dict[str, Any]:
             others.append([label, scores])
     return {
         "model": findings.model, "runs": findings.runs, "shape": findings.shape, "chunk": CHUNK, "grid": grid,
-        "strips": strips, "others": others, "top": _top(findings, by_family),
+        "strips": {kind: _levels(rows) for kind, rows in strips.items()}, "others": others, "top": _top(findings, by_family),
         "ablations": findings.ablations, "tables": findings.tables,
     }
+
+
+def _levels(rows: dict[str, dict[str, list[float | None]]]) -> dict[str, Any]:
+    """Strips carry colours, not values (those are on each unit's page): a level 0-99 on one scale per score shared
+    by every row (-1: no value), a third of the size of the numbers for a ViT-H's 163,840 neurons."""
+    scale, levels = {}, defaultdict(dict)
+    for name in {name for scores in rows.values() for name in scores}:
+        values = [v for scores in rows.values() for v in scores.get(name, []) if v is not None]
+        low, high = (min(values), max(values)) if values else (0.0, 0.0)
+        scale[name] = [low, high]
+        for key, scores in rows.items():
+            if name in scores:
+                levels[key][name] = [-1 if v is None else round(99 * (v - low) / ((high - low) or 1)) for v in
+                                     scores[name]]
+    return {"scale": scale, "rows": levels}
 
 
 def _top(findings: Findings, by_family: dict[str, list[str]]) -> dict[str, dict[str, list[list[Any]]]]:
@@ -112,9 +127,10 @@ def _top(findings: Findings, by_family: dict[str, list[str]]) -> dict[str, dict[
     return top
 
 
-def search_index(findings: Findings) -> dict[str, list[str]]:
-    """word -> units whose texts hold it, SEARCH_HITS at most per word: those where it ranks highest among the unit's
-    texts first (values of different methods are not comparable; ranks are), heads before the many neurons."""
+def search_index(findings: Findings) -> dict[str, dict[str, list[str]]]:
+    """Per two-letter prefix (one data file each, loaded when a query starts with it): word -> units whose texts hold
+    it, SEARCH_HITS at most per word, those where it ranks highest among the unit's texts first (values of different
+    methods are not comparable; ranks are), heads before the many neurons."""
     order = {"heads": 0, "pool heads": 1, "pairs": 2, "neurons": 3}
     hits: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
     for label, unit in findings.units.items():
@@ -126,19 +142,25 @@ def search_index(findings: Findings) -> dict[str, list[str]]:
                     best[word] = min(best.get(word, rank), rank)
         for word, rank in best.items():
             hits[word].append((rank, order.get(family(label), 4), label))
-    return {word: [label for *_, label in sorted(found)[:SEARCH_HITS]] for word, found in sorted(hits.items())}
+    index: dict[str, dict[str, list[str]]] = defaultdict(dict)
+    for word, found in sorted(hits.items()):
+        index[word[:2]][word] = [label for *_, label in sorted(found)[:SEARCH_HITS]]
+    return index
 
 
 def _words(text: str) -> set[str]:
-    return {word for word in "".join(c.lower() if c.isalnum() else " " for c in text).split() if len(word) > 1}
+    """Lower-case words of two or more ASCII letters or digits (a data file name is made from their first two)."""
+    return {word for word in "".join(c.lower() if c.isascii() and c.isalnum() else " " for c in text).split()
+            if len(word) > 1}
 
 
 def _thumbnail(source: Path) -> Callable[[Path], None]:
     def write(target: Path) -> None:
         with Image.open(source) as image:
-            if image.width > THUMB_WIDTH:
-                image = image.resize((THUMB_WIDTH, round(image.height * THUMB_WIDTH / image.width)))
-            image.save(target, format="PNG", optimize=True)
+            if image.width <= THUMB_WIDTH:
+                shutil.copyfile(source, target)
+            else:
+                image.resize((THUMB_WIDTH, round(image.height * THUMB_WIDTH / image.width))).save(target, format="PNG")
     return write
 
 
@@ -159,8 +181,10 @@ def write_site(findings: Findings, output_dir: Path) -> Path:
     for label, unit in findings.units.items():
         chunks[chunk_key(label)][label] = unit
     writers: dict[str, Callable[[Path], None]] = {name: _static(name) for name in STATIC}
-    writers["data-overview.js"] = _text(_script("overview", {**overview(findings), "chunks": sorted(chunks)}))
-    writers["data-search.js"] = _text(_script("search", search_index(findings)))
+    index = search_index(findings)
+    writers["data-overview.js"] = _text(_script("overview", {**overview(findings), "chunks": sorted(chunks),
+                                                             "searchable": sorted(index)}))
+    writers.update({f"data-search-{prefix}.js": _text(_script("search", words)) for prefix, words in index.items()})
     for key, units in chunks.items():
         writers[f"data-{key}.js"] = _text(_script("units", units))
     writers.update({name: _thumbnail(source) for name, source in findings.images.items()})

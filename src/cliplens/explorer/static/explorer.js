@@ -10,7 +10,7 @@ const explorer = (() => {
   const loading = {};  // data file key -> Promise
   const chosen = {};  // the score each overview section is coloured by
   let overview = null;
-  let words = null;  // the search index: word -> labels
+  const words = {};  // the search index: two-letter prefix -> word -> labels
 
   function load(key) {  // adds data-<key>.js once; resolves after its callback ran
     if (!loading[key]) {
@@ -96,22 +96,20 @@ const explorer = (() => {
       el("p", { class: "note", text: `${name}: ${format(lo)} (light) to ${format(hi)} (dark); click a head` }));
   }
 
-  function strips(kind, rows) {  // one canvas row per layer (neurons) or pool head (pairs), a pixel per unit
-    const names = [...new Set(Object.values(rows).flatMap((scores) => Object.keys(scores)))];
-    return chooser(kind, names, (name) => {
-      const all = Object.values(rows).flatMap((scores) => scores[name] || []);
-      const [lo, hi] = extent(all);
-      const lines = Object.entries(rows).map(([key, scores]) => {
-        const values = scores[name] || [];
-        const canvas = el("canvas", { width: Math.max(values.length, 1), height: 1, class: "strip",
-          title: `${key}: click a unit (${values.length})` });
+  function strips(kind, strip) {  // one canvas row per layer (neurons) or pool head (pairs), a pixel per unit
+    return chooser(kind, Object.keys(strip.scale), (name) => {
+      const [lo, hi] = strip.scale[name];
+      const lines = Object.entries(strip.rows).map(([key, scores]) => {
+        const levels = scores[name] || [];  // 0-99 on the scale [lo, hi]; -1: no value
+        const canvas = el("canvas", { width: Math.max(levels.length, 1), height: 1, class: "strip",
+          title: `${key}: click a unit (${levels.length})` });
         const context = canvas.getContext("2d");
         const image = context.createImageData(canvas.width, 1);
-        values.forEach((v, i) => image.data.set([...rgb(v == null ? null : (v - lo) / (hi - lo)), 255], 4 * i));
+        levels.forEach((v, i) => image.data.set([...rgb(v < 0 ? null : v / 99), 255], 4 * i));
         context.putImageData(image, 0, 0);
         canvas.addEventListener("click", (event) => {
-          const index = Math.floor((event.offsetX / canvas.clientWidth) * values.length);
-          location.hash = `${key}N${Math.min(index, values.length - 1)}`;
+          const index = Math.floor((event.offsetX / canvas.clientWidth) * levels.length);
+          location.hash = `${key}N${Math.min(index, levels.length - 1)}`;
         });
         return el("tr", {}, el("th", { text: key }), el("td", { class: "wide" }, canvas));
       });
@@ -128,9 +126,9 @@ const explorer = (() => {
     if (Object.keys(overview.grid).length) {
       parts.push(el("h2", { text: "Heads (layer × head)" }), ...chooser("heads", Object.keys(overview.grid), headGrid));
     }
-    for (const [kind, rows] of Object.entries(overview.strips)) {
+    for (const [kind, strip] of Object.entries(overview.strips)) {
       parts.push(el("h2", { text: kind === "neurons" ? "Neurons (a row per MLP layer)" : "Pairs (a row per pool head)" }),
-        ...strips(kind, rows));
+        ...strips(kind, strip));
     }
     if (overview.others.length) {
       const names = [...new Set(overview.others.flatMap(([, scores]) => Object.keys(scores)))];
@@ -215,18 +213,23 @@ const explorer = (() => {
   }
 
   // search -------------------------------------------------------------------------------------------------------
-  async function search() {
+  async function search() {  // words live in data-search-<first two letters>.js, loaded on the first such query
     const query = input.value.trim().toLowerCase();
     if (!query) return hits.replaceChildren();
-    if (!words) await load("search");
     const found = new Map();
     if (/^(l\d+)?(h\d+)?(n\d+)?$/.test(query)) found.set(query.toUpperCase(), "label");
-    for (const [word, labels] of Object.entries(words)) {
-      if (word.startsWith(query)) for (const label of labels) if (!found.has(label)) found.set(label, word);
-      if (found.size >= 40) break;
+    const prefix = query.slice(0, 2);
+    if (prefix.length === 2 && overview.searchable.includes(prefix)) {
+      await load(`search-${prefix}`);
+      if (input.value.trim().toLowerCase() !== query) return;  // typing went on meanwhile
+      for (const [word, labels] of Object.entries(words[prefix] || {})) {
+        if (word.startsWith(query)) for (const label of labels) if (!found.has(label)) found.set(label, word);
+        if (found.size >= 40) break;
+      }
     }
     hits.replaceChildren(...[...found].map(([label, word]) => el("li", {}, link(label), ` ${word}`)));
-    if (!found.size) hits.append(el("li", { text: `no unit's texts hold “${query}”` }));
+    if (!found.size) hits.append(el("li", { text: query.length < 2 ? "type two letters or more"
+      : `no unit's texts hold a word starting “${query}”` }));
   }
   input.addEventListener("input", search);
   hits.addEventListener("click", () => { input.value = ""; });
@@ -239,6 +242,9 @@ const explorer = (() => {
       route();
     },
     units(data) { Object.assign(units, data); },
-    search(data) { words = data; },
+    search(data) {  // one prefix's words: every key starts with it
+      const first = Object.keys(data)[0];
+      if (first) words[first.slice(0, 2)] = data;
+    },
   };
 })();
