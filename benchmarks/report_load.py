@@ -8,12 +8,13 @@ is opened afresh (a new browser context each time, so nothing is cached) and tim
 heads, 1 × 256 neurons) is the baseline. Then: opening one neuron's page (its data file loads) and the first search
 (the index loads).
 
-    python benchmarks/report_load.py [--repeats 5]
+    python benchmarks/report_load.py [--repeats 5] [--keep FOLDER]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 import time
@@ -91,26 +92,30 @@ def timings(index: Path, neuron: str, word: str, repeats: int) -> dict[str, list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="Build the reports in this folder and keep them; reports already there are reused.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
+        root = args.keep or Path(scratch)
         for name, size in (("toy (4x4 heads, 1x256 neurons)", (4, 4, 1, 256, 4)),
                            ("ViT-H-14 (32x16 heads, 32x5120 neurons)", (32, 16, 32, 5120, 64))):
-            folder = scratch / name.split()[0]
-            folder.mkdir()
-            findings = synthetic(*size, folder)
-            started = time.perf_counter()
-            site = write_site(findings, folder / "report")
-            built = time.perf_counter() - started
+            folder = root / name.split()[0]
+            folder.mkdir(parents=True, exist_ok=True)
+            site = folder / "report"
+            if not (site / "index.html").is_file():
+                findings = synthetic(*size, folder)
+                started, cpu = time.perf_counter(), time.process_time()
+                write_site(findings, site)
+                print(f"{name}: built in {time.perf_counter() - started:.1f} s "
+                      f"({time.process_time() - cpu:.1f} s of CPU)")
             files = list(site.iterdir())
-            overview = (site / "data-overview.js").stat().st_size
             total = sum(path.stat().st_size for path in files)
             search = [path.stat().st_size for path in files if path.name.startswith("data-search-")]
-            print(f"{name}: built in {built:.1f} s; {len(files)} files, {total / 2**20:.1f} MiB; "
-                  f"overview data {overview / 2**10:.0f} KiB; search index {sum(search) / 2**20:.1f} MiB in "
-                  f"{len(search)} files, the largest {max(search) / 2**10:.0f} KiB")
+            print(f"{name}: {len(files)} files, {total / 2**20:.1f} MiB; overview data "
+                  f"{(site / 'data-overview.js').stat().st_size / 2**10:.0f} KiB; search index "
+                  f"{sum(search) / 2**20:.1f} MiB in {len(search)} files, the largest {max(search) / 2**10:.0f} KiB")
             neuron = neuron_label(size[2] - 1, size[3] - 1)
-            word = findings.units["L0H0"]["texts"]["textspan"][0][0].split()[0][:3]
+            word = re.search(r'"textspan":\[\["(\w{3})', (site / "data-L0H.js").read_text())[1]
             for what, values in timings(site / "index.html", neuron, word, args.repeats).items():
                 print(f"  {what}: median {statistics.median(values):.0f}, range {min(values):.0f}-{max(values):.0f} "
                       f"over {len(values)} fresh loads")
