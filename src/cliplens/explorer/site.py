@@ -94,8 +94,9 @@ def overview(findings: Findings) -> dict[str, Any]:
             others.append([label, scores])
     return {
         "model": findings.model, "runs": findings.runs, "shape": findings.shape, "chunk": CHUNK, "grid": grid,
-        "strips": {kind: _levels(dict(sorted(rows.items(), key=lambda row: int(row[0][1:])))) for kind, rows in
-                   strips.items()},  # rows L0, L1, ... or H0, H1, ... "others": others, "top": _top(findings, by_family),
+        "strips": {kind: _levels(dict(sorted(rows.items(), key=lambda row: int(row[0][1:]))))  # L0, L1, ... / H0, ...
+                   for kind, rows in strips.items()},
+        "others": others, "top": _top(findings, by_family),
         "ablations": findings.ablations, "tables": findings.tables,
     }
 
