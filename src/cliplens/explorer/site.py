@@ -105,7 +105,7 @@ def _levels(rows: dict[str, dict[str, list[float | None]]]) -> dict[str, Any]:
     """Strips carry colours, not values (those are on each unit's page): a level 0-99 on one scale per score shared
     by every row (-1: no value), a third of the size of the numbers for a ViT-H's 163,840 neurons."""
     scale, levels = {}, defaultdict(dict)
-    for name in {name for scores in rows.values() for name in scores}:
+    for name in sorted({name for scores in rows.values() for name in scores}):
         values = [v for scores in rows.values() for v in scores.get(name, []) if v is not None]
         low, high = (min(values), max(values)) if values else (0.0, 0.0)
         scale[name] = [low, high]
