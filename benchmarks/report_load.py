@@ -35,9 +35,12 @@ def synthetic(layers: int, heads: int, neuron_layers: int, neurons: int, grids: 
     """Findings of the given size: every score, text list and map a full set of command outputs would give."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    vocabulary = ["".join(rng.choice(letters, size=rng.integers(3, 9))) for _ in range(20_000)]  # English-like spread
+    vocabulary = ["".join(rng.choice(letters, size=rng.integers(3, 9))) for _ in range(20_000)]  # all two-letter prefixes
     pool = [" ".join(vocabulary[i] for i in row) for row in rng.integers(0, len(vocabulary), (50_000, 3))]
-    text = lambda: pool[rng.integers(len(pool))]  # noqa: E731
+
+    def text() -> str:
+        return pool[rng.integers(len(pool))]
+
     findings = Findings(model={"model": f"synthetic {layers}x{heads}", "pretrained": None, "fingerprint": "0" * 16},
                         shape={"layers": layers, "heads": heads, "neurons": neurons})
     picture = folder / "grid.png"
@@ -75,7 +78,8 @@ def timings(index: Path, neuron: str, word: str, repeats: int) -> dict[str, list
             page = context.new_page()
             page.goto(index.as_uri())
             page.wait_for_function("performance.getEntriesByName('overview-shown').length > 0")
-            found["first page (ms)"].append(page.evaluate("performance.getEntriesByName('overview-shown')[0].startTime"))
+            shown = page.evaluate("performance.getEntriesByName('overview-shown')[0].startTime")
+            found["first page (ms)"].append(shown)
             started = time.perf_counter()
             page.evaluate(f"location.hash = '{neuron}'")
             page.wait_for_selector(f"h1:text-is('{neuron}')")

@@ -136,7 +136,8 @@ def search_index(findings: Findings) -> dict[str, dict[str, list[str]]]:
     order = {"heads": 0, "pool heads": 1, "pairs": 2, "neurons": 3}
     hits: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
     for label, unit in findings.units.items():
-        lists = [*unit["texts"].values(), *(side for poles in unit.get("poles", {}).values() for side in poles.values())]
+        poles = unit.get("poles", {}).values()
+        lists = [*unit["texts"].values(), *(side for pole in poles for side in pole.values())]
         best: dict[str, int] = {}
         for texts in lists:
             for rank, (text, _) in enumerate(texts):

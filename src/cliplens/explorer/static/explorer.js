@@ -124,11 +124,12 @@ const explorer = (() => {
     const sizes = Object.entries(shape).map(([key, value]) => `${value} ${key}`).join(", ");
     parts.push(el("p", { text: sizes || "no statistics among the outputs" }));
     if (Object.keys(overview.grid).length) {
-      parts.push(el("h2", { text: "Heads (layer × head)" }), ...chooser("heads", Object.keys(overview.grid), headGrid));
+      parts.push(el("h2", { text: "Heads (layer × head)" }),
+        ...chooser("heads", Object.keys(overview.grid), headGrid));
     }
     for (const [kind, strip] of Object.entries(overview.strips)) {
-      parts.push(el("h2", { text: kind === "neurons" ? "Neurons (a row per MLP layer)" : "Pairs (a row per pool head)" }),
-        ...strips(kind, strip));
+      const title = kind === "neurons" ? "Neurons (a row per MLP layer)" : "Pairs (a row per pool head)";
+      parts.push(el("h2", { text: title }), ...strips(kind, strip));
     }
     if (overview.others.length) {
       const names = [...new Set(overview.others.flatMap(([, scores]) => Object.keys(scores)))];
