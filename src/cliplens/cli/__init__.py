@@ -22,10 +22,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     from . import (ablate, collect, components, decompose, demo, dissect, explain, info, merge, neuron_ablate, pairs,
-                   reconstruct, retrieve, second_order, segment, spurious, textspan, train_toy)
+                   reconstruct, report, retrieve, second_order, segment, spurious, textspan, train_toy)
 
     for module in (demo, info, decompose, collect, merge, textspan, explain, ablate, reconstruct, second_order, pairs,
-                   neuron_ablate, retrieve, segment, spurious, components, dissect, train_toy):
+                   neuron_ablate, retrieve, segment, spurious, components, dissect, report, train_toy):
         cli.add_command(module.command)
 
 

@@ -1,7 +1,7 @@
 """`cliplens demo`: the whole pipeline on the shipped toy models and the shapes world, offline.
 
 Each step is the real subcommand with small settings, so the demo shows exactly what a user would run; its outputs
-land in one folder per step.
+land in one folder per step, and the last steps join each model's folders into an explorer to open in a browser.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def vit_steps(out: Path) -> list[Step]:
     stats = str(out / "vit-collect" / "stats")
     return [
         ("Statistics of every head of toy:vit (one streaming pass)", "collect",
-         vit + ["--data-path", FIT, "--output-dir", str(out / "vit-collect")]),
+         vit + ["--data-path", FIT, "--spatial", "--output-dir", str(out / "vit-collect")]),
         ("TextSpan: what each head writes, in the world's words", "textspan",
          vit + ["--data-path", FIT, "--stats", stats, "--pool", "shapes", "--pool-templates", "photo",
                 "--texts-per-head", "5", "--num-last-layers", "4", "--output-dir", str(out / "vit-textspan")]),
@@ -83,6 +83,18 @@ def dissect_steps(out: Path) -> list[Step]:
     ]
 
 
+def report_steps(out: Path, steps: list[Step]) -> list[Step]:
+    """One explorer per model, of the folders that model's steps wrote (a report shows one model)."""
+    reports = []
+    for model in ("toy:vit", "toy:rn"):
+        folders = [arguments[arguments.index("--output-dir") + 1] for _, _, arguments in steps
+                   if arguments[arguments.index("--model") + 1] == model]
+        target = out / f"{model.split(':')[1]}-report"
+        reports.append((f"The explorer of {model}'s outputs, to open in a browser", "report",
+                        folders + ["--output-dir", str(target)]))
+    return reports
+
+
 @click.command("demo")
 @output_option("cliplens-out/demo")
 @click.pass_context
@@ -92,9 +104,12 @@ def command(ctx: click.Context, output_dir: Path) -> None:
     from . import cli
 
     started = time.perf_counter()
-    todo = vit_steps(output_dir) + rn_steps(output_dir) + dissect_steps(output_dir)
+    todo = vit_steps(output_dir) + rn_steps(output_dir)
+    todo += dissect_steps(output_dir) + report_steps(output_dir, todo)
     for number, (title, name, arguments) in enumerate(todo, 1):
         click.secho(f"\n[{number}/{len(todo)}] {title}", bold=True)
         click.echo(f"$ cliplens {name} {' '.join(arguments)}")
         cli.commands[name].main(args=arguments, standalone_mode=False, obj=ctx.obj)
     click.secho(f"\ndone in {time.perf_counter() - started:.0f} s; results in {output_dir}/", bold=True)
+    for _, _, arguments in todo[-2:]:
+        click.echo(f"open {(Path(arguments[-1]) / 'index.html').resolve().as_uri()} in a browser")

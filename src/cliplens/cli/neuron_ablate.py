@@ -3,7 +3,8 @@
 
 One streaming pass scores every variant at once: the full model, the top x % of pairs or of neurons kept (the rest
 replaced by their means) for each --keep, every pair rebuilt from its principal direction (exact: a check), and every
-pair rebuilt from its OMP words. Writes ablation.csv, and pair_stats when the statistics are collected here.
+pair rebuilt from its OMP words. Writes ablation.csv, metadata.json (the model and the variants' settings), and
+pair_stats when the statistics are collected here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import click
 
 from ..evaluate.pair_ablation import DEFAULT_KEEPS, check_keep
+from ..io.metadata import write_metadata
 from ..io.tables import write_rows
 from ..workflows.pair_study import LEVELS, PAIR_ATOMS, pair_ablation_study
 from .options import (
@@ -37,5 +39,7 @@ def command(model: Options, output_dir: Path, keeps: tuple[float, ...], **option
     lens = load_lens(model)
     rows = pair_ablation_study(lens, keeps=keeps, save_stats=output_dir / "pair_stats", progress=True, **options)
     path = write_rows(output_dir / "ablation.csv", rows)
+    write_metadata(output_dir, {"command": "neuron-ablate", "model": lens.describe(), "data": str(options["data_path"]),
+                                "keeps": keeps, "level": options["level"]})
     click.echo(f"accuracy of {lens.name} with pairs mean-ablated or reconstructed ({path}):")
     echo_pair_table(rows)

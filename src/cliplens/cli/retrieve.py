@@ -1,4 +1,4 @@
-"""`cliplens retrieve`: the top images of a component as a CSV and a PNG grid (docs/methods/retrieval.md#scores)."""
+"""`cliplens retrieve`: the top images of a component as a CSV and a PNG grid (docs/methods/retrieval.md#scores), and\nmetadata.json saying which model, data and query made them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..apps.retrieval import retrieve, write_ranking
+from ..io.metadata import write_metadata
 from ..stats.obtain import read_pair_stats
 from ..settings import CONVENTIONS
 from .options import Options, data_options, load_lens, model_options, output_option
@@ -47,3 +48,6 @@ def command(model: Options, **options: Any) -> None:
         table, grid = write_ranking(output_dir, ranking, data, columns=options["columns"])
         best = ", ".join(f"#{int(p)} ({v:.3g})" for p, v in zip(ranking.positions[:3], ranking.values[:3].tolist()))
         click.echo(f"{label}: top {len(ranking.positions)} by {ranking.score}: {best} ... -> {table.name}, {grid.name}")
+    write_metadata(output_dir, {"command": "retrieve", "model": lens.describe(), "data": str(data),
+                                "components": {label: ranking.score for label, ranking in rankings.items()},
+                                "query_text": options["query_text"], "top": options["top"]})

@@ -1,0 +1,288 @@
+"""Reading the output folders of cliplens commands: the one module that knows their file names and columns.
+
+Artifacts (statistics) are read with the library's loaders, which check them; CSV tables are read by the column names
+below, so a renamed column is a one-place change here. Everything is gathered per unit label (`L3H1`, `L1N5`,
+`H2N7`, `N7`, `H2`, see `cliplens.labels`) into plain dictionaries the site writer turns into JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import CliplensError
+from ..io.artifacts import load_artifact
+from ..io.atomic import METADATA, stamped_record
+from ..io.compat import MODEL_KEY, describe_model
+from ..labels import head_label, match_label, neuron_label, pair_label, pool_neuron_label
+from ..stats.collect import load_stats
+
+# columns of the tables read here (docs/commands/*.md describe them)
+DESCRIPTION, RANK, METHOD = "description", "rank", "method"
+TEXT_VALUES = ("similarity", "coefficient", "variance_explained", "score")  # the first one a description row has
+LABEL_COLUMNS = ("piece", "label", "component")  # a row that names its unit outright
+POLE_METHODS = {"svd_poles+": "+", "svd_poles-": "-"}
+WHOLE_TABLE_ROWS = 100  # a smaller table that is neither texts nor a ranking is about the model: shown whole
+LINKS_PER_NEURON = 3  # heads a neuron is linked to: the largest head coordinates of its principal direction
+LINKS_PER_HEAD = 20  # neurons listed on a head's page: those with the largest coordinates on it
+
+
+@dataclass
+class Findings:
+    """Everything the report shows: per unit, and the tables that are about the whole model."""
+
+    model: dict[str, Any]
+    runs: list[dict[str, str]] = field(default_factory=list)
+    units: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ablations: list[dict[str, Any]] = field(default_factory=list)  # variant, pieces, accuracy, full accuracy
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "folder/file.csv" -> its rows
+    images: dict[str, Path] = field(default_factory=dict)  # thumbnail name -> source PNG
+    shape: dict[str, int] = field(default_factory=dict)  # layers, heads (ViT) or pool heads (ResNet)
+
+    def unit(self, label: str) -> dict[str, Any]:
+        return self.units.setdefault(label, {"scores": {}, "texts": {}})
+
+    def score(self, label: str, name: str, value: float) -> None:
+        if math.isfinite(value):
+            self.unit(label)["scores"][name] = value
+
+
+def model_of(folder: Path) -> dict[str, Any] | None:
+    """The model record (model, pretrained, fingerprint) of a command's output folder or artifact, else None."""
+    record = stamped_record(folder) or _json(folder / METADATA)
+    if not isinstance(record, dict):
+        return None
+    described = record.get("model")
+    if isinstance(described, dict) and MODEL_KEY in described:
+        return {key: described.get(key) for key in ("model", "pretrained", MODEL_KEY)}
+    if MODEL_KEY in record:
+        return {key: record.get(key) for key in ("model", "pretrained", MODEL_KEY)}
+    return None
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _folders(run: Path) -> Iterator[Path]:
+    """The run folder and every folder below it (outputs nest artifacts one or two levels down)."""
+    yield run
+    for root, names, _ in os.walk(run):
+        names[:] = sorted(name for name in names if not name.startswith("."))
+        yield from (Path(root) / name for name in names)
+
+
+def gather(runs: list[Path]) -> Findings:
+    """Read every output folder under `runs`; refuse folders of different models, or ones that record none."""
+    found: dict[str, Any] = {}
+    for run in runs:
+        models = [model for model in map(model_of, _folders(run)) if model is not None]
+        if not models:
+            raise CliplensError(f"{run} holds no cliplens output that records its model (no metadata.json with a "
+                                "model fingerprint); pass the folders cliplens commands wrote")
+        for model in models:
+            if not found:
+                found = model
+            elif model[MODEL_KEY] != found[MODEL_KEY]:
+                raise CliplensError(f"{run} is an output of {describe_model(*model.values())}, the others of "
+                                    f"{describe_model(*found.values())}: a report shows one model; pass the folders "
+                                    "of one model")
+    findings = Findings(model=found)
+    for run in runs:
+        for folder in _folders(run):
+            _read_folder(findings, folder)
+        findings.runs.append({"folder": str(run), "command": _command(run)})
+    for label, unit in findings.units.items():
+        if "links" in unit and match_label(label).kind == "head":
+            unit["links"] = sorted(unit["links"], key=lambda link: -link[1])[:LINKS_PER_HEAD]
+    return findings
+
+
+def _command(run: Path, nested: bool = True) -> str:
+    """The commands (or artifact kinds) whose records are in a run folder (and below it, when `nested`)."""
+    found = []
+    for folder in _folders(run) if nested else [run]:
+        record = _json(folder / METADATA)
+        if isinstance(record, dict) and (record.get("command") or record.get("kind")):
+            found.append(str(record.get("command") or record.get("kind")))
+    return ", ".join(dict.fromkeys(found))
+
+
+def _read_folder(findings: Findings, folder: Path) -> None:
+    record = _json(folder / METADATA)
+    kind = record.get("kind") if isinstance(record, dict) else None
+    if kind == "piece-stats":
+        _read_piece_stats(findings, folder)
+    elif kind == "pair-stats":
+        _read_pair_stats(findings, folder)
+    elif kind == "second-order-stats":
+        _read_second_order(findings, folder)
+    if isinstance(record, dict) and record.get("command") == "ablate":
+        _read_ablation(findings, folder, record)
+    for table in sorted(folder.glob("*.csv")):
+        _read_table(findings, table)
+    query = record.get("query_text") if isinstance(record, dict) else None
+    for picture in sorted(folder.glob("*.png")):
+        if match_label(picture.stem) is not None:  # a ranking's grid: retrieve, second-order --grids
+            name = f"thumb-{len(findings.images)}-{picture.stem}.png"
+            findings.images[name] = picture
+            caption = f"{folder.name}/{picture.name}" + (f", query: {query!r}" if query else "")
+            findings.unit(picture.stem).setdefault("images", []).append({"src": name, "caption": caption})
+
+
+# statistics ---------------------------------------------------------------------------------------------------------
+def _read_piece_stats(findings: Findings, folder: Path) -> None:
+    """Variance and its share per piece (docs/methods/statistics.md); per-patch sizes of spatial statistics."""
+    stats = load_stats(folder)
+    variance = torch.diagonal(stats.covariance, dim1=-2, dim2=-1).sum(-1)
+    total = float(variance.sum()) or 1.0
+    for label, value in zip(stats.labels, variance.tolist()):
+        findings.score(label, "variance", value)
+        findings.score(label, "variance share", value / total)
+        piece = match_label(label)
+        if piece is not None and piece.kind == "head" and piece.layer is not None:
+            findings.shape["layers"] = max(findings.shape.get("layers", 0), piece.layer + 1)
+            findings.shape["heads"] = max(findings.shape.get("heads", 0), piece.head + 1)
+    if stats.token_mean is None:
+        return
+    patches = stats.token_mean[:, 1:].norm(dim=-1)  # [C, N - 1]: token 0 is the class token
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        return
+    for label, row in zip(stats.labels, patches.tolist()):
+        findings.unit(label)["tokens"] = {"side": side, "values": [round(value, 5) for value in row]}
+
+
+def _read_pair_stats(findings: Findings, folder: Path) -> None:
+    """ResNet neuron×head pairs: each pair's score (docs/methods/resnet-pairs.md#ablation) and coefficient spread."""
+    stats = load_stats(folder)
+    scores, spread = stats.scores(), stats.coef_variance.clamp_min(0).sqrt()
+    findings.shape["pool heads"] = stats.heads
+    findings.shape["pool neurons"] = stats.neurons
+    for h in range(stats.heads):
+        for n, (score, std) in enumerate(zip(scores[h].tolist(), spread[h].tolist())):
+            findings.score(pair_label(h, n), "score", score)
+            findings.score(pair_label(h, n), "coef_std", std)
+
+
+def _read_second_order(findings: Findings, folder: Path) -> None:
+    """Neurons of one MLP layer: their size, and the later heads their principal direction goes through most
+    (the largest |head coordinates| of the top-k principal direction, docs/methods/second-order.md#statistics)."""
+    tensors, metadata = load_artifact(folder, fields={"layer": int, "heads": list})
+    layer, heads = metadata["layer"], metadata["heads"]
+    findings.shape["neurons"] = tensors["mean"].shape[0]
+    if "mean_effects" in tensors:
+        for n, value in enumerate(tensors["mean_effects"].norm(dim=-1).tolist()):
+            findings.score(neuron_label(layer, n), "mean effect norm", value)
+    if "variance_explained" in tensors:
+        for n, value in enumerate(tensors["variance_explained"].tolist()):
+            findings.score(neuron_label(layer, n), "PC1 variance share", value)
+    if "principal_coordinates" not in tensors:
+        return
+    through = tensors["principal_coordinates"][:, : len(heads)].abs()  # [F, J]
+    weights, order = through.topk(min(LINKS_PER_NEURON, len(heads)), dim=1)
+    for n, (picked, values) in enumerate(zip(order.tolist(), weights.tolist())):
+        links = [[heads[j], round(w, 5)] for j, w in zip(picked, values) if w > 0]
+        label = neuron_label(layer, n)
+        findings.unit(label)["links"] = links
+        for head, weight in links:
+            findings.unit(head).setdefault("links", []).append([label, weight])
+
+
+# tables -------------------------------------------------------------------------------------------------------------
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
+
+
+def _number(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def row_label(row: dict[str, str], neurons: bool) -> str | None:
+    """The unit a table row is about: a label column, or (layer, unit) as the description tables write them
+    (`H2`/n: a ResNet pair; `layer4`/n: a ResNet neuron; l/u: a ViT head, or a neuron in `neurons` tables)."""
+    for column in LABEL_COLUMNS:
+        if row.get(column):
+            return row[column] if match_label(row[column]) is not None else None
+    layer, unit = row.get("layer", ""), row.get("unit", "")
+    if not unit.isdigit():
+        return None
+    if match_label(layer) is not None and layer.startswith("H"):
+        return pair_label(match_label(layer).head, int(unit))
+    if layer.startswith("layer"):
+        return pool_neuron_label(int(unit))
+    if layer.isdigit():
+        return (neuron_label if neurons else head_label)(int(layer), int(unit))
+    return None
+
+
+def _read_table(findings: Findings, path: Path) -> None:
+    """Description tables become texts; per-unit rankings are read with their grids; other small tables (accuracies
+    of reconstructions and ablations) are shown whole. Larger per-unit tables repeat what the artifacts hold."""
+    rows = _rows(path)
+    if not rows or match_label(path.stem) is not None:
+        return
+    if DESCRIPTION in rows[0]:
+        _read_descriptions(findings, rows, neurons=path.stem.startswith("neuron"))
+    elif len(rows) <= WHOLE_TABLE_ROWS and _command(path.parent, nested=False) != "ablate":  # that one: _read_ablation
+        findings.tables[f"{path.parent.name}/{path.name}"] = [{key: _plain(value) for key, value in row.items()}
+                                                             for row in rows]
+
+
+def _plain(text: str) -> Any:
+    value = _number(text)
+    return text if math.isnan(value) else value
+
+
+def _read_descriptions(findings: Findings, rows: list[dict[str, str]], neurons: bool) -> None:
+    """Texts per unit and method, in rank order; SVD poles grouped by component and sign."""
+    for row in rows:
+        label = row_label(row, neurons)
+        if label is None:
+            continue
+        value = next((_number(row[c]) for c in TEXT_VALUES if c in row), math.nan)
+        value = None if math.isnan(value) else round(value, 5)
+        unit, method = findings.unit(label), row.get(METHOD, "texts")
+        if method in POLE_METHODS:
+            poles = unit.setdefault("poles", {}).setdefault(row.get(RANK, "0"), {"+": [], "-": []})
+            poles[POLE_METHODS[method]].append([row[DESCRIPTION], value])
+        else:
+            unit["texts"].setdefault(method, []).append([row[DESCRIPTION], value])
+
+
+def _read_ablation(findings: Findings, folder: Path, record: dict[str, Any]) -> None:
+    """Mean-ablation variants (docs/methods/mean-ablation.md#definition): which pieces each removed, and its
+    accuracy next to the full model's; a variant that removes one unit alone is that unit's ablation effect."""
+    table = folder / "ablation.csv"
+    variants = record.get("variants")
+    if not table.is_file() or not isinstance(variants, dict):
+        return
+    rows = _rows(table)
+    full = next((_number(row["accuracy"]) for row in rows if row.get("variant") == "full model"), math.nan)
+    for row in rows:
+        pieces = variants.get(row.get("variant"))
+        if not isinstance(pieces, list):
+            continue
+        accuracy = _number(row.get("accuracy"))
+        entry = {"variant": row["variant"], "pieces": pieces, "accuracy": accuracy, "full": full}
+        findings.ablations.append(entry)
+        for piece in pieces:
+            if match_label(piece) is not None:
+                findings.unit(piece).setdefault("ablations", []).append(entry)
+        if len(pieces) == 1 and match_label(pieces[0]) is not None:
+            findings.score(pieces[0], "ablation effect", full - accuracy)
+
