@@ -89,11 +89,18 @@ BASE: dict[str, dict[str, object]] = {
     "info": {"model": "toy:vit", "--images": "10"},
     "merge": {"artifacts": ["shard-0", "shard-1"]},  # made by `quick`
     "segment": {"--data-path": "shapes:segmentation:4", "--lens": ["heads", "centre"], "--examples": "1"},
+    "spurious": {"--model": "toy:rn", "--data-path": "shapes:spurious-test:4:2", "--val-path": "shapes:spurious-test:4:1",
+                 "--fit-path": "shapes:spurious-train:4", "--concept": "stripes", "--k": ["1"], "--draws": "1"},
+    "components": {"--data-path": DATA, "--pool": "shapes", "--pool-size": "6", "--edit-top": "1",
+                   "--texts-per-pole": "2", "--top": "2"},
+    "dissect": {"--target": "toy:cnn", "--layers": "fc", "--probe": DATA, "--concepts": "shapes", "--clip": "toy:vit",
+                "--no-cache": True},
+    "report": {"run_dirs": ["shard-0"]},
     "train-toy": {"--model": "rn", "--steps": "1", "--batch-size": "2", "--eval-images": "0"},
     "demo": {},
 }
 # Options whose valid values can cost minutes or walk a whole disk: fuzzed with values that are cheap when valid.
-COSTLY = {"--data-path", "--fit-path", "--eval-data-path", "--steps", "--eval-images", "--max-images", "--images"}
+COSTLY = {"--data-path", "--fit-path", "--val-path", "--probe", "--eval-data-path", "--steps", "--eval-images", "--max-images", "--images"}
 CHEAP_COUNTS = st.sampled_from(["0", "-1", "1", "2", "", "x", "1.5", str(2**63), str(2**100)])
 CHEAP_DATA = st.sampled_from(["", " ", "shapes:", "shapes:test", "shapes:test:0", "shapes:test:2", "shapes:test:-1",
                               "shapes:nope:4", "shapes:test:4:-1", "shapes:test:x", "missing", "out", "a b", "é",
@@ -246,6 +253,8 @@ def quick(workdir):
         patch.setattr(factory, "load", load)
         patch.setattr(demo, "vit_steps", lambda out: [])
         patch.setattr(demo, "rn_steps", lambda out: [])
+        patch.setattr(demo, "dissect_steps", lambda out: [])
+        patch.setattr(demo, "report_steps", lambda out, steps: [])
         patch.chdir(workdir)
         for i in range(2):
             load("toy:vit").collect(DATA, shard=f"{i}/2").save(f"shard-{i}")
