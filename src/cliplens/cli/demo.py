@@ -44,6 +44,11 @@ def vit_steps(out: Path) -> list[Step]:
          "retrieve",
          vit + ["--data-path", EVAL, "--component", "L1H2", "--query-text", "a blue object", "--top", "16",
                 "--output-dir", str(out / "vit-retrieve")]),
+        ("Head-specific search: neighbours in the colour and shape heads (chosen by TextSpan) vs the whole embedding",
+         "search",
+         vit + ["--data-path", EVAL, "--stats", stats, "--heads-for", "colour:2", "--heads-for", "shape:6",
+                "--attribute", "colour", "--attribute", "shape", "--query-text", "red", "--pool-templates", "photo",
+                "--top", "16", "--output-dir", str(out / "vit-search")]),
     ]
 
 
