@@ -21,11 +21,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from . import (ablate, collect, decompose, demo, explain, info, merge, neuron_ablate, pairs, reconstruct,
+    from . import (ablate, collect, decompose, demo, discover, explain, info, merge, neuron_ablate, pairs, reconstruct,
                    retrieve, search, second_order, segment, textspan, train_toy)
 
     for module in (demo, info, decompose, collect, merge, textspan, explain, ablate, reconstruct, second_order, pairs,
-                   neuron_ablate, retrieve, search, segment, train_toy):
+                   neuron_ablate, retrieve, search, discover, segment, train_toy):
         cli.add_command(module.command)
 
 

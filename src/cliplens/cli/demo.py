@@ -49,6 +49,10 @@ def vit_steps(out: Path) -> list[Step]:
          vit + ["--data-path", EVAL, "--stats", stats, "--heads-for", "colour:2", "--heads-for", "shape:6",
                 "--attribute", "colour", "--attribute", "shape", "--query-text", "red", "--pool-templates", "photo",
                 "--top", "16", "--output-dir", str(out / "vit-search")]),
+        ("Concept discovery: one image's score for its best text split over the heads, with words and maps",
+         "discover",
+         vit + ["--data-path", EVAL, "--index", "3", "--pool", "shapes", "--pool-templates", "photo", "--top", "6",
+                "--output-dir", str(out / "vit-discover")]),
     ]
 
 
@@ -65,6 +69,9 @@ def rn_steps(out: Path) -> list[Step]:
         ("Retrieval: the top images of two strong pairs and of a neuron across its heads", "retrieve",
          rn + ["--data-path", FIT, "--stats", stats, "--component", "H1N262", "--component", "H2N20",
                "--component", "N342", "--top", "16", "--output-dir", str(out / "rn-retrieve")]),
+        ("Concept discovery on toy:rn: the neuron x head pairs that write one image's best text, and where", "discover",
+         rn + ["--data-path", EVAL, "--index", "3", "--pool", "shapes", "--pool-templates", "photo", "--top", "6",
+               "--output-dir", str(out / "rn-discover")]),
     ]
 
 
