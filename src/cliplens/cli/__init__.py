@@ -22,10 +22,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     from . import (ablate, collect, decompose, demo, discover, explain, info, merge, neuron_ablate, pairs, reconstruct,
-                   retrieve, search, second_order, segment, textspan, train_toy)
+                   retrieve, search, second_order, segment, textspan, track, train_toy)
 
     for module in (demo, info, decompose, collect, merge, textspan, explain, ablate, reconstruct, second_order, pairs,
-                   neuron_ablate, retrieve, search, discover, segment, train_toy):
+                   neuron_ablate, retrieve, search, discover, track, segment, train_toy):
         cli.add_command(module.command)
 
 

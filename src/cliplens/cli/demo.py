@@ -53,6 +53,10 @@ def vit_steps(out: Path) -> list[Step]:
          "discover",
          vit + ["--data-path", EVAL, "--index", "3", "--pool", "shapes", "--pool-templates", "photo", "--top", "6",
                 "--output-dir", str(out / "vit-discover")]),
+        ("Concept tracking: the heads that carry 'yellow' over the ten years of the shift split, against yellow's rate",
+         "track",
+         vit + ["--data-path", "shapes:shift:500:1", "--stats", stats, "--concept", "yellow", "--attribute",
+                "colour=yellow", "--output-dir", str(out / "vit-track")]),
     ]
 
 
