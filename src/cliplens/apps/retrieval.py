@@ -230,14 +230,22 @@ def write_ranking(directory: str | os.PathLike, ranking: Ranking, data: Any, *, 
     """`<component>.csv` and `<component>.png` (the top images with their scores) in `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    return (write_ranking_table(directory / f"{ranking.component}.csv", ranking, data),
+            write_ranking_grid(directory / f"{ranking.component}.png", ranking, data, columns=columns))
+
+
+def write_ranking_table(path: str | os.PathLike, ranking: Ranking, data: Any) -> Path:
+    return write_rows(path, ranking_rows(ranking, data), COLUMNS)
+
+
+def write_ranking_grid(path: str | os.PathLike, ranking: Ranking, data: Any, *, columns: int = 8) -> Path:
+    """The ranking's images as a grid captioned with their positions and scores."""
     source = as_source(data)
     rows = ranking_rows(ranking, source)
-    table = write_rows(directory / f"{ranking.component}.csv", rows, COLUMNS)
     images = [_item_image(source, row["index"]) for row in rows]
     captions = [f"#{row['index']}  {row['score']:.3g}" for row in rows]
-    grid = save_grid(directory / f"{ranking.component}.png", images, captions, columns=columns,
+    return save_grid(path, images, captions, columns=columns,
                      title=f"{ranking.component}: top {len(rows)} by {ranking.score}")
-    return table, grid
 
 
 def _item_image(source: Any, position: int) -> Any:

@@ -50,6 +50,19 @@ def vit_steps(out: Path) -> list[Step]:
          vit + ["--data-path", SMALL_EVAL, "--stats", stats, "--label", "shape", "--query", "a striped object",
                 "--edit-top", "2", "--pool", "shapes", "--pool-templates", "photo",
                 "--output-dir", str(out / "vit-components")]),
+        ("Head-specific search: neighbours in the colour and shape heads (chosen by TextSpan) vs the whole embedding",
+         "search",
+         vit + ["--data-path", EVAL, "--stats", stats, "--heads-for", "colour:2", "--heads-for", "shape:6",
+                "--attribute", "colour", "--attribute", "shape", "--query-text", "red", "--pool-templates", "photo",
+                "--top", "16", "--output-dir", str(out / "vit-search")]),
+        ("Concept discovery: one image's score for its best text split over the heads, with words and maps",
+         "discover",
+         vit + ["--data-path", EVAL, "--index", "3", "--pool", "shapes", "--pool-templates", "photo", "--top", "6",
+                "--output-dir", str(out / "vit-discover")]),
+        ("Concept tracking: the heads that carry 'yellow' over the ten years of the shift split, against yellow's rate",
+         "track",
+         vit + ["--data-path", "shapes:shift:500:1", "--stats", stats, "--concept", "yellow", "--attribute",
+                "colour=yellow", "--output-dir", str(out / "vit-track")]),
     ]
 
 
@@ -71,6 +84,9 @@ def rn_steps(out: Path) -> list[Step]:
          rn + ["--data-path", "shapes:spurious-test:400:12", "--val-path", "shapes:spurious-test:400:11",
                "--fit-path", "shapes:spurious-train:400:10", "--concept", "stripes,checker", "--k", "16", "--k", "32",
                "--k", "64", "--k", "128", "--batch-size", "100", "--output-dir", str(out / "rn-spurious")]),
+        ("Concept discovery on toy:rn: the neuron x head pairs that write one image's best text, and where", "discover",
+         rn + ["--data-path", EVAL, "--index", "3", "--pool", "shapes", "--pool-templates", "photo", "--top", "6",
+               "--output-dir", str(out / "rn-discover")]),
     ]
 
 

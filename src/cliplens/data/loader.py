@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CliplensError, require_positive_int
+from .cars import STANFORD_CARS_PREFIX, stanford_cars
 from .folders import ImageFolder, Unreadable, printable
 from .waterbirds import WATERBIRDS_PREFIX, waterbirds_source
 
@@ -81,11 +82,14 @@ def shapes_source(spec: str) -> Any:
 
 def as_source(data: Any) -> Any:
     """A folder path, a file list or a path list become an ImageFolder; `shapes:...` the built-in world;
-    `waterbirds:<folder>[:<split>]` Waterbirds by group; datasets pass through unchanged."""
+    `waterbirds:<folder>[:<split>]` Waterbirds by group; `stanford-cars:...` the Stanford Cars devkit layout
+    (data/cars.py); datasets pass through unchanged."""
     if isinstance(data, str) and data.startswith(SHAPES_PREFIX):
         return shapes_source(data)
     if isinstance(data, str) and data.startswith(WATERBIRDS_PREFIX):
         return waterbirds_source(data)
+    if isinstance(data, str) and data.startswith(STANFORD_CARS_PREFIX):
+        return stanford_cars(data)
     if isinstance(data, (str, os.PathLike)) and not os.fspath(data).strip():
         raise CliplensError("the data path is empty; pass a folder of images, a text file listing them, or "
                             "shapes:<split>[:<n>]")
