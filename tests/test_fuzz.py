@@ -96,6 +96,9 @@ BASE: dict[str, dict[str, object]] = {
     "dissect": {"--target": "toy:cnn", "--layers": "fc", "--probe": DATA, "--concepts": "shapes", "--clip": "toy:vit",
                 "--no-cache": True},
     "report": {"run_dirs": ["shard-0"]},
+    "search": {"--data-path": DATA, "--heads": "L1H2", "--top": "2", "--neighbours": "2"},
+    "discover": {"--data-path": DATA, "--index": "0", "--pool": "shapes", "--pool-size": "6", "--top": "2"},
+    "track": {"--data-path": "shapes:shift:4", "--concept": "yellow", "--piece": ["L1H2"], "--random-sets": "1"},
     "train-toy": {"--model": "rn", "--steps": "1", "--batch-size": "2", "--eval-images": "0"},
     "demo": {},
 }
