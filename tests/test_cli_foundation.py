@@ -97,6 +97,7 @@ def test_demo_runs_the_whole_pipeline_on_both_toys(tmp_path):
     for path in ("vit-collect/stats/metadata.json", "vit-textspan/textspan.csv", "vit-reconstruct/reconstruction.png",
                  "vit-ablate/ablation.csv", "vit-second-order/neuron_words_L1.csv",
                  "vit-second-order/ablation_L1.csv", "vit-retrieve/L1H2.png", "rn-pairs/pair_words.csv",
-                 "rn-neuron-ablate/ablation.csv", "rn-retrieve/N342.png"):
+                 "rn-neuron-ablate/ablation.csv", "rn-retrieve/N342.png", "vit-segment/metrics.csv",
+                 "vit-segment/overlays.png", "rn-segment/metrics.csv"):
         assert (tmp_path / path).is_file(), path
     assert any((tmp_path / "vit-second-order" / "top_images_L1").glob("*.png"))
