@@ -307,29 +307,53 @@ def test_the_centre_prior_scores_as_a_literal_loop_over_the_masks(toy_vit):
     assert len(result.examples) == 3 and set(result.examples[0].soft) == {"centre", "heads"}
 
 
-def test_segment_command_writes_metrics_and_overlays_and_refuses_in_one_line(tmp_path, monkeypatch):
+def test_segment_command_writes_metrics_overlays_and_readable_masks_and_refuses_in_one_line(tmp_path):
     import csv
+    import io
+    import json
+    import zipfile
 
     from click.testing import CliRunner
+    from PIL import Image
 
     from cliplens.cli import cli, main
+    from cliplens.data.segmentation import segmentation_source
 
     out = tmp_path / "seg"
+    lenses = ["heads", "second-order", "attention", "rollout", "gradcam", "centre"]
     result = CliRunner().invoke(cli, ["segment", "--model", "toy:vit", "--data-path", "shapes:segmentation:4",
-                                      "--lens", "heads", "--lens", "attention", "--lens", "rollout", "--lens",
-                                      "centre", "--examples", "2", "--output-dir", str(out)])
+                                      *(f"--lens={name}" for name in lenses), "--heads", "L3H*,L2H1",
+                                      "--mlp-layer", "2", "--top-neurons", "8", "--examples", "2", "--save-masks",
+                                      "--output-dir", str(out)])
     assert result.exit_code == 0, result.output
     with open(out / "metrics.csv") as table:
         rows = list(csv.DictReader(table))
-    assert [row["lens"] for row in rows] == ["heads", "attention", "rollout", "centre"]
+    assert [row["lens"] for row in rows] == lenses
     assert {"pixel_accuracy", "miou", "map", "class_miou", "images"} <= set(rows[0])
     assert all(row["images"] == "4" and 0 <= float(row["miou"]) <= 1 for row in rows)
-    assert (out / "overlays.png").stat().st_size > 0 and (out / "metadata.json").is_file()
-    for args, message in ((["--model", "toy:rn", "--lens", "rollout"], "needs a vit model"),
-                          (["--data-path", "shapes:test:4", "--lens", "centre"], "segmentation needs images with masks")):
+    assert (out / "overlays.png").stat().st_size > 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["heads"] == ["L2H1", "L3H0", "L3H1", "L3H2", "L3H3"] and metadata["mlp_layers"] == [2]
+    source = segmentation_source("shapes:segmentation:4")
+    with zipfile.ZipFile(out / "masks.zip") as archive:
+        assert archive.read("classes.txt").decode().split() == source.classnames
+        assert sorted(archive.namelist()) == sorted(["classes.txt"] + [f"{name}/{i:06d}.png" for name in lenses
+                                                                        for i in range(4)])
+        with Image.open(io.BytesIO(archive.read("heads/000001.png"))) as picture:
+            assert picture.mode == "P" and picture.size == (96, 96)
+            labels = np.asarray(picture)
+    assert labels.max() <= len(source.classnames) and (labels > 0).any() and (labels == 0).any()
+    result = CliRunner().invoke(cli, ["segment", "--model", "toy:rn", "--data-path", "shapes:segmentation:2",
+                                      "--lens", "pairs", "--top-pairs", "50", "--lens", "maskclip", "--lens",
+                                      "gradcam", "--examples", "0", "--output-dir", str(tmp_path / "rn")])
+    assert result.exit_code == 0, result.output
+    assert "maskclip" in result.output and not (tmp_path / "rn" / "masks.zip").exists()
+    for args in (["--model", "toy:rn", "--lens", "rollout"], ["--data-path", "shapes:test:4", "--lens", "centre"],
+                 ["--lens", "heads", "--heads", "L9H*"], ["--lens", "second-order", "--mlp-layer", "3"]):
         with pytest.raises(SystemExit) as exit_:
             main(["segment", *args, "--output-dir", str(tmp_path / "refused")])
         assert exit_.value.code == 2
+    assert not (tmp_path / "refused").exists()
 
 
 def _gtsegs(path, images):
