@@ -23,6 +23,7 @@ from pair_overhead import PeakMemory
 import cliplens
 from cliplens.apps.segmentation import Segmenter, Selection
 from cliplens.data.loader import stream
+from cliplens.data.segmentation import segmentation_source
 from cliplens.workflows.segmentation import chosen_heads, segmentation_study
 
 
@@ -39,7 +40,7 @@ def best_of(runs: dict, repeats: int) -> dict[str, float]:
 def measure(model: str, images: int, batch_size: int, repeats: int, seed: int) -> dict:
     lens = cliplens.load(model)
     data = f"shapes:segmentation:{images}:{seed}"
-    batches = [batch.images for batch in stream(lens, data, batch_size=batch_size)]
+    batches = [batch.images for batch in stream(lens, segmentation_source(data), batch_size=batch_size)]
     directions = torch.nn.functional.normalize(torch.randn(6, lens.spec.output_dim), dim=-1).to(lens.dtype)
     segmenter = Segmenter(lens, ["heads"], directions, Selection(heads=tuple(chosen_heads(lens, 4))))
 
@@ -55,7 +56,7 @@ def measure(model: str, images: int, batch_size: int, repeats: int, seed: int) -
         segmentation_study(lens, data, ["heads"], examples=0, batch_size=batch_size)
 
     def plain_pass() -> None:
-        for batch in stream(lens, data, batch_size=batch_size):
+        for batch in stream(lens, segmentation_source(data), batch_size=batch_size):  # renders, as the study does
             lens.encode_image(batch.images)
 
     with torch.no_grad():
