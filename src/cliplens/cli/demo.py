@@ -14,7 +14,7 @@ import click
 from .options import needs, output_option
 
 FIT, EVAL = "shapes:test:512:0", "shapes:test:512:1"  # two independent draws: fit statistics on one, score on the other
-SEGMENT = "shapes:segmentation:64:2"  # the segmentation split, drawn apart from the seed its settings were chosen on
+SEGMENT = "shapes:segmentation:48:2"  # the segmentation split, drawn apart from the seed its settings were chosen on
 
 
 Step = tuple[str, str, list[str]]
