@@ -100,7 +100,8 @@ def test_demo_runs_the_whole_pipeline_on_both_toys(tmp_path):
                  "rn-neuron-ablate/ablation.csv", "rn-retrieve/N342.png", "vit-components/edits.png",
                  "vit-components/queries.csv", "rn-spurious/summary.csv", "rn-spurious/spurious.png",
                  "cnn-dissect/toy-cnn_fc.csv", "cnn-dissect/toy-cnn_fc_0.png", "vit-report/index.html",
-                 "rn-report/index.html"):
+                 "rn-report/index.html", "vit-segment/metrics.csv", "vit-segment/overlays.png",
+                 "rn-segment/metrics.csv"):
         assert (tmp_path / path).is_file(), path
     assert any((tmp_path / "vit-second-order" / "top_images_L1").glob("*.png"))
     assert f"open {(tmp_path / 'vit-report' / 'index.html').resolve().as_uri()}" in result.output

@@ -150,32 +150,63 @@ def test_mask_folder_round_trip_and_one_line_errors(tmp_path):
 
 # heatmaps -------------------------------------------------------------------------------------------------------------
 def test_per_token_maps_sum_to_the_image_level_projection(vit_lens, vit_images, resnet_lens, resnet_images):
-    from cliplens.apps.segmentation import head_token_scores, pair_token_scores
+    from cliplens.apps.segmentation import SPATIAL_HEADS, head_token_scores, pair_token_scores
     from cliplens.labels import head_label, pool_head_label
 
     directions = torch.randn(3, vit_lens.spec.output_dim, generator=torch.Generator().manual_seed(0),
                              dtype=torch.float64)
-    layers = [1, 2]
-    tokens = head_token_scores(vit_lens, vit_images, directions, layers)
+    heads = [(1, 0), (1, 3), (2, 1), (2, 2)]  # any set of heads, not only whole layers
+    tokens = head_token_scores(vit_lens.decomposer.factorise(vit_images, SPATIAL_HEADS), directions, heads)
     whole = vit_lens.decompose(vit_images, granularity="head")
-    chosen = sum(whole[head_label(l, h)] for l in layers for h in range(vit_lens.spec.heads))
+    chosen = sum(whole[head_label(l, h)] for l, h in heads)
     assert tokens.shape == (5, 3, vit_lens.spec.tokens)
     assert torch.allclose(tokens.sum(-1), chosen @ directions.T, atol=1e-10, rtol=0)
-    tokens = pair_token_scores(resnet_lens, resnet_images, directions)
+    projected = torch.einsum("hno,ko->hnk", resnet_lens.decomposer.directions(), directions)
+    trace = resnet_lens.decomposer.trace(resnet_images)
+    tokens = pair_token_scores(trace, projected, None)
     whole = resnet_lens.decompose(resnet_images, granularity="head")
     every = sum(whole[pool_head_label(h)] for h in range(resnet_lens.spec.heads))
     assert tokens.shape == (5, 3, resnet_lens.spec.tokens)
     assert torch.allclose(tokens.sum(-1), every @ directions.T, atol=1e-10, rtol=0)
+    # the top pairs: per image and class, the tokens sum to the projection of exactly the pairs that score highest
+    pairs = resnet_lens.decomposer.pairs(resnet_images)
+    pieces = pairs.components @ directions.T  # [B, H·C, K]
+    top = pair_token_scores(trace, projected, 7).sum(-1)
+    expected = pieces.topk(7, dim=1).values.sum(1)
+    assert torch.allclose(top, expected, atol=1e-10, rtol=0)
+
+
+def test_second_order_token_maps_sum_to_the_neurons_image_level_projection(vit_lens, vit_images):
+    from cliplens.apps.segmentation import second_order_token_scores
+    from cliplens.decompose.second_order import SecondOrderLens
+
+    directions = torch.randn(3, vit_lens.spec.output_dim, generator=torch.Generator().manual_seed(1),
+                             dtype=torch.float64)
+    orders = [SecondOrderLens(vit_lens.decomposer, layer) for layer in (0, 1)]
+    effects = [order(vit_images) for order in orders]
+    projected = [torch.einsum("jfd,kd->jfk", order.basis.neurons, directions) for order in orders]
+    every = torch.cat([e.effects() for e in effects], 1) @ directions.T  # [B, 2F, K]: ⟨φ_n, c_k⟩ of every neuron
+    tokens = second_order_token_scores(effects, projected, None)
+    assert tokens.shape == (5, 3, vit_lens.spec.tokens)
+    assert torch.allclose(tokens.sum(-1), every.sum(1), atol=1e-10, rtol=0)
+    top = second_order_token_scores(effects, projected, 5).sum(-1)
+    assert torch.allclose(top, every.topk(5, dim=1).values.sum(1), atol=1e-10, rtol=0)
+    # and all neurons of a layer are its whole MLP → later-heads path, less the c_proj bias's share
+    path = effects[1].total() - effects[1].bias
+    assert torch.allclose(second_order_token_scores(effects[1:], projected[1:], None).sum(-1), path @ directions.T,
+                          atol=1e-10, rtol=0)
 
 
 def test_baseline_maps_are_distributions_and_masks_follow_the_rules(vit_lens, vit_images):
-    from cliplens.apps.segmentation import Maps, attention_maps, class_labels, foreground, lens_maps
+    from cliplens.apps.segmentation import Maps, Segmenter, Selection, attention_maps, class_labels, foreground
 
     for rollout in (False, True):
         maps = attention_maps(vit_lens, vit_images, rollout=rollout)
         assert maps.shape == (5, vit_lens.spec.tokens - 1) and (maps > 0).all() and (maps.sum(1) < 1).all()
     directions = torch.eye(2, vit_lens.spec.output_dim, dtype=torch.float64)
-    heads, centre = lens_maps(vit_lens, vit_images, ["heads", "centre"], directions, layers=[2])
+    segmenter = Segmenter(vit_lens, ["heads", "centre"], directions, Selection(heads=((2, 0), (2, 1), (2, 2), (2, 3))))
+    predicted, (heads, centre) = segmenter(vit_images, single_object=True)
+    assert torch.equal(predicted, (vit_lens.decomposer.encode(vit_images) @ directions.T).argmax(1))
     assert heads.grid.shape == (5, 2, 4, 4) and centre.grid.shape == (5, 1, 32, 32)
     assert torch.allclose(heads.grid.sum(1), torch.zeros(5, 4, 4, dtype=torch.float64), atol=1e-12)  # centred
     full = heads.upsampled(heads.grid)
@@ -194,6 +225,55 @@ def test_baseline_maps_are_distributions_and_masks_follow_the_rules(vit_lens, vi
     assert torch.equal(labels, torch.where(hard, predicted[:, None, None] + 1, 0))
     soft, hard = foreground(centre, predicted, single_object=False, threshold=0.5)
     assert hard[:, 16, 16].all() and not hard[:, 0, 0].any()
+
+
+def test_gradcam_is_the_gradient_weighted_feature_map(vit_lens, vit_images, resnet_lens, resnet_images):
+    """Grad-CAM equals a literal single-image computation: the last block rerun from a leaf copy of its input (ViT)
+    or the pool from a leaf copy of the trunk's map (ResNet), the cosine's gradient averaged over positions weights
+    the features, ReLU."""
+    import torch.nn.functional as F
+
+    from cliplens.apps.segmentation import gradcam
+    from cliplens.decompose.vit import activation
+
+    directions = torch.randn(2, vit_lens.spec.output_dim, generator=torch.Generator().manual_seed(2),
+                             dtype=torch.float64)
+    cams = gradcam(vit_lens, vit_images, directions, torch.tensor([[0, 1]] * 5))
+    assert cams.shape == (5, 2, vit_lens.spec.tokens - 1) and (cams >= 0).all() and cams.sum() > 0
+    states = list(vit_lens.decomposer.layers(vit_images[:1]))
+    spec, block = vit_lens.spec, vit_lens.spec.blocks[-1]
+    x = states[-1].residual.detach().clone().requires_grad_(True)
+    n, heads, dh = x.shape[1], spec.heads, spec.head_dim
+    q, k, v = F.linear(block.ln1(x), block.qkv_weight, block.qkv_bias).view(1, n, 3, heads, dh).permute(2, 0, 3, 1, 4)
+    middle = x + F.linear(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, n, -1),
+                          block.out_weight, block.out_bias)
+    out = middle + F.linear(activation(block.activation, F.linear(block.ln2(middle), block.fc_weight, block.fc_bias)),
+                            block.proj_weight, block.proj_bias)
+    z = spec.ln_post(out[:, 0]) @ spec.proj  # one image, class 1
+    (F.normalize(z, dim=-1) @ directions[1]).sum().backward()
+    literal = (x[0, 1:] * x.grad[0, 1:].mean(0)).sum(-1).relu()
+    assert torch.allclose(cams[0, 1], literal.detach(), atol=1e-10, rtol=0)
+    cams = gradcam(resnet_lens, resnet_images, directions[:, : resnet_lens.spec.output_dim], torch.tensor([[1]] * 5))
+    feature_map = resnet_lens.spec.trunk(resnet_images[:1]).detach().requires_grad_(True)
+    z = resnet_lens.decomposer.pool(feature_map).embedding
+    (F.normalize(z, dim=-1) @ directions[1, : resnet_lens.spec.output_dim]).sum().backward()
+    literal = (feature_map[0] * feature_map.grad[0].mean((1, 2))[:, None, None]).sum(0).relu().flatten()
+    assert torch.allclose(cams[0, 0], literal.detach(), atol=1e-10, rtol=0)
+
+
+def test_maskclip_dense_features_are_the_pools_value_and_output_projections(resnet_lens, resnet_images):
+    from cliplens.apps.segmentation import maskclip_scores
+
+    spec = resnet_lens.spec
+    directions = torch.nn.functional.normalize(torch.randn(3, spec.output_dim, dtype=torch.float64,
+                                                           generator=torch.Generator().manual_seed(3)), dim=-1)
+    scores = maskclip_scores(resnet_lens, resnet_lens.decomposer.trace(resnet_images), directions)
+    feature_map = spec.trunk(resnet_images)  # [B, C, h, w]
+    b, c = 2, 1
+    h, w = divmod(3, feature_map.shape[-1])
+    dense = spec.c_weight @ (spec.v_weight @ feature_map[b, :, h, w] + spec.v_bias) + spec.c_bias
+    assert scores.shape == (5, 3, spec.tokens - 1)
+    assert scores[b, c, 3].item() == pytest.approx(float(dense @ directions[c] / dense.norm()), abs=1e-10)
 
 
 # the study and the command --------------------------------------------------------------------------------------------
@@ -227,29 +307,53 @@ def test_the_centre_prior_scores_as_a_literal_loop_over_the_masks(toy_vit):
     assert len(result.examples) == 3 and set(result.examples[0].soft) == {"centre", "heads"}
 
 
-def test_segment_command_writes_metrics_and_overlays_and_refuses_in_one_line(tmp_path, monkeypatch):
+def test_segment_command_writes_metrics_overlays_and_readable_masks_and_refuses_in_one_line(tmp_path):
     import csv
+    import io
+    import json
+    import zipfile
 
     from click.testing import CliRunner
+    from PIL import Image
 
     from cliplens.cli import cli, main
+    from cliplens.data.segmentation import segmentation_source
 
     out = tmp_path / "seg"
+    lenses = ["heads", "second-order", "attention", "rollout", "gradcam", "centre"]
     result = CliRunner().invoke(cli, ["segment", "--model", "toy:vit", "--data-path", "shapes:segmentation:4",
-                                      "--lens", "heads", "--lens", "attention", "--lens", "rollout", "--lens",
-                                      "centre", "--examples", "2", "--output-dir", str(out)])
+                                      *(f"--lens={name}" for name in lenses), "--heads", "L3H*,L2H1",
+                                      "--mlp-layer", "2", "--top-neurons", "8", "--examples", "2", "--save-masks",
+                                      "--output-dir", str(out)])
     assert result.exit_code == 0, result.output
     with open(out / "metrics.csv") as table:
         rows = list(csv.DictReader(table))
-    assert [row["lens"] for row in rows] == ["heads", "attention", "rollout", "centre"]
+    assert [row["lens"] for row in rows] == lenses
     assert {"pixel_accuracy", "miou", "map", "class_miou", "images"} <= set(rows[0])
     assert all(row["images"] == "4" and 0 <= float(row["miou"]) <= 1 for row in rows)
-    assert (out / "overlays.png").stat().st_size > 0 and (out / "metadata.json").is_file()
-    for args, message in ((["--model", "toy:rn", "--lens", "rollout"], "needs a vit model"),
-                          (["--data-path", "shapes:test:4", "--lens", "centre"], "segmentation needs images with masks")):
+    assert (out / "overlays.png").stat().st_size > 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["heads"] == ["L2H1", "L3H0", "L3H1", "L3H2", "L3H3"] and metadata["mlp_layers"] == [2]
+    source = segmentation_source("shapes:segmentation:4")
+    with zipfile.ZipFile(out / "masks.zip") as archive:
+        assert archive.read("classes.txt").decode().split() == source.classnames
+        assert sorted(archive.namelist()) == sorted(["classes.txt"] + [f"{name}/{i:06d}.png" for name in lenses
+                                                                        for i in range(4)])
+        with Image.open(io.BytesIO(archive.read("heads/000001.png"))) as picture:
+            assert picture.mode == "P" and picture.size == (96, 96)
+            labels = np.asarray(picture)
+    assert labels.max() <= len(source.classnames) and (labels > 0).any() and (labels == 0).any()
+    result = CliRunner().invoke(cli, ["segment", "--model", "toy:rn", "--data-path", "shapes:segmentation:2",
+                                      "--lens", "pairs", "--top-pairs", "50", "--lens", "maskclip", "--lens",
+                                      "gradcam", "--examples", "0", "--output-dir", str(tmp_path / "rn")])
+    assert result.exit_code == 0, result.output
+    assert "maskclip" in result.output and not (tmp_path / "rn" / "masks.zip").exists()
+    for args in (["--model", "toy:rn", "--lens", "rollout"], ["--data-path", "shapes:test:4", "--lens", "centre"],
+                 ["--lens", "heads", "--heads", "L9H*"], ["--lens", "second-order", "--mlp-layer", "3"]):
         with pytest.raises(SystemExit) as exit_:
             main(["segment", *args, "--output-dir", str(tmp_path / "refused")])
         assert exit_.value.code == 2
+    assert not (tmp_path / "refused").exists()
 
 
 def _gtsegs(path, images):

@@ -2,41 +2,52 @@
 (docs/methods/segmentation.md).
 
 Lenses (each gives a patch-grid map per image, upsampled bilinearly to the image size as the papers do):
-- `heads` (ViT): Σ over the heads of the chosen last layers of each token's piece, projected on each class's text
-  direction; the token maps sum exactly (over tokens, CLS included) to the image-level projection of those heads.
-- `pairs` (ResNet): Σ over every neuron×head pair of the attention pool at each spatial token (the per-token head
-  pieces), projected on each class's text direction; the mean token is not a place and is left out of the map.
+- `heads` (ViT): Σ over the chosen heads (default: every head of the last layers) of each token's piece, projected on
+  each class's text direction; the token maps sum exactly (over tokens, CLS included) to the image-level projection
+  of those heads.
+- `second-order` (ViT): Σ over the neurons of the chosen MLP layers (all, or per image and class the `top` whose
+  second-order effect adds most to the class) of each token's share of their second-order effect, projected likewise;
+  the token maps sum to the image-level projection of those neurons' effects.
+- `pairs` (ResNet): Σ over the neuron×head pairs of the attention pool (all, or per image and class the `top` pairs
+  adding most to the class) at each spatial token, projected likewise; the mean token is not a place and is left out.
 - `attention`: the last attention layer's CLS→patch row (ViT; the attention pool's mean-token row for a ResNet),
   head-averaged. `rollout` (ViT): Abnar & Zuidema's rollout of the head-averaged attention with the residual
-  (½A + ½I, rows renormalised), CLS row. `centre`: a Gaussian centred on the image (σ = a quarter of its side).
+  (½A + ½I, rows renormalised), CLS row. `gradcam`: Grad-CAM of each class's cosine similarity on the tokens entering
+  the last block (ViT) or the last conv stage (ResNet). `maskclip` (ResNet): MaskCLIP's dense features, the pool's
+  value and output projections applied to every spatial feature, cosine with the class text. `centre`: a Gaussian
+  centred on the image (σ = a quarter of its side).
 
-Class maps are centred over the classes (score − mean over classes, TextSpan's recipe) when there are several.
-Per image, the foreground map (the predicted class's map for single-object data, the per-pixel max over classes
-otherwise) has its negatives clipped to 0 and is min–max normalised to [0, 1]; the hard mask is map > threshold
-(default: the map's mean). Multi-class labels: each foreground pixel takes its argmax class (class-specific lenses)
-or the image's zero-shot class (class-agnostic ones); the rest is background (where the truth has no background,
-PASCAL Context 59, every pixel takes a class).
+Token scores of `heads`, `second-order`, `pairs` and `maskclip` are centred over the classes (score − mean over
+classes, TextSpan's recipe) when there are several. Per image, the foreground map (the predicted class's map for
+single-object data, the per-pixel max over classes otherwise) has its negatives clipped to 0 and is min–max
+normalised to [0, 1]; the hard mask is map > threshold (default: the map's mean). Multi-class labels: each foreground
+pixel takes its argmax class (class-specific lenses) or the image's zero-shot class (class-agnostic ones); the rest is
+background (where the truth has no background, PASCAL Context 59, every pixel takes a class).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..decompose.second_order import FLOAT, SecondOrderLens
 from ..errors import CliplensError
-from ..labels import pool_head_label
 from ..settings import Settings
 
 if TYPE_CHECKING:
+    from ..decompose.resnet_pairs import PoolTrace
+    from ..decompose.second_order import SecondOrderEffects
+    from ..decompose.vit import Factorised
     from ..lens import Lens
 
-LENSES = ("heads", "pairs", "attention", "rollout", "centre")
-CLASS_SPECIFIC = ("heads", "pairs")
-MODELS = {"heads": ("vit",), "pairs": ("resnet",), "attention": ("vit", "resnet"), "rollout": ("vit",),
-          "centre": ("vit", "resnet")}
+LENSES = ("heads", "second-order", "pairs", "attention", "rollout", "gradcam", "maskclip", "centre")
+CLASS_SPECIFIC = ("heads", "second-order", "pairs", "gradcam", "maskclip")
+CENTRED = ("heads", "second-order", "pairs", "maskclip")  # token scores, centred over the classes
+MODELS = {"heads": ("vit",), "second-order": ("vit",), "pairs": ("resnet",), "attention": ("vit", "resnet"),
+          "rollout": ("vit",), "gradcam": ("vit", "resnet"), "maskclip": ("resnet",), "centre": ("vit", "resnet")}
 SPATIAL_HEADS = Settings(granularity="head", spatial=True, convention="separate")
 
 
@@ -75,6 +86,17 @@ class Maps:
         return top, index
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which pieces the cliplens lenses read: `heads` as (layer, head) pairs (heads lens), `mlp_layers` (second-order
+    lens), and the per-image, per-class top counts of neurons (second-order) and pairs (pairs lens); None = all."""
+
+    heads: tuple[tuple[int, int], ...] = ()
+    mlp_layers: tuple[int, ...] = ()
+    top_neurons: int | None = None
+    top_pairs: int | None = None
+
+
 def check_lenses(lens: Lens, names: Sequence[str]) -> list[str]:
     """The requested lens names, in order without repeats, refused by name where the model cannot give them."""
     names = list(dict.fromkeys(names))
@@ -90,29 +112,92 @@ def check_lenses(lens: Lens, names: Sequence[str]) -> list[str]:
     return names
 
 
-def head_token_scores(lens: Lens, images: torch.Tensor, directions: torch.Tensor, layers: Sequence[int]
-                      ) -> torch.Tensor:
-    """ViT: per-token scores [B, K, N] (CLS first) of the heads of `layers` on class directions [K, d]. Projected
-    in the heads' factor space, so no [B, L, H, N, d] tensor is built."""
-    factors = lens.decomposer.factorise(images, SPATIAL_HEADS)
-    chosen = torch.as_tensor(list(layers), device=images.device)
-    directions = directions.to(factors.token_basis.dtype)
-    token_basis = torch.einsum("lhkd,cd->lhkc", factors.token_basis[chosen], directions)
-    return torch.einsum("blhnk,lhkc->bcn", factors.token_coefficients[:, chosen], token_basis)
+def head_token_scores(factors: Factorised, directions: torch.Tensor, heads: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """ViT: per-token scores [B, K, N] (CLS first) of `heads` ((layer, head) pairs) on class directions [K, d], from
+    spatial head factors. Projected in the heads' factor space, so no [B, L, H, N, d] tensor is built."""
+    layer_index = torch.as_tensor([layer for layer, _ in heads], device=directions.device)
+    head_index = torch.as_tensor([head for _, head in heads], device=directions.device)
+    basis = torch.einsum("pkd,cd->pkc", factors.token_basis[layer_index, head_index],
+                         directions.to(factors.token_basis.dtype))
+    return torch.einsum("bpnk,pkc->bcn", factors.token_coefficients[:, layer_index, head_index], basis)
 
 
-def pair_token_scores(lens: Lens, images: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """ResNet: per-token scores [B, K, M] of all neuron×head pairs (mean token first) on class directions [K, d]."""
-    result = lens.decomposer.decompose(images, SPATIAL_HEADS)
-    heads = [result.index(pool_head_label(h)) for h in range(lens.spec.heads)]
-    summed = result.components[:, heads].sum(1)  # [B, M, O]
-    return torch.einsum("bmo,co->bcm", summed, directions.to(summed.dtype))
+def top_mask(projections: torch.Tensor, top: int | None) -> torch.Tensor | None:
+    """Per image and class, the `top` pieces with the largest projections [B, P, K] (bool), or None for all."""
+    if top is None or top >= projections.shape[1]:
+        return None
+    chosen = torch.zeros_like(projections, dtype=torch.bool)
+    return chosen.scatter_(1, projections.topk(top, dim=1).indices, True)
 
 
-def attention_maps(lens: Lens, images: torch.Tensor, *, rollout: bool) -> torch.Tensor:
+def pair_token_scores(trace: PoolTrace, projected: torch.Tensor, top: int | None) -> torch.Tensor:
+    """ResNet: per-token scores [B, K, M] (mean token first) of the neuron×head pairs (all, or per image and class the
+    `top` with the largest image-level projection) from a pool trace and ⟨u_hn, c_k⟩ [H, C, K] (separate convention).
+    Token m's share of pair (h, n) is A_hm T_mn u_hn, so the tokens sum to the pair's piece."""
+    tokens = trace.tokens.to(projected.dtype)
+    attention = trace.attention.to(projected.dtype)  # [B, H, M]
+    chosen = None
+    if top is not None:  # image-level projection of pair (h, n): s_hn ⟨u_hn, c_k⟩ with s = A T
+        chosen = top_mask((torch.einsum("bhm,bmn->bhn", attention, tokens)[..., None] * projected).flatten(1, 2), top)
+    scores = 0
+    for h in range(len(projected)):
+        columns = projected[h] if chosen is None else projected[h] * chosen.unflatten(1, (len(projected), -1))[:, h]
+        scores = scores + attention[:, h, :, None] * (tokens @ columns)  # [B, M, K]
+    return scores.transpose(1, 2)
+
+
+def second_order_token_scores(effects: Sequence[SecondOrderEffects], projected: Sequence[torch.Tensor],
+                              top: int | None) -> torch.Tensor:
+    """ViT: per-token scores [B, K, N] (CLS first) of the neurons of several MLP layers (their SecondOrderEffects and
+    ⟨U, c⟩ [J, F, K] each): all neurons, or per image and class the `top` over all those layers whose effect adds most
+    to the class."""
+    widths = [p.shape[1] for p in projected]
+    chosen = top_mask(torch.cat([e.projections(p) for e, p in zip(effects, projected)], 1), top)
+    masks = [None] * len(effects) if chosen is None else chosen.split(widths, 1)
+    return sum(e.token_scores(p, m) for e, p, m in zip(effects, projected, masks))
+
+
+def gradcam(lens: Lens, images: torch.Tensor, directions: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM [B, c, G²] of the cosine similarity with each class of `classes` [B, c] (indices into directions):
+    ReLU(Σ_channel mean-gradient × feature) on the tokens entering the last block (ViT, patches only) or on the last
+    conv stage's map (ResNet). One backward pass per column of `classes`."""
+    with torch.enable_grad():
+        leaf = images.detach().requires_grad_(True)
+        if lens.kind == "vit":
+            for state in lens.decomposer.layers(leaf):
+                pass
+            features = state.residual
+            embedding = lens.spec.ln_post(state.output[:, 0]) @ lens.spec.proj
+        else:
+            features = lens.spec.trunk(leaf)
+            embedding = lens.decomposer.pool(features).embedding
+        similarity = F.normalize(embedding, dim=-1) @ directions.to(embedding.dtype).T  # [B, K]
+        maps = []
+        for column in range(classes.shape[1]):
+            target = similarity.gather(1, classes[:, column:column + 1]).sum()  # images are independent
+            (gradient,) = torch.autograd.grad(target, features, retain_graph=column + 1 < classes.shape[1])
+            if lens.kind == "vit":
+                patches, weights = features[:, 1:], gradient[:, 1:].mean(1)  # [B, N-1, D], [B, D]
+                maps.append(torch.einsum("bnd,bd->bn", patches, weights).relu())
+            else:
+                weights = gradient.mean((2, 3))  # [B, C]
+                maps.append(torch.einsum("bchw,bc->bhw", features, weights).relu().flatten(1))
+    return torch.stack(maps, 1).detach()
+
+
+def maskclip_scores(lens: Lens, trace: PoolTrace, directions: torch.Tensor) -> torch.Tensor:
+    """ResNet: MaskCLIP's dense features (value then output projection of every spatial feature, no attention, no
+    positions), cosine with each class direction: [B, K, M - 1]."""
+    spec = lens.spec
+    features = trace.tokens[:, 1:] - spec.positional_embedding[1:]
+    dense = F.linear(F.linear(features, spec.v_weight, spec.v_bias), spec.c_weight, spec.c_bias)
+    return torch.einsum("bmo,ko->bkm", F.normalize(dense, dim=-1), directions.to(dense.dtype))
+
+
+def attention_maps(lens: Lens, images: torch.Tensor, *, rollout: bool, trace: PoolTrace | None = None) -> torch.Tensor:
     """Head-averaged CLS→patch attention of the last layer, or its rollout through every layer [B, N - 1]."""
     if lens.kind == "resnet":
-        return lens.decomposer.trace(images).attention.mean(1)[:, 1:]
+        return (lens.decomposer.trace(images) if trace is None else trace).attention.mean(1)[:, 1:]
     rolled = None
     for state in lens.decomposer.layers(images):
         if rollout:
@@ -142,24 +227,83 @@ def centre_prior(batch: int, size: int, dtype: torch.dtype) -> torch.Tensor:
     return prior.expand(batch, 1, size, size)
 
 
-def lens_maps(lens: Lens, images: torch.Tensor, names: Sequence[str], directions: torch.Tensor, *,
-              layers: Sequence[int]) -> list[Maps]:
-    """Every requested lens's maps for one preprocessed batch (upsampled later to the input's side)."""
-    size = images.shape[-1]
-    maps = []
-    for name in names:
-        if name in CLASS_SPECIFIC:
-            tokens = (head_token_scores(lens, images, directions, layers) if name == "heads"
-                      else pair_token_scores(lens, images, directions))[..., 1:]
-            if tokens.shape[1] > 1:
-                tokens = tokens - tokens.mean(1, keepdim=True)
-            grid = to_grid(tokens)
-        elif name == "centre":
-            grid = centre_prior(len(images), size, images.dtype).to(images.device)
-        else:
-            grid = to_grid(attention_maps(lens, images, rollout=name == "rollout")[:, None])
-        maps.append(Maps(name, grid, size))
-    return maps
+@dataclass
+class Segmenter:
+    """Every requested lens's maps for one batch at a time, with the class directions [K, d] and the selection fixed
+    for a study; what depends only on them (second-order directions projected on the classes, pair directions) is
+    built once. One forward pass per batch serves the cliplens lens and the zero-shot prediction."""
+
+    lens: Lens
+    names: Sequence[str]
+    directions: torch.Tensor
+    selection: Selection = field(default_factory=Selection)
+
+    def __post_init__(self) -> None:
+        self.names = check_lenses(self.lens, self.names)
+        self.directions = self.directions.to(self.lens.device)
+        unit = self.directions.to(FLOAT)
+        self._orders, self._order_projected, self._pair_projected = [], [], None
+        if "second-order" in self.names:
+            self._orders = [SecondOrderLens(self.lens.decomposer, layer) for layer in self.selection.mlp_layers]
+            self._order_projected = [torch.einsum("jfd,kd->jfk", order.basis.neurons, unit) for order in self._orders]
+        if "pairs" in self.names:
+            self._pair_projected = torch.einsum("hno,ko->hnk", self.lens.decomposer.directions().to(FLOAT), unit)
+        if "heads" in self.names and not self.selection.heads:
+            raise CliplensError("the heads lens needs at least one head")
+        if "second-order" in self.names and not self.selection.mlp_layers:
+            raise CliplensError("the second-order lens needs at least one MLP layer")
+
+    def __call__(self, images: torch.Tensor, *, single_object: bool) -> tuple[torch.Tensor, list[Maps]]:
+        """(zero-shot predicted class [B], maps per lens in the requested order) for one preprocessed batch."""
+        lens, directions, selection, size = self.lens, self.directions, self.selection, images.shape[-1]
+        trace = embedding = None
+        tokens: dict[str, torch.Tensor] = {}
+        if "heads" in self.names:
+            factors = lens.decomposer.factorise(images, SPATIAL_HEADS)
+            tokens["heads"] = head_token_scores(factors, directions, selection.heads)[..., 1:]
+            embedding = factors.embedding
+        if "second-order" in self.names:
+            effects = [order(images) for order in self._orders]
+            tokens["second-order"] = second_order_token_scores(effects, self._order_projected,
+                                                               selection.top_neurons)[..., 1:]
+            embedding = effects[0].embedding
+        if lens.kind == "resnet":
+            trace = lens.decomposer.trace(images)
+            embedding = trace.embedding
+            if "pairs" in self.names:
+                tokens["pairs"] = pair_token_scores(trace, self._pair_projected, selection.top_pairs)[..., 1:]
+            if "maskclip" in self.names:
+                tokens["maskclip"] = maskclip_scores(lens, trace, directions)
+        if embedding is None:
+            embedding = lens.decomposer.encode(images)
+        predicted = (embedding @ directions.to(embedding.dtype).T).argmax(1)
+        maps = []
+        for name in self.names:
+            if name in tokens:  # patch tokens only: CLS and the mean token are not places
+                values = tokens[name]
+                if values.shape[1] > 1:
+                    values = values - values.mean(1, keepdim=True)
+                grid = to_grid(values)
+            elif name == "gradcam":
+                grid = to_grid(self._gradcam(images, predicted, single_object))
+            elif name == "centre":
+                grid = centre_prior(len(images), size, images.dtype).to(images.device)
+            else:
+                grid = to_grid(attention_maps(lens, images, rollout=name == "rollout", trace=trace)[:, None])
+            maps.append(Maps(name, grid, size))
+        return predicted, maps
+
+    def _gradcam(self, images: torch.Tensor, predicted: torch.Tensor, single_object: bool) -> torch.Tensor:
+        """[B, K, G²]: every class's Grad-CAM, or only the predicted class's (zeros elsewhere) for single-object data,
+        where no other class's map is read."""
+        classes = len(self.directions)
+        if not single_object:
+            every = torch.arange(classes, device=predicted.device).expand(len(predicted), classes)
+            return gradcam(self.lens, images, self.directions, every)
+        cams = gradcam(self.lens, images, self.directions, predicted[:, None])
+        placed = cams.new_zeros(len(images), classes, cams.shape[-1])
+        placed[torch.arange(len(images)), predicted] = cams[:, 0]
+        return placed
 
 
 def normalised(values: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ background is ignored), there is no binary truth and every pixel takes a class.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ PASCAL_CONTEXT_59 = (  # the 59 classes of the segmentation toolkits' PascalCont
     "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+RECENT_SCENES = 256  # rendered shapes scenes kept (≈ 15 MB at 96 px), more than a batch
 SPECS = "shapes:segmentation:<n>[:<seed>], masks:<dir>, imagenet-seg:<gtsegs_ijcv.mat> or pascal-context:<dir>"
 
 
@@ -61,15 +63,25 @@ class ShapesSegmentation:
         self.by, self.classnames = by, list(VOCABULARY[by])
         self.phrases, self.templates = class_phrases(by), TEMPLATES
         self.fingerprint = f"{self.scenes.fingerprint}-by-{by}"
+        self._recent: OrderedDict[int, Any] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.scenes)
 
+    def _scene(self, index: int) -> Any:
+        """The rendered scene, from the last RECENT_SCENES when there: a batch's masks are asked for right after its
+        images, and rendering is most of the cost of reading this split."""
+        scene = self._recent.pop(index, None) or self.scenes.scene(index)
+        self._recent[index] = scene
+        while len(self._recent) > RECENT_SCENES:
+            self._recent.popitem(last=False)
+        return scene
+
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return self.scenes.scene(index).image, -1
+        return self._scene(index).image, -1
 
     def mask(self, index: int) -> np.ndarray:
-        scene = self.scenes.scene(index)
+        scene = self._scene(index)
         labels = np.zeros(scene.image.size[::-1], dtype=np.int64)
         for obj, pixels in zip(scene.objects, scene.masks):
             labels[pixels] = self.classnames.index(obj.attribute(self.by)) + 1

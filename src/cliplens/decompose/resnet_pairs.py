@@ -122,8 +122,12 @@ class ResNetDecomposer:
         self._directions: torch.Tensor | None = None
 
     def trace(self, images: torch.Tensor) -> PoolTrace:
+        return self.pool(self.spec.trunk(images))
+
+    def pool(self, feature_map: torch.Tensor) -> PoolTrace:
+        """The attention pool on the trunk's final layer-4 map [B, C, h, w] (what Grad-CAM differentiates)."""
         spec = self.spec
-        features = spec.trunk(images).flatten(2).transpose(1, 2)  # [B, K, C]
+        features = feature_map.flatten(2).transpose(1, 2)  # [B, K, C]
         tokens = torch.cat([features.mean(1, keepdim=True), features], 1)
         if tokens.shape[1] != spec.tokens:
             raise CliplensError(

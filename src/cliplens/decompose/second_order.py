@@ -82,6 +82,8 @@ class SecondOrderEffects:
     embedding: torch.Tensor  # z [B, d], the model's own image embedding
     scale: float
     normalize: bool
+    token_weights: torch.Tensor  # [B, J, N]: A_{0t}/σ1_t per later head, so s = token_weights @ activations
+    activations: torch.Tensor  # a^l [B, N, F]: the layer's post-activation neurons at every token
 
     def coordinates(self) -> torch.Tensor:
         """x [B, F, J + K] float64: each neuron's κ-scaled head coefficients followed by the shared offsets."""
@@ -97,6 +99,23 @@ class SecondOrderEffects:
         """φ_n(I) [B, n, d] float64 for the listed neurons (all by default); costs B·n·d memory, so select."""
         coordinates = self.coordinates()
         return self.basis.combine(coordinates if neurons is None else coordinates[:, neurons], neurons)
+
+    def token_scores(self, projected: torch.Tensor, chosen: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token second-order effects on K directions, [B, K, N] float64: token t's share
+        κ Σ_j (A_{0t}/σ1_t)_j Σ_n a_{t,n} ⟨u_{j,n}, c_k⟩ of the neurons `chosen` [B, F, K] (bool; all by default), from
+        `projected` = ⟨U, c⟩ [J, F, K]. Summed over tokens it is Σ_n ⟨φ_n, c_k⟩ over those neurons in the separate
+        convention (docs/methods/segmentation.md#lenses); no [B, N, F, d] tensor is built."""
+        activations = self.activations.to(FLOAT)
+        weights = (self.kappa[:, None, None] * self.token_weights).to(FLOAT)
+        scores = 0
+        for j in range(self.basis.num_heads):
+            columns = projected[j] if chosen is None else projected[j] * chosen  # [F, K] or [B, F, K]
+            scores = scores + weights[:, j, :, None] * (activations @ columns)  # [B, N, K]
+        return scores.transpose(1, 2)
+
+    def projections(self, projected: torch.Tensor) -> torch.Tensor:
+        """⟨φ_n, c_k⟩ [B, F, K] float64 of every neuron on K directions (separate convention: no offset)."""
+        return torch.einsum("bjf,jfk->bfk", (self.kappa[:, None, None] * self.coefficients).to(FLOAT), projected)
 
     def total(self) -> torch.Tensor:
         """Σ_n φ_n + bias [B, d]: the whole MLP-l → later-heads path (docs/methods/second-order.md#invariants), without
@@ -151,7 +170,8 @@ class SecondOrderLens:
             offset_coefficients = embedding.new_zeros(len(embedding), 0, dtype=FLOAT)
             bias = per_unit.to(FLOAT) @ self.basis.bias
         return SecondOrderEffects(self.basis, coefficients, kappa, offset_coefficients, bias,
-                                  scale * embedding / nu[:, None], embedding, float(scale), bool(normalize))
+                                  scale * embedding / nu[:, None], embedding, float(scale), bool(normalize), weights,
+                                  hidden)
 
 
 def check_layer(decomposer: ViTDecomposer, layer: int) -> None:

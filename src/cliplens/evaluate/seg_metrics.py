@@ -18,18 +18,26 @@ import torch
 from ..errors import CliplensError
 
 
+def average_precisions(scores: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """scikit-learn's average_precision_score of each row of [B, n] scores against [B, n] truth, all rows in one sort:
+    Σ over distinct thresholds of (R_n − R_{n−1}) P_n, i.e. every hit weighs 1/positives times the precision at the
+    end of its run of tied scores. A score of −inf with no hit (an ignored pixel) changes nothing."""
+    order = scores.double().argsort(dim=1, descending=True, stable=True)
+    ranked, hits = scores.double().gather(1, order), truth.gather(1, order).double()
+    found = hits.cumsum(1)
+    if (found[:, -1] == 0).any():
+        raise CliplensError("average precision needs at least one positive pixel")
+    positions = torch.arange(ranked.shape[1], device=ranked.device).expand_as(ranked)
+    ends = torch.ones_like(hits, dtype=torch.bool)
+    ends[:, :-1] = ranked[:, 1:] != ranked[:, :-1]
+    run_end = torch.where(ends, positions, ranked.shape[1]).flip(1).cummin(1).values.flip(1)
+    precision = (found / (positions + 1)).gather(1, run_end)
+    return (hits * precision).sum(1) / found[:, -1]
+
+
 def average_precision(scores: torch.Tensor, truth: torch.Tensor) -> float:
     """scikit-learn's average_precision_score for one flat set: thresholds at every distinct score, ties together."""
-    order = scores.double().flatten().argsort(descending=True, stable=True)
-    ranked, hits = scores.double().flatten()[order], truth.flatten()[order].double()
-    if hits.sum() == 0:
-        raise CliplensError("average precision needs at least one positive pixel")
-    last = torch.cat([(ranked[1:] != ranked[:-1]).nonzero().squeeze(1), ranked.new_tensor([len(ranked) - 1]).long()])
-    true_positives = hits.cumsum(0)[last]
-    precision = true_positives / (last + 1).double()
-    recall = true_positives / true_positives[-1]
-    steps = torch.diff(recall, prepend=recall.new_zeros(1))
-    return float((steps * precision).sum())
+    return float(average_precisions(scores.flatten()[None], truth.flatten()[None])[0])
 
 
 def binary_average_precision(soft: torch.Tensor, foreground: torch.Tensor) -> float:
@@ -58,8 +66,11 @@ class BinarySegmentation:
         valid = torch.ones_like(truth) if valid is None else valid.bool().cpu()
         cells = 2 * truth[valid].long() + predicted[valid].long()
         self.confusion += torch.bincount(cells, minlength=4).view(2, 2).double()
-        for image_soft, image_truth, image_valid in zip(soft, truth, valid):
-            self.ap_sum += binary_average_precision(image_soft[image_valid], image_truth[image_valid])
+        # per image, AP of [1 − soft, soft] against [background, foreground] over its valid pixels, one sort per batch
+        flat_soft, flat_truth, flat_valid = soft.flatten(1).double(), truth.flatten(1), valid.flatten(1).repeat(1, 2)
+        scores = torch.cat([1 - flat_soft, flat_soft], 1).masked_fill(~flat_valid, float("-inf"))
+        hits = torch.cat([~flat_truth, flat_truth], 1) & flat_valid
+        self.ap_sum += float(average_precisions(scores, hits).sum())
         self.images += len(soft)
 
     def pixel_accuracy(self) -> float:
