@@ -133,7 +133,8 @@ def test_rankings_are_written_as_csv_and_png(lens, data, tmp_path):
         rows = list(csv.DictReader(stream))
     assert [int(r["rank"]) for r in rows] == list(range(TOP))
     assert [int(r["index"]) for r in rows] == ranking.positions.tolist()
-    assert rows[0]["item"] == f"item {rows[0]['index']}"
+    assert rows[0]["item"] == f"item {rows[0]['index']}"  # a list of tensors knows nothing more of its images
+    assert {(r["label"], r["ranked_by"]) for r in rows} == {("H1N2", "|s - mean s|*|u|")}
     assert float(rows[0]["score"]) == pytest.approx(float(ranking.values[0]), rel=1e-12)
     with Image.open(grid) as png:
         assert png.format == "PNG" and png.width > 4 * 112 and png.height > 2 * 112  # 4 columns, 2 rows

@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from ..io.atomic import write_folder
+from ..io.tables import write_table
 from ..workflows.small_set import decompose_set
 from ..settings import CONVENTIONS, GRANULARITIES
 from .options import Options, data_options, load_lens, model_options, output_option
@@ -24,12 +25,14 @@ from .options import Options, data_options, load_lens, model_options, output_opt
 @click.option("--normalize", is_flag=True, help="Pieces sum to the unit embedding (the references' convention).")
 @click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True)
 def command(model: Options, output_dir: Path, **options: object) -> None:
-    """Decompose up to --max-images images and write components.npy, embedding.npy and metadata.json."""
+    """Decompose up to --max-images images and write components.npy, embedding.npy, images.csv and metadata.json."""
     lens = load_lens(model)
     decomposed = decompose_set(lens, progress=True, **options)
     name = f"{decomposed.name}.npy"
     write_folder(output_dir, {name: lambda file: np.save(file, decomposed.values.cpu().numpy()),
-                              "embedding.npy": lambda file: np.save(file, decomposed.embedding.cpu().numpy())},
+                              "embedding.npy": lambda file: np.save(file, decomposed.embedding.cpu().numpy()),
+                              "images.csv": lambda file: write_table(file, "images", decomposed.images)},
                  decomposed.metadata)
     shape = tuple(decomposed.values.shape)
-    click.echo(f"{decomposed.report.summary()}\nwrote {output_dir / name} {shape} and embedding.npy")
+    click.echo(f"{decomposed.report.summary()}\nwrote {output_dir / name} {shape}, embedding.npy and images.csv "
+               "(which image each row is)")

@@ -15,8 +15,9 @@ from typing import Any
 import click
 
 from ..explain.tables import write_descriptions
-from ..io.tables import write_rows
-from ..workflows.second_order_study import NEURON_ATOMS, second_order_study, write_top_images
+from ..io.metadata import write_metadata
+from ..io.tables import write_table
+from ..workflows.second_order_study import NEURON_ATOMS, second_order_study, study_record, write_top_images
 from ..settings import CONVENTIONS
 from .options import Options, data_options, load_lens, model_options, omp_options, output_option, texts_per_unit_option
 
@@ -49,18 +50,20 @@ def command(model: Options, output_dir: Path, grids: int, **options: Any) -> Non
     layer = options["mlp_layer"]
     artifact = output_dir / f"second_order_L{layer}"
     study = second_order_study(lens, save_stats=artifact, progress=True, **options)
-    table = write_rows(output_dir / f"neurons_L{layer}.csv", study.neurons)
+    table = write_table(output_dir / f"neurons_L{layer}.csv", "neurons", study.neurons)
     click.echo(f"{lens.name} layer {layer}: {study.stats.report.summary()}\nwrote {artifact} and {table}")
     if study.words is not None:
         click.echo(f"wrote {write_descriptions(output_dir / f'neuron_words_L{layer}.csv', study.words)}")
     if grids:
         folder = write_top_images(study.stats, options["data_path"], output_dir / f"top_images_L{layer}", grids)
         click.echo(f"wrote the top images of {min(grids, study.stats.basis.num_neurons)} neurons to {folder}")
-    if study.ablation is None:
+    ablation = study.ablation
+    write_metadata(output_dir, {**study_record(study, lens), "statistics": str(artifact)})
+    if ablation is None:
         return
-    path = write_rows(output_dir / f"ablation_L{layer}.csv", study.ablation.rows())
-    for row in study.ablation.rows():
+    path = write_table(output_dir / f"ablation_L{layer}.csv", "ablation", ablation.rows())
+    for row in ablation.rows():
         click.echo(f"  {row['variant']:<24} {100 * row['accuracy']:6.2f}%")
-    sample = "in-sample" if study.ablation.metadata["in_sample"] else "out-of-sample"
-    click.echo(f"  {study.ablation.count} images ({sample}); significant neuron-image pairs: "
-               f"{100 * study.ablation.significant_fraction:.2f}%\nwrote {path}")
+    sample = "in-sample" if ablation.metadata["in_sample"] else "out-of-sample"
+    click.echo(f"  {ablation.count} images ({sample}); significant neuron-image pairs: "
+               f"{100 * ablation.significant_fraction:.2f}%\nwrote {path}")

@@ -99,6 +99,12 @@ def fingerprint(source: Any) -> str:
     return "unverified-" + hashlib.sha256(f"{type(source).__qualname__}:{len(source)}".encode()).hexdigest()[:12]
 
 
+def describe_item(source: Any, position: int) -> str:
+    """Which image `position` of `source` is, in words: its file path, a shapes scene's attributes, else its number."""
+    describe = getattr(source, "describe", None)
+    return describe(position) if describe is not None else f"item {position}"
+
+
 class _Preprocessed(Dataset):
     """(position, tensor or why it was skipped, label) per item; sources with `read` (ImageFolder) say why."""
 

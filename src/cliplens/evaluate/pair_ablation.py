@@ -179,7 +179,6 @@ class PairVariant:
     name: str
     level: str  # "model", "pair", "neuron", "pc" or "text"
     embed: Callable[[PairDecomposition], torch.Tensor]
-    keep_percent: float | None = None
     kept: int | None = None
     total: int | None = None
 
@@ -192,12 +191,12 @@ def standard_variants(
     text: DirectionReconstruction | None = None,
     text_label: str = "text",
 ) -> list[PairVariant]:
-    """Baseline, top-x % masks per level, and the pc0 and (when given) sparse-text reconstructions."""
+    """The full model, top-x % masks per level, and the pc0 and (when given) sparse-text reconstructions."""
     unknown = set(levels) - {"pair", "neuron"}
     if unknown:
         raise CliplensError(f"unknown ablation level(s) {sorted(unknown)}; use 'pair' and/or 'neuron'")
     stats = ablation.stats
-    variants = [PairVariant("baseline", "model", lambda dec: dec.embedding)]
+    variants = [PairVariant("full model", "model", lambda dec: dec.embedding)]
     scores = {"pair": stats.scores()}
     scores["neuron"] = neuron_scores(scores["pair"])
     for level in levels:
@@ -205,8 +204,7 @@ def standard_variants(
             mask = top_mask(scores[level], keep)
             variants.append(PairVariant(
                 f"{level}s keep {keep:g}%", level,
-                lambda dec, mask=mask: ablation.mean_ablated(dec.coefficients, mask),
-                check_keep(keep), int(mask.sum()), mask.numel(),
+                lambda dec, mask=mask: ablation.mean_ablated(dec.coefficients, mask), int(mask.sum()), mask.numel(),
             ))
     principal = principal_reconstruction(stats)
     variants.append(PairVariant("pc0 reconstruction", "pc",
@@ -247,13 +245,14 @@ class AccuracyBoard:
             self.correct[variant.name] += int((predict(embedding, self.weights).cpu() == labels).sum())
         self.count += len(labels)
 
-    def rows(self, **extra: Any) -> list[dict[str, Any]]:
-        """One dict per variant: name, level, keep_percent, kept, total, accuracy, images, plus `extra` columns."""
+    def rows(self, in_sample: bool | None = None) -> list[dict[str, Any]]:
+        """One ablation-table row per variant (docs/outputs.md#ablation); units counted only where units are kept."""
         if self.count == 0:
             raise CliplensError("no images were evaluated; check the evaluation data path")
         return [
-            {"variant": v.name, "level": v.level, "keep_percent": v.keep_percent, "kept": v.kept, "total": v.total,
-             "accuracy": self.correct[v.name] / self.count, "images": self.count, **extra}
+            {"variant": v.name, "level": v.level, "ablated": v.total - v.kept if v.kept is not None else 0 if v.level == "model" else None,
+             "kept": v.kept, "total": v.total, "accuracy": self.correct[v.name] / self.count,
+             "correct": self.correct[v.name], "images": self.count, "in_sample": in_sample}
             for v in self.variants
         ]
 

@@ -36,7 +36,7 @@ from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, sig
 from ..explain.textspan import TextSpan
 from ..io.atomic import replacing
 from ..io.compat import fitted_on
-from ..io.tables import write_rows
+from ..io.tables import SCHEMAS, write_table
 from ..labels import parse_label
 from ..stats.collect import PieceStats
 from .ablation import Variant, check_statistics, evaluate_variants
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 METHODS = ("textspan", "svd", "omp", "random")
 Bases = dict[str, torch.Tensor]  # head label -> orthonormal basis [d, r]
-COLUMNS = ("method", "texts", "accuracy", "correct", "images")
+COLUMNS = SCHEMAS["reconstruction"]
 REFERENCE_ROWS = ("full model", "mean-ablation baseline", "chance")
 # the share of singular-value mass that sets how many principal directions a head has (docs/methods/svd-poles.md)
 PRINCIPAL_MASS = 0.99
@@ -262,7 +262,7 @@ def _row(method: str, texts: int | str, correct: int, images: int) -> dict[str, 
 
 
 def write_csv(path: str | os.PathLike, result: ReconstructionResult) -> Path:
-    return write_rows(path, result.rows, COLUMNS)
+    return write_table(path, "reconstruction", result.rows)
 
 
 def plot(path: str | os.PathLike, result: ReconstructionResult, title: str = "") -> Path:

@@ -1,12 +1,11 @@
 """Every head of the last layers named with texts, from statistics: the call behind `cliplens explain` and
 `cliplens textspan`.
 
-- textspan: the head's greedy variance-maximising text basis (docs/methods/textspan.md#algorithm); similarity = variance
-  explained.
+- textspan: the head's greedy variance-maximising text basis (docs/methods/textspan.md#algorithm); variance_explained.
 - svd: each principal component named by the texts at its two poles (docs/methods/svd-poles.md); similarity = the text's
-  coordinate.
-- omp: each of the head's top principal directions written as k signed text atoms (docs/methods/omp.md); similarity =
-  coefficient, method `omp-pc{i}` names the direction.
+  coordinate (a cosine).
+- omp: each of the head's top principal directions written as k signed text atoms (docs/methods/omp.md); coefficient =
+  the atom's weight, direction = which principal direction.
 
 The statistics come from `stats_path` (a `cliplens collect --granularity head` artifact, refused if made for another
 model) or are collected over `data_path`.
@@ -25,7 +24,7 @@ from ..evaluate.reconstruction import principal_directions, split_heads
 from ..explain.base import fit_pieces
 from ..explain.omp import SparseTextDecomposition, require_fewer_atoms
 from ..explain.svd_poles import SVDPoles
-from ..explain.tables import description_rows, label_position
+from ..explain.tables import description_rows, unit_columns
 from ..explain.textspan import TextSpan
 from ..stats.collect import PieceStats
 from ..stats.obtain import obtain_piece_stats, statistics_record
@@ -66,12 +65,11 @@ def omp_rows(
     omp = SparseTextDecomposition(atoms, dtype=torch.float64).fit(torch.cat(parts), text_embeddings, texts)
     rows, fidelity, target = [], {}, 0
     for label, part in zip(heads, parts):
-        layer, unit = label_position(label)
         fidelity[label] = omp.fidelity_[target : target + len(part)].tolist()
         for index in range(len(part)):
             rows.extend(
-                {"layer": layer, "unit": unit, "description": text, "similarity": coef, "rank": rank,
-                 "method": f"omp-pc{index}"}
+                {**unit_columns(label), "method": f"omp-k{atoms}", "direction": index, "rank": rank,
+                 "description": text, "coefficient": coef}
                 for rank, (text, coef) in enumerate(omp.texts_[target + index])
             )
         target += len(part)

@@ -28,7 +28,7 @@ from ..evaluate.pair_ablation import (
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..explain.omp import DictNorm, SparseTextDecomposition, require_fewer_atoms
 from ..explain.unit_words import atom_count, word_rows
-from ..labels import pair_label, pool_head_label
+from ..labels import pair_label, pool_neuron_label
 from ..stats.moments import Moments
 from ..stats.obtain import obtain_pair_stats
 from ..stats.pairs import PairStats
@@ -95,7 +95,8 @@ def ranked(scores: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tens
 
 
 def pair_summary(stats: PairStats, scores: torch.Tensor, keep: torch.Tensor) -> list[dict[str, Any]]:
-    """One row per pair, by score descending: its score, spread, principal sign and whether the mask keeps it."""
+    """One row per pair, by score descending (docs/outputs.md#pairs): its rank, score, spread, principal sign and
+    whether the mask keeps it."""
     lengths = stats.direction_norms()
     columns = {
         "score": scores,
@@ -104,14 +105,15 @@ def pair_summary(stats: PairStats, scores: torch.Tensor, keep: torch.Tensor) -> 
         "coef_std": stats.coef_variance.sqrt(),
         "direction_norm": lengths,
         "sign": stats.principal_signs().int(),
-        "kept": keep,
+        "kept_in_ablation": keep,
     }
     order = ranked(scores)
     values = {name: column.flatten()[order].tolist() for name, column in columns.items()}
     rows = []
-    for i, flat in enumerate(order.tolist()):
+    for rank, flat in enumerate(order.tolist()):
         h, n = divmod(flat, stats.neurons)
-        rows.append({"head": h, "neuron": n, "label": pair_label(h, n), **{name: values[name][i] for name in columns}})
+        rows.append({"rank": rank, "label": pair_label(h, n), "head": h, "neuron": n,
+                     **{name: values[name][rank] for name in columns}})
     return rows
 
 
@@ -145,8 +147,8 @@ def pair_study(
     pair_words = None
     if text is not None:
         kept = ranked(scores, pair_mask).tolist()
-        units = [(pool_head_label(flat // stats.neurons), flat % stats.neurons) for flat in kept]
-        pair_words = word_rows(text.omp, units, kept, texts_per_unit, f"omp-k{text.atoms}")
+        labels = [pair_label(*divmod(flat, stats.neurons)) for flat in kept]
+        pair_words = word_rows(text.omp, labels, kept, texts_per_unit, f"omp-k{text.atoms}")
 
     weights = source_classifier(lens, source, templates) if labelled else None
     board = None
@@ -167,8 +169,8 @@ def pair_study(
         kept_neurons = ranked(neuron_scores(scores), neuron_mask).tolist()
         neuron_omp = SparseTextDecomposition(text.atoms, dict_norm=dict_norm, dtype=torch.float64)
         neuron_omp.fit(directions[kept_neurons], text.embeddings, text.texts)
-        neuron_words = word_rows(neuron_omp, [("layer4", n) for n in kept_neurons], list(range(len(kept_neurons))),
-                                 texts_per_unit, f"omp-k{text.atoms}")
+        neuron_words = word_rows(neuron_omp, [pool_neuron_label(n) for n in kept_neurons],
+                                 list(range(len(kept_neurons))), texts_per_unit, f"omp-k{text.atoms}")
     ablation = board.rows(in_sample=is_in_sample(stats, source)) if board is not None else None
     return PairStudy(stats, keep_percent, pair_mask, neuron_mask, summary, pair_words, neuron_words, ablation)
 

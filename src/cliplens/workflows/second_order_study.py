@@ -48,8 +48,8 @@ def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
     spread = stats.mean_square_deviation.clamp_min(0).sqrt().tolist()
     thresholds, explained = stats.thresholds.tolist(), stats.variance_explained.tolist()
     explained_topk, top = stats.topk_variance_explained.tolist(), stats.top_images.tolist()
-    return [{"layer": stats.layer, "neuron": n, "mean_norm": mean_norms[n], "rms_deviation": spread[n],
-             "threshold": thresholds[n], "variance_explained_pc1": explained[n],
+    return [{"label": neuron_label(stats.layer, n), "layer": stats.layer, "neuron": n, "mean_norm": mean_norms[n],
+             "rms_deviation": spread[n], "threshold": thresholds[n], "variance_explained_pc1": explained[n],
              "topk_variance_explained_pc1": explained_topk[n], "top_images": " ".join(map(str, top[n]))}
             for n in range(stats.basis.num_neurons)]
 
@@ -67,8 +67,20 @@ def neuron_words(
     alive = (directions.norm(dim=-1) > 0).nonzero()[:, 0].tolist()
     omp = SparseTextDecomposition(atoms, dict_norm=dict_norm, dtype=torch.float64)
     omp.fit(directions[alive], embeddings, texts)
-    return word_rows(omp, [(stats.layer, n) for n in alive], list(range(len(alive))), texts_per_unit,
+    return word_rows(omp, [neuron_label(stats.layer, n) for n in alive], list(range(len(alive))), texts_per_unit,
                      f"omp-k{atoms}")
+
+
+def study_record(study: SecondOrderStudy, lens: Lens) -> dict[str, Any]:
+    """What metadata.json of a second-order output folder keeps: the model, the layer and settings, and the ablation's
+    record with how often a neuron was significant (a number of the whole table, not of a row)."""
+    stats = study.stats
+    record = {"command": "second-order", "model": lens.describe(), "layer": stats.layer,
+              **stats.settings.metadata(), "scale": stats.scale}
+    if study.ablation is not None:
+        record["ablation"] = {**study.ablation.metadata, "images": study.ablation.count,
+                              "significant_fraction": study.ablation.significant_fraction}
+    return record
 
 
 def write_top_images(stats: SecondOrderStats, data: Any, folder: Path, count: int) -> Path:

@@ -22,7 +22,7 @@ from ..data.segmentation import IGNORE, aligned_mask, segmentation_source
 from ..errors import CliplensError
 from ..evaluate.seg_metrics import BinarySegmentation, MultiClassSegmentation
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import SCHEMAS, write_table
 from ..report.grids import image_grid
 from ..report.overlays import heat_overlay, label_overlay
 from ..text.embed import template_average
@@ -31,7 +31,7 @@ from ..text.templates import resolve_templates
 if TYPE_CHECKING:
     from ..lens import Lens
 
-COLUMNS = ("lens", "pixel_accuracy", "miou", "map", "class_miou", "images")
+COLUMNS = SCHEMAS["segmentation"]
 METRICS, GRID = "metrics.csv", "overlays.png"
 
 
@@ -152,7 +152,7 @@ def overlay_grid(result: SegmentationResult) -> Image.Image:
 
 def write_segmentation(result: SegmentationResult, output_dir: str | os.PathLike) -> Path:
     """`metrics.csv`, `overlays.png` (when there are examples) and `metadata.json`, written as one folder."""
-    writers = {METRICS: lambda file: write_rows(file, result.rows, COLUMNS)}
+    writers = {METRICS: lambda file: write_table(file, "segmentation", result.rows)}
     if result.examples:
         writers[GRID] = lambda file: overlay_grid(result).save(file, format="PNG")
     return write_folder(output_dir, writers, result.metadata)
