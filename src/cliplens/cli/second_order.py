@@ -19,7 +19,10 @@ from ..io.metadata import write_metadata
 from ..io.tables import write_table
 from ..workflows.second_order_study import NEURON_ATOMS, second_order_study, study_record, write_top_images
 from ..settings import CONVENTIONS
-from .options import Options, data_options, load_lens, model_options, omp_options, output_option, texts_per_unit_option
+from .options import (
+    Options, data_options, load_lens, model_options, omp_options, output_option, templates_option,
+    texts_per_unit_option,
+)
 
 
 @click.command("second-order")
@@ -37,9 +40,7 @@ from .options import Options, data_options, load_lens, model_options, omp_option
 @click.option("--eval-data-path", default=None,
               help="Labelled data for the ablation accuracies (class folders or shapes:<split>[:<n>]); "
                    "omit to skip the ablations.")
-@click.option("--templates", default="auto", show_default=True,
-              help="Classifier prompts: a template set (none, photo, simple, openai) or a format string; auto uses "
-                   "the shapes world's prompts on shapes data and 'photo' elsewhere.")
+@templates_option
 @omp_options(NEURON_ATOMS)
 @texts_per_unit_option
 @click.option("--grids", type=click.IntRange(min=0), default=8, show_default=True,

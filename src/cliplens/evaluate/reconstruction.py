@@ -60,7 +60,7 @@ def split_heads(labels: Sequence[str], num_last_layers: int) -> tuple[list[str],
         raise CliplensError("reconstruction needs per-head statistics of a ViT; collect them with granularity 'head'")
     count = max(layers) + 1
     if isinstance(num_last_layers, bool) or not isinstance(num_last_layers, int) or not 1 <= num_last_layers <= count:
-        raise CliplensError(f"num_last_layers must be between 1 and {count} (the model's layers), "
+        raise CliplensError(f"--num-last-layers must be between 1 and {count} (the model's layers), "
                             f"got {num_last_layers!r}")
     first = count - num_last_layers
     return heads_of_layers(labels, range(first, count)), heads_of_layers(labels, range(first))

@@ -54,6 +54,17 @@ def check_method(method: str) -> None:
         raise CliplensError(f"unknown explanation method {method!r}; choose from {', '.join(EXPLAIN_METHODS)}")
 
 
+def check_texts_per_head(method: str, texts_per_head: int, pool_size: int, span: int) -> None:
+    """Refuse, before the statistics pass, more texts per head than the pool has (or, for TextSpan, than the span
+    it picks orthogonal directions in can hold), in the options' own words."""
+    if texts_per_head > pool_size:
+        raise CliplensError(f"--texts-per-head {texts_per_head} exceeds the text pool ({pool_size} texts); ask for "
+                            "fewer or use a larger --pool")
+    if method == "textspan" and texts_per_head > span:
+        raise CliplensError(f"--texts-per-head {texts_per_head} exceeds the span TextSpan picks its texts in ({span}: "
+                            "the smaller of --w-ov-rank and the embedding width); ask for fewer texts")
+
+
 def omp_rows(
     stats: PieceStats, heads: Sequence[str], text_embeddings: torch.Tensor, texts: Sequence[str], atoms: int,
     directions: int,
@@ -112,11 +123,12 @@ def explain_heads(
         require_fewer_atoms(texts_per_head, lens.spec.output_dim, "--texts-per-head")
     split_heads(lens.decomposer.labels(Settings("head")), num_last_layers)  # checked now, used once the stats are in
     check_candidates(data_path, HEAD_POOL, pool=pool, pool_templates=pool_templates)
+    pool, texts, embeddings = candidate_texts(lens, data_path, HEAD_POOL, pool=pool, pool_size=pool_size,
+                                              pool_templates=pool_templates)
+    check_texts_per_head(method, texts_per_head, len(texts), min(w_ov_rank, embeddings.shape[1]))
     stats = obtain_piece_stats(lens, stats_path, data_path, convention=convention, normalize=normalize,
                                batch_size=batch_size, num_workers=num_workers, progress=progress)
     heads, _ = split_heads(stats.labels, num_last_layers)
-    pool, texts, embeddings = candidate_texts(lens, data_path, HEAD_POOL, pool=pool, pool_size=pool_size,
-                                              pool_templates=pool_templates)
     rows, extra = head_descriptions(method, stats, heads, embeddings, texts, texts_per_head=texts_per_head,
                                     w_ov_rank=w_ov_rank, max_components=max_components,
                                     num_directions=num_directions)

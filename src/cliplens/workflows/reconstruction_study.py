@@ -57,7 +57,7 @@ def reconstruction_study(
     """Accuracy on `data_path` with the last layers' heads rebuilt from m texts for each method and each m in
     `counts` (default: 1, 2, 4, ... up to the smallest of `w_ov_rank`, the embedding dimension and the pool size)."""
     check_methods(methods)  # everything the passes below need is checked before the first one
-    require_seed("random_seed", random_seed)
+    require_seed("--random-seed", random_seed)
     split_heads(lens.decomposer.labels(Settings("head")), num_last_layers)
     if counts is not None:
         check_text_counts(counts, min(w_ov_rank, lens.spec.output_dim))
