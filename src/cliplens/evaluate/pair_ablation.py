@@ -122,6 +122,7 @@ def text_reconstruction(
     n_atoms: int = 64,
     dict_norm: DictNorm = "row",
     batch_size: int = 1024,
+    progress: bool = False,
 ) -> tuple[DirectionReconstruction, SparseTextDecomposition]:
     """Each pair's pc0 written as `n_atoms` signed texts by OMP; p̂ = normalise(xD) (docs/methods/omp.md#reconstruction,
     docs/methods/resnet-pairs.md#ablation).
@@ -133,7 +134,7 @@ def text_reconstruction(
     heads, neurons, dim = pcs.shape
     omp = SparseTextDecomposition(n_atoms, dict_norm=dict_norm, renormalize=True, batch_size=batch_size,
                                   dtype=torch.float64)
-    omp.fit(pcs.reshape(heads * neurons, dim), text_embeddings, texts)
+    omp.fit(pcs.reshape(heads * neurons, dim), text_embeddings, texts, progress=progress)
     directions = omp.directions_.reshape(heads, neurons, dim)
     gains = torch.stack([(u * p).sum(1) for u, p in zip(head_directions(stats), directions)])
     return DirectionReconstruction(directions, gains), omp
@@ -181,6 +182,13 @@ class PairVariant:
     embed: Callable[[PairDecomposition], torch.Tensor]
     kept: int | None = None
     total: int | None = None
+
+    @property
+    def ablated(self) -> int | None:
+        """Units mean-ablated: none for the full model, unknown (None) where units are rebuilt instead."""
+        if self.kept is not None:
+            return self.total - self.kept
+        return 0 if self.level == "model" else None
 
 
 def standard_variants(
@@ -250,9 +258,9 @@ class AccuracyBoard:
         if self.count == 0:
             raise CliplensError("no images were evaluated; check the evaluation data path")
         return [
-            {"variant": v.name, "level": v.level, "ablated": v.total - v.kept if v.kept is not None else 0 if v.level == "model" else None,
-             "kept": v.kept, "total": v.total, "accuracy": self.correct[v.name] / self.count,
-             "correct": self.correct[v.name], "images": self.count, "in_sample": in_sample}
+            {"variant": v.name, "level": v.level, "ablated": v.ablated, "kept": v.kept, "total": v.total,
+             "accuracy": self.correct[v.name] / self.count, "correct": self.correct[v.name], "images": self.count,
+             "in_sample": in_sample}
             for v in self.variants
         ]
 

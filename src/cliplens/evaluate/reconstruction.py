@@ -38,6 +38,7 @@ from ..io.atomic import replacing
 from ..io.compat import fitted_on
 from ..io.tables import SCHEMAS, write_table
 from ..labels import parse_label
+from ..progress import progress_over
 from ..stats.collect import PieceStats
 from .ablation import Variant, check_statistics, evaluate_variants
 from .groups import attention_layers, heads_of_layers
@@ -221,7 +222,7 @@ def reconstruction_accuracy(
     }
     baseline = Variant("mean-ablation baseline", tuple(earlier))
     variants = [baseline]
-    for method in dict.fromkeys(methods):
+    for method in progress_over(list(dict.fromkeys(methods)), "fit the reconstructions", "method", progress):
         for m, bases in builders[method]().items():
             variants.append(Variant(f"{method}:{m}", tuple(earlier), bases))
     scores = evaluate_variants(lens, data, variants, weights, stats, batch_size=batch_size, num_workers=num_workers,

@@ -67,13 +67,14 @@ def check_texts_per_head(method: str, texts_per_head: int, pool_size: int, span:
 
 def omp_rows(
     stats: PieceStats, heads: Sequence[str], text_embeddings: torch.Tensor, texts: Sequence[str], atoms: int,
-    directions: int,
+    directions: int, progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
     """Description rows for each head's top principal directions written as `atoms` texts, and their fidelities."""
     position = {label: i for i, label in enumerate(stats.labels)}
     covariance = stats.covariance
     parts = [principal_directions(covariance[position[label]], directions)[1] for label in heads]
-    omp = SparseTextDecomposition(atoms, dtype=torch.float64).fit(torch.cat(parts), text_embeddings, texts)
+    omp = SparseTextDecomposition(atoms, dtype=torch.float64).fit(torch.cat(parts), text_embeddings, texts,
+                                                                  progress=progress)
     rows, fidelity, target = [], {}, 0
     for label, part in zip(heads, parts):
         fidelity[label] = omp.fidelity_[target : target + len(part)].tolist()
@@ -89,19 +90,19 @@ def omp_rows(
 
 def head_descriptions(
     method: str, stats: PieceStats, heads: Sequence[str], text_embeddings: torch.Tensor, texts: Sequence[str], *,
-    texts_per_head: int, w_ov_rank: int, max_components: int, num_directions: int,
+    texts_per_head: int, w_ov_rank: int, max_components: int, num_directions: int, progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(description rows, method-specific metadata) for the given heads."""
     check_method(method)
     embeddings = text_embeddings.to(torch.float64)
     if method == "omp":
-        rows, fidelity = omp_rows(stats, heads, embeddings, texts, texts_per_head, num_directions)
+        rows, fidelity = omp_rows(stats, heads, embeddings, texts, texts_per_head, num_directions, progress)
         return rows, {"atoms": texts_per_head, "directions_per_head": num_directions, "fidelity": fidelity}
     if method == "textspan":
         explainer: Any = TextSpan(n_texts=texts_per_head, rank=w_ov_rank)
     else:
         explainer = SVDPoles(texts_per_pole=texts_per_head, max_components=max_components)
-    fitted = fit_pieces(explainer, stats.moments, stats.labels, embeddings, texts, only=heads)
+    fitted = fit_pieces(explainer, stats.moments, stats.labels, embeddings, texts, only=heads, progress=progress)
     extra = {"params": explainer.get_params()}
     if method == "svd":
         extra["components"] = {label: poles.n_components_ for label, poles in fitted.items()}
@@ -124,14 +125,14 @@ def explain_heads(
     split_heads(lens.decomposer.labels(Settings("head")), num_last_layers)  # checked now, used once the stats are in
     check_candidates(data_path, HEAD_POOL, pool=pool, pool_templates=pool_templates)
     pool, texts, embeddings = candidate_texts(lens, data_path, HEAD_POOL, pool=pool, pool_size=pool_size,
-                                              pool_templates=pool_templates)
+                                              pool_templates=pool_templates, progress=progress)
     check_texts_per_head(method, texts_per_head, len(texts), min(w_ov_rank, embeddings.shape[1]))
     stats = obtain_piece_stats(lens, stats_path, data_path, convention=convention, normalize=normalize,
                                batch_size=batch_size, num_workers=num_workers, progress=progress)
     heads, _ = split_heads(stats.labels, num_last_layers)
     rows, extra = head_descriptions(method, stats, heads, embeddings, texts, texts_per_head=texts_per_head,
                                     w_ov_rank=w_ov_rank, max_components=max_components,
-                                    num_directions=num_directions)
+                                    num_directions=num_directions, progress=progress)
     metadata = {
         "model": lens.describe(),
         "statistics": statistics_record(stats, stats_path or data_path),

@@ -69,10 +69,10 @@ def reconstruction_study(
                                         granularity="head", batch_size=batch_size, num_workers=num_workers,
                                         progress=progress)
     pool, texts, embeddings = candidate_texts(lens, data_path, HEAD_POOL, pool=pool, pool_size=pool_size,
-                                              pool_templates=pool_templates)
+                                              pool_templates=pool_templates, progress=progress)
     if counts is None:
         counts = powers_of_two(min(w_ov_rank, embeddings.shape[1], len(texts)))
-    weights = source_classifier(lens, source, templates)
+    weights = source_classifier(lens, source, templates, progress=progress)
     result = reconstruction_accuracy(
         lens, source, weights, stats, embeddings, texts, methods=methods, counts=counts,
         num_last_layers=num_last_layers, rank=w_ov_rank, seed=random_seed, batch_size=batch_size,
