@@ -106,3 +106,21 @@ def test_the_pool_help_says_why_heads_and_units_use_different_pools():
     for command, _, param in options():
         if param.name == "pool":
             assert HEAD_POOL in param.help and UNIT_POOL in param.help, (command, param.help)
+
+
+def test_the_readme_says_how_to_run_cliplens_and_where_the_cache_is(monkeypatch):
+    import re
+
+    from cliplens.text.embed import default_cache_dir
+
+    readme = (SOURCE.parents[1] / "README.md").read_text(encoding="utf-8")
+    assert ".venv/bin/cliplens" in readme and "source .venv/bin/activate" in readme
+    assert re.search(r"`make test` takes about \d+ minutes", readme)
+    monkeypatch.delenv("CLIPLENS_CACHE", raising=False)
+    default = str(default_cache_dir()).replace(str(Path.home()), "~")
+    assert f"`{default}`" in readme and "$CLIPLENS_CACHE/text" in readme and f"rm -rf {default}" in readme
+    root = SOURCE.parents[1].resolve()
+    for target in re.findall(r"\]\(([^)#]+)", readme):  # a link points inside the repository, at a file there
+        if not re.match(r"[a-z]+://", target):
+            path = (root / target).resolve()
+            assert path.is_relative_to(root) and path.exists(), target
