@@ -6,6 +6,7 @@ land in one folder per step, and summary.md says what they found, in words, with
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def command(ctx: click.Context, output_dir: Path) -> None:
     todo = vit_steps(output_dir) + rn_steps(output_dir)
     for number, (title, name, arguments) in enumerate(todo, 1):
         click.secho(f"\n[{number}/{len(todo)}] {title}", bold=True)
-        click.echo(f"$ cliplens {name} {' '.join(arguments)}")
+        click.echo(f"$ cliplens {name} {shlex.join(arguments)}")
         cli.commands[name].main(args=arguments, standalone_mode=False, obj=ctx.obj)
     seconds = time.perf_counter() - started
     summary = write_text(output_dir / SUMMARY, demo_summary(todo, output_dir, seconds))

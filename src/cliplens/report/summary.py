@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -79,13 +80,14 @@ def reconstruction(folder: Path) -> list[str]:
                      "baseline equals the full model.")
     below = [row for row in rows if row["texts"] and float(row["accuracy"]) < chance]
     if below:
-        lines.append(
+        lines += [
+            "",
             f"Chance ({percent(chance)}) is what a guess spread evenly over the {metadata['classes']} classes scores. "
             f"Rebuilt from too few texts (or from random directions), the heads keep almost nothing that tells the "
             f"images apart, so the classifier gives nearly all of them the same class: the accuracy is then that "
             f"class's share of the data, which can be far below chance (here as low as "
             f"{percent(min(float(row['accuracy']) for row in below))})."
-        )
+        ]
     return lines
 
 
@@ -93,17 +95,18 @@ def ablation(folder: Path, name: str = "ablation.csv") -> list[str]:
     rows = read_rows(folder / name)
     lines = table("variant", accuracy_lines(rows))
     sample = "on the evaluation images themselves" if rows[0]["in_sample"] == "True" else "on a separate set"
-    lines.append(f"Mean-ablating a unit replaces it by its mean (computed {sample}); a variant that ablates nothing "
-                 "is the full model, so its accuracy must match the first row.")
-    return lines
+    return lines + [f"Mean-ablating a unit replaces it by its mean (computed {sample}); a variant that ablates nothing "
+                    "is the full model, so its accuracy must match the first row."]
 
 
 def second_order(folder: Path) -> list[str]:
     layer = json.loads((folder / "metadata.json").read_text())["layer"]
     words = read_rows(folder / f"neuron_words_L{layer}.csv")
     lines = ablation(folder, f"ablation_L{layer}.csv")
-    lines.append("`without_significant` removes, on each image, only the neurons whose effect there exceeds their "
-                 "threshold; `pc_reconstruction` keeps each neuron's effect along its principal direction only.")
+    lines += ["", "`without_significant` removes, on each image, only the neurons whose effect there exceeds their "
+              "threshold; `pc_reconstruction` keeps each neuron's effect along its principal direction only.", "",
+              f"Words of three of the neurons with the strongest effects (their top images are in "
+              f"top_images_L{layer}/):", ""]
     strongest = [path.stem for path in sorted((folder / f"top_images_L{layer}").glob("*.csv"))][:3]
     for label in strongest:
         texts = [f"{row['description']} ({float(row['coefficient']):+.2f})" for row in words if row["label"] == label]
@@ -120,7 +123,8 @@ def rankings(folder: Path) -> list[str]:
         lines.append("")
     scores = [read_rows(path)[0]["ranked_by"] for path in folder.glob("*.csv")]
     notes = {"|s - mean s|*|u|": PAIR_SCORE, "|sum_h r^{n,h}|": NEURON_SCORE, "<p, q>": HEAD_SCORE}
-    return lines + [text for key, text in notes.items() if any(score.startswith(key) for score in scores)]
+    return lines + [line for key, text in notes.items() if any(score.startswith(key) for score in scores)
+                    for line in (text, "")]
 
 
 def pairs(folder: Path) -> list[str]:
@@ -133,8 +137,14 @@ def pairs(folder: Path) -> list[str]:
     return lines + ["", PAIR_SCORE] + ablation(folder)
 
 
+def statistics(folder: Path) -> list[str]:
+    return [f"`{path.relative_to(folder)}`: the count, mean and covariance of every piece over the data, which the "
+            "next steps read with `--stats` instead of passing over the images again." for path in
+            sorted(folder.glob("*/tensors.safetensors"))]
+
+
 FINDINGS: dict[str, Callable[[Path], list[str]]] = {
-    "textspan": head_texts, "reconstruct": reconstruction, "ablate": ablation, "second-order": second_order,
+    "collect": statistics, "textspan": head_texts, "reconstruct": reconstruction, "ablate": ablation, "second-order": second_order,
     "retrieve": rankings, "pairs": pairs, "neuron-ablate": ablation,
 }
 
@@ -164,7 +174,7 @@ def demo_summary(steps: Sequence[Step], root: Path, seconds: float) -> str:
              "accuracies. Every table's columns are explained in docs/outputs.md.", ""]
     for number, (title, name, arguments) in enumerate(steps, 1):
         folder = Path(arguments[arguments.index("--output-dir") + 1])
-        lines += [f"## {number}. {title}", "", f"`cliplens {name} {' '.join(arguments)}`", ""]
+        lines += [f"## {number}. {title}", "", f"`cliplens {name} {shlex.join(arguments)}`", ""]
         findings = FINDINGS.get(name)
         lines += findings(folder) if findings else [f"Wrote {', '.join(sorted(p.name for p in folder.iterdir()))}."]
         lines.append("")
