@@ -171,6 +171,8 @@ def test_description_rows_name_the_poles():
         "rank": 0,
         "description": first.texts[0],
         "similarity": first.scores[0],
+        "coefficient": "",
+        "variance_explained": "",
     }
     assert {row["pole"] for row in rows} == {"+", "-"}
     # within a component and pole, rank counts the texts from the most extreme

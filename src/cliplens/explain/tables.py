@@ -30,9 +30,15 @@ def unit_columns(label: str) -> dict[str, Any]:
     return {"label": label, **{name: "" if value is None else value for name, value in numbers.items()}}
 
 
+def description_row(label: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A whole row of COLUMNS for unit `label`: its numbers, `values`, and blanks where the method gives nothing, so
+    that a row in Python is the row in the CSV."""
+    return {column: "" for column in COLUMNS} | unit_columns(label) | dict(values)
+
+
 def description_rows(explainers: Mapping[str, Describes]) -> list[dict[str, Any]]:
     """Rows for fitted explainers keyed by piece label (e.g. the dict `fit_pieces` returns), in the mapping's order."""
-    return [{**unit_columns(label), **row} for label, explainer in explainers.items()
+    return [description_row(label, row) for label, explainer in explainers.items()
             for row in explainer.descriptions()]
 
 

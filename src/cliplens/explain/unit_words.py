@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import CliplensError
 from .omp import SparseTextDecomposition, require_fewer_atoms
-from .tables import unit_columns
+from .tables import description_row
 
 
 def atom_count(requested: int | None, default: int, pool_size: int, width: int) -> int:
@@ -28,7 +28,7 @@ def word_rows(omp: SparseTextDecomposition, labels: list[str], targets: list[int
               method: str) -> list[dict[str, Any]]:
     """Description rows (docs/outputs.md#descriptions: the unit, its principal direction 0 written as signed atoms,
     largest |coefficient| first) of the units `labels`, whose directions are OMP's `targets`."""
-    return [{**unit_columns(label), "method": method, "direction": 0, "rank": rank, "description": text,
-             "coefficient": coef}
+    return [description_row(label, {"method": method, "direction": 0, "rank": rank, "description": text,
+                                    "coefficient": coef})
             for label, target in zip(labels, targets)
             for rank, (text, coef) in enumerate(omp.texts_[target][:texts_per_unit])]

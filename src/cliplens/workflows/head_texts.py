@@ -24,7 +24,7 @@ from ..evaluate.reconstruction import principal_directions, split_heads
 from ..explain.base import fit_pieces
 from ..explain.omp import SparseTextDecomposition, require_fewer_atoms
 from ..explain.svd_poles import SVDPoles
-from ..explain.tables import description_rows, unit_columns
+from ..explain.tables import description_row, description_rows
 from ..explain.textspan import TextSpan
 from ..stats.collect import PieceStats
 from ..stats.obtain import obtain_piece_stats, statistics_record
@@ -80,8 +80,8 @@ def omp_rows(
         fidelity[label] = omp.fidelity_[target : target + len(part)].tolist()
         for index in range(len(part)):
             rows.extend(
-                {**unit_columns(label), "method": f"omp-k{atoms}", "direction": index, "rank": rank,
-                 "description": text, "coefficient": coef}
+                description_row(label, {"method": f"omp-k{atoms}", "direction": index, "rank": rank,
+                                        "description": text, "coefficient": coef})
                 for rank, (text, coef) in enumerate(omp.texts_[target + index])
             )
         target += len(part)
