@@ -129,8 +129,8 @@ def output_option(default: str) -> Callable:
                                 help="Folder for the results (created if missing).")
 
 
-CONVENTION_HELP = ("Bias convention: separate (one explicit `bias` piece) or reference (LayerNorm and bias shares spread "
-                   "over the pieces, as the papers' code).")
+CONVENTION_HELP = ("Bias convention: separate (one explicit `bias` piece) or reference (LayerNorm and bias shares "
+                   "spread over the pieces, as the papers' code).")
 
 # --stats --convention --normalize: which per-piece statistics the command works from.
 statistics_options = stacked([

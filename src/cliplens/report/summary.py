@@ -144,8 +144,8 @@ def statistics(folder: Path) -> list[str]:
 
 
 FINDINGS: dict[str, Callable[[Path], list[str]]] = {
-    "collect": statistics, "textspan": head_texts, "reconstruct": reconstruction, "ablate": ablation, "second-order": second_order,
-    "retrieve": rankings, "pairs": pairs, "neuron-ablate": ablation,
+    "collect": statistics, "textspan": head_texts, "reconstruct": reconstruction, "ablate": ablation,
+    "second-order": second_order, "retrieve": rankings, "pairs": pairs, "neuron-ablate": ablation,
 }
 
 
