@@ -14,6 +14,7 @@ from cliplens.evaluate.ablation import (
     pattern_variants, write_scores,
 )
 from cliplens.evaluate.groups import attention_layers, select, split_patterns
+from cliplens.io.tables import SCHEMAS
 from cliplens.settings import Settings
 from conftest import random_images, tiny_vit, wrap
 
@@ -253,7 +254,12 @@ def test_scores_csv_schema(vit, reference_images, eval_images, tmp_path):
     scores = evaluate_variants(vit, labelled(eval_images, 1), variants, classifier_weights(32), stats)
     with open(write_scores(tmp_path / "ablation.csv", scores, variants)) as stream:
         rows = list(csv.DictReader(stream))
-    assert list(rows[0]) == ["variant", "ablated", "accuracy", "correct", "images"]
+    assert tuple(rows[0]) == SCHEMAS["ablation"]
     assert [row["variant"] for row in rows] == ["full model", "none", "mlps"]
+    assert [row["level"] for row in rows] == ["model", "piece", "piece"]
     assert [int(row["ablated"]) for row in rows] == [0, 0, 4]
+    pieces = len(stats.labels)
+    assert [(row["kept"], row["total"]) for row in rows] == [("", ""), (str(pieces), str(pieces)),
+                                                             (str(pieces - 4), str(pieces))]
     assert float(rows[2]["accuracy"]) == int(rows[2]["correct"]) / len(eval_images)
+    assert {row["in_sample"] for row in rows} == {"False"}  # the means come from other images

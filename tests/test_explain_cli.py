@@ -65,8 +65,8 @@ def test_textspan_writes_a_table_per_head(tmp_path, lens):
            "--output-dir", out)
     rows = read_csv(out / "textspan.csv")
     assert tuple(rows[0]) == COLUMNS
-    assert [(row["layer"], row["unit"], row["rank"]) for row in rows] == [
-        (str(l), str(h), str(r)) for l in (1, 2) for h in range(4) for r in range(3)
+    assert [(row["label"], row["layer"], row["head"], row["rank"]) for row in rows] == [
+        (f"L{l}H{h}", str(l), str(h), str(r)) for l in (1, 2) for h in range(4) for r in range(3)
     ]
     assert {row["method"] for row in rows} == {"textspan"}
     metadata = json.loads((out / "metadata.json").read_text())
@@ -96,11 +96,13 @@ def test_explain_methods(tmp_path, method, per_head):
     rows = read_csv(out / f"{method}.csv")
     assert tuple(rows[0]) == COLUMNS and {row["layer"] for row in rows} == {"2"}
     if method == "omp":
-        assert {row["method"] for row in rows} == {"omp-pc0", "omp-pc1", "omp-pc2"}
-        assert all(sum(row["unit"] == str(h) for row in rows) == per_head for h in range(4))
+        assert {row["method"] for row in rows} == {"omp-k2"} and {row["direction"] for row in rows} == {"0", "1", "2"}
+        assert all(sum(row["head"] == str(h) for row in rows) == per_head for h in range(4))
+        assert all(row["coefficient"] and not row["similarity"] for row in rows)
         assert len(json.loads((out / "metadata.json").read_text())["fidelity"]["L2H0"]) == 3
     else:
-        assert {row["method"] for row in rows} == {"svd_poles+", "svd_poles-"}
+        assert {row["method"] for row in rows} == {"svd"} and {row["pole"] for row in rows} == {"+", "-"}
+        assert all(-1 <= float(row["similarity"]) <= 1 and not row["coefficient"] for row in rows)
 
 
 def test_one_library_call_gives_what_the_command_writes(tmp_path, lens):

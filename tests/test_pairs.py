@@ -178,7 +178,7 @@ def test_streaming_mean_ablation_equals_a_literal_loop(lens, images, oracle, lab
     literal_10 = torch.stack([torch.where(pair_keep[..., None], oracle[b], mean).sum((0, 1)) for b in range(IMAGES)])
     assert rows["pairs keep 10%"]["accuracy"] == (((literal_10 @ weights).argmax(1) == labels).double().mean().item())
     assert rows["pairs keep 10%"]["kept"] == keep_count(pair_keep.numel(), 10) == int(pair_keep.sum())
-    assert rows["baseline"]["accuracy"] == 1.0
+    assert rows["full model"]["accuracy"] == 1.0
     # keeping everything reproduces the model, hence its accuracy; the pc0 rebuild is exact too
     assert rows["pairs keep 100%"]["accuracy"] == rows["neurons keep 100%"]["accuracy"] == 1.0
     assert rows["pc0 reconstruction"]["accuracy"] == 1.0
@@ -316,17 +316,23 @@ def test_pairs_command_writes_summary_words_and_accuracy(cli_lens, image_folder,
     spec = cli_lens.spec
     assert len(summary) == spec.heads * spec.channels
     assert [float(r["score"]) for r in summary] == sorted((float(r["score"]) for r in summary), reverse=True)
-    assert sum(r["kept"] == "True" for r in summary) == keep_count(len(summary), 10)
+    assert [r["rank"] for r in summary] == [str(rank) for rank in range(len(summary))]
+    assert sum(r["kept_in_ablation"] == "True" for r in summary) == keep_count(len(summary), 10)
     words = read_rows(out / "pair_words.csv")
     assert tuple(words[0]) == COLUMNS and {w["description"] for w in words} <= set(WORDS)
-    assert words[0]["layer"] == summary[0]["label"].split("N")[0] and words[0]["method"] == "omp-k4"
+    first = summary[0]
+    assert (words[0]["label"], words[0]["head"], words[0]["neuron"]) == (first["label"], first["head"], first["neuron"])
+    assert words[0]["layer"] == "" and words[0]["method"] == "omp-k4"
     neuron_words = read_rows(out / "neuron_words.csv")
-    assert {w["layer"] for w in neuron_words} == {"layer4"}
-    assert len({w["unit"] for w in neuron_words}) == keep_count(spec.channels, 10)
-    accuracy = {r["variant"]: float(r["accuracy"]) for r in read_rows(out / "ablation.csv")}
-    assert set(accuracy) == {"baseline", "pairs keep 10%", "neurons keep 10%", "pc0 reconstruction",
+    assert {(w["layer"], w["head"]) for w in neuron_words} == {("", "")}
+    assert {w["label"] for w in neuron_words} == {f"N{w['neuron']}" for w in neuron_words}
+    assert len({w["neuron"] for w in neuron_words}) == keep_count(spec.channels, 10)
+    ablation = read_rows(out / "ablation.csv")
+    accuracy = {r["variant"]: float(r["accuracy"]) for r in ablation}
+    assert set(accuracy) == {"full model", "pairs keep 10%", "neurons keep 10%", "pc0 reconstruction",
                              "text k=4 reconstruction"}
-    assert accuracy["pc0 reconstruction"] == accuracy["baseline"]
+    assert accuracy["pc0 reconstruction"] == accuracy["full model"]
+    assert all(float(r["accuracy"]) == int(r["correct"]) / int(r["images"]) for r in ablation)
     assert (out / "pair_stats" / "metadata.json").is_file()
 
 
@@ -337,8 +343,10 @@ def test_neuron_ablate_command_sweeps_keeps(cli_lens, image_folder, tmp_path):
     result = CliRunner().invoke(neuron_ablate_cli.command, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     rows = {r["variant"]: r for r in read_rows(out / "ablation.csv")}
-    assert set(rows) == {"baseline", "neurons keep 100%", "neurons keep 5%", "pc0 reconstruction"}
-    assert rows["neurons keep 100%"]["accuracy"] == rows["baseline"]["accuracy"]
-    assert rows["neurons keep 5%"]["kept"] == str(keep_count(cli_lens.spec.channels, 5))
+    assert set(rows) == {"full model", "neurons keep 100%", "neurons keep 5%", "pc0 reconstruction"}
+    assert rows["neurons keep 100%"]["accuracy"] == rows["full model"]["accuracy"]
+    kept = keep_count(cli_lens.spec.channels, 5)
+    assert (rows["neurons keep 5%"]["kept"], rows["neurons keep 5%"]["ablated"]) == (
+        str(kept), str(cli_lens.spec.channels - kept))
     bad = CliRunner().invoke(neuron_ablate_cli.command, args[:-2] + ["--keep", "0", "--output-dir", str(out)])
     assert isinstance(bad.exception, CliplensError)

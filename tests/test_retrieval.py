@@ -101,8 +101,9 @@ def test_vit_head_rankings_for_a_text_and_an_image_query():
     pieces = lens.decompose(images, granularity="head", convention="reference")["L2H1"]  # all at once, no batches
     text = lens.encode_text(["a red circle"])[0]
     text = text / text.norm()
-    assert_ranking(retrieve(lens, data, ["L2H1"], top=TOP, query_text="a red circle", batch_size=7)["L2H1"],
-                   pieces @ text)
+    by_text = retrieve(lens, data, ["L2H1"], top=TOP, query_text="a red circle", batch_size=7)["L2H1"]
+    assert_ranking(by_text, pieces @ text)
+    assert by_text.score == "<p, q>, q = the text 'a red circle'"  # what was asked, for the CSV and the grid title
     query = pieces[4]
     by_image = retrieve(lens, data, ["L2H1"], top=TOP, query_image=images[4], cosine=True, batch_size=7)["L2H1"]
     assert_ranking(by_image, pieces @ query / (pieces.norm(dim=1) * query.norm()))
@@ -133,7 +134,8 @@ def test_rankings_are_written_as_csv_and_png(lens, data, tmp_path):
         rows = list(csv.DictReader(stream))
     assert [int(r["rank"]) for r in rows] == list(range(TOP))
     assert [int(r["index"]) for r in rows] == ranking.positions.tolist()
-    assert rows[0]["item"] == f"item {rows[0]['index']}"
+    assert rows[0]["item"] == f"item {rows[0]['index']}"  # a list of tensors knows nothing more of its images
+    assert {(r["label"], r["ranked_by"]) for r in rows} == {("H1N2", "|s - mean s|*|u|")}
     assert float(rows[0]["score"]) == pytest.approx(float(ranking.values[0]), rel=1e-12)
     with Image.open(grid) as png:
         assert png.format == "PNG" and png.width > 4 * 112 and png.height > 2 * 112  # 4 columns, 2 rows
@@ -160,3 +162,22 @@ def test_retrieve_command_writes_a_grid_per_component(lens, tmp_path, monkeypatc
     assert sorted(p.name for p in out.iterdir()) == ["H3N17.csv", "H3N17.png", "N5.csv", "N5.png"]
     with open(out / "N5.csv", newline="") as stream:
         assert next(csv.DictReader(stream))["item"].endswith(".png")
+
+
+def test_grid_titles_are_readable_and_wrap_instead_of_being_cut():
+    """The title (component, query, ranking) is drawn in TITLE_PIXELS-high type, on more lines when it is long."""
+    from cliplens.report.grids import TITLE_PIXELS
+
+    images = [Image.new("RGB", (32, 32), (200, 200, 200))] * 2
+
+    def title_rows(title):
+        grid = image_grid(images, ["a", "b"], columns=2, size=64, title=title)
+        pixels = grid.convert("L").load()
+        header = next(y for y in range(grid.height) if any(pixels[x, y] == 200 for x in range(grid.width)))
+        return [y for y in range(header) if any(pixels[x, y] < 128 for x in range(grid.width))], grid.height
+
+    inked, height = title_rows("L1H2: top 2 by <p, q>")
+    assert max(inked) - min(inked) + 1 >= 2 * TITLE_PIXELS // 3  # ascender to descender of 18-pixel type, not 11
+    long = "L1H2: top 2 by <p, q>, q = the text 'a blue object on a white checker background'"
+    _, taller = title_rows(long)
+    assert taller > height  # wrapped onto more lines, nothing cut off

@@ -416,6 +416,7 @@ def image_tree(root, seed):
 
 def test_command_writes_statistics_summaries_and_ablations(tmp_path, monkeypatch):
     import csv
+    import json
 
     import open_clip
     from click.testing import CliRunner
@@ -439,21 +440,29 @@ def test_command_writes_statistics_summaries_and_ablations(tmp_path, monkeypatch
     stats = load_second_order(out / "second_order_L0", tree_lens)
     assert (stats.count, stats.top_k, stats.convention) == (8, 3, "reference")
     rows = list(csv.DictReader((out / "neurons_L0.csv").open()))
-    assert len(rows) == 64 and rows[5]["neuron"] == "5"
+    assert len(rows) == 64 and (rows[5]["label"], rows[5]["layer"], rows[5]["neuron"]) == ("L0N5", "0", "5")
     assert [int(i) for i in rows[5]["top_images"].split()] == stats.top_images[5].tolist()
     assert float(rows[5]["threshold"]) == pytest.approx(stats.thresholds[5].item(), rel=1e-12)
     ablation = list(csv.DictReader((out / "ablation_L0.csv").open()))
     assert [row["variant"] for row in ablation] == list(VARIANTS)
+    assert [(row["level"], row["ablated"], row["kept"], row["total"]) for row in ablation] == [
+        ("model", "0", "", ""), ("neuron", "64", "0", "64"), ("neuron", "", "", "64"), ("neuron", "", "", "64"),
+        ("pc", "", "", "64")]
+    assert all(float(row["accuracy"]) == int(row["correct"]) / int(row["images"]) for row in ablation)
+    record = json.loads((out / "metadata.json").read_text())
+    assert 0 <= record["ablation"]["significant_fraction"] <= 1 and record["layer"] == 0
     words = list(csv.DictReader((out / "neuron_words_L0.csv").open()))
     alive = (stats.principal_directions.norm(dim=-1) > 0).sum().item()
     assert len(words) == 2 * alive and {row["method"] for row in words} == {"omp-k3"}
-    first = [row for row in words if row["unit"] == words[0]["unit"]]
-    assert [row["rank"] for row in first] == ["0", "1"]
-    assert abs(float(first[0]["similarity"])) >= abs(float(first[1]["similarity"]))
+    first = [row for row in words if row["label"] == words[0]["label"]]
+    assert [row["rank"] for row in first] == ["0", "1"] and words[0]["label"] == f"L0N{words[0]['neuron']}"
+    assert abs(float(first[0]["coefficient"])) >= abs(float(first[1]["coefficient"]))
     strongest = stats.norms().mean(-1).argsort(descending=True)[:2].tolist()
     assert sorted(p.name for p in (out / "top_images_L0").iterdir()) == sorted(
         f"L0N{n}.{ext}" for n in strongest for ext in ("csv", "png"))
     ranked = list(csv.DictReader((out / "top_images_L0" / f"L0N{strongest[0]}.csv").open()))
     assert [int(row["index"]) for row in ranked] == stats.top_images[strongest[0]].tolist()
+    assert {row["label"] for row in ranked} == {f"L0N{strongest[0]}"}
+    assert all(row["item"].startswith(str(fit)) for row in ranked)  # the file each row is
     result = CliRunner().invoke(cli_module.command, ["--mlp-layer", "2", "--data-path", str(fit)])
     assert isinstance(result.exception, CliplensError)

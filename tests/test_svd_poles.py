@@ -161,14 +161,23 @@ def test_description_rows_name_the_poles():
     assert len(rows) == fitted.n_components_ * 2 * 2
     first = fitted.components_poles_[0].poles[0]
     assert rows[0] == {
+        "label": "L1H2",
         "layer": 1,
-        "unit": 2,
+        "head": 2,
+        "neuron": "",
+        "method": "svd",
+        "direction": 0,
+        "pole": "+" if first.sign > 0 else "-",
         "rank": 0,
         "description": first.texts[0],
         "similarity": first.scores[0],
-        "method": "svd_poles+" if first.sign > 0 else "svd_poles-",
+        "coefficient": "",
+        "variance_explained": "",
     }
-    assert {row["method"] for row in rows} == {"svd_poles+", "svd_poles-"}
+    assert {row["pole"] for row in rows} == {"+", "-"}
+    # within a component and pole, rank counts the texts from the most extreme
+    assert [row["rank"] for row in rows[:4]] == [0, 1, 0, 1]
+    assert [row["direction"] for row in rows] == sorted(row["direction"] for row in rows)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cliplens.errors import CliplensError
-from cliplens.explain.tables import COLUMNS, description_rows, label_position, write_descriptions
+from cliplens.explain.tables import COLUMNS, description_rows, unit_columns, write_descriptions
 from cliplens.explain.base import fit_pieces
 from cliplens.explain.textspan import TextSpan
 from cliplens.stats.moments import Moments
@@ -160,30 +160,35 @@ def test_description_table_round_trips(tmp_path):
     with open(path, newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     assert tuple(rows[0]) == COLUMNS
-    assert [(r["layer"], r["unit"], r["rank"], r["method"]) for r in rows] == [
-        ("3", "7", "0", "textspan"),
-        ("3", "7", "1", "textspan"),
+    assert [(r["label"], r["layer"], r["head"], r["neuron"], r["rank"], r["method"]) for r in rows] == [
+        ("L3H7", "3", "7", "", "0", "textspan"),
+        ("L3H7", "3", "7", "", "1", "textspan"),
     ]
     assert [r["description"] for r in rows] == fitted["L3H7"].texts_
-    assert [float(r["similarity"]) for r in rows] == fitted["L3H7"].variance_explained_.tolist()
+    assert [float(r["variance_explained"]) for r in rows] == fitted["L3H7"].variance_explained_.tolist()
+    assert {(r["similarity"], r["coefficient"], r["direction"], r["pole"]) for r in rows} == {("", "", "", "")}
 
 
 @pytest.mark.parametrize(
-    "label, position",
+    "label, numbers",
     [
-        ("L3H7", (3, 7)),
-        ("L11N3071", (11, 3071)),
-        ("L2.mlp", (2, "mlp")),
-        ("bias", ("", "bias")),
-        ("H1N5", ("", "H1N5")),
+        ("L3H7", (3, 7, "")),
+        ("L11N3071", (11, "", 3071)),
+        ("H1N5", ("", 1, 5)),
+        ("N17", ("", "", 17)),
+        ("L2.mlp", (2, "", "")),
+        ("bias", ("", "", "")),
+        ("L3H7T4", ("", "", "")),
     ],
 )
-def test_label_position(label, position):
-    assert label_position(label) == position
+def test_unit_columns_never_mix_kinds(label, numbers):
+    """layer holds only layer numbers, head only heads, neuron only neurons (docs/outputs.md#descriptions)."""
+    columns = unit_columns(label)
+    assert columns["label"] == label and (columns["layer"], columns["head"], columns["neuron"]) == numbers
 
 
 def test_bad_rows_are_refused(tmp_path):
-    with pytest.raises(CliplensError, match="columns"):
+    with pytest.raises(CliplensError, match="columns unit"):
         write_descriptions(tmp_path / "bad.csv", [{"layer": 0, "unit": 1}])
     assert not (tmp_path / "bad.csv").exists()
 

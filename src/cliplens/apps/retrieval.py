@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from ..data.loader import as_source, fingerprint, stream
+from ..data.loader import as_source, describe_item, fingerprint, stream
 from ..errors import CliplensError, require_positive_int
 from ..io.compat import fitted_on, require_model
-from ..io.tables import write_rows
+from ..io.tables import SCHEMAS, write_table
 from ..labels import match_label, padding_hint, pair_label
 from ..report.grids import save_grid
 from ..settings import Settings
@@ -31,7 +31,7 @@ from ..stats.pairs import PairStats
 if TYPE_CHECKING:
     from ..lens import Lens
 
-COLUMNS = ("rank", "index", "item", "score")
+COLUMNS = SCHEMAS["ranking"]
 # what a ranking can name, (label kind, inside a transformer layer), and the numbers of its label that index it
 RANKED = {("pair", False): ("head", "neuron"), ("neuron", False): ("neuron",), ("head", True): ("layer", "head")}
 LIMITS = {"layer": "layers", "head": "heads", "neuron": "channels"}  # the spec's size for each of those numbers
@@ -107,6 +107,13 @@ def query_vector(lens: Lens, component: Component, *, text: str | None, image: A
     return pieces[component.label][0]
 
 
+def query_words(text: str | None, image: Any) -> str:
+    """What q is, for a ranking's `score`: the query text, or the image's path where the query image is a file."""
+    if text is not None:
+        return f"the text {text!r}"
+    return f"the piece of {image}" if isinstance(image, (str, os.PathLike)) else "the query image's piece"
+
+
 def retrieve(
     lens: Lens,
     data: Any,
@@ -158,17 +165,20 @@ def retrieve(
     if pending:
         queries = {c.label: query_vector(lens, c, text=query_text, image=query_image, convention=convention)
                    for c in pending if c.kind == "head"}
+        asked = query_words(query_text, query_image)
         rankings.update(_scan(lens, source, pending, queries, top=top, signed=signed, cosine=cosine, stats=stats,
                               convention=convention, batch_size=batch_size, num_workers=num_workers,
-                              progress=progress))
+                              progress=progress, query=asked))
     return {c.label: rankings[c.label] for c in parsed}
 
 
 def _scan(
     lens: Lens, source: Any, components: list[Component], queries: dict[str, torch.Tensor], *, top: int, signed: bool,
     cosine: bool, stats: PairStats | None, convention: str, batch_size: int, num_workers: int, progress: bool,
+    query: str,
 ) -> dict[str, Ranking]:
-    """One pass over `source` keeping each component's per-image scalar, then the rankings."""
+    """One pass over `source` keeping each component's per-image scalar, then the rankings; `query` says in words
+    what a head's q is."""
     values: dict[str, list[torch.Tensor]] = {c.label: [] for c in components}
     positions = []
     settings = Settings(granularity="pair" if lens.kind == "resnet" else "head", convention=convention)
@@ -192,7 +202,7 @@ def _scan(
             rankings[c.label] = top_ranking(c.label, pair_score_name(signed), centred if signed else centred.abs(),
                                             positions, top)
         else:
-            name = "|sum_h r^{n,h}|" if c.kind == "neuron" else ("cos(p, q)" if cosine else "<p, q>")
+            name = "|sum_h r^{n,h}|" if c.kind == "neuron" else f"{'cos(p, q)' if cosine else '<p, q>'}, q = {query}"
             rankings[c.label] = top_ranking(c.label, name, scores, positions, top)
     return rankings
 
@@ -212,16 +222,13 @@ def _batch_values(component: Component, result: Any, query: torch.Tensor | None,
     return pieces @ query
 
 
-def describe_item(source: Any, position: int) -> str:
-    describe = getattr(source, "describe", None)
-    return describe(position) if describe is not None else f"item {position}"
-
-
 def ranking_rows(ranking: Ranking, data: Any) -> list[dict[str, Any]]:
-    """CSV rows (rank, index, item, score): `item` is the file path where the source knows it."""
+    """Ranking-table rows (docs/outputs.md#ranking), best first: `item` says which image (its file path, or a shapes
+    scene's attributes)."""
     source = as_source(data)
     return [
-        {"rank": rank, "index": int(position), "item": describe_item(source, int(position)), "score": float(value)}
+        {"label": ranking.component, "rank": rank, "index": int(position),
+         "item": describe_item(source, int(position)), "score": float(value), "ranked_by": ranking.score}
         for rank, (position, value) in enumerate(zip(ranking.positions, ranking.values))
     ]
 
@@ -235,7 +242,7 @@ def write_ranking(directory: str | os.PathLike, ranking: Ranking, data: Any, *, 
 
 
 def write_ranking_table(path: str | os.PathLike, ranking: Ranking, data: Any) -> Path:
-    return write_rows(path, ranking_rows(ranking, data), COLUMNS)
+    return write_table(path, "ranking", ranking_rows(ranking, data))
 
 
 def write_ranking_grid(path: str | os.PathLike, ranking: Ranking, data: Any, *, columns: int = 8) -> Path:

@@ -9,16 +9,19 @@ import click
 from ..settings import CONVENTIONS
 from ..stats.collect import COLLECTED
 from ..stats.summary import format_table, largest_pairs, largest_pieces
-from .options import Options, data_options, load_lens, long_run_options, model_options, output_option
+from .options import CONVENTION_HELP, Options, data_options, load_lens, long_run_options, model_options, output_option
 
 
 @click.command("collect")
 @model_options
 @data_options
 @output_option("cliplens-out/collect")
-@click.option("--granularity", type=click.Choice(COLLECTED), default="head", show_default=True)
+@click.option("--granularity", type=click.Choice(COLLECTED), default="head", show_default=True,
+              help="Pieces: head (every attention head), layer (one attention piece per layer) or pair (ResNet "
+                   "neuron x head pairs).")
 @click.option("--spatial", is_flag=True, help="Also keep per-token means of the head pieces.")
-@click.option("--convention", type=click.Choice(CONVENTIONS), default="separate", show_default=True)
+@click.option("--convention", type=click.Choice(CONVENTIONS), default="separate", show_default=True,
+              help=CONVENTION_HELP)
 @click.option("--normalize", is_flag=True, help="Pieces of the unit embedding (the references' convention).")
 @click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
               help="Images kept per ResNet pair for norms and principal directions.")

@@ -1,16 +1,20 @@
 """`cliplens demo`: the whole pipeline on the shipped toy models and the shapes world, offline.
 
 Each step is the real subcommand with small settings, so the demo shows exactly what a user would run; its outputs
-land in one folder per step, and the last steps join each model's folders into an explorer to open in a browser.
+land in one folder per step, the last steps join each model's folders into an explorer to open in a browser, and
+summary.md says what they found, in words, with an index of the files.
 """
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
 import click
 
+from ..io.atomic import write_text
+from ..report.summary import SUMMARY, demo_summary
 from .options import needs, output_option
 
 FIT, EVAL = "shapes:test:512:0", "shapes:test:512:1"  # two independent draws: fit statistics on one, score on the other
@@ -133,8 +137,11 @@ def command(ctx: click.Context, output_dir: Path) -> None:
     todo += dissect_steps(output_dir) + report_steps(output_dir, todo)
     for number, (title, name, arguments) in enumerate(todo, 1):
         click.secho(f"\n[{number}/{len(todo)}] {title}", bold=True)
-        click.echo(f"$ cliplens {name} {' '.join(arguments)}")
+        click.echo(f"$ cliplens {name} {shlex.join(arguments)}")
         cli.commands[name].main(args=arguments, standalone_mode=False, obj=ctx.obj)
-    click.secho(f"\ndone in {time.perf_counter() - started:.0f} s; results in {output_dir}/", bold=True)
+    seconds = time.perf_counter() - started
+    summary = write_text(output_dir / SUMMARY, demo_summary(todo, output_dir, seconds))
+    click.echo(f"\n{summary.read_text(encoding='utf-8')}")
+    click.secho(f"done in {seconds:.0f} s; results in {output_dir}/, this summary in {summary}", bold=True)
     for _, _, arguments in todo[-2:]:
         click.echo(f"open {(Path(arguments[-1]) / 'index.html').resolve().as_uri()} in a browser")

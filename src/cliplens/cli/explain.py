@@ -13,7 +13,9 @@ from .options import Options, explain_options, load_lens, write_head_texts
 
 
 @click.command("explain")
-@click.option("--method", type=click.Choice(EXPLAIN_METHODS), default="textspan", show_default=True)
+@click.option("--method", type=click.Choice(EXPLAIN_METHODS), default="textspan", show_default=True,
+              help="textspan (greedy text basis), svd (texts at both poles of each principal component) or omp "
+                   "(each principal direction as a sparse sum of texts).")
 @explain_options
 def command(model: Options, method: str, output_dir: Any, **options: Any) -> None:
     """Describe every head of the last layers with texts: TextSpan, SVD poles or sparse OMP codes."""

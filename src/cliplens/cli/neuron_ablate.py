@@ -16,7 +16,7 @@ import click
 
 from ..evaluate.pair_ablation import DEFAULT_KEEPS, check_keep
 from ..io.metadata import write_metadata
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..workflows.pair_study import LEVELS, PAIR_ATOMS, pair_ablation_study
 from .options import (
     Options, data_options, echo_pair_table, load_lens, model_options, omp_options, output_option, pair_fit_options,
@@ -38,7 +38,7 @@ def command(model: Options, output_dir: Path, keeps: tuple[float, ...], **option
     keeps = [check_keep(keep) for keep in keeps]
     lens = load_lens(model)
     rows = pair_ablation_study(lens, keeps=keeps, save_stats=output_dir / "pair_stats", progress=True, **options)
-    path = write_rows(output_dir / "ablation.csv", rows)
+    path = write_table(output_dir / "ablation.csv", "ablation", rows)
     write_metadata(output_dir, {"command": "neuron-ablate", "model": lens.describe(), "data": str(options["data_path"]),
                                 "keeps": keeps, "level": options["level"]})
     click.echo(f"accuracy of {lens.name} with pairs mean-ablated or reconstructed ({path}):")

@@ -68,7 +68,9 @@ model_options = stacked([
     click.option("--pretrained", default=None,
                  help="open_clip tag (openai) or checkpoint file; omit for the toys or a seeded random init."),
     click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda."),
-    click.option("--precision", type=click.Choice(list(DTYPES)), default="fp32", show_default=True),
+    click.option("--precision", type=click.Choice(list(DTYPES)), default="fp32", show_default=True,
+                 help="Number format of the weights and the arithmetic: fp64 for exact checks, fp16 or bf16 to save "
+                      "memory on a GPU."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random initialisation."),
     grouped("model", ("model", "pretrained", "device", "precision", "seed")),
 ])
@@ -83,12 +85,19 @@ def load_lens(model: Options):
 
 
 # data, output and statistics --------------------------------------------------------------------------------------
+# --batch-size --num-workers: how the images are read.
+batch_options = stacked([
+    click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=32, show_default=True,
+                 help="Images per forward pass: larger is faster until memory runs out; results do not depend on it."),
+    click.option("--num-workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0, show_default=True,
+                 help="Processes that read and preprocess images while the model runs (0: read them in this one)."),
+])
+
 # --data-path --batch-size --num-workers.
 data_options = stacked([
     click.option("--data-path", default="shapes:test:512", show_default=True,
-                 help="Image folder, text file of paths, or shapes:<split>[:<n>] for the built-in world."),
-    click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=32, show_default=True),
-    click.option("--num-workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0, show_default=True),
+                 help="Image folder, text file of paths, or shapes:<split>[:<n>[:<seed>]] for the built-in world."),
+    batch_options,
 ])
 
 
@@ -145,6 +154,8 @@ def long_run_options(shard_help: str) -> Callable:
         grouped("long_run", ("shard", "checkpoint_every", "checkpoint_dir", "resume")),
     ])
 
+CONVENTION_HELP = ("Bias convention: separate (one explicit `bias` piece) or reference (LayerNorm and bias shares "
+                   "spread over the pieces, as the papers' code).")
 
 # --stats --convention --normalize: which per-piece statistics the command works from.
 statistics_options = stacked([
@@ -156,6 +167,12 @@ statistics_options = stacked([
                  help="Pieces of the unit embedding, as the references [default: the artifact's, else no]."),
 ])
 
+# --templates: the zero-shot classifier's prompts, the same default in every command that classifies.
+templates_option = click.option(
+    "--templates", default="auto", show_default=True,
+    help="Zero-shot classifier prompts: a template set (openai, simple, photo, none, shapes) or a format string with "
+         "{}; auto: the shapes world's held-out prompts on shapes data, else the 80 OpenAI templates.")
+
 # --fit-path --mean-source --label --templates: where the means come from and what is classified.
 evaluation_options = stacked([
     click.option("--fit-path", default=None,
@@ -165,9 +182,7 @@ evaluation_options = stacked([
                  help="reference: a separate set; eval: the evaluation data itself (in-sample, as the papers)."),
     click.option("--label", default=None,
                  help="shapes data: the attribute to classify (shape, colour, position, ...) [default: shape]."),
-    click.option("--templates", default=None,
-                 help="Zero-shot templates: openai, simple, photo, none, shapes, or a format string with {} "
-                      "[default: shapes on shapes data, else the 80 OpenAI templates]."),
+    templates_option,
 ])
 
 # --stats --fit-path --top-k --templates: where the pair statistics and the classifier come from.
@@ -178,9 +193,7 @@ pair_fit_options = stacked([
                  help="Data to collect the statistics on (default: --data-path, i.e. in-sample means)."),
     click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
                  help="Top images kept per pair when collecting (the reference uses 50)."),
-    click.option("--templates", default="auto", show_default=True,
-                 help="Classifier prompts: a template set (none, photo, simple, openai) or a format string; "
-                      "auto uses the shapes world's prompts on shapes data and 'photo' elsewhere."),
+    templates_option,
 ])
 
 
@@ -195,6 +208,19 @@ def needs(extra: str, *modules: str) -> Callable:
 
 
 # text pools and OMP -------------------------------------------------------------------------------------------------
+# Why head and unit commands name things with different pools by default (their --help says so).
+POOL_REASONS = {
+    HEAD_POOL: f"heads are named with image descriptions, as TextSpan does; neurons and pairs use {UNIT_POOL}",
+    UNIT_POOL: f"neurons and pairs are named with single words, as in their papers; heads use {HEAD_POOL}",
+}
+POOL_TEMPLATE_REASONS = {
+    HEAD_POOL_TEMPLATES: f"descriptions are sentences already; the neuron and pair commands use "
+                         f"{UNIT_POOL_TEMPLATES}, for single words",
+    UNIT_POOL_TEMPLATES: f"a single word is embedded as 'a photo of <word>'; the head commands use "
+                         f"{HEAD_POOL_TEMPLATES}, for descriptions that are sentences already",
+}
+
+
 def pool_options(usual_pool: str, default_templates: str, *,
                  uses_pool: Callable[[Options], bool] = lambda options: True) -> Callable:
     """--pool --pool-size --pool-templates: the candidate texts and the templates they are embedded with. The pool the
@@ -207,11 +233,12 @@ def pool_options(usual_pool: str, default_templates: str, *,
     return stacked([
         click.option("--pool", default=None,
                      help="Text pool: words, descriptions, imagenet, shapes, or a file with one text per line "
-                          f"[default: shapes for shapes:... data, else {usual_pool}]."),
+                          f"[default: shapes for shapes:... data, else {usual_pool}: {POOL_REASONS[usual_pool]}]."),
         click.option("--pool-size", type=click.IntRange(min=1), default=None, help="Keep the pool's first N texts."),
         click.option("--pool-templates", default=default_templates, show_default=True,
-                     help="Templates the pool texts are embedded with (the references: none for TextSpan, "
-                          "the 80 'openai' ones for neurons and pairs)."),
+                     help="Templates the pool texts are embedded with: none, photo, simple, openai (the references' "
+                          f"80 for neurons and pairs) or a format string with {{}}; {default_templates} here: "
+                          f"{POOL_TEMPLATE_REASONS[default_templates]}."),
         before_body(require_extra),
     ])
 

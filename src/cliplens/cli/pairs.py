@@ -17,7 +17,7 @@ import click
 
 from ..evaluate.pair_ablation import check_keep
 from ..explain.tables import write_descriptions
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..workflows.pair_study import PAIR_ATOMS, pair_study
 from .options import (
     Options, data_options, echo_pair_table, load_lens, model_options, omp_options, output_option, pair_fit_options,
@@ -39,7 +39,7 @@ def command(model: Options, output_dir: Path, keep: float, **options: Any) -> No
     keep = check_keep(keep)
     lens = load_lens(model)
     study = pair_study(lens, keep=keep, save_stats=output_dir / "pair_stats", progress=True, **options)
-    write_rows(output_dir / "pairs.csv", study.summary)
+    write_table(output_dir / "pairs.csv", "pairs", study.summary)
     for name, rows in (("pair_words", study.pair_words), ("neuron_words", study.neuron_words)):
         if rows is not None:
             write_descriptions(output_dir / f"{name}.csv", rows)
@@ -49,5 +49,5 @@ def command(model: Options, output_dir: Path, keep: float, **options: Any) -> No
     if study.ablation is None:
         click.echo("  the evaluation data has no class names, so no accuracy was measured")
         return
-    write_rows(output_dir / "ablation.csv", study.ablation)
+    write_table(output_dir / "ablation.csv", "ablation", study.ablation)
     echo_pair_table(study.ablation)

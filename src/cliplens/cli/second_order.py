@@ -15,11 +15,13 @@ from typing import Any
 import click
 
 from ..explain.tables import write_descriptions
-from ..io.tables import write_rows
-from ..workflows.second_order_study import NEURON_ATOMS, require_whole_data, second_order_study, write_top_images
+from ..io.metadata import write_metadata
+from ..io.tables import write_table
+from ..workflows.second_order_study import (NEURON_ATOMS, require_whole_data, second_order_study, study_record,
+                                            write_top_images)
 from ..settings import CONVENTIONS
 from .options import (Options, before_body, data_options, load_lens, long_run_options, model_options, omp_options,
-                      output_option, texts_per_unit_option)
+                      output_option, templates_option, texts_per_unit_option)
 
 
 @click.command("second-order")
@@ -37,9 +39,7 @@ from .options import (Options, before_body, data_options, load_lens, long_run_op
 @click.option("--eval-data-path", default=None,
               help="Labelled data for the ablation accuracies (class folders or shapes:<split>[:<n>]); "
                    "omit to skip the ablations.")
-@click.option("--templates", default="auto", show_default=True,
-              help="Classifier prompts: a template set (none, photo, simple, openai) or a format string; auto uses "
-                   "the shapes world's prompts on shapes data and 'photo' elsewhere.")
+@templates_option
 @omp_options(NEURON_ATOMS)
 @texts_per_unit_option
 @click.option("--grids", type=click.IntRange(min=0), default=8, show_default=True,
@@ -58,18 +58,20 @@ def command(model: Options, output_dir: Path, grids: int, long_run: Options, **o
     study = second_order_study(lens, save_stats=artifact, progress=True, **long_run, **options)
     if study is None:  # a torchrun rank other than 0: rank 0 writes
         return
-    table = write_rows(output_dir / f"neurons_L{layer}.csv", study.neurons)
+    table = write_table(output_dir / f"neurons_L{layer}.csv", "neurons", study.neurons)
     click.echo(f"{lens.name} layer {layer}: {study.stats.report.summary()}\nwrote {artifact} and {table}")
     if study.words is not None:
         click.echo(f"wrote {write_descriptions(output_dir / f'neuron_words_L{layer}.csv', study.words)}")
     if grids:
         folder = write_top_images(study.stats, options["data_path"], output_dir / f"top_images_L{layer}", grids)
         click.echo(f"wrote the top images of {min(grids, study.stats.basis.num_neurons)} neurons to {folder}")
-    if study.ablation is None:
+    ablation = study.ablation
+    write_metadata(output_dir, {**study_record(study, lens), "statistics": str(artifact)})
+    if ablation is None:
         return
-    path = write_rows(output_dir / f"ablation_L{layer}.csv", study.ablation.rows())
-    for row in study.ablation.rows():
+    path = write_table(output_dir / f"ablation_L{layer}.csv", "ablation", ablation.rows())
+    for row in ablation.rows():
         click.echo(f"  {row['variant']:<24} {100 * row['accuracy']:6.2f}%")
-    sample = "in-sample" if study.ablation.metadata["in_sample"] else "out-of-sample"
-    click.echo(f"  {study.ablation.count} images ({sample}); significant neuron-image pairs: "
-               f"{100 * study.ablation.significant_fraction:.2f}%\nwrote {path}")
+    sample = "in-sample" if ablation.metadata["in_sample"] else "out-of-sample"
+    click.echo(f"  {ablation.count} images ({sample}); significant neuron-image pairs: "
+               f"{100 * ablation.significant_fraction:.2f}%\nwrote {path}")

@@ -12,7 +12,7 @@ from ..data.segmentation import IMAGENET_SEG_PREFIX
 from ..evaluate.groups import PATTERN_HELP
 from ..extras import require
 from ..workflows.segmentation import GRID, MASKS, METRICS, segmentation_study, write_segmentation
-from .options import Options, before_body, load_lens, model_options, output_option, running_command
+from .options import Options, batch_options, before_body, load_lens, model_options, output_option, running_command
 
 
 def _needs_h5py(options: Options) -> None:
@@ -24,10 +24,10 @@ def _needs_h5py(options: Options) -> None:
 @click.command("segment")
 @model_options
 @click.option("--data-path", default="shapes:segmentation:256", show_default=True,
-              help="Images with masks: shapes:segmentation:<n>[:<seed>], masks:<dir> (images/, masks/, "
-                   "classes.txt), imagenet-seg:<gtsegs_ijcv.mat> or pascal-context:<VOC2010 dir>.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+              help="Images with masks (so not shapes:test:512, the other commands' default, whose scenes have none): "
+                   "shapes:segmentation:<n>[:<seed>], masks:<dir> (images/, masks/, classes.txt), "
+                   "imagenet-seg:<gtsegs_ijcv.mat> or pascal-context:<VOC2010 dir>.")
+@batch_options
 @click.option("--lens", "lenses", multiple=True, type=click.Choice(LENSES), required=True,
               help="heads, second-order (ViT), pairs (ResNet), or the baselines attention, rollout (ViT), gradcam, "
                    "maskclip (ResNet), centre; repeat for several.")

@@ -19,7 +19,8 @@ from .options import output_folder_option
               help="Which toy to train (cnn: the shape classifier that `dissect` is checked against).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights and the data stream.")
 @click.option("--steps", type=int, default=None, help="Optimizer steps [default: what the shipped toy used].")
-@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
+@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True,
+              help="Image-caption pairs per optimizer step (the contrastive loss compares each with the others).")
 @click.option("--threads", type=int, default=TrainConfig.threads, show_default=True,
               help="CPU threads (the shipped weights used 1; other counts change the weights by float rounding).")
 @output_folder_option("--output-dir", required=True, help="Folder for <model>.safetensors and <model>.json.")

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CliplensError, require_positive_int
+from ..progress import progress_bar
 from .cars import STANFORD_CARS_PREFIX, stanford_cars
 from .folders import ImageFolder, Unreadable, printable
 from .waterbirds import WATERBIRDS_PREFIX, waterbirds_source
@@ -110,6 +111,12 @@ def fingerprint(source: Any) -> str:
     return "unverified-" + hashlib.sha256(f"{type(source).__qualname__}:{len(source)}".encode()).hexdigest()[:12]
 
 
+def describe_item(source: Any, position: int) -> str:
+    """Which image `position` of `source` is, in words: its file path, a shapes scene's attributes, else its number."""
+    describe = getattr(source, "describe", None)
+    return describe(position) if describe is not None else f"item {position}"
+
+
 class _Preprocessed(Dataset):
     """(position, tensor or why it was skipped, label) per item; sources with `read` (ImageFolder) say why."""
 
@@ -164,24 +171,19 @@ def batches(
     workers = min(num_workers, -(-(len(source) - start) // batch_size))  # a worker beyond one per batch would only idle
     loader = DataLoader(_Preprocessed(source, preprocess, start), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, shuffle=False, worker_init_fn=_hand_over_by_name)
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(source), initial=start, desc=description, unit="img", leave=False)
+    bar = progress_bar(len(source), description, "img", progress, initial=start)
     with _interrupts_held():  # the workers start here
         iterator = iter(loader)
     for block, (skipped, batch) in enumerate(iterator):
         describe = getattr(source, "describe", lambda i: f"item {i}")
         report.skipped.extend(describe(i) for i, _ in skipped)
         report.reasons.extend(why for _, why in skipped)
-        if progress:
-            bar.update(len(skipped) + (len(batch.indices) if batch is not None else 0))
+        bar.update(len(skipped) + (len(batch.indices) if batch is not None else 0))
         if batch is not None:
             report.loaded += len(batch.indices)
             batch.stop = min(start + (block + 1) * batch_size, len(source))
             yield batch
-    if progress:
-        bar.close()
+    bar.close()
 
 
 def _hand_over_by_name(worker_id: int) -> None:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
-from ..data.loader import LoadReport, as_source, stream
+from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..errors import CliplensError
-from ..io.compat import require_model
-from ..io.tables import write_rows
+from ..io.compat import fitted_on, require_model
+from ..io.tables import write_table
 from ..stats.collect import PieceStats
 from .groups import attention_pieces, heads_of_layers, layer_count, mlp_set, select
 
@@ -143,6 +143,8 @@ class Scores:
     full_correct: int
     count: int
     classes: int
+    pieces: int = 0  # how many pieces the statistics have
+    in_sample: bool | None = None  # whether the means were computed on the evaluation data itself
 
     def accuracy(self, name: str) -> float:
         return self.correct[self.names.index(name)] / self.count
@@ -220,7 +222,8 @@ def evaluate_variants(
             predicted = (bank.combine(result.components, cells) @ weights).argmax(-1)  # [B, V]
             correct += (predicted == labels[:, None]).sum(0)
             full_correct += int(((result.embedding.to(torch.float64) @ weights).argmax(-1) == labels).sum())
-    return Scores(bank.names, correct.tolist(), full_correct, report.loaded, weights.shape[1])
+    return Scores(bank.names, correct.tolist(), full_correct, report.loaded, weights.shape[1], len(stats.labels),
+                  fitted_on(stats.metadata, fingerprint(source)))
 
 
 def mean_ablation(
@@ -293,9 +296,13 @@ def layer_curve(labels: Sequence[str]) -> list[Variant]:
 
 # The zero-shot task of a dataset -----------------------------------------------------------------------------------
 def write_scores(path: str | os.PathLike, scores: Scores, variants: Sequence[Variant]) -> Path:
-    """CSV `variant,ablated,accuracy,correct,images`: the unablated model first, then each variant in order."""
-    rows = [{"variant": "full model", "ablated": 0, "accuracy": scores.full_accuracy, "correct": scores.full_correct,
-             "images": scores.count}]
-    rows += [{"variant": variant.name, "ablated": len(variant.ablated), "accuracy": correct / scores.count,
-              "correct": correct, "images": scores.count} for variant, correct in zip(variants, scores.correct)]
-    return write_rows(path, rows)
+    """An ablation table (docs/outputs.md#ablation): the unablated model first, then each variant in order. `ablated`
+    and `kept` count pieces (a variant's CLS cells are not pieces: its level `piece+cls` says they are ablated too)."""
+    shared = {"images": scores.count, "in_sample": scores.in_sample}
+    rows = [{"variant": "full model", "level": "model", "ablated": 0, "accuracy": scores.full_accuracy,
+             "correct": scores.full_correct, **shared}]
+    rows += [{"variant": variant.name, "level": "piece+cls" if variant.cls else "piece",
+              "ablated": len(variant.ablated), "kept": scores.pieces - len(variant.ablated) - len(variant.projected),
+              "total": scores.pieces, "accuracy": correct / scores.count, "correct": correct, **shared}
+             for variant, correct in zip(variants, scores.correct)]
+    return write_table(path, "ablation", rows)

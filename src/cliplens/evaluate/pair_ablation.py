@@ -122,6 +122,7 @@ def text_reconstruction(
     n_atoms: int = 64,
     dict_norm: DictNorm = "row",
     batch_size: int = 1024,
+    progress: bool = False,
 ) -> tuple[DirectionReconstruction, SparseTextDecomposition]:
     """Each pair's pc0 written as `n_atoms` signed texts by OMP; p̂ = normalise(xD) (docs/methods/omp.md#reconstruction,
     docs/methods/resnet-pairs.md#ablation).
@@ -133,7 +134,7 @@ def text_reconstruction(
     heads, neurons, dim = pcs.shape
     omp = SparseTextDecomposition(n_atoms, dict_norm=dict_norm, renormalize=True, batch_size=batch_size,
                                   dtype=torch.float64)
-    omp.fit(pcs.reshape(heads * neurons, dim), text_embeddings, texts)
+    omp.fit(pcs.reshape(heads * neurons, dim), text_embeddings, texts, progress=progress)
     directions = omp.directions_.reshape(heads, neurons, dim)
     gains = torch.stack([(u * p).sum(1) for u, p in zip(head_directions(stats), directions)])
     return DirectionReconstruction(directions, gains), omp
@@ -179,9 +180,15 @@ class PairVariant:
     name: str
     level: str  # "model", "pair", "neuron", "pc" or "text"
     embed: Callable[[PairDecomposition], torch.Tensor]
-    keep_percent: float | None = None
     kept: int | None = None
     total: int | None = None
+
+    @property
+    def ablated(self) -> int | None:
+        """Units mean-ablated: none for the full model, unknown (None) where units are rebuilt instead."""
+        if self.kept is not None:
+            return self.total - self.kept
+        return 0 if self.level == "model" else None
 
 
 def standard_variants(
@@ -192,12 +199,12 @@ def standard_variants(
     text: DirectionReconstruction | None = None,
     text_label: str = "text",
 ) -> list[PairVariant]:
-    """Baseline, top-x % masks per level, and the pc0 and (when given) sparse-text reconstructions."""
+    """The full model, top-x % masks per level, and the pc0 and (when given) sparse-text reconstructions."""
     unknown = set(levels) - {"pair", "neuron"}
     if unknown:
         raise CliplensError(f"unknown ablation level(s) {sorted(unknown)}; use 'pair' and/or 'neuron'")
     stats = ablation.stats
-    variants = [PairVariant("baseline", "model", lambda dec: dec.embedding)]
+    variants = [PairVariant("full model", "model", lambda dec: dec.embedding)]
     scores = {"pair": stats.scores()}
     scores["neuron"] = neuron_scores(scores["pair"])
     for level in levels:
@@ -205,8 +212,7 @@ def standard_variants(
             mask = top_mask(scores[level], keep)
             variants.append(PairVariant(
                 f"{level}s keep {keep:g}%", level,
-                lambda dec, mask=mask: ablation.mean_ablated(dec.coefficients, mask),
-                check_keep(keep), int(mask.sum()), mask.numel(),
+                lambda dec, mask=mask: ablation.mean_ablated(dec.coefficients, mask), int(mask.sum()), mask.numel(),
             ))
     principal = principal_reconstruction(stats)
     variants.append(PairVariant("pc0 reconstruction", "pc",
@@ -247,13 +253,14 @@ class AccuracyBoard:
             self.correct[variant.name] += int((predict(embedding, self.weights).cpu() == labels).sum())
         self.count += len(labels)
 
-    def rows(self, **extra: Any) -> list[dict[str, Any]]:
-        """One dict per variant: name, level, keep_percent, kept, total, accuracy, images, plus `extra` columns."""
+    def rows(self, in_sample: bool | None = None) -> list[dict[str, Any]]:
+        """One ablation-table row per variant (docs/outputs.md#ablation); units counted only where units are kept."""
         if self.count == 0:
             raise CliplensError("no images were evaluated; check the evaluation data path")
         return [
-            {"variant": v.name, "level": v.level, "keep_percent": v.keep_percent, "kept": v.kept, "total": v.total,
-             "accuracy": self.correct[v.name] / self.count, "images": self.count, **extra}
+            {"variant": v.name, "level": v.level, "ablated": v.ablated, "kept": v.kept, "total": v.total,
+             "accuracy": self.correct[v.name] / self.count, "correct": self.correct[v.name], "images": self.count,
+             "in_sample": in_sample}
             for v in self.variants
         ]
 

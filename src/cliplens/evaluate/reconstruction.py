@@ -36,8 +36,9 @@ from ..explain.svd_poles import SVDPoles, nuclear_rank, row_space_projector, sig
 from ..explain.textspan import TextSpan
 from ..io.atomic import replacing
 from ..io.compat import fitted_on
-from ..io.tables import write_rows
+from ..io.tables import SCHEMAS, write_table
 from ..labels import parse_label
+from ..progress import progress_over
 from ..stats.collect import PieceStats
 from .ablation import Variant, check_statistics, evaluate_variants
 from .groups import attention_layers, heads_of_layers
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 METHODS = ("textspan", "svd", "omp", "random")
 Bases = dict[str, torch.Tensor]  # head label -> orthonormal basis [d, r]
-COLUMNS = ("method", "texts", "accuracy", "correct", "images")
+COLUMNS = SCHEMAS["reconstruction"]
 REFERENCE_ROWS = ("full model", "mean-ablation baseline", "chance")
 # the share of singular-value mass that sets how many principal directions a head has (docs/methods/svd-poles.md)
 PRINCIPAL_MASS = 0.99
@@ -60,7 +61,7 @@ def split_heads(labels: Sequence[str], num_last_layers: int) -> tuple[list[str],
         raise CliplensError("reconstruction needs per-head statistics of a ViT; collect them with granularity 'head'")
     count = max(layers) + 1
     if isinstance(num_last_layers, bool) or not isinstance(num_last_layers, int) or not 1 <= num_last_layers <= count:
-        raise CliplensError(f"num_last_layers must be between 1 and {count} (the model's layers), "
+        raise CliplensError(f"--num-last-layers must be between 1 and {count} (the model's layers), "
                             f"got {num_last_layers!r}")
     first = count - num_last_layers
     return heads_of_layers(labels, range(first, count)), heads_of_layers(labels, range(first))
@@ -221,7 +222,7 @@ def reconstruction_accuracy(
     }
     baseline = Variant("mean-ablation baseline", tuple(earlier))
     variants = [baseline]
-    for method in dict.fromkeys(methods):
+    for method in progress_over(list(dict.fromkeys(methods)), "fit the reconstructions", "method", progress):
         for m, bases in builders[method]().items():
             variants.append(Variant(f"{method}:{m}", tuple(earlier), bases))
     scores = evaluate_variants(lens, data, variants, weights, stats, batch_size=batch_size, num_workers=num_workers,
@@ -262,7 +263,7 @@ def _row(method: str, texts: int | str, correct: int, images: int) -> dict[str, 
 
 
 def write_csv(path: str | os.PathLike, result: ReconstructionResult) -> Path:
-    return write_rows(path, result.rows, COLUMNS)
+    return write_table(path, "reconstruction", result.rows)
 
 
 def plot(path: str | os.PathLike, result: ReconstructionResult, title: str = "") -> Path:

@@ -73,5 +73,6 @@ def evaluation_record(source: Any, images: int, templates: str | None) -> dict[s
     """What metadata.json says about the evaluation data and its zero-shot classes."""
     phrases, default = source_prompts(source)
     return {"fingerprint": fingerprint(source), "images": images, "classes": phrases,
-            "templates": templates or (default if isinstance(default, str) else list(default)),
+            "templates": templates if templates not in (None, "auto") else
+            default if isinstance(default, str) else list(default),
             "label": getattr(source, "label", None)}

@@ -75,10 +75,18 @@ class SecondOrderAblation:
     count: int
     significant_fraction: float  # mean over images and neurons of [‖Δ_n‖ > thr_n]
     metadata: dict[str, Any] = field(default_factory=dict)
+    neurons: int = 0  # the layer's neuron count
 
     def rows(self) -> list[dict[str, Any]]:
-        return [{"layer": self.layer, "variant": name, "accuracy": self.accuracies[name], "images": self.count,
-                 "significant_fraction": self.significant_fraction, "in_sample": self.metadata.get("in_sample")}
+        """One ablation-table row per variant (docs/outputs.md#ablation). Which neurons `without_significant` and
+        `without_insignificant` ablate varies per image, and `pc_reconstruction` rebuilds every neuron from its
+        principal direction, so those rows count no ablated or kept neurons."""
+        levels = {"baseline": "model", "pc_reconstruction": "pc"}
+        counts = {"baseline": {"ablated": 0}, "without_all": {"ablated": self.neurons, "kept": 0}}
+        return [{"variant": name, "level": levels.get(name, "neuron"), **counts.get(name, {}),
+                 "total": None if name == "baseline" else self.neurons, "accuracy": self.accuracies[name],
+                 "correct": round(self.accuracies[name] * self.count), "images": self.count,
+                 "in_sample": self.metadata.get("in_sample")}
                 for name in VARIANTS]
 
 
@@ -107,4 +115,5 @@ def second_order_ablation(
                 "in_sample": fitted_on(stats.metadata, fingerprint(source)),
                 "skipped": len(report.skipped)}
     return SecondOrderAblation(stats.layer, {name: hits / report.loaded for name, hits in correct.items()},
-                               report.loaded, significant / (report.loaded * stats.basis.num_neurons), metadata)
+                               report.loaded, significant / (report.loaded * stats.basis.num_neurons), metadata,
+                               stats.basis.num_neurons)

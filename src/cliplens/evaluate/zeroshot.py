@@ -82,10 +82,11 @@ def classifier_prompts(source: Any, templates: str | Sequence[str] | None = None
     return phrases, templates
 
 
-def source_classifier(lens: Lens, source: Any, templates: str | Sequence[str] | None = None) -> torch.Tensor:
+def source_classifier(lens: Lens, source: Any, templates: str | Sequence[str] | None = None, *,
+                      progress: bool = False) -> torch.Tensor:
     """Zero-shot classifier W [d, classes] for a data source (float64), text embeddings cached on disk; `templates`
     as `classifier_prompts` takes them."""
     from ..text.embed import embed_texts
 
     phrases, templates = classifier_prompts(source, templates)
-    return embed_texts(lens, phrases, templates=templates).to(torch.float64).T
+    return embed_texts(lens, phrases, templates=templates, progress=progress).to(torch.float64).T

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Protocol, Sequence, TypeVar
 import torch
 
 from ..errors import CliplensError
+from ..progress import progress_over
 from ..stats.moments import Moments
 
 
@@ -76,6 +77,7 @@ def fit_pieces(
     texts: Sequence[str],
     *,
     only: Iterable[str] | None = None,
+    progress: bool = False,
 ) -> dict[str, Explainer]:
     """Fit a fresh copy of `explainer` (same settings) to each piece of `moments`; a dict by label, in order.
 
@@ -93,7 +95,7 @@ def fit_pieces(
         raise CliplensError(f"no piece labelled {unknown[0]!r} in these statistics; pick from e.g. {list(labels)[:5]}")
     covariance = moments.covariance
     fitted = {}
-    for label in chosen:
+    for label in progress_over(chosen, f"fit {type(explainer).__name__}", "piece", progress):
         i = position[label]
         fitted[label] = type(explainer)(**explainer.get_params()).fit(
             moments.count, moments.mean[i], covariance[i], text_embeddings, texts

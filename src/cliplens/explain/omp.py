@@ -23,6 +23,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from ..errors import CliplensError, require_positive_int
+from ..progress import progress_bar
 from .base import require_fitted
 
 DictNorm = Literal["row", "axis0"]
@@ -96,6 +97,7 @@ def orthogonal_matching_pursuit(
     *,
     tol: float | None = None,
     batch_size: int = 1024,
+    progress: bool = False,
 ) -> SparseCodes:
     """OMP codes of targets [B, d] over atoms [M, d]: exactly `n_atoms` non-zeros per target.
 
@@ -134,10 +136,12 @@ def orthogonal_matching_pursuit(
     padded = torch.cat([dictionary, dictionary.new_zeros(-len(dictionary) % ARGMAX_BLOCK, dictionary.shape[1])])
     screen = padded.float() if padded.dtype == torch.float64 else None
     square_norms = padded.square().sum(1)
-    parts = [
-        _omp_batch(targets[start : start + batch_size], padded, screen, square_norms, n_atoms, tol)
-        for start in range(0, len(targets), batch_size)
-    ]
+    bar = progress_bar(len(targets), f"OMP, {n_atoms} atoms", "target", progress)
+    parts = []
+    for start in range(0, len(targets), batch_size):
+        parts.append(_omp_batch(targets[start : start + batch_size], padded, screen, square_norms, n_atoms, tol))
+        bar.update(len(parts[-1][0]))
+    bar.close()
     ids = torch.cat([p[0] for p in parts])
     coef = torch.cat([p[1] for p in parts])
     # Empty slots sort last; stable, so equal magnitudes keep their picking order.
@@ -372,7 +376,8 @@ class SparseTextDecomposition:
             "device": self.device,
         }
 
-    def fit(self, targets: Any, text_embeddings: Any, texts: Sequence[str] | None = None) -> SparseTextDecomposition:
+    def fit(self, targets: Any, text_embeddings: Any, texts: Sequence[str] | None = None, *,
+            progress: bool = False) -> SparseTextDecomposition:
         targets = _finite_matrix("targets", targets)
         pool = _finite_matrix("text embeddings", text_embeddings)
         if texts is not None and len(texts) != len(pool):
@@ -384,7 +389,7 @@ class SparseTextDecomposition:
         targets = targets.to(device, dtype)
         self.dictionary_ = prepare_dictionary(pool.to(device, dtype), self.dict_norm, self.scale)
         codes = orthogonal_matching_pursuit(
-            targets, self.dictionary_, self.n_atoms, tol=self.tol, batch_size=self.batch_size
+            targets, self.dictionary_, self.n_atoms, tol=self.tol, batch_size=self.batch_size, progress=progress
         )
         self.ids_, self.coef_, self.fidelity_ = codes.ids, codes.coef, codes.fidelity
         self.n_nonzero_ = codes.n_nonzero

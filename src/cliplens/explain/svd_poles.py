@@ -191,14 +191,15 @@ class SVDPoles:
         return self.mean_ + (x - self.mean_) @ self.projector()
 
     def descriptions(self) -> list[dict[str, Any]]:
-        """One row per pole text: rank = component index, similarity = its coordinate Γ, method names the pole."""
+        """One row per pole text (docs/outputs.md#descriptions): direction = component index, pole + or -, rank = the
+        text's place in its pole (0 the most extreme), similarity = its coordinate Γ."""
         require_fitted(self, "components_poles_")
         rows = []
         for component in self.components_poles_:
             for pole in component.poles:
-                method = "svd_poles+" if pole.sign > 0 else "svd_poles-"
                 rows.extend(
-                    {"rank": component.index, "description": text, "similarity": score, "method": method}
-                    for text, score in zip(pole.texts, pole.scores)
+                    {"method": "svd", "direction": component.index, "pole": "+" if pole.sign > 0 else "-",
+                     "rank": rank, "description": text, "similarity": score}
+                    for rank, (text, score) in enumerate(zip(pole.texts, pole.scores))
                 )
         return rows

@@ -1,7 +1,8 @@
-"""Description tables: what each piece's explainer says, one CSV row per (layer, unit, rank, text).
+"""Description tables: what each unit's explainer says, one CSV row per text (docs/outputs.md#descriptions).
 
-The columns extend CLIP-Dissect's `layer,unit,description,similarity` with `rank` (0-based) and `method`, so tables
-from different explainers and tools can be concatenated and compared. For a head `L3H7` the layer is 3 and the unit 7.
+A row names its unit by label and by its layer, head and neuron numbers (blank where the unit has none), and carries
+the number its method gives the text in the column that means that number: `similarity` (svd: a cosine),
+`coefficient` (omp: a signed sparse-code weight) or `variance_explained` (textspan).
 """
 
 from __future__ import annotations
@@ -10,40 +11,38 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
-from ..errors import CliplensError
-from ..io.tables import write_rows
+from ..io.tables import SCHEMAS, write_table
 from ..labels import match_label
 
-COLUMNS = ("layer", "unit", "description", "similarity", "rank", "method")
+COLUMNS = SCHEMAS["descriptions"]
 
 
 class Describes(Protocol):
     def descriptions(self) -> list[dict[str, Any]]: ...
 
 
-def label_position(label: str) -> tuple[int | str, int | str]:
-    """(layer, unit) of a label: L3H7 → (3, 7), L3N5 → (3, 5), L3.mlp → (3, "mlp"), anything else → ("", label)."""
+def unit_columns(label: str) -> dict[str, Any]:
+    """label, layer, head and neuron of a unit: L3H7 → layer 3, head 7; H2N17 → head 2, neuron 17; N17 → neuron 17;
+    a number the unit does not have is blank."""
     piece = match_label(label)
-    if piece is None or piece.layer is None or piece.token is not None:
-        return "", label
-    if piece.kind in ("attn", "mlp"):
-        return piece.layer, piece.kind
-    return piece.layer, piece.head if piece.kind == "head" else piece.neuron
+    numbers = {name: None if piece is None or piece.token is not None else getattr(piece, name)
+               for name in ("layer", "head", "neuron")}
+    return {"label": label, **{name: "" if value is None else value for name, value in numbers.items()}}
+
+
+def description_row(label: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A whole row of COLUMNS for unit `label`: its numbers, `values`, and blanks where the method gives nothing, so
+    that a row in Python is the row in the CSV."""
+    return {column: "" for column in COLUMNS} | unit_columns(label) | dict(values)
 
 
 def description_rows(explainers: Mapping[str, Describes]) -> list[dict[str, Any]]:
     """Rows for fitted explainers keyed by piece label (e.g. the dict `fit_pieces` returns), in the mapping's order."""
-    rows = []
-    for label, explainer in explainers.items():
-        layer, unit = label_position(label)
-        rows.extend({"layer": layer, "unit": unit, **row} for row in explainer.descriptions())
-    return rows
+    return [description_row(label, row) for label, explainer in explainers.items()
+            for row in explainer.descriptions()]
 
 
 def write_descriptions(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write rows as a CSV with COLUMNS; atomic, so a crash never leaves half a table."""
-    rows = list(rows)
-    for row in rows:
-        if set(row) != set(COLUMNS):
-            raise CliplensError(f"a description row needs exactly the columns {', '.join(COLUMNS)}, got {sorted(row)}")
-    return write_rows(path, rows, COLUMNS)
+    """Write rows as a descriptions table (COLUMNS; a column a row lacks is blank); atomic, so a crash never leaves
+    half a table."""
+    return write_table(path, "descriptions", rows)

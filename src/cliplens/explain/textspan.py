@@ -106,9 +106,10 @@ class TextSpan:
         return self.mean_ + (x - self.mean_) @ self.projector()
 
     def descriptions(self) -> list[dict[str, Any]]:
-        """One row per picked text: rank (0-based), description, similarity (= variance explained), method."""
+        """One row per picked text (docs/outputs.md#descriptions): rank (picking order), description,
+        variance_explained, method."""
         require_fitted(self, "ids_")
         return [
-            {"rank": rank, "description": text, "similarity": float(share), "method": "textspan"}
+            {"rank": rank, "description": text, "variance_explained": float(share), "method": "textspan"}
             for rank, (text, share) in enumerate(zip(self.texts_, self.variance_explained_.tolist()))
         ]

@@ -1,6 +1,6 @@
 """Units (MLP neurons, ResNet pairs) named by the OMP text atoms of their principal directions (docs/methods/omp.md).
 
-How many atoms k to ask for, and the description rows (explain/tables.py's columns) of chosen units.
+How many atoms k to ask for, and the description rows (docs/outputs.md#descriptions) of chosen units.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import CliplensError
 from .omp import SparseTextDecomposition, require_fewer_atoms
+from .tables import description_row
 
 
 def atom_count(requested: int | None, default: int, pool_size: int, width: int) -> int:
@@ -23,12 +24,11 @@ def atom_count(requested: int | None, default: int, pool_size: int, width: int) 
     return requested
 
 
-def word_rows(omp: SparseTextDecomposition, units: list[tuple[Any, int]], targets: list[int], texts_per_unit: int,
+def word_rows(omp: SparseTextDecomposition, labels: list[str], targets: list[int], texts_per_unit: int,
               method: str) -> list[dict[str, Any]]:
-    """Description rows (layer, unit, description, similarity = OMP coefficient, rank, method) for chosen targets."""
-    rows = []
-    for (layer, unit), target in zip(units, targets):
-        for rank, (text, coef) in enumerate(omp.texts_[target][:texts_per_unit]):
-            rows.append({"layer": layer, "unit": unit, "description": text, "similarity": coef, "rank": rank,
-                         "method": method})
-    return rows
+    """Description rows (docs/outputs.md#descriptions: the unit, its principal direction 0 written as signed atoms,
+    largest |coefficient| first) of the units `labels`, whose directions are OMP's `targets`."""
+    return [description_row(label, {"method": method, "direction": 0, "rank": rank, "description": text,
+                                    "coefficient": coef})
+            for label, target in zip(labels, targets)
+            for rank, (text, coef) in enumerate(omp.texts_[target][:texts_per_unit])]

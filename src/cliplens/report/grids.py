@@ -15,6 +15,7 @@ from ..io.atomic import replacing
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
 PADDING = 4
+TITLE_PIXELS = 18  # the title's font size: readable where the grid is shown at its own size, above 11-pixel captions
 
 
 def to_image(item: Image.Image | torch.Tensor) -> Image.Image:
@@ -38,6 +39,18 @@ def _fitted(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, wid
     return text + "..."
 
 
+def _wrapped(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+    """`text` broken at spaces into lines of at most `width` pixels (a word wider than a line is shortened)."""
+    lines: list[str] = []
+    for word in text.split():
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(joined, font=font) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(_fitted(draw, word, font, width))
+    return lines
+
+
 def image_grid(
     images: Sequence[Image.Image | torch.Tensor],
     captions: Sequence[str],
@@ -46,7 +59,9 @@ def image_grid(
     size: int = 112,
     title: str | None = None,
 ) -> Image.Image:
-    """Thumbnails of `size` pixels (aspect kept, padded white), `columns` per row, one caption line under each."""
+    """Thumbnails of `size` pixels (aspect kept, padded white), `columns` per row, one caption line under each; the
+    `title` (what was asked: the unit, the query, the ranking) above them in a larger font, on as many lines as it
+    needs."""
     if not images:
         raise CliplensError("an image grid needs at least one image")
     if len(captions) != len(images):
@@ -58,12 +73,17 @@ def image_grid(
     line = font.getbbox("Ag")[3] + PADDING
     columns = min(columns, len(images))
     rows = -(-len(images) // columns)
-    header = line + PADDING if title else 0
     cell_w, cell_h = size + PADDING, size + line + PADDING
-    canvas = Image.new("RGB", (columns * cell_w + PADDING, header + rows * cell_h + PADDING), BACKGROUND)
+    width = columns * cell_w + PADDING
+    title_font = ImageFont.load_default(size=TITLE_PIXELS)
+    title_line = title_font.getbbox("Ag")[3] + PADDING
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title_lines = _wrapped(measure, title, title_font, width - 2 * PADDING) if title else []
+    header = len(title_lines) * title_line + (PADDING if title_lines else 0)
+    canvas = Image.new("RGB", (width, header + rows * cell_h + PADDING), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((PADDING, PADDING), _fitted(draw, title, font, canvas.width - 2 * PADDING), fill=INK, font=font)
+    for k, text in enumerate(title_lines):
+        draw.text((PADDING, PADDING + k * title_line), text, fill=INK, font=title_font)
     for i, (item, caption) in enumerate(zip(images, captions)):
         x = PADDING + (i % columns) * cell_w
         y = header + PADDING + (i // columns) * cell_h

@@ -53,6 +53,17 @@ class ShapesDataset:
             raise IndexError(f"scene {index} out of range for a dataset of {self.n}")
         return render_one(index, self.seed, self.split, self.n, self.image_size)
 
+    def describe(self, index: int) -> str:
+        """Which scene `index` is, in words, so that a table row can be checked without rendering it: the data spec
+        and the scene's attributes, e.g. `shapes:test:512:0 scene 7: a small red striped circle in the centre on a
+        white checker background`."""
+        scene = self.scene(index)
+        objects = " and ".join(f"a {obj.size} {obj.colour} {obj.texture} {obj.shape} in the {obj.position}"
+                               for obj in scene.objects)
+        background = f"{scene.background.colour} {scene.background.kind} background"
+        extras = "".join(f", {name} {value}" for name, value in scene.extras.items())
+        return f"shapes:{self.split}:{self.n}:{self.seed} scene {index}: {objects} on a {background}{extras}"
+
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         scene = self.scene(index)
         if self.label in OBJECT_ATTRIBUTES:

@@ -91,7 +91,7 @@ class PairStats:
         """Statistics of `self`'s data followed by `other`'s: moments combine exactly, extremes are re-ranked."""
         check_compatible(self.metadata, other.metadata)
         if self.coef_mean.shape != other.coef_mean.shape or self.top_k != other.top_k:
-            raise CliplensError("pair statistics differ in shape or top_k and cannot be merged")
+            raise CliplensError("pair statistics of different models or --top-k cannot be merged; collect them alike")
         merged = PairStats(self.factors, self.top_k)
         # `other`'s images come after all of `self`'s, so its positions shift by the size of self's data
         shift = int(self.metadata.get("data_size", self.count))

@@ -155,8 +155,8 @@ class SecondOrderStats:
         mine = (self.layer, self.convention, self.scale, self.normalize, self.top_k)
         theirs = (other.layer, other.convention, other.scale, other.normalize, other.top_k)
         if mine != theirs:
-            raise CliplensError(f"cannot merge second-order statistics with different (layer, convention, scale, "
-                                f"normalize, top_k): {mine} vs {theirs}")
+            raise CliplensError(f"cannot merge second-order statistics with different (--mlp-layer, --convention, "
+                                f"--scale, --normalize, --top-k): {mine} vs {theirs}")
         merged = SecondOrderStats(self.basis, scale=self.scale, normalize=self.normalize, top_k=self.top_k)
         merged.moments = self.moments.merge(other.moments)
         if self.centre is not None or other.centre is not None:

@@ -39,10 +39,10 @@ def check_candidates(data_path: Any, usual_pool: str, *, pool: str | os.PathLike
 
 def candidate_texts(
     lens: Lens, data_path: Any, usual_pool: str, *, pool: str | os.PathLike | None = None,
-    pool_size: int | None = None, pool_templates: str = "none",
+    pool_size: int | None = None, pool_templates: str = "none", progress: bool = False,
 ) -> tuple[str | os.PathLike, list[str], torch.Tensor]:
     """(pool name, texts, unit embeddings [M, d]) of the chosen pool; embeddings are float32, cached on disk per
     model."""
     name = pool_name(pool, data_path, usual_pool)
     texts = get_pool(name, pool_size)
-    return name, texts, embed_texts(lens, texts, templates=pool_templates)
+    return name, texts, embed_texts(lens, texts, templates=pool_templates, progress=progress)

@@ -19,6 +19,7 @@ import torch
 from ..errors import CliplensError, require_positive_int
 from ..io.artifacts import check_shapes, load_artifact, save_artifact
 from ..io.atomic import stamped_record
+from ..progress import progress_bar
 from .templates import TemplateSpec, fill, resolve_templates
 
 EncodeText = Callable[[list[str]], torch.Tensor]
@@ -36,7 +37,8 @@ class TextEncoder(Protocol):
 
 
 def template_average(
-    encode_text: EncodeText, texts: Sequence[str], templates: Sequence[str] = ("{}",), batch_size: int = 256
+    encode_text: EncodeText, texts: Sequence[str], templates: Sequence[str] = ("{}",), batch_size: int = 256,
+    progress: bool = False,
 ) -> torch.Tensor:
     """[M, d] float32: per text, the renormalised mean of its unit template embeddings (CLIP's zero-shot recipe).
 
@@ -47,6 +49,7 @@ def template_average(
         raise CliplensError("template averaging needs at least one text and one template")
     texts_per_call = max(1, batch_size // len(templates))
     rows = []
+    bar = progress_bar(len(texts), f"embed texts x {len(templates)} templates", "text", progress)
     with torch.no_grad():
         for start in range(0, len(texts), texts_per_call):
             chunk = texts[start : start + texts_per_call]
@@ -55,6 +58,8 @@ def template_average(
             embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
             centroids = embeddings.mean(1)
             rows.append(centroids / centroids.norm(dim=-1, keepdim=True))
+            bar.update(len(chunk))
+    bar.close()
     return torch.cat(rows)
 
 
@@ -108,8 +113,10 @@ def embed_texts(
     templates: TemplateSpec = "none",
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Unit-norm float32 text embeddings [M, d] on the CPU, one row per text, loaded from the cache when present."""
+    """Unit-norm float32 text embeddings [M, d] on the CPU, one row per text, loaded from the cache when present
+    (with `progress`, a bar while they are computed)."""
     texts = _checked_texts(texts)
     templates = resolve_templates(templates)
     require_positive_int("batch_size", batch_size)
@@ -119,6 +126,6 @@ def embed_texts(
         tensors, metadata = load_artifact(path, expect=identity, fields={"dim": int})
         check_shapes(path, tensors, {"embeddings": (len(texts), metadata["dim"])})
         return tensors["embeddings"]
-    embeddings = template_average(lens.encode_text, texts, templates, batch_size).cpu()
+    embeddings = template_average(lens.encode_text, texts, templates, batch_size, progress).cpu()
     save_artifact(path, {"embeddings": embeddings}, {**identity, "model": lens.name, "dim": embeddings.shape[1]})
     return embeddings

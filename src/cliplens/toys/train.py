@@ -272,7 +272,7 @@ def train_toy(
         raise CliplensError(f"--eval-images must be an integer from 0 (no measurement) to {MAX_EVAL_IMAGES}, "
                             f"got {evaluate_n!r}")
     if config.checkpoint_every and checkpoint_dir is None:
-        raise CliplensError("checkpoint_every needs a checkpoint folder; pass --checkpoint-dir")
+        raise CliplensError("--checkpoint-every needs a checkpoint folder; pass --checkpoint-dir")
     for folder in (output_dir, checkpoint_dir if config.checkpoint_every else None):
         if folder is not None:  # made now: a folder that cannot be made must not cost the whole run
             try:

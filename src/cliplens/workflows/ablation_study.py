@@ -73,7 +73,7 @@ def ablation_study(
         named = {variant.name for variant in variants}
         variants += [variant for variant in PRESETS[preset](stats.labels)[1:] if variant.name not in named]
     variants += pattern_variants(stats.labels, groups)
-    weights = source_classifier(lens, source, templates)
+    weights = source_classifier(lens, source, templates, progress=progress)
     scores = evaluate_variants(lens, source, variants, weights, stats, batch_size=batch_size,
                                num_workers=num_workers, progress=progress)
     metadata = {

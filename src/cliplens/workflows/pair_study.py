@@ -28,7 +28,7 @@ from ..evaluate.pair_ablation import (
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..explain.omp import DictNorm, SparseTextDecomposition, require_fewer_atoms
 from ..explain.unit_words import atom_count, word_rows
-from ..labels import pair_label, pool_head_label
+from ..labels import pair_label, pool_neuron_label
 from ..stats.moments import Moments
 from ..stats.obtain import obtain_pair_stats
 from ..stats.pairs import PairStats
@@ -70,16 +70,17 @@ class PairTexts:
 
 def pair_texts(
     lens: Lens, stats: PairStats, data_path: Any, *, omp_atoms: int | None, dict_norm: DictNorm,
-    pool: str | os.PathLike | None, pool_size: int | None, pool_templates: str,
+    pool: str | os.PathLike | None, pool_size: int | None, pool_templates: str, progress: bool = False,
 ) -> PairTexts | None:
     """Each pair's principal direction as `omp_atoms` texts of the pool (default k: PAIR_ATOMS, at most half the
     pool); None when `omp_atoms` is 0."""
     if omp_atoms == 0:
         return None
     _, texts, embeddings = candidate_texts(lens, data_path, UNIT_POOL, pool=pool, pool_size=pool_size,
-                                           pool_templates=pool_templates)
+                                           pool_templates=pool_templates, progress=progress)
     atoms = atom_count(omp_atoms, PAIR_ATOMS, len(texts), embeddings.shape[1])
-    reconstruction, omp = text_reconstruction(stats, embeddings, texts, n_atoms=atoms, dict_norm=dict_norm)
+    reconstruction, omp = text_reconstruction(stats, embeddings, texts, n_atoms=atoms, dict_norm=dict_norm,
+                                              progress=progress)
     return PairTexts(texts, embeddings, atoms, reconstruction, omp)
 
 
@@ -95,7 +96,8 @@ def ranked(scores: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tens
 
 
 def pair_summary(stats: PairStats, scores: torch.Tensor, keep: torch.Tensor) -> list[dict[str, Any]]:
-    """One row per pair, by score descending: its score, spread, principal sign and whether the mask keeps it."""
+    """One row per pair, by score descending (docs/outputs.md#pairs): its rank, score, spread, principal sign and
+    whether the mask keeps it."""
     lengths = stats.direction_norms()
     columns = {
         "score": scores,
@@ -104,14 +106,15 @@ def pair_summary(stats: PairStats, scores: torch.Tensor, keep: torch.Tensor) -> 
         "coef_std": stats.coef_variance.sqrt(),
         "direction_norm": lengths,
         "sign": stats.principal_signs().int(),
-        "kept": keep,
+        "kept_in_ablation": keep,
     }
     order = ranked(scores)
     values = {name: column.flatten()[order].tolist() for name, column in columns.items()}
     rows = []
-    for i, flat in enumerate(order.tolist()):
+    for rank, flat in enumerate(order.tolist()):
         h, n = divmod(flat, stats.neurons)
-        rows.append({"head": h, "neuron": n, "label": pair_label(h, n), **{name: values[name][i] for name in columns}})
+        rows.append({"rank": rank, "label": pair_label(h, n), "head": h, "neuron": n,
+                     **{name: values[name][rank] for name in columns}})
     return rows
 
 
@@ -141,14 +144,14 @@ def pair_study(
     summary = pair_summary(stats, scores, pair_mask)
 
     text = pair_texts(lens, stats, data_path, omp_atoms=omp_atoms, dict_norm=dict_norm, pool=pool,
-                      pool_size=pool_size, pool_templates=pool_templates)
+                      pool_size=pool_size, pool_templates=pool_templates, progress=progress)
     pair_words = None
     if text is not None:
         kept = ranked(scores, pair_mask).tolist()
-        units = [(pool_head_label(flat // stats.neurons), flat % stats.neurons) for flat in kept]
-        pair_words = word_rows(text.omp, units, kept, texts_per_unit, f"omp-k{text.atoms}")
+        labels = [pair_label(*divmod(flat, stats.neurons)) for flat in kept]
+        pair_words = word_rows(text.omp, labels, kept, texts_per_unit, f"omp-k{text.atoms}")
 
-    weights = source_classifier(lens, source, templates) if labelled else None
+    weights = source_classifier(lens, source, templates, progress=progress) if labelled else None
     board = None
     if weights is not None:
         board = AccuracyBoard(weights, standard_variants(PairAblation(stats, lens.device), keeps=[keep_percent],
@@ -166,9 +169,9 @@ def pair_study(
         directions, _ = neuron_principal_directions(stats, moments)
         kept_neurons = ranked(neuron_scores(scores), neuron_mask).tolist()
         neuron_omp = SparseTextDecomposition(text.atoms, dict_norm=dict_norm, dtype=torch.float64)
-        neuron_omp.fit(directions[kept_neurons], text.embeddings, text.texts)
-        neuron_words = word_rows(neuron_omp, [("layer4", n) for n in kept_neurons], list(range(len(kept_neurons))),
-                                 texts_per_unit, f"omp-k{text.atoms}")
+        neuron_omp.fit(directions[kept_neurons], text.embeddings, text.texts, progress=progress)
+        neuron_words = word_rows(neuron_omp, [pool_neuron_label(n) for n in kept_neurons],
+                                 list(range(len(kept_neurons))), texts_per_unit, f"omp-k{text.atoms}")
     ablation = board.rows(in_sample=is_in_sample(stats, source)) if board is not None else None
     return PairStudy(stats, keep_percent, pair_mask, neuron_mask, summary, pair_words, neuron_words, ablation)
 
@@ -191,11 +194,11 @@ def pair_ablation_study(
     if omp_atoms != 0:
         check_candidates(data_path, UNIT_POOL, pool=pool, pool_templates=pool_templates)
     source = as_source(data_path)
-    weights = source_classifier(lens, source, templates)
+    weights = source_classifier(lens, source, templates, progress=progress)
     stats = obtain_pair_stats(lens, stats_path, fit_path or data_path, top_k=top_k, batch_size=batch_size,
                               num_workers=num_workers, save_to=save_stats, progress=progress)
     text = pair_texts(lens, stats, data_path, omp_atoms=omp_atoms, dict_norm=dict_norm, pool=pool,
-                      pool_size=pool_size, pool_templates=pool_templates)
+                      pool_size=pool_size, pool_templates=pool_templates, progress=progress)
     levels = ("pair", "neuron") if level == "both" else (level,)
     variants = standard_variants(PairAblation(stats, lens.device), keeps=keeps, levels=levels, **text_variant(text))
     return ablation_table(lens, source, weights, variants, stats, batch_size=batch_size, num_workers=num_workers,

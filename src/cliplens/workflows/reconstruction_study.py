@@ -57,7 +57,7 @@ def reconstruction_study(
     """Accuracy on `data_path` with the last layers' heads rebuilt from m texts for each method and each m in
     `counts` (default: 1, 2, 4, ... up to the smallest of `w_ov_rank`, the embedding dimension and the pool size)."""
     check_methods(methods)  # everything the passes below need is checked before the first one
-    require_seed("random_seed", random_seed)
+    require_seed("--random-seed", random_seed)
     split_heads(lens.decomposer.labels(Settings("head")), num_last_layers)
     if counts is not None:
         check_text_counts(counts, min(w_ov_rank, lens.spec.output_dim))
@@ -69,10 +69,10 @@ def reconstruction_study(
                                         granularity="head", batch_size=batch_size, num_workers=num_workers,
                                         progress=progress)
     pool, texts, embeddings = candidate_texts(lens, data_path, HEAD_POOL, pool=pool, pool_size=pool_size,
-                                              pool_templates=pool_templates)
+                                              pool_templates=pool_templates, progress=progress)
     if counts is None:
         counts = powers_of_two(min(w_ov_rank, embeddings.shape[1], len(texts)))
-    weights = source_classifier(lens, source, templates)
+    weights = source_classifier(lens, source, templates, progress=progress)
     result = reconstruction_accuracy(
         lens, source, weights, stats, embeddings, texts, methods=methods, counts=counts,
         num_last_layers=num_last_layers, rank=w_ov_rank, seed=random_seed, batch_size=batch_size,

@@ -51,8 +51,8 @@ def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
     spread = stats.mean_square_deviation.clamp_min(0).sqrt().tolist()
     thresholds, explained = stats.thresholds.tolist(), stats.variance_explained.tolist()
     explained_topk, top = stats.topk_variance_explained.tolist(), stats.top_images.tolist()
-    return [{"layer": stats.layer, "neuron": n, "mean_norm": mean_norms[n], "rms_deviation": spread[n],
-             "threshold": thresholds[n], "variance_explained_pc1": explained[n],
+    return [{"label": neuron_label(stats.layer, n), "layer": stats.layer, "neuron": n, "mean_norm": mean_norms[n],
+             "rms_deviation": spread[n], "threshold": thresholds[n], "variance_explained_pc1": explained[n],
              "topk_variance_explained_pc1": explained_topk[n], "top_images": " ".join(map(str, top[n]))}
             for n in range(stats.basis.num_neurons)]
 
@@ -60,18 +60,31 @@ def neuron_rows(stats: SecondOrderStats) -> list[dict[str, Any]]:
 def neuron_words(
     stats: SecondOrderStats, lens: Lens, data_path: Any, *, omp_atoms: int | None, dict_norm: DictNorm,
     pool: str | os.PathLike | None, pool_size: int | None, pool_templates: str, texts_per_unit: int,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Each neuron's principal direction (top-k images, the paper's) as OMP text atoms; neurons that never moved
     (a zero direction) have nothing to explain and get no rows."""
     _, texts, embeddings = candidate_texts(lens, data_path, UNIT_POOL, pool=pool, pool_size=pool_size,
-                                           pool_templates=pool_templates)
+                                           pool_templates=pool_templates, progress=progress)
     atoms = atom_count(omp_atoms, NEURON_ATOMS, len(texts), embeddings.shape[1])
     directions = stats.principal_directions
     alive = (directions.norm(dim=-1) > 0).nonzero()[:, 0].tolist()
     omp = SparseTextDecomposition(atoms, dict_norm=dict_norm, dtype=torch.float64)
-    omp.fit(directions[alive], embeddings, texts)
-    return word_rows(omp, [(stats.layer, n) for n in alive], list(range(len(alive))), texts_per_unit,
+    omp.fit(directions[alive], embeddings, texts, progress=progress)
+    return word_rows(omp, [neuron_label(stats.layer, n) for n in alive], list(range(len(alive))), texts_per_unit,
                      f"omp-k{atoms}")
+
+
+def study_record(study: SecondOrderStudy, lens: Lens) -> dict[str, Any]:
+    """What metadata.json of a second-order output folder keeps: the model, the layer and settings, and the ablation's
+    record with how often a neuron was significant (a number of the whole table, not of a row)."""
+    stats = study.stats
+    record = {"command": "second-order", "model": lens.describe(), "layer": stats.layer,
+              **stats.settings.metadata(), "scale": stats.scale}
+    if study.ablation is not None:
+        record["ablation"] = {**study.ablation.metadata, "images": study.ablation.count,
+                              "significant_fraction": study.ablation.significant_fraction}
+    return record
 
 
 def write_top_images(stats: SecondOrderStats, data: Any, folder: Path, count: int) -> Path:
@@ -125,10 +138,11 @@ def second_order_study(
     words = None
     if omp_atoms != 0:
         words = neuron_words(stats, lens, data_path, omp_atoms=omp_atoms, dict_norm=dict_norm, pool=pool,
-                             pool_size=pool_size, pool_templates=pool_templates, texts_per_unit=texts_per_unit)
+                             pool_size=pool_size, pool_templates=pool_templates, texts_per_unit=texts_per_unit,
+                             progress=progress)
     ablation = None
     if source is not None:
-        weights = source_classifier(lens, source, templates)
+        weights = source_classifier(lens, source, templates, progress=progress)
         ablation = second_order_ablation(lens, stats, source, weights, batch_size=batch_size,
                                          num_workers=num_workers, progress=progress)
     return SecondOrderStudy(stats, neuron_rows(stats), words, ablation)

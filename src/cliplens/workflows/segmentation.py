@@ -26,7 +26,7 @@ from ..errors import CliplensError
 from ..evaluate.groups import select, split_patterns
 from ..evaluate.seg_metrics import BinarySegmentation, MultiClassSegmentation
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import SCHEMAS, write_table
 from ..report.grids import image_grid
 from ..labels import head_label, parse_label
 from ..report.overlays import PALETTE, heat_overlay, label_overlay
@@ -36,7 +36,7 @@ from ..text.templates import resolve_templates
 if TYPE_CHECKING:
     from ..lens import Lens
 
-COLUMNS = ("lens", "pixel_accuracy", "miou", "map", "class_miou", "images")
+COLUMNS = SCHEMAS["segmentation"]
 METRICS, GRID, MASKS = "metrics.csv", "overlays.png", "masks.zip"
 
 
@@ -215,7 +215,7 @@ def overlay_grid(result: SegmentationResult) -> Image.Image:
 def write_segmentation(result: SegmentationResult, output_dir: str | os.PathLike) -> Path:
     """`metrics.csv`, `overlays.png` (when there are examples), `masks.zip` (when kept) and `metadata.json`, written
     as one folder."""
-    writers = {METRICS: lambda file: write_rows(file, result.rows, COLUMNS)}
+    writers = {METRICS: lambda file: write_table(file, "segmentation", result.rows)}
     if result.examples:
         writers[GRID] = lambda file: overlay_grid(result).save(file, format="PNG")
     if result.masks is not None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data.loader import LoadReport, as_source, fingerprint, stream
+from ..data.loader import LoadReport, as_source, describe_item, fingerprint, stream
 from ..errors import CliplensError
 from ..settings import Settings
 
@@ -27,6 +27,7 @@ class DecomposedSet:
     embedding: torch.Tensor
     report: LoadReport
     metadata: dict[str, Any]
+    images: list[dict[str, Any]]  # which image each row is (docs/outputs.md#images): unreadable images have no row
 
 
 def decompose_set(
@@ -40,7 +41,7 @@ def decompose_set(
         raise CliplensError(f"{len(source)} images is more than --max-images {max_images}; decompose is for small "
                             "sets: use `cliplens collect` for statistics over a dataset")
     settings = Settings(granularity, spatial, convention, normalize)
-    report, parts, embeddings, labels = LoadReport(), [], [], None
+    report, parts, embeddings, labels, positions = LoadReport(), [], [], None, []
     for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
                         description="decompose", report=report):
         result = lens.decompose(batch.images, granularity=granularity, spatial=spatial, convention=convention,
@@ -48,6 +49,7 @@ def decompose_set(
         parts.append(result.scaled_coefficients if granularity == "pair" else result.components)
         embeddings.append(result.embedding)
         labels = result.labels
+        positions.extend(int(position) for position in batch.indices)
     values = torch.cat(parts).float()
     if values.numel() * 4 > MAX_BYTES:
         raise CliplensError(f"the pieces need {values.numel() * 4 / 1e9:.1f} GB; use fewer images or "
@@ -55,4 +57,5 @@ def decompose_set(
     metadata = {**lens.describe(), **settings.metadata(), "labels": labels, "shape": list(values.shape),
                 "data_path": str(data_path), "data_fingerprint": fingerprint(source), "skipped": report.skipped}
     name = "coefficients" if granularity == "pair" else "components"
-    return DecomposedSet(name, values, torch.cat(embeddings).float(), report, metadata)
+    images = [{"index": position, "item": describe_item(source, position)} for position in positions]
+    return DecomposedSet(name, values, torch.cat(embeddings).float(), report, metadata, images)
