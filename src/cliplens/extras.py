@@ -1,6 +1,6 @@
 """Optional extras: a feature whose packages are not installed stops before any work, naming what to install.
 
-pyproject.toml's extras are `explain` (matplotlib, wordfreq, scikit-learn), `hf` (transformers) and `segment` (h5py). This module sits
+pyproject.toml's extras are `explain` (matplotlib, wordfreq, scikit-learn), `hf` (transformers), `segment` (h5py) and `timm` (timm). This module sits
 at the bottom of the package (it imports only `errors`), so any floor can declare what it needs.
 """
 

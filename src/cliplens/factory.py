@@ -99,6 +99,18 @@ def from_hf(
     )
 
 
+def from_timm(model: nn.Module, preprocess, *, name: str, pretrained: str | None = None, device="cpu",
+              precision="fp32") -> Lens:
+    """Wrap a timm vision transformer as a Lens: its pooled representation (after the final norm, and the classifier
+    head when it has one) is the embedding; it has no text tower (docs/methods/families.md#alignment)."""
+    from .models.timm_vit import vit_spec
+
+    model = _ready(model, device, precision)
+    return Lens(model, name=name, pretrained=pretrained, backend="timm", preprocess=preprocess, tokenize=None,
+                encode_image=model, encode_text=None, spec=lambda: vit_spec(model), precision=precision,
+                device=device)
+
+
 def load(
     model: str, pretrained: str | None = None, *, device: str = "cpu", precision: str = "fp32", seed: int = 0
 ) -> Lens:
@@ -109,7 +121,9 @@ def load(
     - an open_clip id ("ViT-B-32", "RN50"): an open_clip tag ("openai"), a checkpoint file (.safetensors or a plain
       .pt state dict), or None for a random initialisation seeded by `seed`;
     - "toy:vit" / "toy:rn": None for the shipped weights, or a folder written by `cliplens train-toy`;
-    - "hf:<repo id or local folder>": the id names the weights already, so `pretrained` must be None.
+    - "hf:<repo id or local folder>": the id names the weights already, so `pretrained` must be None;
+    - "timm:<name>" (a timm vision transformer, no text tower): None for a random initialisation seeded by `seed`, or
+      a local weights file (.safetensors or a plain .pt state dict).
 
     `seed` only matters for a random initialisation. The model fingerprint that artifacts record depends on the model
     id and the weights alone, so the same weights reached two ways are recognised as the same model.
@@ -133,6 +147,13 @@ def load(
             raise CliplensError(f"{model} names its weights itself; drop pretrained={pretrained!r} (--pretrained)")
         hf_model, preprocess, tokenizer = hf.create(model.removeprefix("hf:"))
         return from_hf(hf_model, preprocess, tokenizer, name=model, device=device, precision=precision)
+    if model.startswith("timm:"):
+        from .models.openclip import read_state_dict
+        from .models.timm_vit import create as create_timm
+
+        timm_model, preprocess = create_timm(model.removeprefix("timm:"), pretrained, seed=seed,
+                                             read_state_dict=read_state_dict)
+        return from_timm(timm_model, preprocess, name=model, pretrained=pretrained, device=device, precision=precision)
     from .models.openclip import create
 
     oc_model, preprocess, tokenizer = create(model, pretrained, seed=seed)

@@ -113,6 +113,7 @@ def attention_maps(lens: Lens, images: torch.Tensor, *, rollout: bool) -> torch.
     """Head-averaged CLS→patch attention of the last layer, or its rollout through every layer [B, N - 1]."""
     if lens.kind == "resnet":
         return lens.decomposer.trace(images).attention.mean(1)[:, 1:]
+    start = patch_start(lens)
     rolled = None
     for state in lens.decomposer.layers(images):
         if rollout:
@@ -123,7 +124,12 @@ def attention_maps(lens: Lens, images: torch.Tensor, *, rollout: bool) -> torch.
             rolled = step if rolled is None else step @ rolled
         else:
             last = state
-    return rolled[:, 0, 1:] if rollout else last.cls_attention().mean(1)[:, 1:]
+    return rolled[:, 0, start:] if rollout else last.cls_attention().mean(1)[:, start:]
+
+
+def patch_start(lens: Lens) -> int:
+    """The first patch token: after the ResNet pool's mean token, or after a ViT's CLS and register tokens."""
+    return 1 if lens.kind == "resnet" else lens.spec.prefix_tokens
 
 
 def to_grid(token_values: torch.Tensor) -> torch.Tensor:
@@ -150,7 +156,7 @@ def lens_maps(lens: Lens, images: torch.Tensor, names: Sequence[str], directions
     for name in names:
         if name in CLASS_SPECIFIC:
             tokens = (head_token_scores(lens, images, directions, layers) if name == "heads"
-                      else pair_token_scores(lens, images, directions))[..., 1:]
+                      else pair_token_scores(lens, images, directions))[..., patch_start(lens):]
             if tokens.shape[1] > 1:
                 tokens = tokens - tokens.mean(1, keepdim=True)
             grid = to_grid(tokens)
