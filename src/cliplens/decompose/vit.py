@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CliplensError
-from ..labels import BIAS, EMBED, attention_label, head_label, mlp_label
+from ..labels import BIAS, EMBED, POOL_MLP, attention_label, head_label, mlp_label
 from ..models.spec import BlockSpec, ViTSpec
 from ..settings import Settings
+from .map_head import MapReadOut, map_factorise, map_readout
 from .result import Decomposition
 
 GRANULARITIES = ("layer", "head")  # what a ViT's pieces can be
@@ -135,6 +136,12 @@ class Factorised:
     token_coefficients: torch.Tensor | None  # [B, L, H, N, k]
     token_basis: torch.Tensor | None  # [L, H, k, d]
     embedding: torch.Tensor  # z [B, d]
+    pool: torch.Tensor | None = None  # [B, d]: the MLP of a MAP head after its pooling (SigLIP), one piece
+
+    def dense(self) -> torch.Tensor:
+        """The pieces that are not heads, in residual order [B, P, d]: embed, each MLP, pool.mlp, bias."""
+        extra = [piece[:, None] for piece in (self.pool, self.bias) if piece is not None]
+        return torch.cat([self.embed[:, None], self.mlps] + extra, 1)
 
     def heads(self) -> torch.Tensor:
         return torch.einsum("blhk,lhkd->blhd", self.coefficients, self.basis)
@@ -149,6 +156,7 @@ class ViTDecomposer:
     def __init__(self, spec: ViTSpec):
         self.spec = spec
         self._readouts: dict[str, ReadOut] = {}
+        self._map_readout: MapReadOut | None = None
 
     def readout(self, convention: str) -> ReadOut:
         if convention not in self._readouts:
@@ -169,8 +177,9 @@ class ViTDecomposer:
         """Patchify, prepend CLS and the registers, add positions and apply ln_pre: x_0 [B, N, D]."""
         spec = self.spec
         patches = F.conv2d(images, spec.conv_weight, spec.conv_bias, stride=spec.patch_size).flatten(2).transpose(1, 2)
-        prefix = [spec.class_embedding[None]] + ([] if spec.registers is None else [spec.registers])
-        tokens = torch.cat([torch.cat(prefix).expand(images.shape[0], -1, -1), patches], dim=1)
+        prefix = [token.view(-1, spec.width).expand(images.shape[0], -1, -1)
+                  for token in (spec.class_embedding, spec.registers) if token is not None]
+        tokens = torch.cat(prefix + [patches], dim=1)
         if tokens.shape[1] != spec.tokens:
             raise CliplensError(
                 f"images of size {tuple(images.shape[-2:])} give {tokens.shape[1]} tokens but the model expects "
@@ -224,6 +233,8 @@ class ViTDecomposer:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The image embedding z, computed from the spec (parity with the backend is a tested invariant)."""
+        if self.spec.pool == "map":
+            return self.factorise(images, Settings()).embedding
         trace = self.trace(images, "separate")
         return self.read_out(trace.residual)
 
@@ -240,6 +251,10 @@ class ViTDecomposer:
         The per-token factors are kept when `settings` are spatial, or when `tokens` asks for them (CLS cells).
         """
         settings.require_granularity(GRANULARITIES)
+        if self.spec.pool == "map":
+            if self._map_readout is None:
+                self._map_readout = map_readout(self.spec)
+            return map_factorise(self, self._map_readout, images, settings, tokens or settings.spatial)
         convention, normalize, tokens = settings.convention, settings.normalize, tokens or settings.spatial
         spec, readout = self.spec, self.readout(convention)
         trace = self.trace(images, convention, tokens=tokens)
@@ -307,6 +322,8 @@ class ViTDecomposer:
         """The pieces of `factors` in residual order, as the settings they were made with define them."""
         heads = factors.tokens() if factors.settings.spatial else factors.heads()
         pieces = {"embed": factors.embed, "mlps": factors.mlps, "heads": heads}
+        if factors.pool is not None:
+            pieces["pool"] = factors.pool
         if factors.bias is not None:
             pieces["bias"] = factors.bias
         return _group(pieces, factors.embedding, factors.settings, self.spec)
@@ -323,7 +340,8 @@ class ViTDecomposer:
 
 
 def piece_labels(spec: ViTSpec, settings: Settings) -> list[str]:
-    """Piece labels in residual order: embed, L0H0.. (or L0.attn), L0.mlp, ..., bias (separate convention)."""
+    """Piece labels in residual order: embed, L0H0.. (or L0.attn), L0.mlp, ..., pool.mlp (MAP head), bias (separate
+    convention)."""
     labels = [EMBED]
     for layer in range(spec.layers):
         if settings.granularity == "layer":
@@ -331,6 +349,8 @@ def piece_labels(spec: ViTSpec, settings: Settings) -> list[str]:
         else:
             labels.extend(head_label(layer, h) for h in range(spec.heads))
         labels.append(mlp_label(layer))
+    if spec.pool == "map":
+        labels.append(POOL_MLP)
     return labels + ([BIAS] if settings.convention == "separate" else [])
 
 
@@ -354,6 +374,5 @@ def _group(
     blocks = [at_cls(pieces["embed"])]
     for layer in range(spec.layers):
         blocks += [heads[:, layer], at_cls(pieces["mlps"][:, layer])]
-    if "bias" in pieces:
-        blocks.append(at_cls(pieces["bias"]))
+    blocks += [at_cls(pieces[name]) for name in ("pool", "bias") if name in pieces]
     return Decomposition(torch.cat(blocks, 1), piece_labels(spec, settings), embedding, settings)

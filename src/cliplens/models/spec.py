@@ -83,7 +83,7 @@ class ViTSpec:
     image_size: int
     heads: int
     conv_weight: torch.Tensor  # [D, 3, p, p]
-    class_embedding: torch.Tensor  # [D]
+    class_embedding: torch.Tensor | None  # [D]; None for a model without a CLS token (SigLIP)
     positional_embedding: torch.Tensor  # [N, D], rows for CLS and registers included (zero where the model has none)
     ln_pre: LayerNormSpec | None
     blocks: tuple[BlockSpec, ...]
@@ -99,17 +99,17 @@ class ViTSpec:
 
     @property
     def prefix_tokens(self) -> int:
-        """CLS plus register tokens: the tokens before the patches."""
-        return 1 + (0 if self.registers is None else self.registers.shape[0])
+        """CLS (if any) plus register tokens: the tokens before the patches."""
+        return (self.class_embedding is not None) + (0 if self.registers is None else self.registers.shape[0])
 
     @property
     def standard(self) -> bool:
         """A CLIP ViT (CLS pooling, standard blocks): what the second-order lens and the reference convention read."""
-        return self.pool == "token" and self.registers is None and all(block.standard for block in self.blocks)
+        return self.pool == "token" and self.prefix_tokens == 1 and all(block.standard for block in self.blocks)
 
     @property
     def width(self) -> int:
-        return self.class_embedding.shape[0]
+        return self.conv_weight.shape[0]
 
     @property
     def layers(self) -> int:

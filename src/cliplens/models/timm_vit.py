@@ -155,8 +155,6 @@ def vit_spec(model: nn.Module, after: tuple[torch.Tensor | None, torch.Tensor | 
         raise _refuse(f"timm model type {kind}")
     if getattr(model, "dist_token", None) is not None:
         raise _refuse("a distilled DeiT (two heads averaged)")
-    if getattr(model, "cls_token", None) is None:
-        raise _refuse("a ViT without a class token")
     if model.training and not _is_identity(getattr(model, "patch_drop", None)):
         raise CliplensError("patch dropout is active (model in train mode); call model.eval() first")
     embed = model.patch_embed
@@ -165,10 +163,11 @@ def vit_spec(model: nn.Module, after: tuple[torch.Tensor | None, torch.Tensor | 
     registers = getattr(model, "reg_token", None)
     prefix = model.num_prefix_tokens
     grid = embed.grid_size
-    width = model.cls_token.shape[-1]
+    width = embed.proj.out_channels
+    cls_token = getattr(model, "cls_token", None)
     pos = model.pos_embed
     if pos is None:
-        pos = model.cls_token.new_zeros(1, prefix + grid[0] * grid[1], width)
+        pos = embed.proj.weight.new_zeros(1, prefix + grid[0] * grid[1], width)
     elif model.no_embed_class:  # positions for the patches only: prefix tokens get none
         pos = torch.cat([pos.new_zeros(1, prefix, width), pos], 1)
     rope = None
@@ -180,6 +179,8 @@ def vit_spec(model: nn.Module, after: tuple[torch.Tensor | None, torch.Tensor | 
     pool, map_head = model.global_pool, None
     if getattr(model, "attn_pool", None) is not None:
         pool, map_head = "map", _map_head(model.attn_pool)
+    if pool == "token" and cls_token is None:
+        raise _refuse("token pooling without a class token")
     if pool in ("token", "map"):
         if not _is_identity(model.fc_norm):
             raise _refuse(f"{pool} pooling with an fc_norm")
@@ -203,7 +204,7 @@ def vit_spec(model: nn.Module, after: tuple[torch.Tensor | None, torch.Tensor | 
         heads=model.blocks[0].attn.num_heads,
         conv_weight=embed.proj.weight,
         conv_bias=embed.proj.bias,
-        class_embedding=model.cls_token[0, 0],
+        class_embedding=None if cls_token is None else cls_token[0, 0],
         registers=None if registers is None else registers[0],
         positional_embedding=pos[0],
         ln_pre=None if _is_identity(model.norm_pre) else _layer_norm(model.norm_pre, "norm_pre"),
