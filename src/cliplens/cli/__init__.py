@@ -22,10 +22,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     from . import (ablate, collect, decompose, demo, explain, info, merge, neuron_ablate, pairs, reconstruct,
-                   retrieve, second_order, segment, textspan, train_toy)
+                   retrieve, second_order, segment, textspan, train_toy, verify)
 
     for module in (demo, info, decompose, collect, merge, textspan, explain, ablate, reconstruct, second_order, pairs,
-                   neuron_ablate, retrieve, segment, train_toy):
+                   neuron_ablate, retrieve, segment, train_toy, verify):
         cli.add_command(module.command)
 
 
