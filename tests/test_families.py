@@ -267,6 +267,26 @@ def test_rotary_oracle_is_timms_rotation():
     assert not torch.allclose(rotate(x, embedding), x)
 
 
+# one full-size random-init model per family ------------------------------------------------------------------------
+
+
+@pytest.mark.full_size
+@pytest.mark.parametrize("model,pool,pieces", [("ViT-B-16-SigLIP", "map", 1 + 12 * 13 + 2),
+                                               ("EVA02-B-16", "token", 1 + 12 * 13 + 1),
+                                               ("timm:vit_small_patch14_reg4_dinov2", "token", 1 + 12 * 7 + 1)])
+def test_full_size_random_init_is_exact(model, pool, pieces):
+    """open_clip's timm-backed SigLIP and EVA02 towers (with open_clip's projection) and timm's DINOv2 with
+    registers at their real sizes: one image, float64, Σ pieces = the backend's embedding (no tokenizer needed)."""
+    lens = cliplens.load(model, precision="fp64", seed=0)
+    assert lens.spec.pool == pool
+    image = random_images(1, lens.spec.image_size, seed=7)
+    reference = lens.encode_image(image)
+    for granularity in ("layer", "head"):
+        dec = lens.decompose(image, granularity=granularity)
+        assert relative(dec.components.sum(1), reference) < 1e-10
+    assert dec.components.shape[1] == pieces
+
+
 # loading, refusal, offline text ------------------------------------------------------------------------------------
 
 
