@@ -11,7 +11,7 @@ through exactly; the MLP after the pool is one piece (`pool.mlp`), and the const
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +19,6 @@ import torch.nn.functional as F
 from ..errors import CliplensError
 from ..models.spec import ViTSpec
 from ..settings import Settings
-
-if TYPE_CHECKING:
-    from .vit import Factorised, ViTDecomposer
 
 
 @dataclass(frozen=True)
@@ -61,18 +58,16 @@ def pool_weights(spec: ViTSpec, final: torch.Tensor) -> tuple[torch.Tensor, torc
     return attention, F.linear(pooled, head.out_weight, head.out_bias)
 
 
-def map_factorise(decomposer: ViTDecomposer, readout: MapReadOut, images: torch.Tensor, settings: Settings,
-                  tokens: bool) -> Factorised:
-    """Every piece of a MAP-pooled ViT's embedding in coefficient form: head (l, h) is its J·d_h coefficients (the
-    head's output weighted into each pool head) times Φ[l, h]."""
-    from .vit import Factorised, mlp_hidden
-
+def map_factorise(spec: ViTSpec, readout: MapReadOut, states: Iterable, settings: Settings,
+                  tokens: bool) -> dict[str, torch.Tensor]:
+    """Every piece of a MAP-pooled ViT's embedding in coefficient form, as the fields of `vit.Factorised`: head
+    (l, h) is its J·d_h coefficients (the head's output weighted into each pool head) times Φ[l, h]. `states` are
+    the decomposer's per-layer states of one batch."""
     if settings.convention != "separate":
         raise CliplensError("the reference convention's shares are derived for a LayerNorm on one pooled token; this "
                             "model pools with an attention head (MAP): use convention='separate'")
-    spec = decomposer.spec
     attended, mlps, rows, values = [], [], [], []
-    for state in decomposer.layers(images):
+    for state in states:
         if state.layer == 0:
             embed_tokens = state.residual
         scale = 1 if state.attn_scale is None else state.attn_scale[:, None, :, None]
@@ -88,20 +83,19 @@ def map_factorise(decomposer: ViTDecomposer, readout: MapReadOut, images: torch.
     def through(residual: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bjD,jDd->bd", torch.einsum("bjn,bnD->bjD", omega, residual), readout.keys)
 
-    pool_mlp = F.linear(mlp_hidden(spec.map_head.mlp, spec.map_head.mlp.ln2(pooled)), spec.map_head.mlp.proj_weight,
-                        spec.map_head.mlp.proj_bias)
+    mlp = spec.map_head.mlp
+    pool_mlp = F.linear(mlp.hidden(mlp.ln2(pooled)), mlp.proj_weight, mlp.proj_bias)
     embedding = (pooled + pool_mlp) @ spec.proj
     if spec.head_bias is not None:
         embedding = embedding + spec.head_bias
-    inv_nu = 1 / embedding.norm(dim=-1, keepdim=True) if settings.normalize else embedding.new_ones(len(images), 1)
+    inv_nu = 1 / embedding.norm(dim=-1, keepdim=True) if settings.normalize else embedding.new_ones(len(final), 1)
     coefficients = torch.stack([torch.einsum("bjn,bhnf->bhjf", omega, a).flatten(2) for a in attended], 1)
     token_coefficients = None
     if tokens:
         token_coefficients = torch.stack([torch.einsum("bjt,bhtm,bhmf->bhmjf", omega, a, v).flatten(3)
                                           for a, v in zip(rows, values)], 1) * inv_nu[:, :, None, None, None]
     bias = readout.constant + torch.einsum("bj,ljd->bd", omega.sum(-1), readout.out_bias)
-    return Factorised(
-        settings=settings,
+    return dict(
         embed=through(embed_tokens) * inv_nu,
         mlps=torch.stack([through(mlp) for mlp in mlps], 1) * inv_nu[:, :, None],
         bias=bias * inv_nu,

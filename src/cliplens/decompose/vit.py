@@ -25,25 +25,6 @@ from .result import Decomposition
 GRANULARITIES = ("layer", "head")  # what a ViT's pieces can be
 
 
-def activation(name: str, x: torch.Tensor) -> torch.Tensor:
-    if name == "quick_gelu":
-        return x * torch.sigmoid(1.702 * x)
-    if name == "silu":
-        return F.silu(x)
-    return F.gelu(x)
-
-
-def mlp_hidden(block: BlockSpec, x: torch.Tensor) -> torch.Tensor:
-    """The MLP's hidden units (what its proj reads) from the normalised input: act(fc x), or SwiGLU's
-    act(gate x) ⊙ (fc x), then the optional LayerNorm on the hidden units."""
-    fc = F.linear(x, block.fc_weight, block.fc_bias)
-    if block.gate_weight is None:
-        hidden = activation(block.activation, fc)
-    else:
-        hidden = activation(block.activation, F.linear(x, block.gate_weight, block.gate_bias)) * fc
-    return hidden if block.mlp_norm is None else block.mlp_norm(hidden)
-
-
 def pool_rows(x: torch.Tensor, spec: ViTSpec, dim: int) -> torch.Tensor:
     """The pooled query row of a per-token tensor along `dim`: the CLS row, or the mean of the patch rows (avg pool).
     Everything the residual at the pooled position holds is linear in these rows (docs/methods/families.md#pooling)."""
@@ -204,7 +185,7 @@ class ViTDecomposer:
                 attn_scale = (written.var(-1, unbiased=False) + block.attn_norm_eps).rsqrt()
                 written = written * attn_scale[..., None]
             middle = x + F.linear(written, block.out_weight, block.out_bias)
-            hidden = mlp_hidden(block, block.ln2(middle))
+            hidden = block.hidden(block.ln2(middle))
             mlp = F.linear(hidden, block.proj_weight, block.proj_bias)
             state = LayerState(layer, block, x, q, k, v, attended, attn_scale, middle, hidden, mlp)
             yield state
@@ -254,7 +235,9 @@ class ViTDecomposer:
         if self.spec.pool == "map":
             if self._map_readout is None:
                 self._map_readout = map_readout(self.spec)
-            return map_factorise(self, self._map_readout, images, settings, tokens or settings.spatial)
+            parts = map_factorise(self.spec, self._map_readout, self.layers(images), settings,
+                                  tokens or settings.spatial)
+            return Factorised(settings=settings, **parts)
         convention, normalize, tokens = settings.convention, settings.normalize, tokens or settings.spatial
         spec, readout = self.spec, self.readout(convention)
         trace = self.trace(images, convention, tokens=tokens)

@@ -23,6 +23,14 @@ class LayerNormSpec:
         return torch.nn.functional.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
 
 
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    if name == "quick_gelu":
+        return x * torch.sigmoid(1.702 * x)
+    if name == "silu":
+        return torch.nn.functional.silu(x)
+    return torch.nn.functional.gelu(x)
+
+
 @dataclass(frozen=True)
 class BlockSpec:
     """One pre-LN transformer block; LayerScale, if the backend has it, is already folded into the out weights.
@@ -49,6 +57,16 @@ class BlockSpec:
     gate_weight: torch.Tensor | None = None  # [F, D]: SwiGLU hidden = act(gate) * fc
     gate_bias: torch.Tensor | None = None
     mlp_norm: LayerNormSpec | None = None  # on the hidden units, before proj
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's hidden units (what its proj reads) from the normalised input: act(fc x), or SwiGLU's
+        act(gate x) ⊙ (fc x), then the optional LayerNorm on the hidden units."""
+        fc = torch.nn.functional.linear(x, self.fc_weight, self.fc_bias)
+        if self.gate_weight is None:
+            hidden = activation(self.activation, fc)
+        else:
+            hidden = activation(self.activation, torch.nn.functional.linear(x, self.gate_weight, self.gate_bias)) * fc
+        return hidden if self.mlp_norm is None else self.mlp_norm(hidden)
 
     @property
     def standard(self) -> bool:
