@@ -6,6 +6,7 @@ to know which backends exist.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -109,6 +110,34 @@ def from_timm(model: nn.Module, preprocess, *, name: str, pretrained: str | None
     return Lens(model, name=name, pretrained=pretrained, backend="timm", preprocess=preprocess, tokenize=None,
                 encode_image=model, encode_text=None, spec=lambda: vit_spec(model), precision=precision,
                 device=device)
+
+
+class AlignedTower(nn.Module):
+    """A textless model plus its linear map into a CLIP's space, one module: the fingerprint then covers both."""
+
+    def __init__(self, tower: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.tower = tower
+        self.register_buffer("alignment_weight", weight)
+        self.register_buffer("alignment_bias", bias)
+
+
+def align(lens: Lens, clip: Lens, alignment) -> Lens:
+    """`lens` read out in `clip`'s space through a fitted `cliplens.stats.alignment.Alignment`, with `clip`'s text:
+    every piece is mapped by W (the map's constant joins `bias`), so TextSpan, OMP, SVD poles and ablations run on
+    the mapped pieces unchanged (docs/methods/families.md#alignment)."""
+    if lens.kind != "vit":
+        raise CliplensError(f"alignment maps a vision transformer's pieces; {lens.name} is a {lens.kind}")
+    weight = alignment.weight.to(lens.device, lens.dtype)
+    bias = alignment.bias.to(lens.device, lens.dtype)
+    spec = lens.spec
+    head_bias = bias if spec.head_bias is None else spec.head_bias @ weight + bias
+    mapped = dataclasses.replace(spec, proj=spec.proj @ weight, head_bias=head_bias)
+    encode = lens._encode_image
+    return Lens(AlignedTower(lens.model, weight, bias), name=f"{lens.name}~{clip.name}", pretrained=lens.pretrained,
+                backend=f"{lens.backend}+aligned", preprocess=lens.preprocess, tokenize=lambda texts: texts,
+                encode_image=lambda images: encode(images) @ weight + bias, encode_text=clip.encode_text,
+                spec=lambda: mapped, precision=lens.precision, device=lens.device)
 
 
 def load(
