@@ -5,6 +5,8 @@ each granularity, in the same process (times are medians over repeats; memory is
 phase, which only grows). Random-init full-size models on CPU: the numbers are about computation, not weights.
 
     python benchmarks/collect_overhead.py --images 64 --batch-size 16
+    python benchmarks/collect_overhead.py --models timm:vit_small_patch14_reg4_dinov2,EVA02-B-16,ViT-B-16-SigLIP \
+        --modes head   # one model per family beyond CLIP (docs/methods/families.md)
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from measure import peak_rss_gib, timed
 MODES = {"vit": [("head", False), ("layer", False), ("head", True)], "resnet": [("head", False), ("pair", False)]}
 
 
-def bench_model(name: str, images: int, batch_size: int, repeats: int) -> list[dict[str, object]]:
+def bench_model(name: str, images: int, batch_size: int, repeats: int, modes: set[str] | None = None
+                ) -> list[dict[str, object]]:
     lens = cliplens.load(name, seed=0)
     size = lens.spec.image_size
     data = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -36,6 +39,8 @@ def bench_model(name: str, images: int, batch_size: int, repeats: int) -> list[d
     base = timed(plain, repeats)
     rows = [{"model": name, "mode": "encode_image", "img/s": images / base, "ratio": 1.0, "peak GiB": peak_rss_gib()}]
     for granularity, spatial in MODES[lens.kind]:
+        if modes is not None and granularity + ("-spatial" if spatial else "") not in modes:
+            continue
         seconds = timed(lambda: lens.collect(dataset, granularity=granularity, spatial=spatial,
                                              batch_size=batch_size), repeats)
         mode = f"collect {granularity}" + (" spatial" if spatial else "")
@@ -51,14 +56,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--modes", default=None, help="comma list of head, layer, head-spatial, pair (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
           f"{args.images} images, batch {args.batch_size}, median of {args.repeats}")
-    print(f"{'model':10} {'mode':22} {'img/s':>8} {'ratio':>6} {'peak GiB':>9}")
+    print(f"{'model':34} {'mode':22} {'img/s':>8} {'ratio':>6} {'peak GiB':>9}")
+    modes = None if args.modes is None else set(args.modes.split(","))
     for name in args.models.split(","):
-        for row in bench_model(name, args.images, args.batch_size, args.repeats):
-            print(f"{row['model']:10} {row['mode']:22} {row['img/s']:8.1f} {row['ratio']:6.2f} {row['peak GiB']:9.2f}")
+        for row in bench_model(name, args.images, args.batch_size, args.repeats, modes):
+            print(f"{row['model']:34} {row['mode']:22} {row['img/s']:8.1f} {row['ratio']:6.2f} {row['peak GiB']:9.2f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from cliplens.data.loader import LoadReport, stream
 from cliplens.errors import CliplensError, require_positive_int
 from cliplens.io.compat import require_match, require_model
 from cliplens.labels import (
-    BIAS, EMBED, KINDS, Piece, attention_label, head_label, match_label, mlp_label, neuron_label, pair_label,
+    BIAS, EMBED, KINDS, POOL_MLP, Piece, attention_label, head_label, match_label, mlp_label, neuron_label, pair_label,
     parse_label, pool_head_label, pool_neuron_label, token_label,
 )
 from cliplens.settings import Settings
@@ -19,6 +19,7 @@ from cliplens.settings import Settings
 WRITTEN = [
     (EMBED, "embed", Piece("embed")),
     (BIAS, "bias", Piece("bias")),
+    (POOL_MLP, "pool.mlp", Piece("pool")),
     (attention_label(3), "L3.attn", Piece("attn", layer=3)),
     (mlp_label(0), "L0.mlp", Piece("mlp", layer=0)),
     (head_label(11, 7), "L11H7", Piece("head", layer=11, head=7)),

@@ -6,6 +6,7 @@ to know which backends exist.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -100,6 +101,46 @@ def from_hf(
     )
 
 
+def from_timm(model: nn.Module, preprocess, *, name: str, pretrained: str | None = None, device="cpu",
+              precision="fp32") -> Lens:
+    """Wrap a timm vision transformer as a Lens: its pooled representation (after the final norm, and the classifier
+    head when it has one) is the embedding; it has no text tower (docs/methods/families.md#alignment)."""
+    from .models.timm_vit import vit_spec
+
+    model = _ready(model, device, precision)
+    return Lens(model, name=name, pretrained=pretrained, backend="timm", preprocess=preprocess, tokenize=None,
+                encode_image=model, encode_text=None, spec=lambda: vit_spec(model), precision=precision,
+                device=device)
+
+
+class AlignedTower(nn.Module):
+    """A textless model plus its linear map into a CLIP's space, one module: the fingerprint then covers both."""
+
+    def __init__(self, tower: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.tower = tower
+        self.register_buffer("alignment_weight", weight)
+        self.register_buffer("alignment_bias", bias)
+
+
+def align(lens: Lens, clip: Lens, alignment) -> Lens:
+    """`lens` read out in `clip`'s space through a fitted `cliplens.stats.alignment.Alignment`, with `clip`'s text:
+    every piece is mapped by W (the map's constant joins `bias`), so TextSpan, OMP, SVD poles and ablations run on
+    the mapped pieces unchanged (docs/methods/families.md#alignment)."""
+    if lens.kind != "vit":
+        raise CliplensError(f"alignment maps a vision transformer's pieces; {lens.name} is a {lens.kind}")
+    weight = alignment.weight.to(lens.device, lens.dtype)
+    bias = alignment.bias.to(lens.device, lens.dtype)
+    spec = lens.spec
+    head_bias = bias if spec.head_bias is None else spec.head_bias @ weight + bias
+    mapped = dataclasses.replace(spec, proj=spec.proj @ weight, head_bias=head_bias)
+    encode = lens._encode_image
+    return Lens(AlignedTower(lens.model, weight, bias), name=f"{lens.name}~{clip.name}", pretrained=lens.pretrained,
+                backend=f"{lens.backend}+aligned", preprocess=lens.preprocess, tokenize=lambda texts: texts,
+                encode_image=lambda images: encode(images) @ weight + bias, encode_text=clip.encode_text,
+                spec=lambda: mapped, precision=lens.precision, device=lens.device)
+
+
 def load(
     model: str, pretrained: str | None = None, *, device: str = "cpu", precision: str = "fp32", seed: int = 0
 ) -> Lens:
@@ -110,7 +151,9 @@ def load(
     - an open_clip id ("ViT-B-32", "RN50"): an open_clip tag ("openai"), a checkpoint file (.safetensors or a plain
       .pt state dict), or None for a random initialisation seeded by `seed`;
     - "toy:vit" / "toy:rn": None for the shipped weights, or a folder written by `cliplens train-toy`;
-    - "hf:<repo id or local folder>": the id names the weights already, so `pretrained` must be None.
+    - "hf:<repo id or local folder>": the id names the weights already, so `pretrained` must be None;
+    - "timm:<name>" (a timm vision transformer, no text tower): None for a random initialisation seeded by `seed`, or
+      a local weights file (.safetensors or a plain .pt state dict).
 
     `seed` only matters for a random initialisation. The model fingerprint that artifacts record depends on the model
     id and the weights alone, so the same weights reached two ways are recognised as the same model.
@@ -134,6 +177,13 @@ def load(
             raise CliplensError(f"{model} names its weights itself; drop pretrained={pretrained!r} (--pretrained)")
         hf_model, preprocess, tokenizer = hf.create(model.removeprefix("hf:"))
         return from_hf(hf_model, preprocess, tokenizer, name=model, device=device, precision=precision)
+    if model.startswith("timm:"):
+        from .models.openclip import read_state_dict
+        from .models.timm_vit import create as create_timm
+
+        timm_model, preprocess = create_timm(model.removeprefix("timm:"), pretrained, seed=seed,
+                                             read_state_dict=read_state_dict)
+        return from_timm(timm_model, preprocess, name=model, pretrained=pretrained, device=device, precision=precision)
     from .models.openclip import create
 
     oc_model, preprocess, tokenizer = create(model, pretrained, seed=seed)

@@ -9,6 +9,7 @@ Every label has one of these forms (numbers in decimal without leading zeros, so
 - `H{h}`: head h of the ResNet attention pool;
 - `H{h}N{n}`: input channel ("neuron") n through pool head h, a ResNet pair;
 - `N{n}`: ResNet neuron n summed over every pool head;
+- `pool.mlp`: the MLP of an attention-pool (MAP) head after its pooling (SigLIP);
 - `bias`: everything the separate convention moves out of the pieces;
 
 optionally followed by `T{t}`: the part of the piece that reads source token t (spatial pieces).
@@ -23,6 +24,7 @@ from .errors import CliplensError
 
 EMBED = "embed"
 BIAS = "bias"
+POOL_MLP = "pool.mlp"
 ATTENTION = "L{layer}.attn"
 MLP = "L{layer}.mlp"
 HEAD = "L{layer}H{head}"
@@ -35,10 +37,10 @@ COMPONENT = "{label}.pc{index}"  # principal component `index` of a piece (decre
 
 # (kind, form) for every form above: `Piece.kind` names what a label is, `Piece.layer is None` tells the ResNet pool's
 # heads and neurons from a ViT's.
-_FORMS = (("embed", EMBED), ("bias", BIAS), ("attn", ATTENTION), ("mlp", MLP), ("head", HEAD), ("neuron", NEURON),
+_FORMS = (("embed", EMBED), ("bias", BIAS), ("pool", POOL_MLP), ("attn", ATTENTION), ("mlp", MLP), ("head", HEAD), ("neuron", NEURON),
           ("head", POOL_HEAD), ("pair", PAIR), ("neuron", POOL_NEURON))
 KINDS = tuple(dict.fromkeys(kind for kind, _ in _FORMS))
-READABLE = "embed, bias, L<l>.attn, L<l>.mlp, L<l>H<h>, L<l>N<n>, H<h>, H<h>N<n> or N<n>, optionally followed by T<t>"
+READABLE = "embed, bias, pool.mlp, L<l>.attn, L<l>.mlp, L<l>H<h>, L<l>N<n>, H<h>, H<h>N<n> or N<n>, optionally followed by T<t>"
 
 _NUMBER = "0|[1-9][0-9]*"
 

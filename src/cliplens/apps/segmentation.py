@@ -198,6 +198,7 @@ def attention_maps(lens: Lens, images: torch.Tensor, *, rollout: bool, trace: Po
     """Head-averaged CLS→patch attention of the last layer, or its rollout through every layer [B, N - 1]."""
     if lens.kind == "resnet":
         return (lens.decomposer.trace(images) if trace is None else trace).attention.mean(1)[:, 1:]
+    start = patch_start(lens)
     rolled = None
     for state in lens.decomposer.layers(images):
         if rollout:
@@ -208,7 +209,12 @@ def attention_maps(lens: Lens, images: torch.Tensor, *, rollout: bool, trace: Po
             rolled = step if rolled is None else step @ rolled
         else:
             last = state
-    return rolled[:, 0, 1:] if rollout else last.cls_attention().mean(1)[:, 1:]
+    return rolled[:, 0, start:] if rollout else last.cls_attention().mean(1)[:, start:]
+
+
+def patch_start(lens: Lens) -> int:
+    """The first patch token: after the ResNet pool's mean token, or after a ViT's CLS and register tokens."""
+    return 1 if lens.kind == "resnet" else lens.spec.prefix_tokens
 
 
 def to_grid(token_values: torch.Tensor) -> torch.Tensor:
@@ -256,22 +262,23 @@ class Segmenter:
     def __call__(self, images: torch.Tensor, *, single_object: bool) -> tuple[torch.Tensor, list[Maps]]:
         """(zero-shot predicted class [B], maps per lens in the requested order) for one preprocessed batch."""
         lens, directions, selection, size = self.lens, self.directions, self.selection, images.shape[-1]
+        start = patch_start(lens)  # CLS (and any register tokens) or the pool's mean token are not places
         trace = embedding = None
         tokens: dict[str, torch.Tensor] = {}
         if "heads" in self.names:
             factors = lens.decomposer.factorise(images, SPATIAL_HEADS)
-            tokens["heads"] = head_token_scores(factors, directions, selection.heads)[..., 1:]
+            tokens["heads"] = head_token_scores(factors, directions, selection.heads)[..., start:]
             embedding = factors.embedding
         if "second-order" in self.names:
             effects = [order(images) for order in self._orders]
             tokens["second-order"] = second_order_token_scores(effects, self._order_projected,
-                                                               selection.top_neurons)[..., 1:]
+                                                               selection.top_neurons)[..., start:]
             embedding = effects[0].embedding
         if lens.kind == "resnet":
             trace = lens.decomposer.trace(images)
             embedding = trace.embedding
             if "pairs" in self.names:
-                tokens["pairs"] = pair_token_scores(trace, self._pair_projected, selection.top_pairs)[..., 1:]
+                tokens["pairs"] = pair_token_scores(trace, self._pair_projected, selection.top_pairs)[..., start:]
             if "maskclip" in self.names:
                 tokens["maskclip"] = maskclip_scores(lens, trace, directions)
         if embedding is None:

@@ -179,6 +179,9 @@ def check_layer(decomposer: ViTDecomposer, layer: int) -> None:
     if not isinstance(decomposer, ViTDecomposer):
         raise CliplensError("the second-order lens explains ViT MLP neurons; for ResNet CLIP use neuron×head pairs "
                             "(`cliplens pairs`)")
+    if not decomposer.spec.standard:
+        raise CliplensError("the second-order lens is derived for CLIP ViTs (CLS pooling, GELU MLPs, no rotary "
+                            "positions or registers); first-order pieces (`cliplens decompose`) work on this model")
     last = decomposer.spec.layers - 2
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= last:
         raise CliplensError(f"--mlp-layer {layer!r} is out of range: this model's MLP layers with later heads are "

@@ -16,18 +16,21 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CliplensError
-from ..labels import BIAS, EMBED, attention_label, head_label, mlp_label
+from ..labels import BIAS, EMBED, POOL_MLP, attention_label, head_label, mlp_label
 from ..models.spec import BlockSpec, ViTSpec
 from ..settings import Settings
+from .map_head import MapReadOut, map_factorise, map_readout
 from .result import Decomposition
 
 GRANULARITIES = ("layer", "head")  # what a ViT's pieces can be
 
 
-def activation(name: str, x: torch.Tensor) -> torch.Tensor:
-    if name == "quick_gelu":
-        return x * torch.sigmoid(1.702 * x)
-    return F.gelu(x)
+def pool_rows(x: torch.Tensor, spec: ViTSpec, dim: int) -> torch.Tensor:
+    """The pooled query row of a per-token tensor along `dim`: the CLS row, or the mean of the patch rows (avg pool).
+    Everything the residual at the pooled position holds is linear in these rows (docs/methods/families.md#pooling)."""
+    if spec.pool == "avg":
+        return x.narrow(dim, spec.prefix_tokens, x.shape[dim] - spec.prefix_tokens).mean(dim)
+    return x.select(dim, 0)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class ReadOut:
     heads: torch.Tensor  # Φ [L, H, d_h, d]: per-head out-projection followed by R
     out_bias: torch.Tensor  # [L, d]: each layer's out-projection bias read out, b_O R
     gamma: torch.Tensor  # [d]: 1ᵀ diag(γ) P, what a unit shift of every residual coordinate reads out as
-    beta: torch.Tensor  # [d]: β P, LN_post's bias read out
+    beta: torch.Tensor  # [d]: β P (+ the head's bias), LN_post's bias read out
 
 
 @dataclass
@@ -52,6 +55,7 @@ class LayerState:
     keys: torch.Tensor  # [B, H, N, d_h]
     values: torch.Tensor  # [B, H, N, d_h], value bias included
     attended: torch.Tensor  # [B, H, N, d_h]: Σ_m A_{·m} v_m per head
+    attn_scale: torch.Tensor | None  # [B, N]: 1/s of the LayerNorm over the heads' output (EVA02), else None
     middle: torch.Tensor  # x_{l+½} [B, N, D]
     hidden: torch.Tensor  # post-activation MLP neurons a_l [B, N, F]
     mlp: torch.Tensor  # MLP output [B, N, D], c_proj bias included
@@ -64,6 +68,22 @@ class LayerState:
         """The CLS query's attention row per head, A_{0,:} [B, H, N] (recomputed: fused attention hides it)."""
         logits = torch.einsum("bhe,bhne->bhn", self.queries[:, :, 0], self.keys) * self.queries.shape[-1] ** -0.5
         return logits.softmax(-1)
+
+    def attention(self) -> torch.Tensor:
+        """Every query's attention row per head, A [B, H, N, N]."""
+        logits = torch.einsum("bhqe,bhne->bhqn", self.queries, self.keys) * self.queries.shape[-1] ** -0.5
+        return logits.softmax(-1)
+
+    def pooled_attention(self, spec: ViTSpec) -> torch.Tensor:
+        """The pooled query's attention row per head [B, H, N] (the mean of the patch rows for avg pooling), each query
+        row times the frozen 1/s of the LayerNorm over the heads' output when the block has one."""
+        if spec.pool == "token":
+            weights = self.cls_attention()
+            return weights if self.attn_scale is None else weights * self.attn_scale[:, None, :1]
+        weights = self.attention()
+        if self.attn_scale is not None:
+            weights = weights * self.attn_scale[:, None, :, None]
+        return pool_rows(weights, spec, 2)
 
 
 @dataclass
@@ -97,6 +117,12 @@ class Factorised:
     token_coefficients: torch.Tensor | None  # [B, L, H, N, k]
     token_basis: torch.Tensor | None  # [L, H, k, d]
     embedding: torch.Tensor  # z [B, d]
+    pool: torch.Tensor | None = None  # [B, d]: the MLP of a MAP head after its pooling (SigLIP), one piece
+
+    def dense(self) -> torch.Tensor:
+        """The pieces that are not heads, in residual order [B, P, d]: embed, each MLP, pool.mlp, bias."""
+        extra = [piece[:, None] for piece in (self.pool, self.bias) if piece is not None]
+        return torch.cat([self.embed[:, None], self.mlps] + extra, 1)
 
     def heads(self) -> torch.Tensor:
         return torch.einsum("blhk,lhkd->blhd", self.coefficients, self.basis)
@@ -111,11 +137,13 @@ class ViTDecomposer:
     def __init__(self, spec: ViTSpec):
         self.spec = spec
         self._readouts: dict[str, ReadOut] = {}
+        self._map_readout: MapReadOut | None = None
 
     def readout(self, convention: str) -> ReadOut:
         if convention not in self._readouts:
             spec = self.spec
             matrix = spec.ln_post.weight[:, None] * spec.proj
+            beta = spec.ln_post.bias @ spec.proj + (0 if spec.head_bias is None else spec.head_bias)
             gamma = matrix.sum(0)
             if convention == "separate":
                 matrix = matrix - matrix.mean(0, keepdim=True)
@@ -123,21 +151,23 @@ class ViTDecomposer:
                 [block.out_weight.T.reshape(spec.heads, spec.head_dim, spec.width) @ matrix for block in spec.blocks]
             )
             out_bias = torch.stack([block.out_bias @ matrix for block in spec.blocks])
-            self._readouts[convention] = ReadOut(matrix, heads, out_bias, gamma, spec.ln_post.bias @ spec.proj)
+            self._readouts[convention] = ReadOut(matrix, heads, out_bias, gamma, beta)
         return self._readouts[convention]
 
     def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Patchify, prepend CLS, add positions and apply ln_pre: x_0 [B, N, D]."""
+        """Patchify, prepend CLS and the registers, add positions and apply ln_pre: x_0 [B, N, D]."""
         spec = self.spec
-        patches = F.conv2d(images, spec.conv_weight, stride=spec.patch_size).flatten(2).transpose(1, 2)
-        cls = spec.class_embedding.expand(images.shape[0], 1, -1)
-        tokens = torch.cat([cls, patches], dim=1)
+        patches = F.conv2d(images, spec.conv_weight, spec.conv_bias, stride=spec.patch_size).flatten(2).transpose(1, 2)
+        prefix = [token.view(-1, spec.width).expand(images.shape[0], -1, -1)
+                  for token in (spec.class_embedding, spec.registers) if token is not None]
+        tokens = torch.cat(prefix + [patches], dim=1)
         if tokens.shape[1] != spec.tokens:
             raise CliplensError(
                 f"images of size {tuple(images.shape[-2:])} give {tokens.shape[1]} tokens but the model expects "
                 f"{spec.tokens} ({spec.image_size}px); preprocess images with lens.preprocess"
             )
-        return spec.ln_pre(tokens + spec.positional_embedding)
+        tokens = tokens + spec.positional_embedding
+        return tokens if spec.ln_pre is None else spec.ln_pre(tokens)
 
     def layers(self, images: torch.Tensor) -> Iterator[LayerState]:
         """Run the transformer one block at a time, exposing what the decompositions read at each block."""
@@ -147,27 +177,35 @@ class ViTDecomposer:
         for layer, block in enumerate(spec.blocks):
             qkv = F.linear(block.ln1(x), block.qkv_weight, block.qkv_bias)
             q, k, v = qkv.view(batch, n, 3, spec.heads, spec.head_dim).permute(2, 0, 3, 1, 4)
+            if block.rope is not None:  # rotary positions turn queries and keys only: values stay linear
+                q, k = block.rope(q), block.rope(k)
             attended = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d_h]
-            middle = x + F.linear(attended.transpose(1, 2).reshape(batch, n, spec.width), block.out_weight,
-                                  block.out_bias)
-            hidden = activation(block.activation, F.linear(block.ln2(middle), block.fc_weight, block.fc_bias))
+            written, attn_scale = attended.transpose(1, 2).reshape(batch, n, spec.width), None
+            if block.attn_norm_eps is not None:  # LN over the heads' output: affine part folded into out_weight
+                attn_scale = (written.var(-1, unbiased=False) + block.attn_norm_eps).rsqrt()
+                written = written * attn_scale[..., None]
+            middle = x + F.linear(written, block.out_weight, block.out_bias)
+            hidden = block.hidden(block.ln2(middle))
             mlp = F.linear(hidden, block.proj_weight, block.proj_bias)
-            state = LayerState(layer, block, x, q, k, v, attended, middle, hidden, mlp)
+            state = LayerState(layer, block, x, q, k, v, attended, attn_scale, middle, hidden, mlp)
             yield state
             x = middle + mlp
 
     def trace(self, images: torch.Tensor, convention: str, *, tokens: bool = False) -> Trace:
         readout = self.readout(convention)
         heads, mlps, token_values = [], [], []
+        spec = self.spec
         for state in self.layers(images):
             if state.layer == 0:
-                embed = state.residual[:, 0] @ readout.matrix
-            heads.append(state.attended[:, :, 0])
-            mlps.append(state.mlp[:, 0] @ readout.matrix)
+                embed = pool_rows(state.residual, spec, 1) @ readout.matrix
+            # the LN over the heads' output (if any) is affine at its frozen 1/s, which rides on the coefficients
+            scale = 1 if state.attn_scale is None else state.attn_scale[:, None, :, None]
+            heads.append(pool_rows(state.attended * scale, spec, 2))
+            mlps.append(pool_rows(state.mlp, spec, 1) @ readout.matrix)
             if tokens:
-                token_values.append(state.cls_attention()[..., None] * state.values)
+                token_values.append(state.pooled_attention(spec)[..., None] * state.values)
         return Trace(
-            residual=state.output[:, 0],
+            residual=pool_rows(state.output, spec, 1),
             embed=embed,
             mlps=torch.stack(mlps, 1),
             heads=torch.stack(heads, 1),
@@ -176,9 +214,16 @@ class ViTDecomposer:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The image embedding z, computed from the spec (parity with the backend is a tested invariant)."""
+        if self.spec.pool == "map":
+            return self.factorise(images, Settings()).embedding
         trace = self.trace(images, "separate")
+        return self.read_out(trace.residual)
+
+    def read_out(self, residual: torch.Tensor) -> torch.Tensor:
+        """ln_post, proj and the head's bias applied to the pooled residual: the embedding z."""
         spec = self.spec
-        return spec.ln_post(trace.residual) @ spec.proj
+        z = spec.ln_post(residual) @ spec.proj
+        return z if spec.head_bias is None else z + spec.head_bias
 
     def factorise(self, images: torch.Tensor, settings: Settings, *, tokens: bool = False) -> Factorised:
         """Every piece of the batch, heads in coefficient form (docs/methods/decomposition.md#conventions bookkeeping,
@@ -187,13 +232,19 @@ class ViTDecomposer:
         The per-token factors are kept when `settings` are spatial, or when `tokens` asks for them (CLS cells).
         """
         settings.require_granularity(GRANULARITIES)
+        if self.spec.pool == "map":
+            if self._map_readout is None:
+                self._map_readout = map_readout(self.spec)
+            parts = map_factorise(self.spec, self._map_readout, self.layers(images), settings,
+                                  tokens or settings.spatial)
+            return Factorised(settings=settings, **parts)
         convention, normalize, tokens = settings.convention, settings.normalize, tokens or settings.spatial
         spec, readout = self.spec, self.readout(convention)
         trace = self.trace(images, convention, tokens=tokens)
         r = trace.residual
         mean = r.mean(-1)
         inv_s = (r.var(-1, unbiased=False) + spec.ln_post.eps).rsqrt()
-        embedding = spec.ln_post(r) @ spec.proj
+        embedding = self.read_out(r)
         inv_nu = 1 / embedding.norm(dim=-1) if normalize else torch.ones_like(mean)
         scale = inv_s * inv_nu
         per_head, per_token = trace.heads * scale[:, None, None, None], None
@@ -254,6 +305,8 @@ class ViTDecomposer:
         """The pieces of `factors` in residual order, as the settings they were made with define them."""
         heads = factors.tokens() if factors.settings.spatial else factors.heads()
         pieces = {"embed": factors.embed, "mlps": factors.mlps, "heads": heads}
+        if factors.pool is not None:
+            pieces["pool"] = factors.pool
         if factors.bias is not None:
             pieces["bias"] = factors.bias
         return _group(pieces, factors.embedding, factors.settings, self.spec)
@@ -270,7 +323,8 @@ class ViTDecomposer:
 
 
 def piece_labels(spec: ViTSpec, settings: Settings) -> list[str]:
-    """Piece labels in residual order: embed, L0H0.. (or L0.attn), L0.mlp, ..., bias (separate convention)."""
+    """Piece labels in residual order: embed, L0H0.. (or L0.attn), L0.mlp, ..., pool.mlp (MAP head), bias (separate
+    convention)."""
     labels = [EMBED]
     for layer in range(spec.layers):
         if settings.granularity == "layer":
@@ -278,6 +332,8 @@ def piece_labels(spec: ViTSpec, settings: Settings) -> list[str]:
         else:
             labels.extend(head_label(layer, h) for h in range(spec.heads))
         labels.append(mlp_label(layer))
+    if spec.pool == "map":
+        labels.append(POOL_MLP)
     return labels + ([BIAS] if settings.convention == "separate" else [])
 
 
@@ -301,6 +357,5 @@ def _group(
     blocks = [at_cls(pieces["embed"])]
     for layer in range(spec.layers):
         blocks += [heads[:, layer], at_cls(pieces["mlps"][:, layer])]
-    if "bias" in pieces:
-        blocks.append(at_cls(pieces["bias"]))
+    blocks += [at_cls(pieces[name]) for name in ("pool", "bias") if name in pieces]
     return Decomposition(torch.cat(blocks, 1), piece_labels(spec, settings), embedding, settings)

@@ -10,6 +10,7 @@ import difflib
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from .spec import BlockSpec, LayerNormSpec, ResNetPoolSpec, ViTSpec
 from .weights import load_weights
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+TOKENIZER_VARIABLE = "CLIPLENS_TOKENIZER"  # a local folder with the tokenizer files of a model whose tokenizer is on a hub
 
 
 def _layer_norm(module: nn.Module) -> LayerNormSpec:
@@ -126,6 +128,7 @@ def resnet_spec(visual: nn.Module) -> ResNetPoolSpec:
 
 def spec_of(model: nn.Module) -> ViTSpec | ResNetPoolSpec:
     from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.timm_model import TimmModel
     from open_clip.transformer import VisionTransformer
 
     visual = model.visual
@@ -133,7 +136,12 @@ def spec_of(model: nn.Module) -> ViTSpec | ResNetPoolSpec:
         return vit_spec(visual)
     if isinstance(visual, ModifiedResNet):
         return resnet_spec(visual)
-    raise CliplensError(f"image tower {type(visual).__name__} is not supported; cliplens handles CLIP ViTs and ResNets")
+    if isinstance(visual, TimmModel):
+        from .timm_vit import tower_spec
+
+        return tower_spec(visual)
+    raise CliplensError(f"image tower {type(visual).__name__} is not supported; cliplens handles CLIP ViTs and ResNets, "
+                        "and timm-backed ViT towers (SigLIP, EVA-CLIP)")
 
 
 def is_checkpoint_path(pretrained: str) -> bool:
@@ -198,4 +206,51 @@ def create(name: str, pretrained: str | None, *, seed: int) -> tuple[nn.Module, 
     if pretrained is not None and tag is None:
         load_weights(model, read_state_dict(pretrained), f"checkpoint {pretrained}", name,
                      "check the model id (OpenAI weights need a '-quickgelu' id)")
-    return model, preprocess, open_clip.get_tokenizer(name)
+    return model, preprocess, lazy_tokenizer(name)
+
+
+def lazy_tokenizer(name: str) -> Callable[[list[str]], torch.Tensor]:
+    """The model's tokenizer, built on the first text: SigLIP's and EVA-CLIP's live on a hub, and image-side work must
+    never wait for (or fail on) a download it does not need."""
+    loaded: list[Callable] = []
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        if not loaded:
+            loaded.append(_tokenizer(name))
+        return loaded[0](texts)
+
+    return tokenize
+
+
+def _tokenizer(name: str) -> Callable:
+    """open_clip's tokenizer for `name`; a hub tokenizer from the $CLIPLENS_TOKENIZER folder when that is set, and a
+    one-line error naming that variable when the hub cannot be reached."""
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    text = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    hub = text.get("hf_tokenizer_name") or ("SigLIP's sentencepiece files" if "siglip" in name.lower() else None)
+    if hub is None:
+        return open_clip.get_tokenizer(name)  # shipped inside open_clip
+    remedy = (f"download the tokenizer on a connected machine (huggingface-cli download {hub} --local-dir DIR) and set "
+              f"{TOKENIZER_VARIABLE}=DIR")
+    folder = os.environ.get(TOKENIZER_VARIABLE)
+    if folder:
+        if not Path(folder).expanduser().is_dir():
+            raise CliplensError(f"{TOKENIZER_VARIABLE}={folder!r} is not a folder; {remedy}")
+        try:
+            return HFTokenizer(str(Path(folder).expanduser()), context_length=text.get("context_length", 77),
+                               tokenizer_mode=text.get("tokenizer_mode"), **text.get("tokenizer_kwargs", {}))
+        except (OSError, ValueError) as exc:
+            raise CliplensError(f"{TOKENIZER_VARIABLE}={folder!r} holds no tokenizer transformers reads "
+                                f"({type(exc).__name__}); {remedy}") from exc
+    from .hf import hub_unreachable
+
+    why = hub_unreachable(text.get("hf_tokenizer_name", "timm/ViT-B-16-SigLIP"))
+    if why is not None:
+        raise CliplensError(f"{name}'s tokenizer is not shipped with open_clip and cannot be downloaded here ({why}); "
+                            f"{remedy}")
+    try:
+        return open_clip.get_tokenizer(name)
+    except (OSError, ValueError) as exc:
+        raise CliplensError(f"{name}'s tokenizer could not be loaded ({type(exc).__name__}); {remedy}") from exc

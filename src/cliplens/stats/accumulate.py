@@ -80,7 +80,7 @@ class HeadReducer:
 
     def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
         f = self.decomposer.factorise(images, self.settings)
-        dense = torch.cat([f.embed[:, None], f.mlps] + ([f.bias[:, None]] if f.bias is not None else []), 1)
+        dense = f.dense()
         coefficients = f.coefficients.flatten(1, 2)  # [B, L·H, k]
         require_finite(images, dense, coefficients)
         if self.heads is None:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .verify import granularity_names
+
 if TYPE_CHECKING:
     from ..lens import Lens
+
+
+POOLING = {"token": "CLS pooling", "avg": "mean pooling", "map": "attention-pool (MAP) head"}
 
 
 def describe_architecture(lens: Lens, images: int) -> list[tuple[str, str]]:
@@ -16,12 +21,15 @@ def describe_architecture(lens: Lens, images: int) -> list[tuple[str, str]]:
     bytes_per = 4  # fp32 pieces
     if lens.kind == "vit":
         d, layers, heads, n = spec.output_dim, spec.layers, spec.heads, spec.tokens
-        head_pieces = 1 + layers * (heads + 1) + 1
-        rows = [("architecture", "vision transformer (CLS pooling)"), ("layers", str(layers)),
+        extra = 1 + (spec.pool == "map")  # bias, and the MAP head's pool.mlp
+        head_pieces = 1 + layers * (heads + 1) + extra
+        registers = spec.prefix_tokens - (spec.class_embedding is not None)
+        rows = [("architecture", f"vision transformer ({POOLING[spec.pool]}"
+                                 f"{f', {registers} register tokens' if registers else ''})"), ("layers", str(layers)),
                 ("heads per layer", str(heads)), ("width / head dim / MLP width", f"{spec.width} / {spec.head_dim} / "
                                                                                    f"{spec.mlp_width}"),
                 ("tokens", f"{n} ({spec.image_size}px, patch {spec.patch_size})"), ("embedding dim", str(d)),
-                ("pieces: layer", str(2 * layers + 2)), ("pieces: head", str(head_pieces)),
+                ("pieces: layer", str(2 * layers + 1 + extra)), ("pieces: head", str(head_pieces)),
                 ("pieces: head-token", f"{layers * heads} heads x {n} tokens")]
         sizes = [("head", images * head_pieces * d), ("spatial", images * head_pieces * n * d)]
         stats_bytes = head_pieces * d * d * 8
@@ -34,6 +42,7 @@ def describe_architecture(lens: Lens, images: int) -> list[tuple[str, str]]:
                 ("pieces: pair", f"{heads * c} (kept factorised: {heads * c} scalars per image)")]
         sizes = [("pairs materialised", images * heads * c * d), ("pair coefficients", images * heads * c)]
         stats_bytes = heads * c * (2 + 4 * 50) * 8
+    rows.insert(0, ("granularities", ", ".join(granularity_names(lens.kind))))
     rows += [(f"memory for {images} images: {name}", f"{count * bytes_per / gib:.3f} GiB") for name, count in sizes]
     rows.append(("statistics artifact (float64)", f"{stats_bytes / gib:.3f} GiB, independent of the number of images"))
     return [("model", f"{lens.name} ({lens.backend}, pretrained={lens.pretrained})")] + rows
