@@ -13,7 +13,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import cliplens
 from cliplens import CliplensError

@@ -234,7 +234,7 @@ def test_gradcam_is_the_gradient_weighted_feature_map(vit_lens, vit_images, resn
     import torch.nn.functional as F
 
     from cliplens.apps.segmentation import gradcam
-    from cliplens.decompose.vit import activation
+    from cliplens.models.spec import activation
 
     directions = torch.randn(2, vit_lens.spec.output_dim, generator=torch.Generator().manual_seed(2),
                              dtype=torch.float64)
