@@ -108,6 +108,21 @@ def test_second_order_refuses_non_clip_blocks():
         check_layer(lens.decomposer, 0)
 
 
+@pytest.mark.parametrize("family, refused", [("siglip", ["attention", "rollout", "gradcam"]),
+                                              ("vit-avg", ["gradcam"]), ("dinov2-reg", ["gradcam"])])
+def test_segmentation_refuses_class_token_lenses_where_the_model_pools_otherwise(family, refused):
+    """A lens that reads the class token would map a patch (SigLIP has none) or the wrong tokens (registers)."""
+    from cliplens.apps.segmentation import check_lenses
+
+    lens = from_timm(small_timm(family), None, name=family, precision="fp64")
+    for name in refused:
+        with pytest.raises(CliplensError, match=f"lens '{name}' reads a class token"):
+            check_lenses(lens, [name])
+    assert check_lenses(lens, ["heads", "centre"]) == ["heads", "centre"]
+    if family != "siglip":
+        assert check_lenses(lens, ["attention", "rollout"]) == ["attention", "rollout"]
+
+
 # literal oracles -------------------------------------------------------------------------------------------------
 
 

@@ -109,7 +109,21 @@ def check_lenses(lens: Lens, names: Sequence[str]) -> list[str]:
             usable = [other for other in LENSES if lens.kind in MODELS[other]]
             raise CliplensError(f"lens {name!r} needs a {' or '.join(MODELS[name])} model but {lens.name} is a "
                                 f"{lens.kind}; use {', '.join(usable)}")
+        if lens.kind == "vit" and not _reads_its_class_token(lens, name):
+            raise CliplensError(f"lens {name!r} reads a class token the way CLIP pools it, and {lens.name} pools "
+                                "otherwise (no class token, register tokens or another pooling); use heads or centre")
     return names
+
+
+def _reads_its_class_token(lens: Lens, name: str) -> bool:
+    """attention and rollout read the class token's attention row; Grad-CAM differentiates the class token's
+    embedding and reads the tokens after it: a model without that token (SigLIP's attention pool, mean pooling) or
+    with register tokens would give maps of something else."""
+    if name in ("attention", "rollout"):
+        return lens.spec.class_embedding is not None
+    if name == "gradcam":
+        return lens.spec.pool == "token" and lens.spec.prefix_tokens == 1
+    return True
 
 
 def head_token_scores(factors: Factorised, directions: torch.Tensor, heads: Sequence[tuple[int, int]]) -> torch.Tensor:
