@@ -1,0 +1,116 @@
+"""Semantic adversarial images in the shapes world, the call behind `cliplens adversarial`
+(docs/methods/adversarial.md#closed-loop).
+
+Second-order statistics of one MLP layer are collected on the fit data; for each (source, target) shape pair the words
+are chosen (`select_words`), and three sets of prompts that all mention the source shape (the chosen words, as many
+random words from the same filtered pool, no words) are drawn by the shapes generator and classified zero-shot among
+the world's shapes. Success = classified as the target.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from ..apps.adversarial import (COLUMNS, Outcome, WordChoice, adversarial_figure, compose_prompts, random_words,
+                                run_condition, select_words)
+from ..errors import CliplensError
+from ..evaluate.zeroshot import source_classifier
+from ..io.atomic import write_folder
+from ..io.tables import write_rows
+from ..shapes import ShapesDataset
+from ..shapes.generator import ShapesGenerator
+from ..shapes.vocabulary import SHAPES
+from ..stats.second_order import collect_second_order
+from ..text.candidates import UNIT_POOL, candidate_texts, check_candidates
+
+if TYPE_CHECKING:
+    from ..lens import Lens
+
+TABLE, FIGURE = "adversarial.csv", "adversarial.png"
+EXAMPLES = 8  # example images kept per condition for the figure
+
+
+@dataclass
+class AdversarialResult:
+    outcomes: list[Outcome]  # per pair: selected, random, none
+    choices: list[WordChoice]  # per pair
+    metadata: dict[str, Any]
+
+
+def check_pairs(sources: Sequence[str], targets: Sequence[str]) -> list[tuple[str, str]]:
+    """(source, target) pairs of distinct shapes of the world, refused before any pass."""
+    if not sources or len(sources) != len(targets):
+        raise CliplensError(f"give one --target per --source ({len(sources)} sources, {len(targets)} targets)")
+    for name in (*sources, *targets):
+        if name not in SHAPES:
+            raise CliplensError(f"unknown shape {name!r}; the shapes generator draws {', '.join(SHAPES)}")
+    if any(s == t for s, t in zip(sources, targets)):
+        raise CliplensError("a --source equals its --target: there is nothing to push it toward")
+    return list(zip(sources, targets))
+
+
+def classify_images(lens: Lens, weights: torch.Tensor, batch_size: int):
+    """images → zero-shot class indices, batch by batch."""
+
+    def classify(images: list) -> list[int]:
+        out = []
+        for start in range(0, len(images), batch_size):
+            embedding = lens.encode_image(images[start : start + batch_size]).to(weights)
+            out.extend((embedding @ weights).argmax(-1).tolist())
+        return out
+
+    return classify
+
+
+def adversarial_study(
+    lens: Lens, sources: Sequence[str], targets: Sequence[str], *, data_path: Any = "shapes:train:2000",
+    mlp_layer: int = 1, neurons: int = 20, words: int = 6, atoms: int = 16, threshold: float = 0.6,
+    pool: str | os.PathLike | None = None, pool_size: int | None = None, pool_templates: str = "photo",
+    images: int = 200, prompts: int = 20, words_per_prompt: int = 3, top_k: int = 100, seed: int = 0,
+    batch_size: int = 64, progress: bool = False,
+) -> AdversarialResult:
+    """Success rates of the selected, random and no words for each pair, `images` images per condition (rounded up
+    to a multiple of `prompts`)."""
+    pairs = check_pairs(sources, targets)
+    check_candidates("shapes:", UNIT_POOL, pool=pool, pool_templates=pool_templates)
+    per_prompt = -(-images // prompts)
+    stats = collect_second_order(lens, data_path, layer=mlp_layer, top_k=top_k, batch_size=batch_size,
+                                 progress=progress)
+    directions, typical = stats.principal_directions, stats.top_projections.mean(1)
+    weights = source_classifier(lens, ShapesDataset(1, split="test", label="shape"))
+    _, texts, embeddings = candidate_texts(lens, "shapes:", UNIT_POOL, pool=pool, pool_size=pool_size,
+                                           pool_templates=pool_templates)
+    generator, classify = ShapesGenerator(), classify_images(lens, weights, batch_size)
+    outcomes, choices = [], []
+    for number, (source, target) in enumerate(pairs):
+        s, t = SHAPES.index(source), SHAPES.index(target)
+        choice = select_words(directions, typical, texts, embeddings, weights[:, s], weights[:, t], source=source,
+                              target=target, neurons=neurons, words=words, atoms=atoms, threshold=threshold)
+        rng = np.random.default_rng([seed, number])
+        conditions = {"selected": choice.words, "random": random_words(choice, rng), "none": []}
+        for condition, chosen in conditions.items():
+            texts_of = compose_prompts(source, chosen, prompts, words_per_prompt, rng)
+            predictions, examples = run_condition(generator, classify, texts_of, per_prompt, seed, t, EXAMPLES)
+            outcomes.append(Outcome(source, target, condition, list(chosen), texts_of, predictions, t, examples))
+        choices.append(choice)
+    metadata = {"model": lens.describe(), "data_path": str(data_path), "mlp_layer": mlp_layer, "neurons": neurons,
+                "words": words, "atoms": atoms, "threshold": threshold, "pool": str(pool or "shapes"),
+                "pool_templates": pool_templates, "images_per_condition": prompts * per_prompt, "prompts": prompts,
+                "words_per_prompt": words_per_prompt, "top_k": top_k, "seed": seed, "generator": "shapes renderer",
+                "success": "zero-shot prediction among the world's shapes equals the target",
+                "neurons_kept": {f"{s}->{t}": c.neurons for (s, t), c in zip(pairs, choices)}}
+    return AdversarialResult(outcomes, choices, metadata)
+
+
+def write_adversarial(result: AdversarialResult, output_dir: str | os.PathLike) -> Path:
+    """`adversarial.csv` (one row per pair and condition), `adversarial.png` and `metadata.json`."""
+    return write_folder(output_dir, {
+        TABLE: lambda file: write_rows(file, [o.row() for o in result.outcomes], COLUMNS),
+        FIGURE: lambda file: adversarial_figure(result.outcomes, SHAPES).save(file, format="PNG"),
+    }, result.metadata)
