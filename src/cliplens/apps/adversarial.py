@@ -3,8 +3,8 @@ an image of a source class toward a target class, prompts that use them, a gener
 success rate of the drawn images against random words and against no words.
 
 Word selection (docs/methods/adversarial.md#words): δ = w(target) − w(source), the difference of the two classes'
-zero-shot columns. A neuron's score is m_n ⟨pc_n, δ⟩: its principal second-order direction pc_n (oriented so that its
-top images project positively) times m_n, the mean projection of its top images on pc_n (how far it typically moves
+zero-shot columns. A neuron's score is m_n ⟨pc_n, δ⟩: its principal second-order direction pc_n (oriented so that
+its top images project positively) times m_n, the mean projection of its top images on pc_n (how far it typically moves
 the embedding when it fires). The `neurons` largest |score| are kept; each is written as OMP text atoms and a word
 weighs coef · score (positive: pushes toward the target); a word keeps its largest weight over the neurons. The
 target's and the source's names, and every word whose unit text embedding has cosine ≥ `threshold` with the target's
@@ -26,7 +26,8 @@ from ..explain.omp import SparseTextDecomposition
 from ..report.grids import image_grid
 
 CONDITIONS = ("selected", "random", "none")
-COLUMNS = ("source", "target", "condition", "words", "prompts", "images", "successes", "success_rate", "stderr")
+COLUMNS = ("source", "target", "condition", "words", "prompts", "images", "successes", "success_rate", "stderr",
+           "mean_margin", "margin_stderr")
 
 
 class Generator(Protocol):
@@ -97,7 +98,8 @@ def random_words(choice: WordChoice, rng: np.random.Generator) -> list[str]:
     return [choice.allowed[i] for i in sorted(rng.choice(len(choice.allowed), size=count, replace=False))]
 
 
-def compose_prompts(source: str, words: Sequence[str], count: int, per_prompt: int, rng: np.random.Generator) -> list[str]:
+def compose_prompts(source: str, words: Sequence[str], count: int, per_prompt: int,
+                    rng: np.random.Generator) -> list[str]:
     """`count` prompts that mention the source first, each followed by `per_prompt` of the words in random order
     (all of them if fewer); no words: the bare source."""
     if not words:
@@ -117,6 +119,7 @@ class Outcome:
     words: list[str]
     prompts: list[str]
     predictions: list[int]
+    margins: list[float]  # per image, score(target) − score(source) of the zero-shot classifier
     target_index: int
     examples: list[Image.Image]
 
@@ -137,20 +140,31 @@ class Outcome:
         """The binomial standard error √(p(1 − p)/n)."""
         return math.sqrt(self.rate * (1 - self.rate) / self.images)
 
+    @property
+    def mean_margin(self) -> float:
+        return float(np.mean(self.margins))
+
+    @property
+    def margin_stderr(self) -> float:
+        return float(np.std(self.margins, ddof=1) / math.sqrt(len(self.margins))) if len(self.margins) > 1 else 0.0
+
     def row(self) -> dict[str, Any]:
         return {"source": self.source, "target": self.target, "condition": self.condition,
                 "words": " | ".join(self.words), "prompts": " | ".join(dict.fromkeys(self.prompts)),
-                "images": self.images, "successes": self.successes, "success_rate": self.rate, "stderr": self.stderr}
+                "images": self.images, "successes": self.successes, "success_rate": self.rate, "stderr": self.stderr,
+                "mean_margin": self.mean_margin, "margin_stderr": self.margin_stderr}
 
 
-def run_condition(generator: Generator, classify: Any, prompts: list[str], per_prompt: int, seed: int,
-                  target_index: int, examples: int) -> tuple[list[int], list[Image.Image]]:
-    """Draw the prompts' images and classify them (`classify`: images → class indices); keep the first few."""
+def run_condition(generator: Generator, scores: Any, prompts: list[str], per_prompt: int, seed: int,
+                  source_index: int, target_index: int) -> tuple[list[int], list[float], list[Image.Image]]:
+    """Draw the prompts' images and score them (`scores`: images → zero-shot scores [B, classes]): each image's
+    predicted class and its margin score(target) − score(source), and the images."""
     images = generator.generate(prompts, per_prompt, seed)
     if not images:
         raise CliplensError("the generator returned no images")
-    predictions = [int(p) for p in classify(images)]
-    return predictions, images[:examples]
+    logits = scores(images)
+    margins = logits[:, target_index] - logits[:, source_index]
+    return logits.argmax(-1).tolist(), margins.tolist(), images
 
 
 def adversarial_figure(outcomes: Sequence[Outcome], classnames: Sequence[str], columns: int = 8) -> Image.Image:

@@ -55,17 +55,15 @@ def check_pairs(sources: Sequence[str], targets: Sequence[str]) -> list[tuple[st
     return list(zip(sources, targets))
 
 
-def classify_images(lens: Lens, weights: torch.Tensor, batch_size: int):
-    """images → zero-shot class indices, batch by batch."""
+def image_scores(lens: Lens, weights: torch.Tensor, batch_size: int):
+    """images → zero-shot scores [B, classes] (unit image embeddings against the classifier's unit columns)."""
 
-    def classify(images: list) -> list[int]:
-        out = []
-        for start in range(0, len(images), batch_size):
-            embedding = lens.encode_image(images[start : start + batch_size]).to(weights)
-            out.extend((embedding @ weights).argmax(-1).tolist())
-        return out
+    def scores(images: list) -> torch.Tensor:
+        parts = [torch.nn.functional.normalize(lens.encode_image(images[start : start + batch_size]).to(weights),
+                                               dim=-1) @ weights for start in range(0, len(images), batch_size)]
+        return torch.cat(parts)
 
-    return classify
+    return scores
 
 
 def adversarial_study(
@@ -86,7 +84,7 @@ def adversarial_study(
     weights = source_classifier(lens, ShapesDataset(1, split="test", label="shape"))
     _, texts, embeddings = candidate_texts(lens, "shapes:", UNIT_POOL, pool=pool, pool_size=pool_size,
                                            pool_templates=pool_templates)
-    generator, classify = ShapesGenerator(), classify_images(lens, weights, batch_size)
+    generator, scores = ShapesGenerator(), image_scores(lens, weights, batch_size)
     outcomes, choices = [], []
     for number, (source, target) in enumerate(pairs):
         s, t = SHAPES.index(source), SHAPES.index(target)
@@ -96,14 +94,16 @@ def adversarial_study(
         conditions = {"selected": choice.words, "random": random_words(choice, rng), "none": []}
         for condition, chosen in conditions.items():
             texts_of = compose_prompts(source, chosen, prompts, words_per_prompt, rng)
-            predictions, examples = run_condition(generator, classify, texts_of, per_prompt, seed, t, EXAMPLES)
-            outcomes.append(Outcome(source, target, condition, list(chosen), texts_of, predictions, t, examples))
+            predictions, margins, drawn = run_condition(generator, scores, texts_of, per_prompt, seed, s, t)
+            outcomes.append(Outcome(source, target, condition, list(chosen), texts_of, predictions, margins, t,
+                                    drawn[:EXAMPLES]))
         choices.append(choice)
     metadata = {"model": lens.describe(), "data_path": str(data_path), "mlp_layer": mlp_layer, "neurons": neurons,
                 "words": words, "atoms": atoms, "threshold": threshold, "pool": str(pool or "shapes"),
                 "pool_templates": pool_templates, "images_per_condition": prompts * per_prompt, "prompts": prompts,
                 "words_per_prompt": words_per_prompt, "top_k": top_k, "seed": seed, "generator": "shapes renderer",
                 "success": "zero-shot prediction among the world's shapes equals the target",
+                "margin": "cos(image, w_target) - cos(image, w_source), w the classifier's unit columns",
                 "neurons_kept": {f"{s}->{t}": c.neurons for (s, t), c in zip(pairs, choices)}}
     return AdversarialResult(outcomes, choices, metadata)
 
