@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES
-from ..workflows.adversarial import FIGURE, TABLE, adversarial_study, check_pairs, write_adversarial
+from ..text.candidates import UNIT_POOL_TEMPLATES
+from ..workflows.adversarial import FIGURE, POOL, TABLE, adversarial_study, check_pairs, write_adversarial
 from .options import Options, before_body, load_lens, model_options, output_option, pool_options
 
 
@@ -29,7 +29,7 @@ from .options import Options, before_body, load_lens, model_options, output_opti
               help="OMP text atoms per neuron's principal direction.")
 @click.option("--threshold", type=click.FloatRange(-1, 1), default=0.6, show_default=True,
               help="Drop pool words whose text cosine with the target class is at or above this.")
-@pool_options(UNIT_POOL, UNIT_POOL_TEMPLATES)
+@pool_options(POOL, UNIT_POOL_TEMPLATES)
 @click.option("--images", type=click.IntRange(min=1), default=200, show_default=True,
               help="Images per pair and condition (rounded up to a multiple of --prompts).")
 @click.option("--prompts", type=click.IntRange(min=1), default=20, show_default=True, help="Prompts per condition.")

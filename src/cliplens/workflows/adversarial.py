@@ -27,12 +27,13 @@ from ..shapes import ShapesDataset
 from ..shapes.generator import ShapesGenerator
 from ..shapes.vocabulary import SHAPES
 from ..stats.second_order import collect_second_order
-from ..text.candidates import UNIT_POOL, candidate_texts, check_candidates
+from ..text.candidates import candidate_texts, check_candidates
 
 if TYPE_CHECKING:
     from ..lens import Lens
 
 TABLE, FIGURE = "adversarial.csv", "adversarial.png"
+POOL = "shapes"  # the default pool whatever the fit data: the shapes generator draws only the world's words
 EXAMPLES = 8  # example images kept per condition for the figure
 
 
@@ -76,13 +77,13 @@ def adversarial_study(
     """Success rates of the selected, random and no words for each pair, `images` images per condition (rounded up
     to a multiple of `prompts`)."""
     pairs = check_pairs(sources, targets)
-    check_candidates("shapes:", UNIT_POOL, pool=pool, pool_templates=pool_templates)
+    check_candidates(data_path, POOL, pool=pool, pool_templates=pool_templates)
     per_prompt = -(-images // prompts)
     stats = collect_second_order(lens, data_path, layer=mlp_layer, top_k=top_k, batch_size=batch_size,
                                  progress=progress)
     directions, typical = stats.principal_directions, stats.top_projections.mean(1)
     weights = source_classifier(lens, ShapesDataset(1, split="test", label="shape"))
-    _, texts, embeddings = candidate_texts(lens, "shapes:", UNIT_POOL, pool=pool, pool_size=pool_size,
+    _, texts, embeddings = candidate_texts(lens, data_path, POOL, pool=pool, pool_size=pool_size,
                                            pool_templates=pool_templates)
     generator, scores = ShapesGenerator(), image_scores(lens, weights, batch_size)
     outcomes, choices = [], []
@@ -99,7 +100,7 @@ def adversarial_study(
                                     drawn[:EXAMPLES]))
         choices.append(choice)
     metadata = {"model": lens.describe(), "data_path": str(data_path), "mlp_layer": mlp_layer, "neurons": neurons,
-                "words": words, "atoms": atoms, "threshold": threshold, "pool": str(pool or "shapes"),
+                "words": words, "atoms": atoms, "threshold": threshold, "pool": str(pool or POOL),
                 "pool_templates": pool_templates, "images_per_condition": prompts * per_prompt, "prompts": prompts,
                 "words_per_prompt": words_per_prompt, "top_k": top_k, "seed": seed, "generator": "shapes renderer",
                 "success": "zero-shot prediction among the world's shapes equals the target",
