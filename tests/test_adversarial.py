@@ -163,3 +163,18 @@ def test_bad_pairs_are_refused_before_any_work(args, message, capsys):
         patch.setattr("cliplens.cli.adversarial.load_lens", lambda model: pytest.fail("loaded a model"))
         main(["adversarial", *args])
     assert raised.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--images", "3", "--prompts", "4"], "exceeds --images"),
+    (["--omp-atoms", "128"], "not below the embedding width"),
+    (["--omp-atoms", "100", "--pool-size", "10"], "exceeds the text pool"),
+])
+def test_bad_counts_are_refused_before_the_pass(args, message, capsys):
+    from cliplens.cli import main
+
+    with pytest.raises(SystemExit) as raised, pytest.MonkeyPatch.context() as patch:
+        patch.setattr("cliplens.workflows.adversarial.collect_second_order",
+                      lambda *a, **k: pytest.fail("ran the pass"))
+        main(["adversarial", "--source", "circle", "--target", "square", *args])
+    assert raised.value.code == 2 and message in capsys.readouterr().err

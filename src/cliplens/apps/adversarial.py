@@ -78,7 +78,7 @@ def select_words(directions: torch.Tensor, typical: torch.Tensor, texts: Sequenc
     kept = order[: min(neurons, int(alive.sum()))].tolist()
     if not kept:
         raise CliplensError("no neuron of this layer ever moved the embedding: there is nothing to choose words from")
-    omp = SparseTextDecomposition(min(atoms, len(texts)), dtype=torch.float64)
+    omp = SparseTextDecomposition(atoms, dtype=torch.float64)
     omp.fit(directions[kept], embeddings, list(texts))
     index = {text: i for i, text in enumerate(texts)}
     best: dict[str, float] = {}

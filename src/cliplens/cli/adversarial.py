@@ -8,8 +8,10 @@ from typing import Any
 
 import click
 
+from ..data.loader import MAX_BATCH_SIZE
 from ..text.candidates import UNIT_POOL_TEMPLATES
-from ..workflows.adversarial import FIGURE, POOL, TABLE, adversarial_study, check_pairs, write_adversarial
+from ..workflows.adversarial import (FIGURE, MAX_IMAGES, POOL, TABLE, adversarial_study, check_counts, check_pairs,
+                                     write_adversarial)
 from .options import Options, before_body, load_lens, model_options, output_option, pool_options
 
 
@@ -25,20 +27,23 @@ from .options import Options, before_body, load_lens, model_options, output_opti
 @click.option("--neurons", type=click.IntRange(min=1), default=10, show_default=True,
               help="Neurons kept: largest |typical top projection × <principal direction, target − source>|.")
 @click.option("--words", type=click.IntRange(min=1), default=4, show_default=True, help="Words kept per pair.")
-@click.option("--omp-atoms", type=click.IntRange(min=1), default=16, show_default=True,
-              help="OMP text atoms per neuron's principal direction.")
+@click.option("--omp-atoms", type=click.IntRange(min=1), default=None,
+              help="OMP text atoms per neuron's principal direction, below the embedding width [default: 16, at most "
+                   "half the pool].")
 @click.option("--threshold", type=click.FloatRange(-1, 1), default=0.6, show_default=True,
               help="Drop pool words whose text cosine with the target class is at or above this.")
 @pool_options(POOL, UNIT_POOL_TEMPLATES)
-@click.option("--images", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--images", type=click.IntRange(min=1, max=MAX_IMAGES), default=200, show_default=True,
               help="Images per pair and condition (rounded up to a multiple of --prompts).")
-@click.option("--prompts", type=click.IntRange(min=1), default=20, show_default=True, help="Prompts per condition.")
+@click.option("--prompts", type=click.IntRange(min=1, max=MAX_IMAGES), default=20, show_default=True,
+              help="Prompts per condition, at most --images.")
 @click.option("--words-per-prompt", type=click.IntRange(min=1), default=3, show_default=True,
               help="Words each prompt draws from its condition's list.")
 @click.option("--draw-seed", type=click.IntRange(min=0), default=1, show_default=True,
               help="Seeds the prompts, the random words and the generator (settings were chosen on seed 0).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@before_body(lambda options: check_pairs(options["source"], options["target"]))
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=64, show_default=True)
+@before_body(lambda options: (check_pairs(options["source"], options["target"]),
+                              check_counts(options["images"], options["prompts"])))
 @output_option("cliplens-out/adversarial")
 def command(model: Options, output_dir: Path, **options: Any) -> None:
     """Words that make images of --source read as --target, drawn by the shapes generator and scored zero-shot.

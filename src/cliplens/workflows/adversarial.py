@@ -21,6 +21,8 @@ from ..apps.adversarial import (COLUMNS, Outcome, WordChoice, adversarial_figure
                                 run_condition, select_words)
 from ..errors import CliplensError
 from ..evaluate.zeroshot import source_classifier
+from ..explain.omp import require_fewer_atoms
+from ..explain.unit_words import atom_count
 from ..io.atomic import write_folder
 from ..io.tables import write_rows
 from ..shapes import ShapesDataset
@@ -34,7 +36,9 @@ if TYPE_CHECKING:
 
 TABLE, FIGURE = "adversarial.csv", "adversarial.png"
 POOL = "shapes"  # the default pool whatever the fit data: the shapes generator draws only the world's words
-EXAMPLES = 8  # example images kept per condition for the figure
+EXAMPLES = 8
+ATOMS = 16  # OMP atoms per neuron by default (capped at half the pool and below the width, as `atom_count` does)
+MAX_IMAGES = 1_000_000  # per condition: a larger request is a typo  # example images kept per condition for the figure
 
 
 @dataclass
@@ -56,6 +60,15 @@ def check_pairs(sources: Sequence[str], targets: Sequence[str]) -> list[tuple[st
     return list(zip(sources, targets))
 
 
+def check_counts(images: int, prompts: int) -> None:
+    """At least one image per prompt, and no more images or prompts than a run could finish."""
+    for name, value in (("--images", images), ("--prompts", prompts)):
+        if not 1 <= value <= MAX_IMAGES:
+            raise CliplensError(f"{name} {value} is out of range: give 1..{MAX_IMAGES}")
+    if prompts > images:
+        raise CliplensError(f"--prompts {prompts} exceeds --images {images}: every prompt needs at least one image")
+
+
 def image_scores(lens: Lens, weights: torch.Tensor, batch_size: int):
     """images → zero-shot scores [B, classes] (unit image embeddings against the classifier's unit columns)."""
 
@@ -69,7 +82,7 @@ def image_scores(lens: Lens, weights: torch.Tensor, batch_size: int):
 
 def adversarial_study(
     lens: Lens, sources: Sequence[str], targets: Sequence[str], *, data_path: Any = "shapes:train:2000",
-    mlp_layer: int = 1, neurons: int = 20, words: int = 6, atoms: int = 16, threshold: float = 0.6,
+    mlp_layer: int = 2, neurons: int = 10, words: int = 4, atoms: int | None = None, threshold: float = 0.6,
     pool: str | os.PathLike | None = None, pool_size: int | None = None, pool_templates: str = "photo",
     images: int = 200, prompts: int = 20, words_per_prompt: int = 3, top_k: int = 100, seed: int = 0,
     batch_size: int = 64, progress: bool = False,
@@ -77,14 +90,17 @@ def adversarial_study(
     """Success rates of the selected, random and no words for each pair, `images` images per condition (rounded up
     to a multiple of `prompts`)."""
     pairs = check_pairs(sources, targets)
+    check_counts(images, prompts)
     check_candidates(data_path, POOL, pool=pool, pool_templates=pool_templates)
+    require_fewer_atoms(atoms, lens.spec.output_dim)
+    _, texts, embeddings = candidate_texts(lens, data_path, POOL, pool=pool, pool_size=pool_size,
+                                           pool_templates=pool_templates)
+    atoms = atom_count(atoms, ATOMS, len(texts), lens.spec.output_dim)
     per_prompt = -(-images // prompts)
     stats = collect_second_order(lens, data_path, layer=mlp_layer, top_k=top_k, batch_size=batch_size,
                                  progress=progress)
     directions, typical = stats.principal_directions, stats.top_projections.mean(1)
     weights = source_classifier(lens, ShapesDataset(1, split="test", label="shape"))
-    _, texts, embeddings = candidate_texts(lens, data_path, POOL, pool=pool, pool_size=pool_size,
-                                           pool_templates=pool_templates)
     generator, scores = ShapesGenerator(), image_scores(lens, weights, batch_size)
     outcomes, choices = [], []
     for number, (source, target) in enumerate(pairs):
