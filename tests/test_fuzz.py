@@ -99,6 +99,8 @@ BASE: dict[str, dict[str, object]] = {
     "search": {"--data-path": DATA, "--heads": "L1H2", "--top": "2", "--neighbours": "2"},
     "discover": {"--data-path": DATA, "--index": "0", "--pool": "shapes", "--pool-size": "6", "--top": "2"},
     "track": {"--data-path": "shapes:shift:4", "--concept": "yellow", "--piece": ["L1H2"], "--random-sets": "1"},
+    "adversarial": {"--data-path": DATA, "--source": ["circle"], "--target": ["square"], "--images": "2",
+                    "--prompts": "1", "--words": "2", "--omp-atoms": "2"},
     "train-toy": {"--model": "rn", "--steps": "1", "--batch-size": "2", "--eval-images": "0"},
     "demo": {},
 }

@@ -73,6 +73,10 @@ def vit_steps(out: Path) -> list[Step]:
          "track",
          vit + ["--data-path", "shapes:shift:500:1", "--stats", stats, "--concept", "yellow", "--attribute",
                 "colour=yellow", "--output-dir", str(out / "vit-track")]),
+        ("Semantic adversarial images: words the second-order lens ties to 'star', drawn on triangles, against random "
+         "and no words", "adversarial",
+         vit + ["--data-path", FIT, "--source", "triangle", "--target", "star", "--images", "40", "--prompts", "4",
+                "--output-dir", str(out / "vit-adversarial")]),
     ]
 
 

@@ -15,7 +15,7 @@ from .background import paint_background
 from .captions import roundness_captions, world_captions
 from .geometry import EXTENT, object_mask
 from .scene import Scene, ShapeObject
-from .splits import SPLITS, sample_layout
+from .splits import SPLITS, Layout, sample_layout
 from .vocabulary import POSITIONS, SIZES
 
 RENDERER_VERSION = 1
@@ -49,9 +49,8 @@ def _place(attributes: dict[str, str], image_size: int, rng: np.random.Generator
     return ShapeObject(centre=centre, radius=float(radius), **attributes)
 
 
-def render_one(index: int, seed: int, split: str, n: int, image_size: int = DEFAULT_IMAGE_SIZE) -> Scene:
-    rng = np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
-    layout = sample_layout(split, index, n, rng)
+def paint_layout(layout: Layout, rng: np.random.Generator, image_size: int) -> tuple[Image.Image, tuple, tuple, tuple]:
+    """(image, objects, masks, captions) of a layout: objects placed in their cells, painted over the background."""
     objects = tuple(_place(attributes, image_size, rng) for attributes in layout.objects)
     pixels = paint_background(layout.background.kind, layout.background.colour, image_size, rng)
     masks = []
@@ -63,9 +62,16 @@ def render_one(index: int, seed: int, split: str, n: int, image_size: int = DEFA
         captions = roundness_captions(objects[0], layout.background, rng)
     else:
         captions = world_captions(objects, layout.background, rng)
+    return Image.fromarray(pixels, "RGB"), objects, tuple(masks), captions
+
+
+def render_one(index: int, seed: int, split: str, n: int, image_size: int = DEFAULT_IMAGE_SIZE) -> Scene:
+    rng = np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
+    layout = sample_layout(split, index, n, rng)
+    image, objects, masks, captions = paint_layout(layout, rng, image_size)
     return Scene(
-        index=int(index), split=split, seed=int(seed), image=Image.fromarray(pixels, "RGB"), objects=objects,
-        masks=tuple(masks), background=layout.background, captions=captions, extras=dict(layout.extras),
+        index=int(index), split=split, seed=int(seed), image=image, objects=objects,
+        masks=masks, background=layout.background, captions=captions, extras=dict(layout.extras),
     )
 
 
