@@ -1,8 +1,8 @@
 """Optional extras: a feature whose packages are not installed stops before any work, naming what to install.
 
 pyproject.toml's extras are `explain` (matplotlib, wordfreq, scikit-learn), `hf` (transformers), `segment` (h5py),
-`cars` (scipy) and `timm` (timm). This module sits at the bottom of the package (it imports only `errors`), so any floor
-can declare what it needs.
+`cars` (scipy), `search` (faiss-cpu), `timm` (timm) and `browser` (playwright, for the test suite). This module sits
+at the bottom of the package (it imports only `errors`), so any floor can declare what it needs.
 """
 
 from __future__ import annotations

@@ -4,19 +4,21 @@ An index keeps, per image, the sum of the chosen heads' pieces p_S(x) = Σ_{h∈
 indexed data. Neighbours of a query image are ranked by the cosine of the centred pieces; a text query is first
 projected into the space's TextSpan span (fitted on the index's own moments), so only the properties that space
 carries are searched for. Search is exact: a matrix product over chunks of the index, keeping the running top k, so
-memory is bounded by the chunk, not by the dataset.
+memory is bounded by the chunk, not by the dataset. For indexes of millions of images, `ApproximateSearch` answers the
+same questions from a faiss HNSW graph (approximate, sublinear per query).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from ..data.loader import as_source, stream
 from ..errors import CliplensError, require_positive_int
 from ..explain.textspan import TextSpan
+from ..extras import require
 from ..settings import Settings
 from .retrieval import Ranking, parse_component
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 EMBEDDING = "embedding"  # the whole image embedding, the baseline space
 SEPARATOR = "+"
 CHUNK = 16_384  # index rows per matrix product: a chunk of scores is queries × CHUNK floats
+ENGINES = ("exact", "faiss")
 
 
 @dataclass(frozen=True)
@@ -139,13 +142,12 @@ def nearest(
     available = len(index) - (exclude is not None)
     if top > available:
         raise CliplensError(f"the index holds {available} candidate images; ask for at most {available} neighbours")
-    queries = queries.float()
-    units = queries / queries.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    units = _unit_rows(queries.float())
     best_values = torch.full((len(queries), 0), -torch.inf)
     best_rows = torch.zeros((len(queries), 0), dtype=torch.long)
     for start in range(0, len(index), chunk):
         part = index.centred[start:start + chunk]
-        scores = units @ (part / part.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)).T
+        scores = units @ _unit_rows(part).T
         rows = torch.arange(start, start + len(part))
         if exclude is not None:
             scores[rows[None, :] == exclude[:, None]] = -torch.inf
@@ -156,15 +158,66 @@ def nearest(
     return best_values, best_rows
 
 
-def search(index: HeadIndex, query: torch.Tensor, top: int, *, score: str) -> Ranking:
+def _unit_rows(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+class ApproximateSearch:
+    """`nearest` from a faiss HNSW graph over the index's unit rows (inner product = cosine): per query it visits a
+    few thousand rows instead of all of them, at the price of sometimes missing a true neighbour
+    (docs/methods/head-search.md#faiss). Built once per index; `links` and `breadth` are HNSW's M and efSearch."""
+
+    def __init__(self, index: HeadIndex, *, links: int = 32, breadth: int = 128) -> None:
+        require("search", "faiss", user="search --engine faiss")
+        import faiss
+
+        self.index = index
+        self.graph = faiss.IndexHNSWFlat(index.centred.shape[1], links, faiss.METRIC_INNER_PRODUCT)
+        self.graph.hnsw.efSearch = breadth
+        self.graph.add(_unit_rows(index.centred.float()).numpy())
+
+    def __call__(self, queries: torch.Tensor, top: int, *, exclude: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `nearest`: (values [Q, top], rows [Q, top]), best first, never the `exclude` row."""
+        require_positive_int("top", top)
+        available = len(self.index) - (exclude is not None)
+        if top > available:
+            raise CliplensError(f"the index holds {available} candidate images; ask for at most {available} neighbours")
+        wanted = top + (exclude is not None)
+        values, rows = (torch.from_numpy(array) for array in self.graph.search(_unit_rows(queries.float()).numpy(),
+                                                                                wanted))
+        rows = rows.long()
+        if exclude is None:
+            return values, rows
+        excluded = rows == exclude[:, None]
+        keep = excluded.int().argsort(dim=1, stable=True)[:, :top]  # the others first, in their order
+        return values.gather(1, keep), rows.gather(1, keep)
+
+
+# `nearest` bound to one index, or an ApproximateSearch: (queries, top, exclude=) -> (values, rows)
+Searcher = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def searcher(index: HeadIndex, engine: str = "exact") -> Searcher:
+    """The search behind `engine` for one index: exact chunked products, or faiss's HNSW graph."""
+    if engine not in ENGINES:
+        raise CliplensError(f"unknown search engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "faiss":
+        return ApproximateSearch(index)
+    return lambda queries, top, exclude=None: nearest(index, queries, top, exclude=exclude)
+
+
+def search(index: HeadIndex, query: torch.Tensor, top: int, *, score: str, find: Searcher | None = None) -> Ranking:
     """The top images of one query as a retrieval `Ranking` (written by `apps.retrieval.write_ranking`)."""
-    values, rows = nearest(index, query[None], top)
+    values, rows = (find or searcher(index))(query[None], top)
     return Ranking(index.name, score, index.positions[rows[0]], values[0].double())
 
 
-def neighbour_precision(index: HeadIndex, labels: torch.Tensor, top: int = 10, *, chunk: int = 1024) -> torch.Tensor:
+def neighbour_precision(index: HeadIndex, labels: torch.Tensor, top: int = 10, *, chunk: int = 1024,
+                        find: Searcher | None = None) -> torch.Tensor:
     """Per indexed image, the fraction of its `top` nearest other images that share its label [N]
     (docs/methods/head-search.md#precision); `labels` are indexed by dataset position."""
+    find = find or searcher(index)
     labels = torch.as_tensor(labels)
     if len(labels) <= int(index.positions.max()):
         raise CliplensError(f"{len(labels)} labels for data of at least {int(index.positions.max()) + 1} images")
@@ -172,7 +225,7 @@ def neighbour_precision(index: HeadIndex, labels: torch.Tensor, top: int = 10, *
     precision = []
     for start in range(0, len(index), chunk):
         rows = torch.arange(start, min(start + chunk, len(index)))
-        _, found = nearest(index, index.centred[rows], top, exclude=rows)
+        _, found = find(index.centred[rows], top, exclude=rows)
         precision.append((labels[found] == labels[rows, None]).double().mean(1))
     return torch.cat(precision)
 

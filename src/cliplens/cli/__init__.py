@@ -28,7 +28,6 @@ def _register() -> None:
     for module in (demo, info, verify, decompose, collect, merge, textspan, explain, ablate, reconstruct, second_order,
                    pairs, neuron_ablate, retrieve, search, discover, track, adversarial, segment, spurious, components,
                    dissect, report, train_toy):
-                   report, train_toy):
         cli.add_command(module.command)
 
 

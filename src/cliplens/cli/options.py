@@ -212,6 +212,7 @@ def needs(extra: str, *modules: str) -> Callable:
 POOL_REASONS = {
     HEAD_POOL: f"heads are named with image descriptions, as TextSpan does; neurons and pairs use {UNIT_POOL}",
     UNIT_POOL: f"neurons and pairs are named with single words, as in their papers; heads use {HEAD_POOL}",
+    "shapes": "the shapes generator can draw only the world's words, whatever the data",
 }
 POOL_TEMPLATE_REASONS = {
     HEAD_POOL_TEMPLATES: f"descriptions are sentences already; the neuron and pair commands use "

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..apps.search import ENGINES
 from ..settings import CONVENTIONS
 from ..workflows.head_search import PLOT, PRECISION, head_search, write_search
 from .options import Options, data_options, load_lens, model_options, needs, output_option
@@ -44,6 +45,9 @@ from .options import Options, data_options, load_lens, model_options, needs, out
 @click.option("--pool-templates", default="none", show_default=True,
               help="Templates the span's texts and the query text are embedded with.")
 @click.option("--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="exact", show_default=True,
+              help="exact: chunked matrix products (every image compared; fine up to a few hundred thousand images); "
+                   "faiss: an HNSW graph, approximate and sublinear per query, for millions (the `search` extra).")
 @output_option("cliplens-out/search")
 @needs("explain", "matplotlib")
 def command(model: Options, **options: Any) -> None:
@@ -60,8 +64,8 @@ def command(model: Options, **options: Any) -> None:
         stats_path=options["stats_path"], query_image=options["query_image"],
         query_text=options["query_text"], attributes=options["attributes"], top=options["top"],
         neighbours=options["neighbours"], n_texts=options["texts_per_head"], pool=options["pool"],
-        pool_templates=options["pool_templates"], convention=options["convention"], batch_size=options["batch_size"],
-        num_workers=options["num_workers"], progress=True,
+        pool_templates=options["pool_templates"], convention=options["convention"], engine=options["engine"],
+        batch_size=options["batch_size"], num_workers=options["num_workers"], progress=True,
     )
     output_dir: Path = write_search(result, options["data_path"], options["output_dir"])
     for attribute, space in result.chosen.items():

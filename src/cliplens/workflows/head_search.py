@@ -18,11 +18,12 @@ import torch
 
 from ..apps.retrieval import Ranking, write_ranking_grid, write_ranking_table
 from ..apps.search import (
-    EMBEDDING, HeadIndex, build_indexes, chance_precision, image_query, neighbour_precision, parse_head_set, search,
-    set_name, span_projector, text_query,
+    EMBEDDING, ENGINES, HeadIndex, Searcher, build_indexes, chance_precision, image_query, neighbour_precision,
+    parse_head_set, search, searcher, set_name, span_projector, text_query,
 )
 from ..data.loader import as_source
 from ..errors import CliplensError, require_positive_int
+from ..extras import require
 from ..evaluate.reference import default_reference
 from ..io.atomic import write_folder
 from ..io.tables import write_rows
@@ -112,8 +113,8 @@ def head_search(
     fit_path: Any = None, stats_path: Any = None, query_image: Any = None, query_text: str | None = None,
     attributes: Sequence[str] = (),
     top: int = 16, neighbours: int = 10, n_texts: int = 10, rank: int = 80, pool: str | os.PathLike | None = None,
-    pool_templates: str = "none", convention: str = "reference", batch_size: int = 32, num_workers: int = 0,
-    progress: bool = False,
+    pool_templates: str = "none", convention: str = "reference", engine: str = "exact", batch_size: int = 32,
+    num_workers: int = 0, progress: bool = False,
 ) -> SearchResult:
     """Index the named head sets, the sets chosen for `heads_for` (`colour` or `colour:SIZE`; `set_size` heads where
     no size is given) and the whole embedding over `data`; answer the queries and measure precision@`neighbours`
@@ -121,6 +122,10 @@ def head_search(
     require_positive_int("top", top)
     require_positive_int("neighbours", neighbours)
     require_positive_int("set_size", set_size)
+    if engine not in ENGINES:
+        raise CliplensError(f"unknown search engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "faiss":  # before the pass, not after it
+        require("search", "faiss", user="search --engine faiss")
     sizes = parse_heads_for(heads_for, set_size)
     check_attributes(list(sizes) + list(attributes), data)
     if query_image is not None and query_text is not None:
@@ -149,22 +154,23 @@ def head_search(
     sets[EMBEDDING] = ()
     indexes = build_indexes(lens, data, list(sets.values()), convention=convention, batch_size=batch_size,
                             num_workers=num_workers, progress=progress)
-    rankings, span_texts = _answer(lens, data, indexes, query_image=query_image, query_text=query_text, top=top,
-                                   n_texts=n_texts, rank=rank, pool=pool, pool_templates=pool_templates,
+    finders = {name: searcher(index, engine) for name, index in indexes.items()}
+    rankings, span_texts = _answer(lens, data, indexes, finders, query_image=query_image, query_text=query_text,
+                                   top=top, n_texts=n_texts, rank=rank, pool=pool, pool_templates=pool_templates,
                                    convention=convention)
-    rows = _precision_rows(as_source(data), indexes, chosen, attributes, neighbours)
+    rows = _precision_rows(as_source(data), indexes, finders, chosen, attributes, neighbours)
     metadata = {
         "model": lens.describe(), "data": str(data), "fit_data": fit_where,
         "sets": {name: list(heads) for name, heads in sets.items()},
         "chosen": chosen, "set_sizes": sizes, "texts_per_head": n_texts, "rank": rank, "convention": convention,
         "pool_templates": pool_templates,
         "query_image": None if query_image is None else str(query_image), "query_text": query_text,
-        "span_texts": span_texts, "top": top, "neighbours": neighbours,
+        "span_texts": span_texts, "top": top, "neighbours": neighbours, "engine": engine,
     }
     return SearchResult(sets, chosen, rankings, span_texts, rows, share_rows, metadata)
 
 
-def _answer(lens: Lens, data: Any, indexes: dict[str, HeadIndex], *, query_image: Any, query_text: str | None,
+def _answer(lens: Lens, data: Any, indexes: dict[str, HeadIndex], finders: dict[str, Searcher], *, query_image: Any, query_text: str | None,
             top: int, n_texts: int, rank: int, pool: Any, pool_templates: str, convention: str
             ) -> tuple[dict[str, Ranking], dict]:
     """Each space's top images for the query (none without one)."""
@@ -181,16 +187,17 @@ def _answer(lens: Lens, data: Any, indexes: dict[str, HeadIndex], *, query_image
             vector, score = text_query(span, query), "cos(p - mean, Q_span q)"
         else:
             continue
-        rankings[name] = search(index, vector, top, score=score)
+        rankings[name] = search(index, vector, top, score=score, find=finders[name])
     return rankings, span_texts
 
 
-def _precision_rows(source: Any, indexes: dict[str, HeadIndex], chosen: dict[str, str], attributes: Sequence[str],
+def _precision_rows(source: Any, indexes: dict[str, HeadIndex], finders: dict[str, Searcher], chosen: dict[str, str], attributes: Sequence[str],
                     top: int) -> list[dict[str, Any]]:
     rows = []
     for attribute in attributes:
         labels = attribute_labels(source, attribute)
-        measured = {name: float(neighbour_precision(index, labels, top).mean()) for name, index in indexes.items()}
+        measured = {name: float(neighbour_precision(index, labels, top, find=finders[name]).mean())
+                    for name, index in indexes.items()}
         chance = chance_precision(labels[indexes[EMBEDDING].positions])
         for name, index in indexes.items():
             rows.append({
