@@ -9,8 +9,10 @@ from typing import Any
 import click
 
 from ..settings import CONVENTIONS
+from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
 from ..workflows.head_search import PLOT, PRECISION, head_search, write_search
-from .options import Options, data_options, load_lens, model_options, needs, output_option
+from .options import (CONVENTION_HELP, Options, data_options, load_lens, model_options, needs, output_option,
+                      pool_options)
 
 
 @click.command("search")
@@ -39,11 +41,9 @@ from .options import Options, data_options, load_lens, model_options, needs, out
               help="k of precision@k.")
 @click.option("--texts-per-head", type=click.IntRange(min=1), default=10, show_default=True,
               help="TextSpan texts per space (choosing heads, projecting a text query).")
-@click.option("--pool", default=None, help="Texts of the span [default: the shapes vocabulary on shapes data, else "
-                                           "descriptions].")
-@click.option("--pool-templates", default="none", show_default=True,
-              help="Templates the span's texts and the query text are embedded with.")
-@click.option("--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True)
+@pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES)
+@click.option("--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True,
+              help=CONVENTION_HELP)
 @output_option("cliplens-out/search")
 @needs("explain", "matplotlib")
 def command(model: Options, **options: Any) -> None:
@@ -60,8 +60,8 @@ def command(model: Options, **options: Any) -> None:
         stats_path=options["stats_path"], query_image=options["query_image"],
         query_text=options["query_text"], attributes=options["attributes"], top=options["top"],
         neighbours=options["neighbours"], n_texts=options["texts_per_head"], pool=options["pool"],
-        pool_templates=options["pool_templates"], convention=options["convention"], batch_size=options["batch_size"],
-        num_workers=options["num_workers"], progress=True,
+        pool_size=options["pool_size"], pool_templates=options["pool_templates"], convention=options["convention"],
+        batch_size=options["batch_size"], num_workers=options["num_workers"], progress=True,
     )
     output_dir: Path = write_search(result, options["data_path"], options["output_dir"])
     for attribute, space in result.chosen.items():

@@ -145,7 +145,7 @@ def dissect(
     function = similarity_function(similarity)
     options = dict(similarity_options or {})
     check_reduction(pool, tokens)
-    require_positive_int("batch_size", batch_size)
+    require_positive_int("--batch-size", batch_size)
     concepts = list(concepts)
     if not concepts or any(not isinstance(c, str) or not c.strip() for c in concepts):
         raise CliplensError("the concept set is empty or has empty entries; drop empty lines before dissecting")

@@ -90,7 +90,7 @@ class ComponentTexts:
 
     def __init__(self, texts_per_pole: int = 5, max_components: int = 80, mass: float = 0.99,
                  text_mode: str = "center_normalize"):
-        require_positive_int("texts_per_pole", texts_per_pole)
+        require_positive_int("--texts-per-pole", texts_per_pole)
         require_positive_int("max_components", max_components)
         if text_mode not in TEXT_MODES:
             raise CliplensError(f"text_mode must be one of {', '.join(TEXT_MODES)}, got {text_mode!r}")
@@ -106,7 +106,7 @@ class ComponentTexts:
         """`components` [r, d] replaces the eigenvectors (any signs): the invariance tests pass flipped ones."""
         mean, covariance, pool = checked_piece(count, mean, covariance, text_embeddings, texts)
         if self.texts_per_pole > len(pool):
-            raise CliplensError(f"texts_per_pole={self.texts_per_pole} exceeds the text pool ({len(pool)} texts)")
+            raise CliplensError(f"--texts-per-pole {self.texts_per_pole} exceeds the text pool ({len(pool)} texts)")
         if components is None:
             _, vectors = head_components(count, covariance, mass=self.mass, max_components=self.max_components)
         else:

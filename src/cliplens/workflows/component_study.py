@@ -55,7 +55,7 @@ def component_study(
     data; skipped when it has no class names). Statistics from `stats_path`, or collected on `fit_path` (default:
     `data_path`)."""
     if edit_top < 0 or top < 1:
-        raise CliplensError(f"edit_top must be ≥ 0 and top ≥ 1, got {edit_top} and {top}")
+        raise CliplensError(f"--edit-top must be ≥ 0 and --top ≥ 1, got {edit_top} and {top}")
     check_amplify(amplify)
     check_candidates(data_path, HEAD_POOL, pool=pool, pool_templates=pool_templates)
     chosen = select(head_labels(lens.decomposer.labels(Settings("head"))),

@@ -111,8 +111,9 @@ def head_search(
     lens: Lens, data: Any, *, head_sets: Sequence[str] = (), heads_for: Sequence[str] = (), set_size: int = 1,
     fit_path: Any = None, stats_path: Any = None, query_image: Any = None, query_text: str | None = None,
     attributes: Sequence[str] = (),
-    top: int = 16, neighbours: int = 10, n_texts: int = 10, rank: int = 80, pool: str | os.PathLike | None = None,
-    pool_templates: str = "none", convention: str = "reference", batch_size: int = 32, num_workers: int = 0,
+    top: int = 16, neighbours: int = 10, n_texts: int = 10, rank: int = 80,
+    pool: str | os.PathLike | None = None, pool_size: int | None = None, pool_templates: str = "none",
+    convention: str = "reference", batch_size: int = 32, num_workers: int = 0,
     progress: bool = False,
 ) -> SearchResult:
     """Index the named head sets, the sets chosen for `heads_for` (`colour` or `colour:SIZE`; `set_size` heads where
@@ -120,7 +121,7 @@ def head_search(
     per attribute in `attributes`."""
     require_positive_int("top", top)
     require_positive_int("neighbours", neighbours)
-    require_positive_int("set_size", set_size)
+    require_positive_int("--set-size", set_size)
     sizes = parse_heads_for(heads_for, set_size)
     check_attributes(list(sizes) + list(attributes), data)
     if query_image is not None and query_text is not None:
@@ -150,8 +151,8 @@ def head_search(
     indexes = build_indexes(lens, data, list(sets.values()), convention=convention, batch_size=batch_size,
                             num_workers=num_workers, progress=progress)
     rankings, span_texts = _answer(lens, data, indexes, query_image=query_image, query_text=query_text, top=top,
-                                   n_texts=n_texts, rank=rank, pool=pool, pool_templates=pool_templates,
-                                   convention=convention)
+                                   n_texts=n_texts, rank=rank, pool=pool, pool_size=pool_size,
+                                   pool_templates=pool_templates, convention=convention)
     rows = _precision_rows(as_source(data), indexes, chosen, attributes, neighbours)
     metadata = {
         "model": lens.describe(), "data": str(data), "fit_data": fit_where,
@@ -165,12 +166,14 @@ def head_search(
 
 
 def _answer(lens: Lens, data: Any, indexes: dict[str, HeadIndex], *, query_image: Any, query_text: str | None,
-            top: int, n_texts: int, rank: int, pool: Any, pool_templates: str, convention: str
+            top: int, n_texts: int, rank: int, pool: Any, pool_size: int | None, pool_templates: str,
+            convention: str
             ) -> tuple[dict[str, Ranking], dict]:
     """Each space's top images for the query (none without one)."""
     rankings, span_texts = {}, {}
     if query_text is not None:
-        _, texts, embeddings = candidate_texts(lens, data, HEAD_POOL, pool=pool, pool_templates=pool_templates)
+        _, texts, embeddings = candidate_texts(lens, data, HEAD_POOL, pool=pool, pool_size=pool_size,
+                                               pool_templates=pool_templates)
         query = embed_texts(lens, [query_text], templates=pool_templates)[0]
     for name, index in indexes.items():
         if query_image is not None:
