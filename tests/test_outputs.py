@@ -19,7 +19,6 @@ from cliplens.explain.tables import unit_columns
 from cliplens.io.tables import SCHEMAS
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
-SMALL = "shapes:test:64"
 # the folders of the commands the demo does not run, with their arguments
 EXTRA = {
     "decompose": ["decompose", "--model", "toy:rn", "--data-path", "shapes:test:6", "--granularity", "pair"],
@@ -57,15 +56,12 @@ def documented_files() -> dict[str, list[tuple[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory, monkeypatch_module):
-    """The demo at 64 images per set, and the commands it does not run, each in its own folder."""
-    root = tmp_path_factory.mktemp("outputs")
+def written(small_demo, monkeypatch_module):
+    """The demo at 64 images per set (shared with test_cli_foundation), and the commands it does not run, each in its
+    own folder beside it."""
+    root, _ = small_demo
     monkeypatch_module.setenv("CLIPLENS_CACHE", str(root / "cache"))
-    monkeypatch_module.setattr(demo, "FIT", f"{SMALL}:0")
-    monkeypatch_module.setattr(demo, "EVAL", f"{SMALL}:1")
     runner = CliRunner()
-    result = runner.invoke(cli, ["demo", "--output-dir", str(root / "demo")])
-    assert result.exit_code == 0, result.output
     for folder, arguments in EXTRA.items():
         result = runner.invoke(cli, arguments + ["--output-dir", str(root / folder)])
         assert result.exit_code == 0, result.output
@@ -83,7 +79,8 @@ def command_of(root: Path, path: Path) -> tuple[str, Path]:
     first = path.relative_to(root).parts[0]
     if first == "demo":
         folder = root / "demo" / path.relative_to(root / "demo").parts[0]
-        steps = demo.vit_steps(root / "demo") + demo.rn_steps(root / "demo")
+        steps = demo.vit_steps(root / "demo") + demo.rn_steps(root / "demo") + demo.dissect_steps(root / "demo")
+        steps += demo.report_steps(root / "demo", steps)
         return next(name for _, name, arguments in steps if Path(arguments[-1]) == folder), folder
     return EXTRA[first][0], root / first
 
