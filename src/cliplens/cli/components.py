@@ -60,7 +60,7 @@ def command(model: Options, output_dir: Path, heads: str | None, **options: Any)
     written = write_components(study, output_dir)
     click.echo(f"{lens.name}: {len(study.poles)} components of {', '.join(study.metadata['heads'])}")
     for row in study.poles[:5]:
-        click.echo(f"  {row['piece']}.pc{row['component']} ({row['variance_%']:.1f}%): {row['dominant_texts']}"
+        click.echo(f"  {row['piece']}.pc{row['component']} ({row['variance_percent']:.1f}%): {row['dominant_texts']}"
                    f"  <->  {row['opposite_texts']}")
     for row in study.queries:
         if row["rank"] == 0:

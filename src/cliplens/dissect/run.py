@@ -11,6 +11,7 @@ import torch
 
 from ..data.loader import LoadReport, batches, fingerprint, stream
 from ..errors import CliplensError, require_positive_int
+from ..io.tables import SCHEMAS
 from ..text.embed import template_average
 from ..text.templates import resolve_templates
 from .cache import Cache
@@ -21,7 +22,7 @@ from .targets import Target, check_reduction, hooked, reduce_output
 if TYPE_CHECKING:
     from ..lens import Lens
 
-COLUMNS = ("layer", "unit", "description", "similarity")
+COLUMNS = SCHEMAS["dissection"]  # the reference's columns
 Tensors = dict[str, torch.Tensor]
 
 

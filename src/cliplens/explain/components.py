@@ -142,7 +142,7 @@ class ComponentTexts:
         """One row per component: its variance (absolute and % of the kept ones) and the texts at both ends."""
         require_fitted(self, "poles_")
         share = 100 * self.variances_ / self.variances_.sum()
-        return [{"piece": piece, "component": j, "variance": float(self.variances_[j]), "variance_%": float(share[j]),
-                 **{f"{pole.end}_texts": " | ".join(pole.texts) for pole in poles},
+        return [{"piece": piece, "component": j, "variance": float(self.variances_[j]),
+                 "variance_percent": float(share[j]), **{f"{pole.end}_texts": " | ".join(pole.texts) for pole in poles},
                  "reconstruction_text": poles[0].texts[0]}
                 for j, poles in enumerate(self.poles_)]

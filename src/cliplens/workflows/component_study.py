@@ -21,7 +21,7 @@ from ..evaluate.piece_edits import ComponentFamily, GroupBoard, head_labels, pie
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..explain.components import ComponentTexts
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..settings import Settings
 from ..stats.obtain import obtain_piece_stats
 from ..text.candidates import HEAD_POOL, check_candidates, candidate_texts
@@ -100,11 +100,11 @@ def component_study(
 
 def write_components(study: ComponentStudy, output_dir: str | os.PathLike) -> os.PathLike:
     """poles.csv, queries.csv (with queries), edits.csv and edits.png (on labelled data), metadata.json."""
-    writers = {POLES: lambda file: write_rows(file, study.poles)}
+    writers = {POLES: lambda file: write_table(file, "components", study.poles)}
     if study.queries:
-        writers[QUERIES] = lambda file: write_rows(file, study.queries)
+        writers[QUERIES] = lambda file: write_table(file, "queries", study.queries)
     if study.edits is not None:
-        writers[EDITS] = lambda file: write_rows(file, study.edits)
+        writers[EDITS] = lambda file: write_table(file, "group_edits", study.edits)
         title = (f"{study.metadata['model']}: single components on {study.edits[0]['images']} images "
                  f"(amplify ×{study.metadata['amplify']:g})")
         writers[FIGURE] = lambda file: plot_edits(file, study.edits, title)

@@ -25,7 +25,7 @@ from ..data.loader import as_source
 from ..errors import CliplensError, require_positive_int
 from ..evaluate.reference import default_reference
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..shapes import ShapesDataset
 from ..shapes.vocabulary import OBJECT_ATTRIBUTES, SCENE_ATTRIBUTES, VOCABULARY
 from ..text.candidates import HEAD_POOL, candidate_texts, check_candidates
@@ -35,9 +35,6 @@ from .head_texts import explain_heads
 if TYPE_CHECKING:
     from ..lens import Lens
 
-PRECISION_COLUMNS = ("space", "heads", "chosen_for", "attribute", "top", "precision", "baseline_embedding", "chance",
-                     "images")
-SHARE_COLUMNS = ("head", "attribute", "share")
 PRECISION, SHARES, PLOT = "precision.csv", "head_shares.csv", "precision.png"
 
 
@@ -210,10 +207,10 @@ def write_search(result: SearchResult, data: Any, output_dir: str | os.PathLike)
     `<space>.csv` + `<space>.png` (the query's top images)."""
     writers = {}
     if result.precision_rows:
-        writers[PRECISION] = lambda file: write_rows(file, result.precision_rows, PRECISION_COLUMNS)
+        writers[PRECISION] = lambda file: write_table(file, "precision", result.precision_rows)
         writers[PLOT] = lambda file: plot_precision(file, result.precision_rows)
     if result.share_rows:
-        writers[SHARES] = lambda file: write_rows(file, result.share_rows, SHARE_COLUMNS)
+        writers[SHARES] = lambda file: write_table(file, "shares", result.share_rows)
     for name, ranking in result.rankings.items():
         writers[f"{name}.csv"] = lambda file, ranking=ranking: write_ranking_table(file, ranking, data)
         writers[f"{name}.png"] = lambda file, ranking=ranking: write_ranking_grid(file, ranking, data)
