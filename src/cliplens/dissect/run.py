@@ -12,6 +12,7 @@ import torch
 from ..data.loader import LoadReport, batches, fingerprint, stream
 from ..errors import CliplensError, require_positive_int
 from ..io.tables import SCHEMAS
+from ..progress import progress_over
 from ..text.embed import template_average
 from ..text.templates import resolve_templates
 from .cache import Cache
@@ -172,7 +173,7 @@ def dissect(
     P = image_features @ torch.nn.functional.normalize(text.float(), dim=-1).T  # [N, M] cosines
     started = time.perf_counter()
     results = {}
-    for name in _progress(layers, progress):
+    for name in progress_over(layers, "similarity", "layer", progress):
         A = activations[name][in_target]
         results[name] = LayerDissection(name, function(P, A, **options), A)
     seconds["similarity"] = time.perf_counter() - started
@@ -182,7 +183,6 @@ def dissect(
               "similarity_options": options, "pool": pool, "tokens": tokens, "templates": list(templates),
               "cache": {"hits": cache.hits, "misses": cache.misses}}
     return Dissection(target.name, concepts, common, results, config, P, seconds)
-
 
 
 def _common(clip: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -195,11 +195,3 @@ def _common(clip: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, tor
     if len(common) == 0:
         raise CliplensError("no probe image was readable by both the judge and the target")
     return common, torch.searchsorted(clip, common), torch.searchsorted(target, common)
-
-
-def _progress(layers: list[str], progress: bool):
-    if not progress:
-        return layers
-    from tqdm.auto import tqdm
-
-    return tqdm(layers, desc="similarity", unit="layer", leave=False)
