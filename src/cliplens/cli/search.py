@@ -41,7 +41,7 @@ from .options import (CONVENTION_HELP, Options, data_options, load_lens, model_o
               help="k of precision@k.")
 @click.option("--texts-per-head", type=click.IntRange(min=1), default=10, show_default=True,
               help="TextSpan texts per space (choosing heads, projecting a text query).")
-@pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES)
+@pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES, uses_pool=lambda options: options["query_text"] is not None)
 @click.option("--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True,
               help=CONVENTION_HELP)
 @output_option("cliplens-out/search")
