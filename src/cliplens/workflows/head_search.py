@@ -80,10 +80,9 @@ def attribute_shares(lens: Lens, fit_data: Any, attributes: Sequence[str], *, st
                           w_ov_rank=rank, batch_size=batch_size, num_workers=num_workers, progress=progress)
     rows = []
     for head in named.heads:
-        layer, unit = (int(part) for part in head[1:].split("H"))
-        texts = [r for r in named.rows if (r["layer"], r["unit"]) == (layer, unit)]
+        texts = [r for r in named.rows if r["label"] == head]
         for attribute in attributes:
-            share = sum(r["similarity"] for r in texts if r["description"] in VOCABULARY[attribute])
+            share = sum(r["variance_explained"] for r in texts if r["description"] in VOCABULARY[attribute])
             rows.append({"head": head, "attribute": attribute, "share": share})
     return rows
 
