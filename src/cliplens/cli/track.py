@@ -39,7 +39,7 @@ def _needs_scipy(options: Options) -> None:
               help="Metadata to group by: year, colour, shape, ... (shapes); year, colour, convertible (cars).")
 @click.option("--attribute", default=None, help="NAME=VALUE whose rate per group is plotted and correlated, e.g. "
                                                 "colour=yellow.")
-@click.option("--templates", default="photo", show_default=True, 
+@click.option("--templates", default="photo", show_default=True,
               help="Templates the concept is embedded with (not auto, the classifying commands' default: the "
                    "concept is one word, not a set of class names).")
 @click.option("--random-sets", type=click.IntRange(min=0), default=10, show_default=True,
