@@ -79,8 +79,8 @@ def command_of(root: Path, path: Path) -> tuple[str, Path]:
     first = path.relative_to(root).parts[0]
     if first == "demo":
         folder = root / "demo" / path.relative_to(root / "demo").parts[0]
-        steps = demo.vit_steps(root / "demo") + demo.rn_steps(root / "demo") + demo.dissect_steps(root / "demo")
-        steps += demo.report_steps(root / "demo", steps)
+        steps = demo.vit_steps(root / "demo") + demo.rn_steps(root / "demo")
+        steps += demo.dissect_steps(root / "demo") + demo.report_steps(root / "demo", steps)
         return next(name for _, name, arguments in steps if Path(arguments[-1]) == folder), folder
     return EXTRA[first][0], root / first
 

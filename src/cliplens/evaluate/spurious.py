@@ -140,7 +140,8 @@ def plot(path: str | os.PathLike, result: SpuriousResult) -> Path:
                         [m.replace("_", " ") for m in measures], rotation=20, fontsize=8)
         bars.set_ylabel("test accuracy (%)")
         bars.set_ylim(0, 105)
-        bars.set_title(f"{result.metadata['model']}: {result.kind} along {', '.join(result.concept)}", fontsize=9)
+        model = result.metadata["model"]["model"]
+        bars.set_title(f"{model}: {result.kind} along {', '.join(result.concept)}", fontsize=9)
         bars.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=len(result.summary))
         val = [row for row in result.sweep if row["split"] == "val"]
         ks = sorted({row["k"] for row in val if row["edit"] == SELECTED})

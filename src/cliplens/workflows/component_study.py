@@ -89,7 +89,7 @@ def component_study(
         score_edits(lens, source, edited, source_classifier(lens, source, templates), board, batch_size=batch_size,
                     num_workers=num_workers, progress=progress)
         edits = with_deltas(board.rows())
-    metadata = {"model": lens.name, "heads": list(chosen), "components": family.component_count,
+    metadata = {"model": lens.describe(), "heads": list(chosen), "components": family.component_count,
                 "queries": list(queries), "edit_top": edit_top, "amplify": amplify, "mass": mass,
                 "max_components": max_components,
                 "data": str(data_path), "fit": None if stats_path else str(fit_path or data_path),
@@ -105,7 +105,7 @@ def write_components(study: ComponentStudy, output_dir: str | os.PathLike) -> os
         writers[QUERIES] = lambda file: write_table(file, "queries", study.queries)
     if study.edits is not None:
         writers[EDITS] = lambda file: write_table(file, "group_edits", study.edits)
-        title = (f"{study.metadata['model']}: single components on {study.edits[0]['images']} images "
+        title = (f"{study.metadata['model']['model']}: single components on {study.edits[0]['images']} images "
                  f"(amplify ×{study.metadata['amplify']:g})")
         writers[FIGURE] = lambda file: plot_edits(file, study.edits, title)
     return write_folder(output_dir, writers, study.metadata)
