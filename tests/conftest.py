@@ -67,3 +67,24 @@ def vit_images():
 @pytest.fixture(scope="session")
 def resnet_images():
     return random_images(5, 64)
+
+
+SMALL_DEMO = "shapes:test:64"
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """(root, printed): `cliplens demo` at 64 images per set, in root/demo, run once for the whole session because it
+    is the slowest thing the tests do (test_cli_foundation and test_outputs both read it); root/cache is its cache."""
+    from click.testing import CliRunner
+
+    from cliplens.cli import cli, demo
+
+    root = tmp_path_factory.mktemp("small-demo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIPLENS_CACHE", str(root / "cache"))
+        patch.setattr(demo, "FIT", f"{SMALL_DEMO}:0")
+        patch.setattr(demo, "EVAL", f"{SMALL_DEMO}:1")
+        result = CliRunner().invoke(cli, ["demo", "--output-dir", str(root / "demo")])
+    assert result.exit_code == 0, result.output
+    return root, result.output

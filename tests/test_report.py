@@ -58,7 +58,7 @@ def report(runs, tmp_path_factory) -> Path:
 def head_texts(runs) -> list[str]:
     with open(runs["textspan"] / "textspan.csv", newline="") as stream:
         return [row["description"] for row in csv.DictReader(stream)
-                if f"L{row['layer']}H{row['unit']}" == HEAD]
+                if row["label"] == HEAD]
 
 
 def data(folder: Path, key: str) -> dict:
@@ -86,16 +86,17 @@ def test_report_joins_the_outputs_per_unit(report, runs):
     assert any(HEAD in words[word] for text in head_texts(runs) for word in text.lower().split() if word in words)
 
 
-@pytest.mark.parametrize("row, neurons, label", [
-    ({"layer": "3", "unit": "7"}, False, "L3H7"),  # a ViT head's texts (textspan, explain)
-    ({"layer": "1", "unit": "5"}, True, "L1N5"),  # second-order neuron words
-    ({"layer": "H2", "unit": "9"}, False, "H2N9"),  # ResNet pair words
-    ({"layer": "layer4", "unit": "9"}, True, "N9"),  # ResNet neuron words
-    ({"piece": "L0H1", "layer": "0"}, False, "L0H1"),  # a table that names its unit outright
-    ({"layer": "3", "unit": "mlp"}, False, None),  # not a unit with a page
+@pytest.mark.parametrize("row, label", [
+    ({"label": "L3H7", "layer": "3", "head": "7"}, "L3H7"),  # a ViT head's texts (textspan, explain)
+    ({"label": "L1N5", "layer": "1", "neuron": "5"}, "L1N5"),  # second-order neuron words
+    ({"label": "H2N9", "head": "2", "neuron": "9"}, "H2N9"),  # ResNet pair words
+    ({"label": "N9", "neuron": "9"}, "N9"),  # ResNet neuron words
+    ({"piece": "L0H1", "rank": "0"}, "L0H1"),  # a table that names its unit in a piece column (discover, spurious)
+    ({"label": "everything"}, None),  # not a unit with a page
+    ({"layer": "layer4", "unit": "9", "description": "red"}, None),  # CLIP-Dissect: a neuron of another network
 ])
-def test_rows_name_their_unit(row, neurons, label):
-    assert row_label(row, neurons) == label
+def test_rows_name_their_unit(row, label):
+    assert row_label(row) == label
 
 
 def test_report_is_self_contained(report):

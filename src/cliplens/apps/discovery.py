@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..errors import CliplensError, require_positive_int
+from ..io.tables import SCHEMAS
 from ..labels import match_label, pair_label, pool_neuron_label
 from ..report.grids import image_grid
 from ..report.overlays import heat_overlay
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 GRANULARITIES = {"vit": ("head",), "resnet": ("pair", "neuron")}
 REST = "rest"
-COLUMNS = ("rank", "piece", "kind", "contribution", "share", "words", "peak_row", "peak_col", "at_pooled_token")
+COLUMNS = SCHEMAS["discovery"]
 
 
 @dataclass

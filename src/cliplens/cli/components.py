@@ -18,7 +18,8 @@ import click
 from ..evaluate.groups import PATTERN_HELP, split_patterns
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
 from ..workflows.component_study import component_study, write_components
-from .options import Options, data_options, load_lens, model_options, needs, output_option, pool_options
+from .options import (Options, data_options, load_lens, model_options, needs, output_option, pool_options,
+                      templates_option)
 
 
 @click.command("components")
@@ -37,10 +38,11 @@ from .options import Options, data_options, load_lens, model_options, needs, out
               help="Largest components of each chosen head to keep / remove / amplify (0: no edits).")
 @click.option("--amplify", type=float, default=2.0, show_default=True,
               help="Factor on a component's deviation in the amplify edit.")
-@click.option("--texts-per-pole", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--texts-per-pole", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Texts written for each pole (and each side) of a component.")
 @click.option("--label", default=None,
               help="shapes data: the attribute the edits classify (shape, colour, ...) [default: shape].")
-@click.option("--templates", default=None, help="Zero-shot templates for the edits [default: the data's usual].")
+@templates_option
 @pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES)
 @output_option("cliplens-out/components")
 @needs("explain", "matplotlib")
@@ -58,7 +60,7 @@ def command(model: Options, output_dir: Path, heads: str | None, **options: Any)
     written = write_components(study, output_dir)
     click.echo(f"{lens.name}: {len(study.poles)} components of {', '.join(study.metadata['heads'])}")
     for row in study.poles[:5]:
-        click.echo(f"  {row['piece']}.pc{row['component']} ({row['variance_%']:.1f}%): {row['dominant_texts']}"
+        click.echo(f"  {row['piece']}.pc{row['component']} ({row['variance_percent']:.1f}%): {row['dominant_texts']}"
                    f"  <->  {row['opposite_texts']}")
     for row in study.queries:
         if row["rank"] == 0:

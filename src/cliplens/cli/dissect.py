@@ -16,7 +16,7 @@ from ..dissect.similarity import DEFAULT_SIMILARITY, MARGINALS, SIMILARITIES
 from ..dissect.targets import POOLS, TOKENS, default_layers, target_from_spec
 from ..errors import CliplensError
 from ..factory import load
-from .options import output_option
+from .options import batch_options, output_option
 
 
 def _neuron(text: str, layers: list[str] | None) -> tuple[str, int]:
@@ -42,23 +42,24 @@ def _neuron(text: str, layers: list[str] | None) -> tuple[str, int]:
 @click.option("--clip-pretrained", default=None, help="The judge's open_clip tag or checkpoint.")
 @click.option("--template", default="none", show_default=True,
               help="none (raw concepts, as the reference), a template set (photo, openai) or a format string.")
-@click.option("--similarity", type=click.Choice(list(SIMILARITIES)), default=DEFAULT_SIMILARITY, show_default=True)
+@click.option("--similarity", type=click.Choice(list(SIMILARITIES)), default=DEFAULT_SIMILARITY, show_default=True,
+              help="How a neuron's activations are scored against each concept's CLIP similarities "
+                   "(docs/methods/dissect.md; soft_wpmi is the reference's best).")
 @click.option("--marginal", type=click.Choice(MARGINALS), default=None,
               help="(soft_)wpmi's concept marginal: over the layer's neurons (reference) or neuron-free "
                    "[default: layer].")
-@click.option("--pool", type=click.Choice(POOLS), default="avg", show_default=True,
-              help="Conv maps: spatial reduction.")
+@click.option("--conv-reduction", type=click.Choice(POOLS), default="avg", show_default=True,
+              help="How a conv map [C, H, W] becomes one activation per channel: spatial mean or max.")
 @click.option("--tokens", type=click.Choice(TOKENS), default="cls", show_default=True, help="Token outputs: reduction.")
 @click.option("--neuron", "neurons", multiple=True, help="<layer>:<unit> to draw with its top probe images; repeat.")
 @click.option("--top", type=click.IntRange(min=1), default=8, show_default=True, help="Images per neuron grid.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the embedding and activation caches [default: $CLIPLENS_CACHE/dissect].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write any cache.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device of the target and the judge, e.g. cuda.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random init of a torchvision target; "
               "rank_reorder's permutations.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@batch_options
 @output_option("cliplens-out/dissect")
 def command(**o: Any) -> None:
     """Name what each neuron of any vision network responds to, with a CLIP model as the judge."""
@@ -78,7 +79,7 @@ def command(**o: Any) -> None:
     judge = load(o["clip"], o["clip_pretrained"], device=o["device"])
     cache_dir = None if o["no_cache"] else (o["cache_dir"] or default_cache_dir())
     result = dissect(target, judge, o["probe"], concepts, layers, similarity=o["similarity"],
-                     similarity_options=options, pool=o["pool"], tokens=o["tokens"], template=o["template"],
+                     similarity_options=options, pool=o["conv_reduction"], tokens=o["tokens"], template=o["template"],
                      batch_size=o["batch_size"], num_workers=o["num_workers"], cache_dir=cache_dir, progress=True)
     write_dissection(result, o["output_dir"], probe=o["probe"], neurons=neurons, top=o["top"])
     for name, layer in result.layers.items():

@@ -10,8 +10,10 @@ import click
 
 from ..apps.search import ENGINES
 from ..settings import CONVENTIONS
+from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
 from ..workflows.head_search import PLOT, PRECISION, head_search, write_search
-from .options import Options, data_options, load_lens, model_options, needs, output_option
+from .options import (CONVENTION_HELP, Options, data_options, load_lens, model_options, needs, output_option,
+                      pool_options)
 
 
 @click.command("search")
@@ -40,11 +42,9 @@ from .options import Options, data_options, load_lens, model_options, needs, out
               help="k of precision@k.")
 @click.option("--texts-per-head", type=click.IntRange(min=1), default=10, show_default=True,
               help="TextSpan texts per space (choosing heads, projecting a text query).")
-@click.option("--pool", default=None, help="Texts of the span [default: the shapes vocabulary on shapes data, else "
-                                           "descriptions].")
-@click.option("--pool-templates", default="none", show_default=True,
-              help="Templates the span's texts and the query text are embedded with.")
-@click.option("--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True)
+@pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES, uses_pool=lambda options: options["query_text"] is not None)
+@click.option("--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True,
+              help=CONVENTION_HELP)
 @click.option("--engine", type=click.Choice(ENGINES), default="exact", show_default=True,
               help="exact: chunked matrix products (every image compared; fine up to a few hundred thousand images); "
                    "faiss: an HNSW graph, approximate and sublinear per query, for millions (the `search` extra).")
@@ -64,7 +64,8 @@ def command(model: Options, **options: Any) -> None:
         stats_path=options["stats_path"], query_image=options["query_image"],
         query_text=options["query_text"], attributes=options["attributes"], top=options["top"],
         neighbours=options["neighbours"], n_texts=options["texts_per_head"], pool=options["pool"],
-        pool_templates=options["pool_templates"], convention=options["convention"], engine=options["engine"],
+        pool_size=options["pool_size"], pool_templates=options["pool_templates"], convention=options["convention"],
+        engine=options["engine"],
         batch_size=options["batch_size"], num_workers=options["num_workers"], progress=True,
     )
     output_dir: Path = write_search(result, options["data_path"], options["output_dir"])

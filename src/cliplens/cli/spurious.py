@@ -17,7 +17,7 @@ import click
 from ..evaluate.piece_edits import KINDS
 from ..evaluate.spurious import DEFAULT_KS, FIGURE, RANDOM_DRAWS, SUMMARY, write_spurious
 from ..workflows.spurious_study import check_concept, group_source, spurious_study
-from .options import Options, before_body, load_lens, model_options, needs, output_option
+from .options import Options, batch_options, before_body, load_lens, model_options, needs, output_option
 
 GROUP_DATA = "shapes:spurious-test[:<n>[:<seed>]] or waterbirds:<folder>[:<split>]"
 
@@ -32,11 +32,14 @@ def _check_before_loading(options: Options) -> None:
 @click.command("spurious")
 @model_options
 @click.option("--data-path", default="shapes:spurious-test:400:12", show_default=True,
-              help=f"Test images with groups: {GROUP_DATA}.")
+              help=f"Test images with groups: {GROUP_DATA} (not shapes:test:512, the other commands' default, "
+                   "whose scenes have no spurious attribute).")
 @click.option("--val-path", default="shapes:spurious-test:400:11", show_default=True,
               help="Validation images with groups, where k is chosen (waterbirds:<folder>:val for Waterbirds).")
 @click.option("--fit-path", default="shapes:spurious-train:400:10", show_default=True,
-              help="Images whose piece means and covariances are used (waterbirds:<folder>:train).")
+              help="Images whose piece means and covariances are used (waterbirds:<folder>:train); a training split of "
+                   "its own, not None (the other commands' default: --data-path or a reseeded split), so that no "
+                   "test or validation image is fitted.")
 @click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
               help="Read the statistics (head, or ResNet pair for --kind pairs) instead of collecting them.")
 @click.option("--concept", required=True,
@@ -51,8 +54,7 @@ def _check_before_loading(options: Options) -> None:
 @click.option("--draws", type=click.IntRange(min=1), default=RANDOM_DRAWS, show_default=True,
               help="Random k-sets of the same kind per k (the baseline).")
 @click.option("--draw-seed", type=int, default=0, show_default=True, help="Seed of the random draws.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@batch_options
 @output_option("cliplens-out/spurious")
 @needs("explain", "matplotlib")
 @before_body(_check_before_loading)

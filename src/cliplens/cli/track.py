@@ -11,7 +11,8 @@ import click
 from ..data.cars import STANFORD_CARS_PREFIX
 from ..extras import require
 from ..workflows.tracking import PLOT, SUMMARY, TABLE, track_concept, write_tracking
-from .options import Options, before_body, load_lens, model_options, needs, output_option, running_command
+from .options import (Options, batch_options, before_body, load_lens, model_options, needs, output_option,
+                      running_command)
 
 
 def _needs_scipy(options: Options) -> None:
@@ -22,9 +23,9 @@ def _needs_scipy(options: Options) -> None:
 @click.command("track")
 @model_options
 @click.option("--data-path", default="shapes:shift:1000", show_default=True,
-              help="shapes:<split>[:<n>[:<seed>]] or stanford-cars:<root>[:<split>[:<colours.csv>]].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+              help="shapes:<split>[:<n>[:<seed>]] or stanford-cars:<root>[:<split>[:<colours.csv>]]; shapes:shift "
+                   "(not shapes:test:512, the other commands' default) because only its scenes have a year.")
+@batch_options
 @click.option("--concept", required=True, help="The concept text the pieces' score is taken along, e.g. yellow.")
 @click.option("--piece", "pieces", multiple=True,
               help="A piece to track: L<layer>H<head> (ViT) or H<head>N<neuron> (ResNet pair); repeat. Default "
@@ -38,7 +39,9 @@ def _needs_scipy(options: Options) -> None:
               help="Metadata to group by: year, colour, shape, ... (shapes); year, colour, convertible (cars).")
 @click.option("--attribute", default=None, help="NAME=VALUE whose rate per group is plotted and correlated, e.g. "
                                                 "colour=yellow.")
-@click.option("--templates", default="photo", show_default=True, help="Templates the concept is embedded with.")
+@click.option("--templates", default="photo", show_default=True,
+              help="Templates the concept is embedded with (not auto, the classifying commands' default: the "
+                   "concept is one word, not a set of class names).")
 @click.option("--random-sets", type=click.IntRange(min=0), default=10, show_default=True,
               help="Random head sets of the same size, the baseline correlations (ViT).")
 @output_option("cliplens-out/track")

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import CliplensError
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..report.grids import save_grid
 from .run import COLUMNS, Dissection
 from .sets import probe_source
@@ -39,7 +39,7 @@ def write_dissection(result: Dissection, output_dir: str | Path, *, probe: Any =
     writers = {}
     for layer in result.layers:
         layer_rows = [row for row in rows if row["layer"] == layer]
-        writers[f"{stem}_{file_stem(layer)}.csv"] = lambda file, rows=layer_rows: write_rows(file, rows, COLUMNS)
+        writers[f"{stem}_{file_stem(layer)}.csv"] = lambda file, rows=layer_rows: write_table(file, "dissection", rows)
     config = {**result.config, "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
     writers["config.json"] = lambda file: file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     source = probe_source(probe) if neurons else None

@@ -11,6 +11,8 @@ import torch
 
 from ..data.loader import LoadReport, batches, fingerprint, stream
 from ..errors import CliplensError, require_positive_int
+from ..io.tables import SCHEMAS
+from ..progress import progress_over
 from ..text.embed import template_average
 from ..text.templates import resolve_templates
 from .cache import Cache
@@ -21,7 +23,7 @@ from .targets import Target, check_reduction, hooked, reduce_output
 if TYPE_CHECKING:
     from ..lens import Lens
 
-COLUMNS = ("layer", "unit", "description", "similarity")
+COLUMNS = SCHEMAS["dissection"]  # the reference's columns
 Tensors = dict[str, torch.Tensor]
 
 
@@ -145,7 +147,7 @@ def dissect(
     function = similarity_function(similarity)
     options = dict(similarity_options or {})
     check_reduction(pool, tokens)
-    require_positive_int("batch_size", batch_size)
+    require_positive_int("--batch-size", batch_size)
     concepts = list(concepts)
     if not concepts or any(not isinstance(c, str) or not c.strip() for c in concepts):
         raise CliplensError("the concept set is empty or has empty entries; drop empty lines before dissecting")
@@ -171,7 +173,7 @@ def dissect(
     P = image_features @ torch.nn.functional.normalize(text.float(), dim=-1).T  # [N, M] cosines
     started = time.perf_counter()
     results = {}
-    for name in _progress(layers, progress):
+    for name in progress_over(layers, "similarity", "layer", progress):
         A = activations[name][in_target]
         results[name] = LayerDissection(name, function(P, A, **options), A)
     seconds["similarity"] = time.perf_counter() - started
@@ -181,7 +183,6 @@ def dissect(
               "similarity_options": options, "pool": pool, "tokens": tokens, "templates": list(templates),
               "cache": {"hits": cache.hits, "misses": cache.misses}}
     return Dissection(target.name, concepts, common, results, config, P, seconds)
-
 
 
 def _common(clip: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -194,11 +195,3 @@ def _common(clip: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, tor
     if len(common) == 0:
         raise CliplensError("no probe image was readable by both the judge and the target")
     return common, torch.searchsorted(clip, common), torch.searchsorted(target, common)
-
-
-def _progress(layers: list[str], progress: bool):
-    if not progress:
-        return layers
-    from tqdm.auto import tqdm
-
-    return tqdm(layers, desc="similarity", unit="layer", leave=False)

@@ -104,9 +104,9 @@ def hooked(modules: dict[str, nn.Module], reduce: Callable[[Any], torch.Tensor])
 
 def check_reduction(pool: str, tokens: str) -> None:
     if pool not in POOLS:
-        raise CliplensError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        raise CliplensError(f"--conv-reduction must be one of {', '.join(POOLS)}, got {pool!r}")
     if tokens not in TOKENS:
-        raise CliplensError(f"tokens must be one of {', '.join(TOKENS)}, got {tokens!r}")
+        raise CliplensError(f"--tokens must be one of {', '.join(TOKENS)}, got {tokens!r}")
 
 
 def imagenet_preprocess(size: int = 224) -> Callable:

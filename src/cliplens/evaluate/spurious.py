@@ -20,7 +20,7 @@ import torch
 
 from ..errors import CliplensError
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..report.figures import png_figure
 from ..explain.components import concept_basis
 from .piece_edits import ComponentFamily, Edit, PieceFamily
@@ -140,7 +140,8 @@ def plot(path: str | os.PathLike, result: SpuriousResult) -> Path:
                         [m.replace("_", " ") for m in measures], rotation=20, fontsize=8)
         bars.set_ylabel("test accuracy (%)")
         bars.set_ylim(0, 105)
-        bars.set_title(f"{result.metadata['model']}: {result.kind} along {', '.join(result.concept)}", fontsize=9)
+        model = result.metadata["model"]["model"]
+        bars.set_title(f"{model}: {result.kind} along {', '.join(result.concept)}", fontsize=9)
         bars.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=len(result.summary))
         val = [row for row in result.sweep if row["split"] == "val"]
         ks = sorted({row["k"] for row in val if row["edit"] == SELECTED})
@@ -166,8 +167,8 @@ RANKING, SWEEP, SUMMARY, FIGURE = "ranking.csv", "sweep.csv", "summary.csv", "sp
 def write_spurious(result: SpuriousResult, output_dir: str | os.PathLike) -> Path:
     """ranking.csv, sweep.csv (every edit on val and test), summary.csv (test at k), spurious.png, metadata.json."""
     return write_folder(output_dir, {
-        RANKING: lambda file: write_rows(file, result.ranking),
-        SWEEP: lambda file: write_rows(file, result.sweep),
-        SUMMARY: lambda file: write_rows(file, result.summary),
+        RANKING: lambda file: write_table(file, "concept_ranking", result.ranking),
+        SWEEP: lambda file: write_table(file, "group_edits", result.sweep),
+        SUMMARY: lambda file: write_table(file, "group_summary", result.summary),
         FIGURE: lambda file: plot(file, result),
     }, result.metadata)

@@ -90,7 +90,7 @@ class ComponentTexts:
 
     def __init__(self, texts_per_pole: int = 5, max_components: int = 80, mass: float = 0.99,
                  text_mode: str = "center_normalize"):
-        require_positive_int("texts_per_pole", texts_per_pole)
+        require_positive_int("--texts-per-pole", texts_per_pole)
         require_positive_int("max_components", max_components)
         if text_mode not in TEXT_MODES:
             raise CliplensError(f"text_mode must be one of {', '.join(TEXT_MODES)}, got {text_mode!r}")
@@ -106,7 +106,7 @@ class ComponentTexts:
         """`components` [r, d] replaces the eigenvectors (any signs): the invariance tests pass flipped ones."""
         mean, covariance, pool = checked_piece(count, mean, covariance, text_embeddings, texts)
         if self.texts_per_pole > len(pool):
-            raise CliplensError(f"texts_per_pole={self.texts_per_pole} exceeds the text pool ({len(pool)} texts)")
+            raise CliplensError(f"--texts-per-pole {self.texts_per_pole} exceeds the text pool ({len(pool)} texts)")
         if components is None:
             _, vectors = head_components(count, covariance, mass=self.mass, max_components=self.max_components)
         else:
@@ -142,7 +142,7 @@ class ComponentTexts:
         """One row per component: its variance (absolute and % of the kept ones) and the texts at both ends."""
         require_fitted(self, "poles_")
         share = 100 * self.variances_ / self.variances_.sum()
-        return [{"piece": piece, "component": j, "variance": float(self.variances_[j]), "variance_%": float(share[j]),
-                 **{f"{pole.end}_texts": " | ".join(pole.texts) for pole in poles},
+        return [{"piece": piece, "component": j, "variance": float(self.variances_[j]),
+                 "variance_percent": float(share[j]), **{f"{pole.end}_texts": " | ".join(pole.texts) for pole in poles},
                  "reconstruction_text": poles[0].texts[0]}
                 for j, poles in enumerate(self.poles_)]

@@ -126,7 +126,7 @@ class SVDPoles:
         text_mode: str = "center_normalize",
         strength: str = "squared",
     ):
-        require_positive_int("texts_per_pole", texts_per_pole)
+        require_positive_int("texts per pole (--texts-per-head)", texts_per_pole)
         require_positive_int("max_components", max_components)
         if not 0 < mass <= 1:
             raise CliplensError(f"mass must be in (0, 1], got {mass!r}")
@@ -153,7 +153,7 @@ class SVDPoles:
         mean, covariance, pool = checked_piece(count, mean, covariance, text_embeddings, texts)
         if self.texts_per_pole > len(pool):
             raise CliplensError(
-                f"texts_per_pole={self.texts_per_pole} exceeds the text pool ({len(pool)} texts); ask for fewer texts"
+                f"--texts-per-head {self.texts_per_pole} (texts per pole) exceeds the text pool ({len(pool)} texts); ask for fewer texts"
             )
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         # Descending order; eigenvalues of a covariance are ≥ 0, negatives are rounding.

@@ -24,11 +24,11 @@ from ..io.compat import MODEL_KEY, describe_model
 from ..labels import head_label, match_label, neuron_label, pair_label, pool_neuron_label
 from ..stats.collect import load_stats
 
-# columns of the tables read here (docs/commands/*.md describe them)
-DESCRIPTION, RANK, METHOD = "description", "rank", "method"
-TEXT_VALUES = ("similarity", "coefficient", "variance_explained", "score")  # the first one a description row has
-LABEL_COLUMNS = ("piece", "label", "component")  # a row that names its unit outright
-POLE_METHODS = {"svd_poles+": "+", "svd_poles-": "-"}
+# columns of the tables read here (docs/outputs.md describes them)
+DESCRIPTION, METHOD, DIRECTION, POLE = "description", "method", "direction", "pole"
+TEXT_VALUES = ("similarity", "coefficient", "variance_explained")  # a description row fills the one its method gives
+LABEL_COLUMNS = ("label", "piece", "component")  # the columns that name a row's unit
+POLES = ("+", "-")
 WHOLE_TABLE_ROWS = 100  # a smaller table that is neither texts nor a ranking is about the model: shown whole
 LINKS_PER_NEURON = 3  # heads a neuron is linked to: the largest head coordinates of its principal direction
 LINKS_PER_HEAD = 20  # neurons listed on a head's page: those with the largest coordinates on it
@@ -212,21 +212,12 @@ def _number(text: Any) -> float:
         return math.nan
 
 
-def row_label(row: dict[str, str], neurons: bool) -> str | None:
-    """The unit a table row is about: a label column, or (layer, unit) as the description tables write them
-    (`H2`/n: a ResNet pair; `layer4`/n: a ResNet neuron; l/u: a ViT head, or a neuron in `neurons` tables)."""
+def row_label(row: dict[str, str]) -> str | None:
+    """The unit a table row is about, from its label column; None where it names no unit with a page (a CLIP-Dissect
+    row's `layer,unit` is a neuron of another network)."""
     for column in LABEL_COLUMNS:
         if row.get(column):
             return row[column] if match_label(row[column]) is not None else None
-    layer, unit = row.get("layer", ""), row.get("unit", "")
-    if not unit.isdigit():
-        return None
-    if match_label(layer) is not None and layer.startswith("H"):
-        return pair_label(match_label(layer).head, int(unit))
-    if layer.startswith("layer"):
-        return pool_neuron_label(int(unit))
-    if layer.isdigit():
-        return (neuron_label if neurons else head_label)(int(layer), int(unit))
     return None
 
 
@@ -237,7 +228,7 @@ def _read_table(findings: Findings, path: Path) -> None:
     if not rows or match_label(path.stem) is not None:
         return
     if DESCRIPTION in rows[0]:
-        _read_descriptions(findings, rows, neurons=path.stem.startswith("neuron"))
+        _read_descriptions(findings, rows)
     elif len(rows) <= WHOLE_TABLE_ROWS and _command(path.parent, nested=False) != "ablate":  # that one: _read_ablation
         findings.tables[f"{path.parent.name}/{path.name}"] = [{key: _plain(value) for key, value in row.items()}
                                                              for row in rows]
@@ -248,20 +239,21 @@ def _plain(text: str) -> Any:
     return text if math.isnan(value) else value
 
 
-def _read_descriptions(findings: Findings, rows: list[dict[str, str]], neurons: bool) -> None:
-    """Texts per unit and method, in rank order; SVD poles grouped by component and sign."""
+def _read_descriptions(findings: Findings, rows: list[dict[str, str]]) -> None:
+    """Texts per unit and method (and principal direction), in rank order; SVD poles grouped by component and sign."""
     for row in rows:
-        label = row_label(row, neurons)
+        label = row_label(row)
         if label is None:
             continue
-        value = next((_number(row[c]) for c in TEXT_VALUES if c in row), math.nan)
+        value = next((_number(row[c]) for c in TEXT_VALUES if row.get(c)), math.nan)
         value = None if math.isnan(value) else round(value, 5)
-        unit, method = findings.unit(label), row.get(METHOD, "texts")
-        if method in POLE_METHODS:
-            poles = unit.setdefault("poles", {}).setdefault(row.get(RANK, "0"), {"+": [], "-": []})
-            poles[POLE_METHODS[method]].append([row[DESCRIPTION], value])
+        unit, method, direction = findings.unit(label), row.get(METHOD) or "texts", row.get(DIRECTION, "")
+        if row.get(POLE) in POLES:
+            poles = unit.setdefault("poles", {}).setdefault(direction or "0", {"+": [], "-": []})
+            poles[row[POLE]].append([row[DESCRIPTION], value])
         else:
-            unit["texts"].setdefault(method, []).append([row[DESCRIPTION], value])
+            unit["texts"].setdefault(f"{method} pc{direction}" if direction else method, []).append(
+                [row[DESCRIPTION], value])
 
 
 def _read_ablation(findings: Findings, folder: Path, record: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from ..evaluate.piece_edits import ComponentFamily, GroupBoard, head_labels, pie
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..explain.components import ComponentTexts
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..settings import Settings
 from ..stats.obtain import obtain_piece_stats
 from ..text.candidates import HEAD_POOL, check_candidates, candidate_texts
@@ -55,7 +55,7 @@ def component_study(
     data; skipped when it has no class names). Statistics from `stats_path`, or collected on `fit_path` (default:
     `data_path`)."""
     if edit_top < 0 or top < 1:
-        raise CliplensError(f"edit_top must be ≥ 0 and top ≥ 1, got {edit_top} and {top}")
+        raise CliplensError(f"--edit-top must be ≥ 0 and --top ≥ 1, got {edit_top} and {top}")
     check_amplify(amplify)
     check_candidates(data_path, HEAD_POOL, pool=pool, pool_templates=pool_templates)
     chosen = select(head_labels(lens.decomposer.labels(Settings("head"))),
@@ -89,7 +89,7 @@ def component_study(
         score_edits(lens, source, edited, source_classifier(lens, source, templates), board, batch_size=batch_size,
                     num_workers=num_workers, progress=progress)
         edits = with_deltas(board.rows())
-    metadata = {"model": lens.name, "heads": list(chosen), "components": family.component_count,
+    metadata = {"model": lens.describe(), "heads": list(chosen), "components": family.component_count,
                 "queries": list(queries), "edit_top": edit_top, "amplify": amplify, "mass": mass,
                 "max_components": max_components,
                 "data": str(data_path), "fit": None if stats_path else str(fit_path or data_path),
@@ -100,12 +100,12 @@ def component_study(
 
 def write_components(study: ComponentStudy, output_dir: str | os.PathLike) -> os.PathLike:
     """poles.csv, queries.csv (with queries), edits.csv and edits.png (on labelled data), metadata.json."""
-    writers = {POLES: lambda file: write_rows(file, study.poles)}
+    writers = {POLES: lambda file: write_table(file, "components", study.poles)}
     if study.queries:
-        writers[QUERIES] = lambda file: write_rows(file, study.queries)
+        writers[QUERIES] = lambda file: write_table(file, "queries", study.queries)
     if study.edits is not None:
-        writers[EDITS] = lambda file: write_rows(file, study.edits)
-        title = (f"{study.metadata['model']}: single components on {study.edits[0]['images']} images "
+        writers[EDITS] = lambda file: write_table(file, "group_edits", study.edits)
+        title = (f"{study.metadata['model']['model']}: single components on {study.edits[0]['images']} images "
                  f"(amplify ×{study.metadata['amplify']:g})")
         writers[FIGURE] = lambda file: plot_edits(file, study.edits, title)
     return write_folder(output_dir, writers, study.metadata)

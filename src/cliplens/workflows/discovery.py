@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..apps.discovery import COLUMNS, Discovery, discover, discovery_figure
+from ..apps.discovery import Discovery, discover, discovery_figure
 from ..data.folders import Unreadable, open_image, printable
 from ..data.loader import as_source
 from ..errors import CliplensError
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..text.candidates import HEAD_POOL, candidate_texts, check_candidates
 from ..text.embed import embed_texts
 
@@ -71,6 +71,6 @@ def discover_image(
 def write_discovery(result: DiscoveryResult, output_dir: str | os.PathLike) -> Path:
     """`discovery.csv` (the listed pieces, then the rest), `discovery.png` and `metadata.json`."""
     return write_folder(output_dir, {
-        TABLE: lambda file: write_rows(file, result.discovery.rows, COLUMNS),
+        TABLE: lambda file: write_table(file, "discovery", result.discovery.rows),
         FIGURE: lambda file: discovery_figure(result.discovery, result.image).save(file, format="PNG"),
     }, result.metadata)

@@ -26,7 +26,7 @@ from ..errors import CliplensError, require_positive_int
 from ..extras import require
 from ..evaluate.reference import default_reference
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..shapes import ShapesDataset
 from ..shapes.vocabulary import OBJECT_ATTRIBUTES, SCENE_ATTRIBUTES, VOCABULARY
 from ..text.candidates import HEAD_POOL, candidate_texts, check_candidates
@@ -36,9 +36,6 @@ from .head_texts import explain_heads
 if TYPE_CHECKING:
     from ..lens import Lens
 
-PRECISION_COLUMNS = ("space", "heads", "chosen_for", "attribute", "top", "precision", "baseline_embedding", "chance",
-                     "images")
-SHARE_COLUMNS = ("head", "attribute", "share")
 PRECISION, SHARES, PLOT = "precision.csv", "head_shares.csv", "precision.png"
 
 
@@ -84,10 +81,9 @@ def attribute_shares(lens: Lens, fit_data: Any, attributes: Sequence[str], *, st
                           w_ov_rank=rank, batch_size=batch_size, num_workers=num_workers, progress=progress)
     rows = []
     for head in named.heads:
-        layer, unit = (int(part) for part in head[1:].split("H"))
-        texts = [r for r in named.rows if (r["layer"], r["unit"]) == (layer, unit)]
+        texts = [r for r in named.rows if r["label"] == head]
         for attribute in attributes:
-            share = sum(r["similarity"] for r in texts if r["description"] in VOCABULARY[attribute])
+            share = sum(r["variance_explained"] for r in texts if r["description"] in VOCABULARY[attribute])
             rows.append({"head": head, "attribute": attribute, "share": share})
     return rows
 
@@ -112,16 +108,17 @@ def head_search(
     lens: Lens, data: Any, *, head_sets: Sequence[str] = (), heads_for: Sequence[str] = (), set_size: int = 1,
     fit_path: Any = None, stats_path: Any = None, query_image: Any = None, query_text: str | None = None,
     attributes: Sequence[str] = (),
-    top: int = 16, neighbours: int = 10, n_texts: int = 10, rank: int = 80, pool: str | os.PathLike | None = None,
-    pool_templates: str = "none", convention: str = "reference", engine: str = "exact", batch_size: int = 32,
-    num_workers: int = 0, progress: bool = False,
+    top: int = 16, neighbours: int = 10, n_texts: int = 10, rank: int = 80,
+    pool: str | os.PathLike | None = None, pool_size: int | None = None, pool_templates: str = "none",
+    convention: str = "reference", engine: str = "exact", batch_size: int = 32, num_workers: int = 0,
+    progress: bool = False,
 ) -> SearchResult:
     """Index the named head sets, the sets chosen for `heads_for` (`colour` or `colour:SIZE`; `set_size` heads where
     no size is given) and the whole embedding over `data`; answer the queries and measure precision@`neighbours`
     per attribute in `attributes`."""
     require_positive_int("top", top)
     require_positive_int("neighbours", neighbours)
-    require_positive_int("set_size", set_size)
+    require_positive_int("--set-size", set_size)
     if engine not in ENGINES:
         raise CliplensError(f"unknown search engine {engine!r}; choose from {', '.join(ENGINES)}")
     if engine == "faiss":  # before the pass, not after it
@@ -156,8 +153,8 @@ def head_search(
                             num_workers=num_workers, progress=progress)
     finders = {name: searcher(index, engine) for name, index in indexes.items()}
     rankings, span_texts = _answer(lens, data, indexes, finders, query_image=query_image, query_text=query_text,
-                                   top=top, n_texts=n_texts, rank=rank, pool=pool, pool_templates=pool_templates,
-                                   convention=convention)
+                                   top=top, n_texts=n_texts, rank=rank, pool=pool, pool_size=pool_size,
+                                   pool_templates=pool_templates, convention=convention)
     rows = _precision_rows(as_source(data), indexes, finders, chosen, attributes, neighbours)
     metadata = {
         "model": lens.describe(), "data": str(data), "fit_data": fit_where,
@@ -170,13 +167,15 @@ def head_search(
     return SearchResult(sets, chosen, rankings, span_texts, rows, share_rows, metadata)
 
 
-def _answer(lens: Lens, data: Any, indexes: dict[str, HeadIndex], finders: dict[str, Searcher], *, query_image: Any, query_text: str | None,
-            top: int, n_texts: int, rank: int, pool: Any, pool_templates: str, convention: str
+def _answer(lens: Lens, data: Any, indexes: dict[str, HeadIndex], finders: dict[str, Searcher], *,
+            query_image: Any, query_text: str | None, top: int, n_texts: int, rank: int, pool: Any,
+            pool_size: int | None, pool_templates: str, convention: str
             ) -> tuple[dict[str, Ranking], dict]:
     """Each space's top images for the query (none without one)."""
     rankings, span_texts = {}, {}
     if query_text is not None:
-        _, texts, embeddings = candidate_texts(lens, data, HEAD_POOL, pool=pool, pool_templates=pool_templates)
+        _, texts, embeddings = candidate_texts(lens, data, HEAD_POOL, pool=pool, pool_size=pool_size,
+                                               pool_templates=pool_templates)
         query = embed_texts(lens, [query_text], templates=pool_templates)[0]
     for name, index in indexes.items():
         if query_image is not None:
@@ -214,10 +213,10 @@ def write_search(result: SearchResult, data: Any, output_dir: str | os.PathLike)
     `<space>.csv` + `<space>.png` (the query's top images)."""
     writers = {}
     if result.precision_rows:
-        writers[PRECISION] = lambda file: write_rows(file, result.precision_rows, PRECISION_COLUMNS)
+        writers[PRECISION] = lambda file: write_table(file, "precision", result.precision_rows)
         writers[PLOT] = lambda file: plot_precision(file, result.precision_rows)
     if result.share_rows:
-        writers[SHARES] = lambda file: write_rows(file, result.share_rows, SHARE_COLUMNS)
+        writers[SHARES] = lambda file: write_table(file, "shares", result.share_rows)
     for name, ranking in result.rankings.items():
         writers[f"{name}.csv"] = lambda file, ranking=ranking: write_ranking_table(file, ranking, data)
         writers[f"{name}.png"] = lambda file, ranking=ranking: write_ranking_grid(file, ranking, data)

@@ -103,7 +103,7 @@ def spurious_study(
     k = choose_k([row for row in sweep if row["split"] == "val"])
     summary = summary_rows([row for row in sweep if row["split"] == "test"], k, groups)
     metadata = {
-        "model": lens.name, "kind": kind, "concept": concept, "concept_templates": concept_templates,
+        "model": lens.describe(), "kind": kind, "concept": concept, "concept_templates": concept_templates,
         "ks": ks, "chosen_k": k, "draws": draws, "draw_seed": draw_seed, "units": candidate_count(family),
         "test": str(data_path), "val": str(val_path), "fit": None if stats_path else str(fit_path),
         "stats": None if stats_path is None else str(stats_path), "images": images, "groups": groups,

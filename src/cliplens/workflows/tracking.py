@@ -19,7 +19,7 @@ from ..data.loader import as_source
 from ..errors import CliplensError, require_positive_int
 from ..evaluate.reference import default_reference
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..settings import Settings
 from ..shapes import ShapesDataset
 from ..shapes.vocabulary import OBJECT_ATTRIBUTES, SCENE_ATTRIBUTES
@@ -30,8 +30,6 @@ from ..text.templates import resolve_templates
 if TYPE_CHECKING:
     from ..lens import Lens
 
-GROUP_COLUMNS = ("group", "images", "score_mean", "score_std", "embedding_mean", "embedding_std", "attribute_rate")
-SUMMARY_COLUMNS = ("scores", "pieces", "correlation_with_rate", "groups", "images")
 TABLE, SUMMARY, PLOT = "groups.csv", "correlation.csv", "tracking.png"
 
 
@@ -147,10 +145,10 @@ def _summary(scores: GroupMoments, rates: GroupMoments, columns: Sequence[str], 
 
 def write_tracking(result: TrackingResult, output_dir: str | os.PathLike) -> Path:
     """`groups.csv`, `correlation.csv` (with an attribute), `tracking.png` and `metadata.json`."""
-    writers = {TABLE: lambda file: write_rows(file, result.group_rows, GROUP_COLUMNS),
+    writers = {TABLE: lambda file: write_table(file, "groups", result.group_rows),
                PLOT: lambda file: plot_tracking(file, result)}
     if result.summary_rows:
-        writers[SUMMARY] = lambda file: write_rows(file, result.summary_rows, SUMMARY_COLUMNS)
+        writers[SUMMARY] = lambda file: write_table(file, "correlation", result.summary_rows)
     return write_folder(output_dir, writers, result.metadata)
 
 
