@@ -12,7 +12,7 @@ from ..errors import CliplensError
 from ..io.atomic import write_folder
 from ..io.tables import write_table
 from ..report.grids import save_grid
-from .run import COLUMNS, Dissection
+from .run import Dissection
 from .sets import probe_source
 
 

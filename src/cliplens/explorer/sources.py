@@ -21,7 +21,7 @@ from ..errors import CliplensError
 from ..io.artifacts import load_artifact
 from ..io.atomic import METADATA, stamped_record
 from ..io.compat import MODEL_KEY, describe_model
-from ..labels import head_label, match_label, neuron_label, pair_label, pool_neuron_label
+from ..labels import match_label, neuron_label, pair_label
 from ..stats.collect import load_stats
 
 # columns of the tables read here (docs/outputs.md describes them)
