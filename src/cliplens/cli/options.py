@@ -207,6 +207,16 @@ def needs(extra: str, *modules: str) -> Callable:
     return before_body(lambda options: require(extra, *modules, user=running_command()))
 
 
+def needs_for_data(prefix: str, extra: str, *modules: str) -> Callable:
+    """Like `needs`, only when --data-path is of the `prefix` kind (a reader that needs the extra)."""
+
+    def check(options: Options) -> None:
+        if str(options["data_path"]).startswith(prefix):
+            require(extra, *modules, user=f"{running_command()} on {prefix} data")
+
+    return before_body(check)
+
+
 # text pools and OMP -------------------------------------------------------------------------------------------------
 # Why head and unit commands name things with different pools by default (their --help says so).
 POOL_REASONS = {

@@ -10,15 +10,8 @@ import click
 from ..apps.segmentation import LENSES
 from ..data.segmentation import IMAGENET_SEG_PREFIX
 from ..evaluate.groups import PATTERN_HELP
-from ..extras import require
 from ..workflows.segmentation import GRID, MASKS, METRICS, segmentation_study, write_segmentation
-from .options import Options, batch_options, before_body, load_lens, model_options, output_option, running_command
-
-
-def _needs_h5py(options: Options) -> None:
-    """imagenet-seg: data is HDF5; say which extra reads it before loading a model."""
-    if str(options["data_path"]).startswith(IMAGENET_SEG_PREFIX):
-        require("segment", "h5py", user=f"{running_command()} on imagenet-seg: data")
+from .options import Options, batch_options, load_lens, model_options, needs_for_data, output_option
 
 
 @click.command("segment")
@@ -46,7 +39,7 @@ def _needs_h5py(options: Options) -> None:
               help="Images drawn in the overlay grid (0: no grid).")
 @click.option("--save-masks", is_flag=True, help="Also write masks.zip: each image's label map per lens as a PNG.")
 @output_option("cliplens-out/segment")
-@before_body(_needs_h5py)
+@needs_for_data(IMAGENET_SEG_PREFIX, "segment", "h5py")  # MATLAB v7.3 is HDF5
 def command(model: Options, **options: Any) -> None:
     """Segment images with masks from each lens's heatmaps; metrics.csv has one row per lens."""
     lens = load_lens(model)

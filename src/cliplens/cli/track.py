@@ -9,15 +9,8 @@ from typing import Any
 import click
 
 from ..data.cars import STANFORD_CARS_PREFIX
-from ..extras import require
 from ..workflows.tracking import PLOT, SUMMARY, TABLE, track_concept, write_tracking
-from .options import (Options, batch_options, before_body, load_lens, model_options, needs, output_option,
-                      running_command)
-
-
-def _needs_scipy(options: Options) -> None:
-    if str(options["data_path"]).startswith(STANFORD_CARS_PREFIX):
-        require("cars", "scipy", user=f"{running_command()} on stanford-cars: data")
+from .options import Options, batch_options, load_lens, model_options, needs, needs_for_data, output_option
 
 
 @click.command("track")
@@ -46,7 +39,7 @@ def _needs_scipy(options: Options) -> None:
               help="Random head sets of the same size, the baseline correlations (ViT).")
 @output_option("cliplens-out/track")
 @needs("explain", "matplotlib")
-@before_body(_needs_scipy)
+@needs_for_data(STANFORD_CARS_PREFIX, "cars", "scipy")  # the devkit's MATLAB v5 files
 def command(model: Options, **options: Any) -> None:
     """Score every image by <sum of the pieces, concept> / |y|, streamed per group.
 

@@ -60,6 +60,26 @@ def as_pieces(x: Any, mean: torch.Tensor) -> torch.Tensor:
     return x
 
 
+class AffineReconstruction:
+    """An explainer whose reconstruction of a piece is the fixed affine map x ↦ μ + (x − μ) P, with P its
+    `projector()`: one map for every image, so reconstructions are scored like ablations."""
+
+    def reconstruct(self, x: Any) -> torch.Tensor:
+        """μ + (x − μ) P for pieces x [..., d] (float64)."""
+        require_fitted(self, "mean_")
+        x = as_pieces(x, self.mean_)
+        return self.mean_ + (x - self.mean_) @ self.projector()
+
+
+class ThroughComponents(AffineReconstruction):
+    """Reconstruction through kept principal components V_r [r, d] and a text projector Π [r, r] on their
+    coordinates: P = V_rᵀ Π V_r."""
+
+    def projector(self) -> torch.Tensor:
+        require_fitted(self, "text_projector_")
+        return self.components_.T @ self.text_projector_ @ self.components_
+
+
 class PieceExplainer(Protocol):
     def get_params(self) -> dict[str, Any]: ...
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CliplensError, require_positive_int
-from .base import as_pieces, checked_piece, require_fitted
+from .base import ThroughComponents, checked_piece, require_fitted
 from .svd_poles import TEXT_MODES, nuclear_rank, prepare_texts, row_space_projector
 
 ENDS = ("dominant", "opposite")  # the pole that reaches farther from the origin, and the other one
@@ -79,13 +79,14 @@ class ComponentPole:
     scores: tuple[float, ...]
 
 
-class ComponentTexts:
+class ComponentTexts(ThroughComponents):
     """Every principal component of one piece named by the texts at its two ends, with no dependence on the signs
     the eigen-solver happened to return (docs/methods/components.md#signs).
 
     Fitted attributes: `mean_` [d]; `variances_` λ [r]; `components_` [r, d] (signs as the solver gave them; use only
     through sign-free quantities); `coordinates_` Γ [M, r]; `poles_` (dominant, opposite) per component;
-    `reconstruction_ids_` [r] (the text of largest |Γ| per component); `text_projector_` Π [r, r].
+    `reconstruction_ids_` [r] (the text of largest |Γ| per component); `text_projector_` Π [r, r]. Flipping
+    component j maps Γ to ΓD and Π to DΠD, so the reconstruction's projector V_rᵀ Π V_r does not change.
     """
 
     def __init__(self, texts_per_pole: int = 5, max_components: int = 80, mass: float = 0.99,
@@ -126,17 +127,6 @@ class ComponentTexts:
             ends.reverse()
         return tuple(ComponentPole(end, tuple(top.indices.tolist()), tuple(texts[i] for i in top.indices.tolist()),
                                    tuple(top.values.abs().tolist())) for end, top in zip(ENDS, ends))
-
-    def projector(self) -> torch.Tensor:
-        """V_rᵀ Π V_r [d, d]: flipping component j maps Γ to ΓD and Π to DΠD, so the product does not change."""
-        require_fitted(self, "text_projector_")
-        return self.components_.T @ self.text_projector_ @ self.components_
-
-    def reconstruct(self, x: Any) -> torch.Tensor:
-        """X̂ = μ + (x − μ) V_rᵀ Π V_r for pieces x [..., d] (float64)."""
-        require_fitted(self, "mean_")
-        x = as_pieces(x, self.mean_)
-        return self.mean_ + (x - self.mean_) @ self.projector()
 
     def rows(self, piece: str) -> list[dict[str, Any]]:
         """One row per component: its variance (absolute and % of the kept ones) and the texts at both ends."""

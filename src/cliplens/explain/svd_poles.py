@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CliplensError, require_positive_int
-from .base import as_pieces, checked_piece, require_fitted
+from .base import ThroughComponents, checked_piece, require_fitted
 
 TEXT_MODES = ("center_normalize", "normalize", "center")
 STRENGTHS = ("squared", "singular")
@@ -107,7 +107,7 @@ def row_space_projector(rows: torch.Tensor) -> torch.Tensor:
     return kept.T @ kept
 
 
-class SVDPoles:
+class SVDPoles(ThroughComponents):
     """Principal components of one piece, each named by its most positive and most negative texts
     (docs/methods/svd-poles.md).
 
@@ -178,17 +178,6 @@ class SVDPoles:
         self.reconstruction_ids_ = coordinates.argmax(dim=0)
         self.text_projector_ = row_space_projector(coordinates[self.reconstruction_ids_])
         return self
-
-    def projector(self) -> torch.Tensor:
-        """V_rᵀ Π V_r [d, d]: the linear part of the text-based reconstruction."""
-        require_fitted(self, "text_projector_")
-        return self.components_.T @ self.text_projector_ @ self.components_
-
-    def reconstruct(self, x: Any) -> torch.Tensor:
-        """X̂ = μ + (x − μ) V_rᵀ Π V_r for pieces x [..., d] (float64); the rank-r PCA truncation when Π = I."""
-        require_fitted(self, "mean_")
-        x = as_pieces(x, self.mean_)
-        return self.mean_ + (x - self.mean_) @ self.projector()
 
     def descriptions(self) -> list[dict[str, Any]]:
         """One row per pole text (docs/outputs.md#descriptions): direction = component index, pole + or -, rank = the

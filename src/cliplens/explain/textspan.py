@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CliplensError, require_positive_int
-from .base import as_pieces, checked_piece, require_fitted
+from .base import AffineReconstruction, checked_piece, require_fitted
 
 # A picked text whose residual (after orthogonalisation against earlier picks) is shorter than this fraction of the
 # longest projected text is made of rounding error: its direction would carry errors of order eps/fraction ≈ 1e-8,
@@ -21,7 +21,7 @@ from .base import as_pieces, checked_piece, require_fitted
 COLLAPSED_TEXT = 1e-8
 
 
-class TextSpan:
+class TextSpan(AffineReconstruction):
     """Greedy, variance-maximising orthogonal text basis of one piece (docs/methods/textspan.md#algorithm).
 
     The span is the top-`rank` eigenvectors of the uncentred second moment Σ + μμᵀ (what the reference's uncentred SVD
@@ -97,13 +97,6 @@ class TextSpan:
         require_fitted(self, "directions_")
         units = self.directions_ / self.directions_.norm(dim=1, keepdim=True)
         return units.T @ units
-
-    def reconstruct(self, x: Any) -> torch.Tensor:
-        """μ + (x − μ) Q_m for pieces x [..., d] (float64): the per-image reconstruction of docs/methods/textspan.md, as
-        a fixed map."""
-        require_fitted(self, "mean_")
-        x = as_pieces(x, self.mean_)
-        return self.mean_ + (x - self.mean_) @ self.projector()
 
     def descriptions(self) -> list[dict[str, Any]]:
         """One row per picked text (docs/outputs.md#descriptions): rank (picking order), description,
