@@ -249,7 +249,7 @@ def test_decompose_writes_its_folder_as_one_unit_and_never_over_a_users_folder(l
         result = run(lenses, monkeypatch, "vit", decompose.command, "--data-path", DATA, "--output-dir", out)
         assert result.exit_code == 0, result.output
     metadata = json.loads((out / METADATA).read_text())
-    assert set(metadata["files"]) == {"components.npy", "embedding.npy"}
+    assert set(metadata["files"]) == {"components.npy", "embedding.npy", "images.csv"}
     for name, digest in metadata["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert np.load(out / "components.npy").shape[0] == 12 and os.listdir(tmp_path) == ["pieces"]

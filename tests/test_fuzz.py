@@ -87,6 +87,7 @@ BASE: dict[str, dict[str, object]] = {
     "neuron-ablate": {"--model": "toy:rn", "--data-path": DATA, "--omp-atoms": "0", "--top-k": "2", "--keep": ["10"],
                       "--level": "pair"},
     "info": {"model": "toy:vit", "--images": "10"},
+    "verify": {"model": "toy:vit", "--random-images": "1", "--shapes-images": "1"},
     "merge": {"artifacts": ["shard-0", "shard-1"]},  # made by `quick`
     "segment": {"--data-path": "shapes:segmentation:4", "--lens": ["heads", "centre"], "--examples": "1"},
     "spurious": {"--model": "toy:rn", "--data-path": "shapes:spurious-test:4:2", "--val-path": "shapes:spurious-test:4:1",

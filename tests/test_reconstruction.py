@@ -189,7 +189,7 @@ def test_bad_requests_are_refused(vit, stats, eval_images, fit_images, pool):
         run(counts=[1, 33], rank=80)  # d = 32
     with pytest.raises(CliplensError, match="exceeds the span"):
         run(counts=[17], rank=16)
-    with pytest.raises(CliplensError, match="num_last_layers"):
+    with pytest.raises(CliplensError, match="--num-last-layers"):
         run(counts=[1], num_last_layers=4)
     with pytest.raises(CliplensError, match="unknown reconstruction method"):
         run(counts=[1], methods=["textspan", "pca"])

@@ -159,7 +159,7 @@ def test_retrieve_command_writes_a_grid_per_component(lens, tmp_path, monkeypatc
     result = CliRunner().invoke(retrieve_cli.command, ["--data-path", str(folder), "--component", "H3N17",
                                                        "--component", "N5", "--top", "3", "--output-dir", str(out)])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert sorted(p.name for p in out.iterdir()) == ["H3N17.csv", "H3N17.png", "N5.csv", "N5.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["H3N17.csv", "H3N17.png", "N5.csv", "N5.png", "metadata.json"]
     with open(out / "N5.csv", newline="") as stream:
         assert next(csv.DictReader(stream))["item"].endswith(".png")
 

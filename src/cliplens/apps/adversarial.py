@@ -26,10 +26,6 @@ from ..explain.omp import SparseTextDecomposition
 from ..report.grids import image_grid
 
 CONDITIONS = ("selected", "random", "none")
-COLUMNS = ("source", "target", "condition", "words", "prompts", "images", "successes", "success_rate", "stderr",
-           "mean_margin", "margin_stderr")
-
-
 class Generator(Protocol):
     """Anything that turns prompts into images: `per_prompt` images of each prompt, prompt by prompt, reproducibly."""
 

@@ -21,7 +21,9 @@ from .options import Options, before_body, load_lens, model_options, output_opti
 @click.option("--target", multiple=True, required=True,
               help="Shape the words should make it read as, one per --source.")
 @click.option("--data-path", default="shapes:train:2000", show_default=True,
-              help="Fit data for the second-order statistics of --mlp-layer.")
+              help="Fit data for the second-order statistics of --mlp-layer (shapes:train:2000 rather than "
+                   "shapes:test:512, the other commands' default: the word selection reads statistics of more "
+                   "images than an evaluation split holds).")
 @click.option("--mlp-layer", type=click.IntRange(min=0), default=2, show_default=True,
               help="MLP layer whose neurons choose the words (0-based).")
 @click.option("--neurons", type=click.IntRange(min=1), default=10, show_default=True,
@@ -41,7 +43,8 @@ from .options import Options, before_body, load_lens, model_options, output_opti
               help="Words each prompt draws from its condition's list.")
 @click.option("--draw-seed", type=click.IntRange(min=0), default=1, show_default=True,
               help="Seeds the prompts, the random words and the generator (settings were chosen on seed 0).")
-@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE), default=64, show_default=True,
+              help="Images per batch, in the statistics pass and when scoring generated images.")
 @before_body(lambda options: (check_pairs(options["source"], options["target"]),
                               check_counts(options["images"], options["prompts"])))
 @output_option("cliplens-out/adversarial")

@@ -66,6 +66,9 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "groups": ("group", "images", "score_mean", "score_std", "embedding_mean", "embedding_std", "attribute_rate"),
     # correlation of a concept's score with an attribute's rate over the groups
     "correlation": ("scores", "pieces", "correlation_with_rate", "groups", "images"),
+    # semantic adversarial images: per class pair and condition (selected / random / no words), the success rate
+    "adversarial": ("source", "target", "condition", "words", "prompts", "images", "successes", "success_rate",
+                    "stderr", "mean_margin", "margin_stderr"),
 }
 
 

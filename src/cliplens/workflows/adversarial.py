@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from ..apps.adversarial import (COLUMNS, Outcome, WordChoice, adversarial_figure, compose_prompts, random_words,
+from ..apps.adversarial import (Outcome, WordChoice, adversarial_figure, compose_prompts, random_words,
                                 run_condition, select_words)
 from ..errors import CliplensError
 from ..evaluate.zeroshot import source_classifier
 from ..explain.omp import require_fewer_atoms
 from ..explain.unit_words import atom_count
 from ..io.atomic import write_folder
-from ..io.tables import write_rows
+from ..io.tables import write_table
 from ..shapes import ShapesDataset
 from ..shapes.generator import ShapesGenerator
 from ..shapes.vocabulary import SHAPES
@@ -128,6 +128,6 @@ def adversarial_study(
 def write_adversarial(result: AdversarialResult, output_dir: str | os.PathLike) -> Path:
     """`adversarial.csv` (one row per pair and condition), `adversarial.png` and `metadata.json`."""
     return write_folder(output_dir, {
-        TABLE: lambda file: write_rows(file, [o.row() for o in result.outcomes], COLUMNS),
+        TABLE: lambda file: write_table(file, "adversarial", [o.row() for o in result.outcomes]),
         FIGURE: lambda file: adversarial_figure(result.outcomes, SHAPES).save(file, format="PNG"),
     }, result.metadata)
