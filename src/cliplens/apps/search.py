@@ -137,11 +137,8 @@ def nearest(
 
     `exclude` [Q] is an index row each query must not return (itself, when the queries are indexed images). The index
     is read `chunk` rows at a time; ties keep the earlier row."""
-    require_positive_int("top", top)
+    _check_top(index, top, exclude)
     require_positive_int("chunk", chunk)
-    available = len(index) - (exclude is not None)
-    if top > available:
-        raise CliplensError(f"the index holds {available} candidate images; ask for at most {available} neighbours")
     units = _unit_rows(queries.float())
     best_values = torch.full((len(queries), 0), -torch.inf)
     best_rows = torch.zeros((len(queries), 0), dtype=torch.long)
@@ -158,6 +155,14 @@ def nearest(
     return best_values, best_rows
 
 
+def _check_top(index: HeadIndex, top: int, exclude: torch.Tensor | None) -> None:
+    """`top` neighbours exist among the index's rows (one fewer per query when its own row is excluded)."""
+    require_positive_int("top", top)
+    available = len(index) - (exclude is not None)
+    if top > available:
+        raise CliplensError(f"the index holds {available} candidate images; ask for at most {available} neighbours")
+
+
 def _unit_rows(vectors: torch.Tensor) -> torch.Tensor:
     return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
 
@@ -168,7 +173,7 @@ class ApproximateSearch:
     (docs/methods/head-search.md#faiss). Built once per index; `links` and `breadth` are HNSW's M and efSearch."""
 
     def __init__(self, index: HeadIndex, *, links: int = 32, breadth: int = 128) -> None:
-        require("search", "faiss", user="search --engine faiss")
+        check_engine("faiss")
         import faiss
 
         self.index = index
@@ -179,10 +184,7 @@ class ApproximateSearch:
     def __call__(self, queries: torch.Tensor, top: int, *, exclude: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """As `nearest`: (values [Q, top], rows [Q, top]), best first, never the `exclude` row."""
-        require_positive_int("top", top)
-        available = len(self.index) - (exclude is not None)
-        if top > available:
-            raise CliplensError(f"the index holds {available} candidate images; ask for at most {available} neighbours")
+        _check_top(self.index, top, exclude)
         wanted = top + (exclude is not None)
         values, rows = (torch.from_numpy(array) for array in self.graph.search(_unit_rows(queries.float()).numpy(),
                                                                                 wanted))
@@ -194,14 +196,21 @@ class ApproximateSearch:
         return values.gather(1, keep), rows.gather(1, keep)
 
 
+def check_engine(engine: str) -> None:
+    """A known engine, with its optional package installed: checked before any pass over the data."""
+    if engine not in ENGINES:
+        raise CliplensError(f"unknown search engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "faiss":
+        require("search", "faiss", user="search --engine faiss")
+
+
 # `nearest` bound to one index, or an ApproximateSearch: (queries, top, exclude=) -> (values, rows)
 Searcher = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def searcher(index: HeadIndex, engine: str = "exact") -> Searcher:
     """The search behind `engine` for one index: exact chunked products, or faiss's HNSW graph."""
-    if engine not in ENGINES:
-        raise CliplensError(f"unknown search engine {engine!r}; choose from {', '.join(ENGINES)}")
+    check_engine(engine)
     if engine == "faiss":
         return ApproximateSearch(index)
     return lambda queries, top, exclude=None: nearest(index, queries, top, exclude=exclude)

@@ -18,12 +18,11 @@ import torch
 
 from ..apps.retrieval import Ranking, write_ranking_grid, write_ranking_table
 from ..apps.search import (
-    EMBEDDING, ENGINES, HeadIndex, Searcher, build_indexes, chance_precision, image_query, neighbour_precision,
+    EMBEDDING, HeadIndex, Searcher, build_indexes, chance_precision, check_engine, image_query, neighbour_precision,
     parse_head_set, search, searcher, set_name, span_projector, text_query,
 )
 from ..data.loader import as_source
 from ..errors import CliplensError, require_positive_int
-from ..extras import require
 from ..evaluate.reference import default_reference
 from ..io.atomic import write_folder
 from ..io.tables import write_table
@@ -119,10 +118,7 @@ def head_search(
     require_positive_int("top", top)
     require_positive_int("neighbours", neighbours)
     require_positive_int("--set-size", set_size)
-    if engine not in ENGINES:
-        raise CliplensError(f"unknown search engine {engine!r}; choose from {', '.join(ENGINES)}")
-    if engine == "faiss":  # before the pass, not after it
-        require("search", "faiss", user="search --engine faiss")
+    check_engine(engine)  # before the pass, not after it
     sizes = parse_heads_for(heads_for, set_size)
     check_attributes(list(sizes) + list(attributes), data)
     if query_image is not None and query_text is not None:
@@ -190,8 +186,8 @@ def _answer(lens: Lens, data: Any, indexes: dict[str, HeadIndex], finders: dict[
     return rankings, span_texts
 
 
-def _precision_rows(source: Any, indexes: dict[str, HeadIndex], finders: dict[str, Searcher], chosen: dict[str, str], attributes: Sequence[str],
-                    top: int) -> list[dict[str, Any]]:
+def _precision_rows(source: Any, indexes: dict[str, HeadIndex], finders: dict[str, Searcher], chosen: dict[str, str],
+                    attributes: Sequence[str], top: int) -> list[dict[str, Any]]:
     rows = []
     for attribute in attributes:
         labels = attribute_labels(source, attribute)
