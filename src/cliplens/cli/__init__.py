@@ -21,13 +21,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from . import (ablate, adversarial, collect, components, decompose, demo, discover, dissect, explain, info, merge,
-                   neuron_ablate, pairs, reconstruct, report, retrieve, search, second_order, segment, spurious,
+    from . import (ablate, adversarial, analyze, collect, components, decompose, demo, discover, dissect, explain, info,
+                   merge, neuron_ablate, pairs, reconstruct, report, retrieve, search, second_order, segment, spurious,
                    textspan, track, train_toy, verify)
 
-    for module in (demo, info, verify, decompose, collect, merge, textspan, explain, ablate, reconstruct, second_order,
-                   pairs, neuron_ablate, retrieve, search, discover, track, adversarial, segment, spurious, components,
-                   dissect, report, train_toy):
+    for module in (demo, info, verify, decompose, collect, analyze, merge, textspan, explain, ablate, reconstruct,
+                   second_order, pairs, neuron_ablate, retrieve, search, discover, track, adversarial, segment,
+                   spurious, components, dissect, report, train_toy):
         cli.add_command(module.command)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ..data.loader import recorded_data
 from ..explain.tables import write_descriptions
 from ..io.metadata import write_metadata
 from ..io.tables import write_table
@@ -59,11 +60,14 @@ def command(model: Options, output_dir: Path, grids: int, long_run: Options, **o
     if study is None:  # a torchrun rank other than 0: rank 0 writes
         return
     table = write_table(output_dir / f"neurons_L{layer}.csv", "neurons", study.neurons)
-    click.echo(f"{lens.name} layer {layer}: {study.stats.report.summary()}\nwrote {artifact} and {table}")
+    report = study.stats.report  # None when read from an analysis
+    read = report.summary() if report is not None else f"read from {options['data_path']}"
+    click.echo(f"{lens.name} layer {layer}: {read}\nwrote {artifact} and {table}")
     if study.words is not None:
         click.echo(f"wrote {write_descriptions(output_dir / f'neuron_words_L{layer}.csv', study.words)}")
     if grids:
-        folder = write_top_images(study.stats, options["data_path"], output_dir / f"top_images_L{layer}", grids)
+        folder = write_top_images(study.stats, recorded_data(options["data_path"]), output_dir / f"top_images_L{layer}",
+                                  grids)
         click.echo(f"wrote the top images of {min(grids, study.stats.basis.num_neurons)} neurons to {folder}")
     ablation = study.ablation
     write_metadata(output_dir, {**study_record(study, lens), "statistics": str(artifact)})

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CliplensError, require_positive_int
 from ..progress import progress_bar
+from ..io.artifacts import is_analysis, read_metadata
+from .analyzed import AnalyzedData
 from .cars import STANFORD_CARS_PREFIX, stanford_cars
 from .folders import ImageFolder, Unreadable, printable
 from .waterbirds import WATERBIRDS_PREFIX, waterbirds_source
@@ -84,7 +86,10 @@ def shapes_source(spec: str) -> Any:
 def as_source(data: Any) -> Any:
     """A folder path, a file list or a path list become an ImageFolder; `shapes:...` the built-in world;
     `waterbirds:<folder>[:<split>]` Waterbirds by group; `stanford-cars:...` the Stanford Cars devkit layout
-    (data/cars.py); datasets pass through unchanged."""
+    (data/cars.py); an analysis folder its evaluation data, without the images (data/analyzed.py); datasets pass
+    through unchanged."""
+    if is_analysis(data):
+        return analyzed_source(data)
     if isinstance(data, str) and data.startswith(SHAPES_PREFIX):
         return shapes_source(data)
     if isinstance(data, str) and data.startswith(WATERBIRDS_PREFIX):
@@ -101,6 +106,23 @@ def as_source(data: Any) -> Any:
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         raise CliplensError("data must be a folder path, a list of image paths, or a dataset with __len__/__getitem__")
     return data
+
+
+def recorded_data(data: Any, role: str = "fit") -> Any:
+    """The data spec an analysis recorded for its `role` ("fit" or "evaluation"); any other data as it is."""
+    if not is_analysis(data):
+        return data
+    record = read_metadata(data).get(role)
+    return record.get("data") if isinstance(record, dict) else None
+
+
+def analyzed_source(path: str | os.PathLike) -> AnalyzedData:
+    """The evaluation data an analysis recorded, rebuilt from its spec and checked against its fingerprint."""
+    spec = recorded_data(path, "evaluation")
+    if not isinstance(spec, str):
+        raise CliplensError(f"{path} records no evaluation data it can be read as (it was given as a Python object, "
+                            "or none was given); pass --data-path and --stats separately")
+    return AnalyzedData(path, as_source(spec), read_metadata(path)["evaluation"].get("fingerprint"))
 
 
 def fingerprint(source: Any) -> str:

@@ -18,6 +18,7 @@ from ..labels import BIAS, pair_label, pool_head_label, pool_neuron_label
 from ..models.spec import ResNetPoolSpec
 from ..settings import CarriesSettings, Settings
 from .result import Decomposition
+from .shared import SharedForward
 
 GRANULARITIES = ("head", "neuron", "pair")  # what a ResNet's attention-pool pieces can be
 PAIRS = Settings(granularity="pair")
@@ -110,8 +111,8 @@ def pair_directions(out_weight: torch.Tensor, value_weight: torch.Tensor, heads:
     return result
 
 
-class ResNetDecomposer:
-    """Decomposes images for one ModifiedResNet spec."""
+class ResNetDecomposer(SharedForward):
+    """Decomposes images for one ModifiedResNet spec; a shared batch runs its trunk once (decompose/shared.py)."""
 
     def __init__(self, spec: ResNetPoolSpec):
         self.spec = spec
@@ -122,7 +123,7 @@ class ResNetDecomposer:
         self._directions: torch.Tensor | None = None
 
     def trace(self, images: torch.Tensor) -> PoolTrace:
-        return self.pool(self.spec.trunk(images))
+        return self.once("trace", images, lambda: self.pool(self.spec.trunk(images)))
 
     def pool(self, feature_map: torch.Tensor) -> PoolTrace:
         """The attention pool on the trunk's final layer-4 map [B, C, h, w] (what Grad-CAM differentiates)."""

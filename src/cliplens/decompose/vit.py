@@ -21,6 +21,7 @@ from ..models.spec import BlockSpec, ViTSpec
 from ..settings import Settings
 from .map_head import MapReadOut, map_factorise, map_readout
 from .result import Decomposition
+from .shared import SharedForward
 
 GRANULARITIES = ("layer", "head")  # what a ViT's pieces can be
 
@@ -131,8 +132,9 @@ class Factorised:
         return torch.einsum("blhnk,lhkd->blhnd", self.token_coefficients, self.token_basis)
 
 
-class ViTDecomposer:
-    """Decomposes images for one ViT spec; folded read-outs are cached per convention."""
+class ViTDecomposer(SharedForward):
+    """Decomposes images for one ViT spec; folded read-outs are cached per convention, and a batch's block states
+    while it is shared (decompose/shared.py)."""
 
     def __init__(self, spec: ViTSpec):
         self.spec = spec
@@ -170,7 +172,13 @@ class ViTDecomposer:
         return tokens if spec.ln_pre is None else spec.ln_pre(tokens)
 
     def layers(self, images: torch.Tensor) -> Iterator[LayerState]:
-        """Run the transformer one block at a time, exposing what the decompositions read at each block."""
+        """Run the transformer one block at a time, exposing what the decompositions read at each block; a shared
+        batch replays the states of its one run."""
+        if self._shared is not None:
+            return iter(self.once("layers", images, lambda: list(self._run(images))))
+        return self._run(images)
+
+    def _run(self, images: torch.Tensor) -> Iterator[LayerState]:
         spec = self.spec
         x = self.embed_tokens(images)
         batch, n = x.shape[:2]

@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
+from ..data.analyzed import AnalyzedData
 from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..errors import CliplensError
 from ..io.compat import fitted_on, require_model
 from ..io.tables import write_table
 from ..stats.collect import PieceStats
 from .groups import attention_pieces, heads_of_layers, layer_count, mlp_set, select
+from .stored_scores import stored_task, task_key, variant_key
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -196,34 +198,89 @@ def evaluate_variants(
     """Zero-shot accuracy of every variant over `data` (labelled), in one pass; means come from `stats`.
 
     The pieces are decomposed with the statistics' own granularity, convention and normalisation, so means and
-    pieces always agree.
+    pieces always agree. Given an analysis as `data`, the scores its evaluation pass stored for exactly these variants
+    are returned (evaluate/stored_scores.py).
     """
+    return score_tasks(lens, data, [Task(variants, weights)], stats, batch_size=batch_size, num_workers=num_workers,
+                       progress=progress)[0]
+
+
+@dataclass(frozen=True)
+class Task:
+    """Variants scored by one zero-shot classifier's weights [d, classes]; `labels`, a dataset over the same images
+    labelled by another attribute (a shapes split re-labelled), supplies the true classes instead of the data's own."""
+
+    variants: Sequence[Variant]
+    weights: torch.Tensor
+    labels: Any = None
+
+    def truth(self, batch: Any) -> torch.Tensor:
+        if self.labels is None:
+            return batch.labels
+        return torch.tensor([self.labels[int(i)][1] for i in batch.indices])
+
+
+def score_tasks(lens: Lens, data: Any, tasks: Sequence[Task], stats: PieceStats, *, batch_size: int = 32,
+                num_workers: int = 0, progress: bool = False) -> list[Scores]:
+    """`evaluate_variants` for several classifiers at once (an analysis's labels): one decomposition per batch."""
     stats = check_statistics(stats, lens)
     source = as_source(data)
     device = lens.device
-    bank = VariantBank(variants, stats.labels, stats.mean.to(device), cls_cell_means(stats))
-    weights = torch.as_tensor(weights).to(device, torch.float64)
-    if weights.ndim != 2 or weights.shape[0] != stats.mean.shape[1]:
-        raise CliplensError(f"zero-shot weights must be [{stats.mean.shape[1]}, classes], got {tuple(weights.shape)}")
+    banks = [VariantBank(task.variants, stats.labels, stats.mean.to(device), cls_cell_means(stats)) for task in tasks]
+    weights = [_checked_weights(task.weights, stats, device) for task in tasks]
+    in_sample = fitted_on(stats.metadata, fingerprint(source))
+    if isinstance(source, AnalyzedData):
+        return [_stored(source, bank, task.variants, w, stats, in_sample) for bank, task, w in
+                zip(banks, tasks, weights)]
     settings = replace(stats.settings, spatial=False)  # the CLS cells' means come from spatial statistics
-    correct = torch.zeros(len(variants), dtype=torch.long, device=device)
-    full_correct, report = 0, LoadReport()
+    correct = [torch.zeros(len(bank.names), dtype=torch.long, device=device) for bank in banks]
+    full_correct, report = [0] * len(tasks), LoadReport()
+    tokens = any(bank.uses_cls for bank in banks)
     with torch.no_grad():
         for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
                             description=f"ablate {lens.name}", labelled=True, report=report):
-            labels, cells = batch.labels.to(device), None
-            if bank.uses_cls:
-                factors = lens.decomposer.factorise(batch.images, settings, tokens=True)
+            cells = None
+            factors = lens.decomposer.factorise(batch.images, settings, tokens=True) if tokens else None
+            if factors is not None:
                 result, cells = lens.decomposer.group(factors), lens.decomposer.cls_cells(factors)
             else:
                 result = lens.decomposer.decompose(batch.images, settings)
-            if result.labels != bank.labels:
+            if result.labels != stats.labels:
                 raise CliplensError("the statistics' pieces do not match this model's decomposition; recollect them")
-            predicted = (bank.combine(result.components, cells) @ weights).argmax(-1)  # [B, V]
-            correct += (predicted == labels[:, None]).sum(0)
-            full_correct += int(((result.embedding.to(torch.float64) @ weights).argmax(-1) == labels).sum())
-    return Scores(bank.names, correct.tolist(), full_correct, report.loaded, weights.shape[1], len(stats.labels),
-                  fitted_on(stats.metadata, fingerprint(source)))
+            for t, (bank, w) in enumerate(zip(banks, weights)):
+                labels = tasks[t].truth(batch).to(device)
+                predicted = (bank.combine(result.components, cells) @ w).argmax(-1)  # [B, V]
+                correct[t] += (predicted == labels[:, None]).sum(0)
+                full_correct[t] += int(((result.embedding.to(torch.float64) @ w).argmax(-1) == labels).sum())
+    return [Scores(bank.names, c.tolist(), full, report.loaded, w.shape[1], len(stats.labels), in_sample)
+            for bank, c, full, w in zip(banks, correct, full_correct, weights)]
+
+
+def scored_tasks(tasks: Sequence[Task], scores: Sequence[Scores], stats: PieceStats) -> dict[str, dict[str, Any]]:
+    """What an analysis stores of `score_tasks`'s results, keyed by content (evaluate/stored_scores.py)."""
+    stored: dict[str, dict[str, Any]] = {}
+    for task, score in zip(tasks, scores):
+        key = task_key(task.weights, stats.labels, stats.mean, cls_cell_means(stats))
+        entry = stored.setdefault(key, {"count": score.count, "full_correct": score.full_correct,
+                                        "classes": score.classes, "variants": {}})
+        entry["variants"].update({variant_key(v.ablated, v.projected, v.cls): n
+                                  for v, n in zip(task.variants, score.correct)})
+    return stored
+
+
+def _stored(source: AnalyzedData, bank: VariantBank, variants: Sequence[Variant], weights: torch.Tensor,
+            stats: PieceStats, in_sample: bool | None) -> Scores:
+    key = task_key(weights, stats.labels, stats.mean, cls_cell_means(stats))
+    task = stored_task(source.path, key, [variant_key(v.ablated, v.projected, v.cls) for v in variants])
+    return Scores(bank.names, task["correct"], task["full_correct"], task["count"], task["classes"],
+                  len(stats.labels), in_sample)
+
+
+def _checked_weights(weights: torch.Tensor, stats: PieceStats, device: Any) -> torch.Tensor:
+    weights = torch.as_tensor(weights).to(device, torch.float64)
+    if weights.ndim != 2 or weights.shape[0] != stats.mean.shape[1]:
+        raise CliplensError(f"zero-shot weights must be [{stats.mean.shape[1]}, classes], got {tuple(weights.shape)}")
+    return weights
 
 
 def mean_ablation(

@@ -47,9 +47,10 @@ if TYPE_CHECKING:
     from ..lens import Lens
 
 METHODS = ("textspan", "svd", "omp", "random")
+BASELINE = "mean-ablation baseline"  # earlier heads mean-ablated, the analysed heads whole: what m texts approach
 Bases = dict[str, torch.Tensor]  # head label -> orthonormal basis [d, r]
 COLUMNS = SCHEMAS["reconstruction"]
-REFERENCE_ROWS = ("full model", "mean-ablation baseline", "chance")
+REFERENCE_ROWS = ("full model", BASELINE, "chance")
 # the share of singular-value mass that sets how many principal directions a head has (docs/methods/svd-poles.md)
 PRINCIPAL_MASS = 0.99
 
@@ -182,6 +183,45 @@ class ReconstructionResult:
     metadata: dict[str, Any]
 
 
+def reconstruction_variants(
+    lens: Lens,
+    stats: PieceStats,
+    text_embeddings: torch.Tensor,
+    texts: Sequence[str],
+    *,
+    methods: Sequence[str] = METHODS,
+    counts: Sequence[int] = (1, 2, 4, 8, 16),
+    num_last_layers: int = 4,
+    rank: int = 80,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[Variant]:
+    """The mean-ablation baseline, then one variant per method and m: everything fitted on `stats` (head
+    granularity: the means that replace earlier heads, the heads' statistics, the text selections) from the unit
+    embeddings [M, d] of the pool `texts`."""
+    stats = check_statistics(stats, lens)
+    check_methods(methods)
+    require_seed("seed", seed)
+    analysed, earlier = split_heads(stats.labels, num_last_layers)
+    dim = stats.mean.shape[1]
+    text_embeddings = torch.as_tensor(text_embeddings)
+    if text_embeddings.ndim != 2 or text_embeddings.shape != (len(texts), dim):
+        raise CliplensError(f"expected {len(texts)} text embeddings of dimension {dim}, "
+                            f"got {tuple(text_embeddings.shape)}")
+    counts = check_text_counts(counts, min(rank, dim, len(texts)))
+    builders = {
+        "textspan": lambda: textspan_bases(stats, analysed, text_embeddings, texts, counts, rank),
+        "svd": lambda: svd_bases(stats, analysed, text_embeddings, texts, counts),
+        "omp": lambda: omp_bases(stats, analysed, text_embeddings, counts, lens.device),
+        "random": lambda: random_bases(stats, analysed, len(texts), counts, rank, seed),
+    }
+    variants = [Variant(BASELINE, tuple(earlier))]
+    for method in progress_over(list(dict.fromkeys(methods)), "fit the reconstructions", "method", progress):
+        for m, bases in builders[method]().items():
+            variants.append(Variant(f"{method}:{m}", tuple(earlier), bases))
+    return variants
+
+
 def reconstruction_accuracy(
     lens: Lens,
     data: Any,
@@ -199,38 +239,17 @@ def reconstruction_accuracy(
     num_workers: int = 0,
     progress: bool = False,
 ) -> ReconstructionResult:
-    """Accuracy vs texts per head for each method, fitted on `stats` and evaluated in one pass over `data`.
-
-    `stats` (head granularity) supplies everything fitted: the means that replace earlier heads, the heads'
-    statistics and the text selections. `text_embeddings` [M, d] are the unit embeddings of the pool `texts`.
-    """
-    stats = check_statistics(stats, lens)
-    check_methods(methods)
-    require_seed("seed", seed)
+    """Accuracy vs texts per head for each method (`reconstruction_variants`), evaluated in one pass over `data`."""
+    variants = reconstruction_variants(lens, stats, text_embeddings, texts, methods=methods, counts=counts,
+                                       num_last_layers=num_last_layers, rank=rank, seed=seed, progress=progress)
     analysed, earlier = split_heads(stats.labels, num_last_layers)
-    dim = stats.mean.shape[1]
-    text_embeddings = torch.as_tensor(text_embeddings)
-    if text_embeddings.ndim != 2 or text_embeddings.shape != (len(texts), dim):
-        raise CliplensError(f"expected {len(texts)} text embeddings of dimension {dim}, "
-                            f"got {tuple(text_embeddings.shape)}")
-    counts = check_text_counts(counts, min(rank, dim, len(texts)))
-    builders = {
-        "textspan": lambda: textspan_bases(stats, analysed, text_embeddings, texts, counts, rank),
-        "svd": lambda: svd_bases(stats, analysed, text_embeddings, texts, counts),
-        "omp": lambda: omp_bases(stats, analysed, text_embeddings, counts, lens.device),
-        "random": lambda: random_bases(stats, analysed, len(texts), counts, rank, seed),
-    }
-    baseline = Variant("mean-ablation baseline", tuple(earlier))
-    variants = [baseline]
-    for method in progress_over(list(dict.fromkeys(methods)), "fit the reconstructions", "method", progress):
-        for m, bases in builders[method]().items():
-            variants.append(Variant(f"{method}:{m}", tuple(earlier), bases))
+    counts = check_text_counts(counts, min(rank, stats.mean.shape[1], len(texts)))
     scores = evaluate_variants(lens, data, variants, weights, stats, batch_size=batch_size, num_workers=num_workers,
                                progress=progress)
     images = scores.count
     rows = [
         _row("full model", "", scores.full_correct, images),
-        _row(baseline.name, "", scores.correct[0], images),
+        _row(BASELINE, "", scores.correct[0], images),
         {"method": "chance", "texts": "", "accuracy": scores.chance, "correct": "", "images": ""},
     ]
     for variant, correct in zip(variants[1:], scores.correct[1:]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from ..data.analyzed import AnalyzedData
 from ..data.loader import as_source, fingerprint
 from ..errors import CliplensError
 from ..stats.collect import PieceStats
@@ -28,9 +29,11 @@ def evaluation_source(data_path: Any, label: str | None) -> Any:
         return source
     from ..shapes import ShapesDataset
 
-    if not isinstance(source, ShapesDataset):
+    data = source.evaluated if isinstance(source, AnalyzedData) else source
+    if not isinstance(data, ShapesDataset):
         raise CliplensError("--label applies to shapes:<split> data; an image folder is labelled by its class folders")
-    return ShapesDataset(source.n, seed=source.seed, split=source.split, label=label, image_size=source.image_size)
+    relabelled = ShapesDataset(data.n, seed=data.seed, split=data.split, label=label, image_size=data.image_size)
+    return source.over(relabelled) if isinstance(source, AnalyzedData) else relabelled
 
 
 def default_reference(source: Any) -> tuple[Any, str]:
@@ -61,6 +64,8 @@ def reference_statistics(
         raise CliplensError("pass either --stats or --fit-path, not both")
     elif stats_path or fit_path:
         data, where = fit_path, stats_path or fit_path
+    elif isinstance(source, AnalyzedData):  # the statistics its fit pass collected
+        data, where, stats_path = None, source.path, source.path
     else:
         data, where = default_reference(source)
     stats = obtain_piece_stats(lens, stats_path, data, convention=convention, normalize=normalize,

@@ -47,6 +47,7 @@ def source_prompts(source: Any) -> tuple[list[str], str | tuple[str, ...]]:
     Shapes-world datasets use the world's own class phrases ("a red object") and held-out templates
     (`cliplens.shapes.prompts`); anything else uses its `classnames` with OpenAI's 80 ImageNet templates.
     """
+    source = getattr(source, "evaluated", source)  # an analysis's evaluation data (data/analyzed.py)
     classnames = getattr(source, "classnames", None)
     if not classnames:
         raise CliplensError(

@@ -23,33 +23,65 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CliplensError
 from ..version import __version__
-from .atomic import METADATA, interrupted, sha256_file, write_folder
+from .atomic import METADATA, interrupted, sha256_file, stamped_record, write_folder
 from .compat import require_match
 
 TENSORS = "tensors.safetensors"
+ANALYSIS = "analysis"  # the kind of a multi-part artifact: one `<part>.safetensors` per statistic, metadata in `parts`
 STAMP = {"package_version": str, "created": str, "files": dict}
 JSON_TYPES = {list: "a JSON list", type(None): "JSON null", str: "a JSON string", bool: "a JSON boolean",
               int: "a JSON number", float: "a JSON number"}
 
 
 def save_artifact(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
-    """Write tensors and metadata to the folder `path`, replacing a previous artifact there (and nothing else).
+    """Write tensors and metadata to the folder `path`, replacing a previous artifact there (and nothing else)."""
+    return write_folder(path, {TENSORS: _tensor_writer(tensors)}, metadata)
 
-    Tensors that share memory (safetensors refuses those) are written as copies."""
+
+def save_parts(path: str | os.PathLike, parts: Mapping[str, tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]],
+               record: Mapping[str, Any], extra: Mapping[str, Callable[[Path], Any]] | None = None) -> Path:
+    """Write several artifacts as one folder: part `name` keeps its tensors in `<name>.safetensors` and its metadata
+    under `parts[name]` of the folder's record (`extra` writes further files). `load_artifact(..., part=name)` reads
+    one back exactly as if it had been saved alone."""
+    writers = {f"{name}.safetensors": _tensor_writer(tensors) for name, (tensors, _) in parts.items()}
+    record = {**record, "parts": {name: dict(metadata) for name, (_, metadata) in parts.items()}}
+    return write_folder(path, {**writers, **(extra or {})}, record)
+
+
+def _tensor_writer(tensors: Mapping[str, torch.Tensor]) -> Callable[[Path], None]:
+    """Tensors as safetensors stores them (contiguous, on the CPU, shared memory written as copies)."""
     state, storages = {}, set()
     for name, tensor in tensors.items():
         tensor = tensor.detach().contiguous().cpu()
         storage = tensor.untyped_storage().data_ptr()
         state[name] = tensor.clone() if storage in storages else tensor
         storages.add(storage)
-    return write_folder(path, {TENSORS: lambda file: save_file(state, file)}, metadata)
+    return lambda file: save_file(state, file)
+
+
+def is_analysis(path: Any) -> bool:
+    """Whether `path` names a folder `cliplens analyze` wrote (cheap: reads its metadata.json only)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        return False
+    return (stamped_record(Path(path)) or {}).get("kind") == ANALYSIS
+
+
+def part_metadata(path: str | os.PathLike, part: str, hint: str) -> dict[str, Any]:
+    """The metadata of one part of a multi-part artifact, stamped as the whole folder is; `hint` says how to get a
+    missing part."""
+    record = read_metadata(path)
+    parts = record.get("parts")
+    if not isinstance(parts, dict) or not isinstance(parts.get(part), dict):
+        held = ", ".join(parts) if isinstance(parts, dict) and parts else "nothing"
+        raise CliplensError(f"{path} holds no {part!r} (it holds {held}); {hint}")
+    return {**parts[part], **{key: record[key] for key in STAMP}}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -108,18 +140,20 @@ def _check_release(path: Path, version: str) -> None:
 
 def load_artifact(
     path: str | os.PathLike, expect: Mapping[str, Any] | None = None,
-    fields: Mapping[str, type | tuple[type, ...]] | None = None,
+    fields: Mapping[str, type | tuple[type, ...]] | None = None, *, part: str | None = None, hint: str = "",
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an artifact; every key in `expect` must equal the stored metadata value, every key in `fields` must be
-    present with that type, and the tensors must be the ones the metadata was written with."""
+    """Read an artifact (or one `part` of a multi-part one); every key in `expect` must equal the stored metadata
+    value, every key in `fields` must be present with that type, and the tensors must be the ones the metadata was
+    written with."""
     path = Path(path)
-    metadata = read_metadata(path)
+    metadata = read_metadata(path) if part is None else part_metadata(path, part, hint)
     require_match(metadata, expect or {}, str(path))
     require_fields(path, metadata, fields or {})
-    file = path / TENSORS
-    digest = metadata["files"].get(TENSORS)
+    name = TENSORS if part is None else f"{part}.safetensors"
+    file = path / name
+    digest = metadata["files"].get(name)
     if not isinstance(digest, str):
-        raise CliplensError(f"{path / METADATA} records no digest of {TENSORS}; recompute the artifact")
+        raise CliplensError(f"{path / METADATA} records no digest of {name}; recompute the artifact")
     try:
         found = sha256_file(file)
     except OSError as exc:

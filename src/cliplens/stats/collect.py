@@ -14,7 +14,7 @@ import torch
 from ..data.loader import LoadReport, as_source, fingerprint
 from ..data.shards import Shard, shard_of
 from ..errors import CliplensError
-from ..io.artifacts import check_shapes, load_artifact, read_metadata, save_artifact
+from ..io.artifacts import ANALYSIS, check_shapes, load_artifact, part_metadata, read_metadata, save_artifact
 from ..io.compat import MODEL_KEY
 from ..settings import Settings
 from .accumulate import DenseReducer, HeadReducer, PairReducer, piece_from_state, piece_state
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 # What a pass can reduce: a ResNet's neuron pieces would need a [d, d] scatter per neuron (17 GB for RN50); ResNet
 # neurons are studied through their neuron×head pairs.
 COLLECTED = ("layer", "head", "pair")
+PIECES, PAIRS = "pieces", "pairs"  # the parts of an analysis (workflows/analysis.py) that hold these statistics
+ASK_AGAIN = "run `cliplens analyze` again asking for what this needs (see its --ask)"
 
 
 class PieceStats:
@@ -79,7 +81,11 @@ class PieceStats:
         return PieceStats(self.labels, moments, merged_metadata(self.metadata, other.metadata, moments.count), token_mean)
 
     def save(self, path: str | Path) -> Path:
-        return save_artifact(path, self.state(), {**self.metadata, "count": self.count, "labels": self.labels})
+        return save_artifact(path, *self.artifact())
+
+    def artifact(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, metadata) as saved, alone or as a part of an analysis."""
+        return self.state(), {**self.metadata, "count": self.count, "labels": self.labels}
 
     def state(self) -> dict[str, torch.Tensor]:
         """count, mean, scatter (and token_mean): the exact accumulators, as saved and as exchanged between ranks."""
@@ -145,7 +151,7 @@ def collect(
                 part = PairStats.from_state({**tensors, **_factors(stats)}, {"top_k": top_k})
             else:
                 part = PieceStats.from_state(stats.labels, tensors, {})
-            return _described(part, lens, settings, shard_of(source, Shard(rank, ranks.size)), report)
+            return described(part, lens, settings, shard_of(source, Shard(rank, ranks.size)), report)
 
         sent = {name: tensor for name, tensor in stats.state().items() if name not in _factors(stats)}
         return ranks.fold(sent, stats.report, rebuild)
@@ -172,12 +178,12 @@ def _collect_part(lens: Lens, part: Any, settings: Settings, top_k: int, checkpo
                                          description=f"collect {lens.name}", **stream_options):
             reducer.update(batch.images, batch.indices)
     if settings.granularity == "pair":
-        return _described(reducer.stats, lens, settings, part, report)
+        return described(reducer.stats, lens, settings, part, report)
     labels, moments, token_mean = reducer.finish()
-    return _described(PieceStats(labels, moments, {}, token_mean), lens, settings, part, report)
+    return described(PieceStats(labels, moments, {}, token_mean), lens, settings, part, report)
 
 
-def _described(stats: PieceStats | PairStats, lens: Lens, settings: Settings, part: Any,
+def described(stats: PieceStats | PairStats, lens: Lens, settings: Settings, part: Any,
                report: LoadReport) -> PieceStats | PairStats:
     """`stats` of one part, with the metadata that says what they are and which data they cover."""
     pairs = isinstance(stats, PairStats)
@@ -194,18 +200,25 @@ def _factors(stats: PieceStats | PairStats) -> dict[str, torch.Tensor]:
     return {f"factor.{name}": t for name, t in stats.factors.items()} if isinstance(stats, PairStats) else {}
 
 
-def load_stats(path: str | Path, lens: Lens | None = None, **expect: Any) -> PieceStats | PairStats:
-    """Read statistics; with `lens`, refuse ones made for another model; `expect` pins other settings."""
+def load_stats(path: str | Path, lens: Lens | None = None, *, part: str | None = None,
+               **expect: Any) -> PieceStats | PairStats:
+    """Read statistics (from `collect`, or the `part` of an analysis: its piece statistics unless it has only pair
+    ones); with `lens`, refuse ones made for another model; `expect` pins other settings."""
     if lens is not None:
         expect = {MODEL_KEY: lens.fingerprint, **expect}
-    kind = read_metadata(path).get("kind")
+    record = read_metadata(path)
+    if record.get("kind") == ANALYSIS:
+        part = part or (PIECES if PIECES in record.get("parts", {}) else PAIRS)
+        kind = part_metadata(path, part, ASK_AGAIN).get("kind")
+    else:
+        part, kind = None, record.get("kind")
     if kind not in ("piece-stats", "pair-stats"):
         raise CliplensError(f"{path} holds {kind!r}, not statistics; pass the folder `cliplens collect` wrote")
     if kind == "pair-stats":
-        tensors, metadata = load_artifact(path, expect, fields={"top_k": int})
+        tensors, metadata = load_artifact(path, expect, fields={"top_k": int}, part=part, hint=ASK_AGAIN)
         check_shapes(path, tensors, PairStats.STATE_SHAPES)
         return PairStats.from_state(tensors, metadata)
-    tensors, metadata = load_artifact(path, expect, fields={"labels": list})
+    tensors, metadata = load_artifact(path, expect, fields={"labels": list}, part=part, hint=ASK_AGAIN)
     labels = metadata["labels"]
     if not all(isinstance(label, str) for label in labels):
         raise CliplensError(f"{path}: its metadata labels are not all strings; recompute the artifact")

@@ -8,8 +8,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CliplensError
+from ..io.artifacts import is_analysis
 from ..io.compat import DATA_KEY
-from .collect import PieceStats, load_stats
+from .collect import PAIRS, PIECES, PieceStats, load_stats
 from .pairs import PairStats
 
 if TYPE_CHECKING:
@@ -26,10 +27,12 @@ def obtain_piece_stats(
     A setting left at None accepts what the artifact holds; collection then uses head granularity, the separate
     convention and unnormalised pieces. `spatial` asks for per-token means too (the CLS ablation's).
     """
+    if stats_path is None and is_analysis(data):
+        stats_path = data
     if stats_path is not None:
         given = dict(granularity=granularity, convention=convention, normalize=normalize)
         expect = {key: value for key, value in given.items() if value is not None}
-        stats = load_stats(stats_path, lens, **expect)
+        stats = load_stats(stats_path, lens, part=PIECES if is_analysis(stats_path) else None, **expect)
         if not isinstance(stats, PieceStats):
             raise CliplensError(f"{stats_path} holds ResNet pair statistics; collect with --granularity head")
         if spatial and stats.token_mean is None:
@@ -42,7 +45,7 @@ def obtain_piece_stats(
 
 def read_pair_stats(stats_path: str | os.PathLike, lens: Lens) -> PairStats:
     """Pair statistics from `cliplens collect --granularity pair`, refused if made for another model."""
-    stats = load_stats(stats_path, lens)
+    stats = load_stats(stats_path, lens, part=PAIRS if is_analysis(stats_path) else None)
     if not isinstance(stats, PairStats):
         raise CliplensError(f"{stats_path} holds piece statistics; collect with --granularity pair")
     return stats
@@ -54,6 +57,8 @@ def obtain_pair_stats(
 ) -> PairStats:
     """The pair statistics: read from `stats_path`, or collected over `fit_path` and saved to `save_to` at once (a
     failure in a later step then does not lose the pass)."""
+    if stats_path is None and is_analysis(fit_path):
+        stats_path = fit_path
     if stats_path is not None:
         return read_pair_stats(stats_path, lens)
     stats = lens.collect(fit_path, granularity="pair", top_k=top_k, batch_size=batch_size, num_workers=num_workers,

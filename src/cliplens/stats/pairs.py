@@ -167,7 +167,11 @@ class PairStats:
 
     # persistence -----------------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        return save_artifact(path, self.state(), {**self.metadata, "count": self.count, "top_k": self.top_k})
+        return save_artifact(path, *self.artifact())
+
+    def artifact(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, metadata) as saved, alone or as a part of an analysis."""
+        return self.state(), {**self.metadata, "count": self.count, "top_k": self.top_k}
 
     def state(self) -> dict[str, torch.Tensor]:
         return {

@@ -22,7 +22,7 @@ from ..data.shards import Shard, shard_of
 from ..decompose.finite import require_finite
 from ..decompose.second_order import FLOAT, SecondOrderBasis, SecondOrderEffects, SecondOrderLens
 from ..errors import CliplensError, require_positive_int
-from ..io.artifacts import check_shapes, load_artifact, read_metadata, save_artifact
+from ..io.artifacts import ANALYSIS, check_shapes, load_artifact, part_metadata, read_metadata, save_artifact
 from ..io.compat import MODEL_KEY
 from ..labels import mlp_label
 from ..settings import Settings
@@ -302,6 +302,10 @@ class SecondOrderStats:
     # persistence -----------------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Accumulators (enough to merge or recompute) plus the derived per-neuron results, for readers elsewhere."""
+        return save_artifact(path, *self.artifact())
+
+    def artifact(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, metadata) as saved, alone or as a part of an analysis."""
         tensors = self.state()
         if self.centre is not None:
             tensors["thresholds"] = self.thresholds
@@ -313,7 +317,7 @@ class SecondOrderStats:
                     "ranked": self.ranked, "heads": self.basis.heads, "sign_rule": SIGN_RULE,
                     "coordinates": f"{self.basis.num_heads} head coefficients (κ·s) then "
                                    f"{self.basis.offsets.shape[0]} shared offset coefficients"}
-        return save_artifact(path, tensors, metadata)
+        return tensors, metadata
 
     def state(self) -> dict[str, torch.Tensor]:
         """The exact accumulators: pass-1 moments and, once ranking started, the centre and the top-k lists."""
@@ -358,14 +362,24 @@ def _safe(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values > 0, values, torch.ones_like(values))
 
 
-def load_second_order(path: str | Path, lens: Lens) -> SecondOrderStats:
-    """Read statistics written by `SecondOrderStats.save`; refuses another model's, rebuilds the directions."""
-    metadata = read_metadata(path)
+def analysis_part(layer: int) -> str:
+    """The part of an analysis that holds MLP layer `layer`'s statistics."""
+    return f"second-order-L{layer}"
+
+
+def load_second_order(path: str | Path, lens: Lens, layer: int | None = None) -> SecondOrderStats:
+    """Read statistics written by `SecondOrderStats.save`, or layer `layer`'s from an analysis; refuses another
+    model's, rebuilds the directions."""
+    metadata, part = read_metadata(path), None
+    if metadata.get("kind") == ANALYSIS:
+        layers = [name for name in metadata.get("parts", {}) if name.startswith("second-order-L")]
+        part = analysis_part(layer) if layer is not None or len(layers) != 1 else layers[0]
+        metadata = part_metadata(path, part, f"run `cliplens analyze` again with --mlp-layer {layer}")
     if metadata.get("kind") != KIND:
         raise CliplensError(f"{path} holds {metadata.get('kind')!r}, not second-order statistics; pass the folder "
                             "`cliplens second-order` wrote")
     fields = {"layer": int, "scale": (int, float), "top_k": int}
-    tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint}, fields)
+    tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint}, fields, part=part)
     settings = Settings.from_metadata(metadata)
     basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), settings.convention).basis
     shapes = {"count": (1,), "ranked": (1,), "mean": ("F", "J+K"), "scatter": ("F", "J+K", "J+K")}
@@ -461,19 +475,19 @@ def collect_second_order(
                     raise CliplensError(f"the checkpoint in {checkpoint_dir} ranks from another centre than the "
                                         "merged first pass; delete it to start over")
                 report = run("ranking", *((resumed.report, resumed.position) if ranked else (LoadReport(), 0)))
-        stats.metadata, stats.report = _metadata(lens, stats, part, report), report
+        stats.metadata, stats.report = fit_metadata(lens, stats, part, report), report
         if ranks is None:
             return stats
 
         def rebuild(rank: int, tensors: dict[str, torch.Tensor], report: LoadReport) -> SecondOrderStats:
             part = SecondOrderStats.from_state(stats.basis, tensors, scale=scale, normalize=normalize, top_k=top_k)
-            part.metadata = _metadata(lens, part, shard_of(source, Shard(rank, ranks.size)), report)
+            part.metadata = fit_metadata(lens, part, shard_of(source, Shard(rank, ranks.size)), report)
             return part
 
         return ranks.fold(stats.state(), report, rebuild)
 
 
-def _metadata(lens: Lens, stats: SecondOrderStats, part: Any, report: LoadReport) -> dict[str, Any]:
+def fit_metadata(lens: Lens, stats: SecondOrderStats, part: Any, report: LoadReport) -> dict[str, Any]:
     """What the statistics of one part record about the model, the settings and the data read."""
     return {**lens.describe(), "architecture": lens.kind, **stats.settings.metadata(), "layer": stats.layer,
             **data_record(part, report)}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data.loader import recorded_data
 from .embed import embed_texts
 from .pools import get_pool, require_pool
 from .templates import resolve_templates
@@ -27,7 +28,7 @@ def pool_name(pool: str | os.PathLike | None, data_path: Any, usual_pool: str) -
     """The pool asked for, else the shapes vocabulary on `shapes:...` data, else `usual_pool`."""
     if pool is not None:
         return pool
-    return "shapes" if str(data_path).startswith("shapes:") else usual_pool
+    return "shapes" if str(recorded_data(data_path)).startswith("shapes:") else usual_pool
 
 
 def check_candidates(data_path: Any, usual_pool: str, *, pool: str | os.PathLike | None, pool_templates: str) -> None:

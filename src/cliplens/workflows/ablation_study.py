@@ -48,6 +48,16 @@ def check_request(components: Sequence[str], presets: Sequence[str]) -> None:
         raise CliplensError(f"unknown preset {unknown[0]!r}; choose from {', '.join(PRESETS)}")
 
 
+def study_variants(labels: Sequence[str], presets: Sequence[str], groups: Sequence[Sequence[str]]) -> list[Variant]:
+    """Nothing ablated, then each preset's variants (a variant two presets share, as mlps, once), then one per
+    pattern group."""
+    variants = [nothing_ablated()]
+    for preset in dict.fromkeys(presets):
+        named = {variant.name for variant in variants}
+        variants += [variant for variant in PRESETS[preset](labels)[1:] if variant.name not in named]
+    return variants + pattern_variants(labels, groups)
+
+
 def ablation_study(
     lens: Lens, data_path: Any, *, components: Sequence[str] = (), presets: Sequence[str] = (),
     stats_path: str | os.PathLike | None = None, fit_path: Any = None, mean_source: str = "reference",
@@ -68,11 +78,7 @@ def ablation_study(
                                         mean_source=mean_source, convention=convention, normalize=normalize,
                                         granularity=granularity, spatial="cls" in presets, batch_size=batch_size,
                                         num_workers=num_workers, progress=progress)
-    variants = [nothing_ablated()]
-    for preset in dict.fromkeys(presets):  # presets share variants (mlps): each is scored once
-        named = {variant.name for variant in variants}
-        variants += [variant for variant in PRESETS[preset](stats.labels)[1:] if variant.name not in named]
-    variants += pattern_variants(stats.labels, groups)
+    variants = study_variants(stats.labels, presets, groups)
     weights = source_classifier(lens, source, templates, progress=progress)
     scores = evaluate_variants(lens, source, variants, weights, stats, batch_size=batch_size,
                                num_workers=num_workers, progress=progress)

@@ -25,7 +25,9 @@ from ..explain.omp import DictNorm, SparseTextDecomposition, require_fewer_atoms
 from ..explain.unit_words import atom_count, word_rows
 from ..labels import neuron_label
 from ..stats.checkpoint import EVERY
-from ..stats.second_order import SecondOrderStats, collect_second_order
+from ..io.artifacts import is_analysis
+from ..io.compat import require_match
+from ..stats.second_order import SecondOrderStats, collect_second_order, load_second_order
 from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates
 
 if TYPE_CHECKING:
@@ -127,10 +129,15 @@ def second_order_study(
     source = None if eval_data_path is None else as_source(eval_data_path)
     if source is not None:
         classifier_prompts(source, templates)
-    stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
-                                 normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
-                                 progress=progress, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                                 resume=resume, distributed=None)
+    if is_analysis(data_path):  # its fit passes collected the layer with the same settings, or it is refused
+        stats = load_second_order(data_path, lens, mlp_layer)
+        require_match(stats.metadata, {"convention": convention, "scale": float(scale), "normalize": normalize,
+                                       "top_k": top_k}, f"the statistics of layer {mlp_layer} in {data_path}")
+    else:
+        stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
+                                     normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
+                                     progress=progress, checkpoint_dir=checkpoint_dir,
+                                     checkpoint_every=checkpoint_every, resume=resume, distributed=None)
     if stats is None:  # a torchrun rank other than 0
         return None
     if save_stats is not None:

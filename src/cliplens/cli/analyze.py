@@ -1,0 +1,79 @@
+"""`cliplens analyze`: one pass (two for second-order rankings) over the fit data and one over the evaluation data
+answer every question asked; the folder written stands in for the data in the commands that read it
+(docs/commands/analyze.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import CliplensError
+from ..evaluate.reconstruction import METHODS
+from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
+from ..workflows.ablation_study import PRESETS
+from ..workflows.analysis import QUESTIONS, analyze, check_data, plan_analysis, sample_plan
+from .options import Options, batch_options, load_lens, model_options, output_option, pool_options, templates_option
+from .reconstruct import parse_list
+
+
+@click.command("analyze")
+@model_options
+@click.option("--fit-path", default="shapes:test:512", show_default=True,
+              help="Data the statistics (means, covariances, rankings) are collected over.")
+@click.option("--data-path", default=None,
+              help="Labelled data the ablations and reconstructions are scored on [needed by ablate, reconstruct].")
+@batch_options
+@click.option("--ask", "questions", type=click.Choice(QUESTIONS), multiple=True,
+              help="A question to answer (repeat): statistics (heads, per token on ViTs), pairs (ResNet), "
+                   "second-order (with --mlp-layer), ablate (with --preset), reconstruct.")
+@click.option("--all", "every", is_flag=True,
+              help="Every question the model supports: second-order with --mlp-layer, ablate (every preset unless "
+                   "--preset) and reconstruct with --data-path.")
+@click.option("--mlp-layer", "mlp_layers", type=int, multiple=True, help="MLP layer for second-order (repeat).")
+@click.option("--preset", "presets", type=click.Choice(list(PRESETS)), multiple=True,
+              help="Ablation variants to score (repeat), as `cliplens ablate --preset`.")
+@click.option("--label", "labels", multiple=True,
+              help="shapes data: an attribute to classify (repeat; every evaluation is scored for each) "
+                   "[default: the data's own label].")
+@templates_option
+@pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES, uses_pool=lambda options: "reconstruct" in options["questions"])
+@click.option("--methods", default=",".join(METHODS), show_default=True,
+              help="Reconstruction methods, comma-separated, as `cliplens reconstruct`.")
+@click.option("--texts", default=None, help="Texts per head to sweep, as `cliplens reconstruct --texts`.")
+@click.option("--num-last-layers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Reconstruct the heads of this many last layers, as `cliplens reconstruct`.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (statistics, size on disk, passes, estimated time from "
+                                               "a few timed batches) and stop.")
+@output_option("cliplens-out/analyze")
+def command(model: Options, output_dir: Path, fit_path: str, data_path: str | None, batch_size: int,
+            num_workers: int, methods: str, texts: str | None, dry_run: bool, **options: Any) -> None:
+    """Collect every statistic and score every evaluation asked for, in the fewest passes over the data."""
+    try:
+        counts = None if texts is None else [int(item) for item in parse_list(texts, "texts")]
+    except ValueError:
+        raise CliplensError(f"--texts must be comma-separated integers, got {texts!r}") from None
+    lens = load_lens(model)
+    plan = plan_analysis(lens, methods=parse_list(methods, "methods"), texts=counts, scored=data_path is not None,
+                         **options)
+    check_data(plan, fit_path, data_path)
+    if dry_run:
+        sample = sample_plan(lens, fit_path, plan, batch_size=batch_size, num_workers=num_workers)
+        click.echo(f"{lens.name}: {', '.join(plan.questions)}; passes over the fit data: {plan.passes()['fit']}, "
+                   f"over the evaluation data: {plan.passes()['evaluation']}")
+        for part, size in sample["sizes"].items():
+            click.echo(f"  {part}: {size / 2**20:.1f} MiB")
+        click.echo(f"  fit passes: about {sample['fit_seconds']:.0f} s for {sample['images']} images "
+                   f"({sample['seconds_per_image_and_pass'] * 1e3:.1f} ms per image and pass, timed on a sample)"
+                   + ("; the evaluation pass costs about as much per image" if plan.evaluations else ""))
+        return
+    analysis = analyze(lens, fit_path, data_path, plan, batch_size=batch_size, num_workers=num_workers,
+                       progress=True)
+    path = analysis.save(output_dir / "analysis")
+    record = analysis.record
+    click.echo(f"{lens.name}: {record['fit']['images']} fit images in {record['passes']['fit']} pass(es), "
+               f"{record['evaluation']['variants'] if record['evaluation'] else 0} variants scored in "
+               f"{record['passes']['evaluation']} evaluation pass(es)")
+    click.echo(f"wrote {path}: pass it as --data-path (or --stats, --fit-path) to the commands that read it")

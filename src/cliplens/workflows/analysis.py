@@ -1,0 +1,231 @@
+"""Analyse once (docs/methods/analysis.md): every statistic and every zero-shot score asked for, from at most two
+passes over the fit data and one over the evaluation data; the call behind `cliplens analyze`.
+
+The fit passes (stats/fit_passes.py) collect what the explainers read. Between the passes everything an evaluation
+fits is fixed (ablation means, reconstruction bases chosen from text), so every variant of every question and label
+is scored in the one evaluation pass (evaluate/ablation.py `score_tasks`). The folder written holds each statistic as
+its own command would save it and the scores keyed by what was scored, so commands given the folder answer from it
+without touching an image.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch.utils.data import Subset
+
+from ..data.loader import as_source, fingerprint
+from ..decompose.second_order import check_layer
+from ..errors import CliplensError
+from ..evaluate.ablation import Task, score_tasks, scored_tasks
+from ..evaluate.reconstruction import METHODS, check_methods, check_text_counts, reconstruction_variants, split_heads
+from ..evaluate.reference import evaluation_source
+from ..evaluate.stored_scores import SCORES, scores_file
+from ..evaluate.zeroshot import classifier_prompts, source_classifier
+from ..io.artifacts import ANALYSIS, save_parts
+from ..settings import Settings
+from ..stats.collect import PAIRS, PIECES
+from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics
+from ..stats.second_order import analysis_part
+from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts, check_candidates
+from .ablation_study import PRESETS, study_variants
+from .reconstruction_study import powers_of_two
+
+if TYPE_CHECKING:
+    from ..lens import Lens
+
+QUESTIONS = ("statistics", "pairs", "second-order", "ablate", "reconstruct")
+EVALUATIONS = ("ablate", "reconstruct")
+SAMPLE_BATCHES = 2  # timed by a dry run
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an analysis collects and scores; checked against the model before any pass."""
+
+    questions: tuple[str, ...]
+    fit: FitRequest
+    presets: tuple[str, ...] = ()
+    labels: tuple[str | None, ...] = (None,)
+    methods: tuple[str, ...] = METHODS
+    texts: tuple[int, ...] | None = None
+    num_last_layers: int = 4
+    pool: str | os.PathLike | None = None
+    pool_size: int | None = None
+    pool_templates: str = HEAD_POOL_TEMPLATES
+    templates: str | None = None
+
+    @property
+    def evaluations(self) -> list[str]:
+        return [question for question in self.questions if question in EVALUATIONS]
+
+    def passes(self) -> dict[str, int]:
+        return {"fit": self.fit.passes(), "evaluation": 1 if self.evaluations else 0}
+
+
+def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, scored: bool = False,
+                  mlp_layers: Sequence[int] = (),
+                  presets: Sequence[str] = (), labels: Sequence[str] = (), methods: Sequence[str] = METHODS,
+                  texts: Sequence[int] | None = None, num_last_layers: int = 4, pool: str | os.PathLike | None = None,
+                  pool_size: int | None = None, pool_templates: str = HEAD_POOL_TEMPLATES,
+                  templates: str | None = None) -> Plan:
+    """The plan for `questions` (or every question this model supports, `every`; evaluations only when there is data
+    to score them on, `scored`), refused in one line where the model cannot answer one."""
+    vit = lens.kind == "vit"
+    if every:  # on a ViT: second-order with the layers named, evaluations with data to score on, every preset
+        questions = ["statistics", "pairs"] if not vit else ["statistics"] + ["second-order"] * bool(mlp_layers)
+        questions += list(EVALUATIONS) if vit and scored else []
+        presets = presets or tuple(PRESETS)
+    questions = tuple(dict.fromkeys(questions))
+    if not questions:
+        raise CliplensError(f"nothing to analyse: pass --ask ({', '.join(QUESTIONS)}) or --all")
+    unknown = [q for q in questions if q not in QUESTIONS]
+    if unknown:
+        raise CliplensError(f"unknown question {unknown[0]!r}; choose from {', '.join(QUESTIONS)}")
+    if not vit and any(q in ("second-order", *EVALUATIONS) for q in questions):
+        raise CliplensError("on a ResNet, analyze collects statistics and pairs; second-order, ablate and reconstruct "
+                            "read ViT pieces")
+    if vit and "pairs" in questions:
+        raise CliplensError("pairs exist for ResNet CLIP models only; ask a ViT for second-order neurons instead")
+    if ("second-order" in questions) != bool(mlp_layers):
+        raise CliplensError("second-order and --mlp-layer go together: name the MLP layers whose neurons to explain")
+    for layer in mlp_layers:
+        check_layer(lens.decomposer, layer)
+    unknown = [preset for preset in presets if preset not in PRESETS]
+    if unknown:
+        raise CliplensError(f"unknown preset {unknown[0]!r}; choose from {', '.join(PRESETS)}")
+    if "ablate" in questions and not presets:
+        raise CliplensError(f"ablate needs --preset ({', '.join(PRESETS)}): the variants to score")
+    if "reconstruct" in questions:
+        check_methods(methods)
+        split_heads(lens.decomposer.labels(Settings("head")), num_last_layers)
+        if texts is not None:
+            check_text_counts(texts, lens.spec.output_dim)
+    fit = FitRequest(pieces=True, pairs="pairs" in questions, mlp_layers=tuple(mlp_layers))
+    return Plan(questions, fit, tuple(presets), tuple(labels) or (None,), tuple(methods),
+                None if texts is None else tuple(texts), num_last_layers, pool, pool_size, pool_templates, templates)
+
+
+@dataclass
+class Analysis:
+    """The statistics, the stored scores and the record of one analysis."""
+
+    plan: Plan
+    fit: FitStatistics
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """One folder: a part per statistic (read back by `--stats`, `--fit-path` or `--data-path`) and the scores."""
+        parts = {}
+        if self.fit.pieces is not None:
+            parts[PIECES] = self.fit.pieces.artifact()
+        if self.fit.pairs is not None:
+            parts[PAIRS] = self.fit.pairs.artifact()
+        for layer, stats in self.fit.second_order.items():
+            parts[analysis_part(layer)] = stats.artifact()
+        text = scores_file(self.scores)
+        return save_parts(folder, parts, {"kind": ANALYSIS, **self.record},
+                          {SCORES: lambda file: file.write_text(text, encoding="utf-8")})
+
+
+def check_data(plan: Plan, fit_path: Any, data_path: Any) -> None:
+    """Refuse, before any pass, evaluation data that cannot be scored as asked."""
+    if plan.evaluations and data_path is None:
+        raise CliplensError(f"{' and '.join(plan.evaluations)} score zero-shot accuracy: pass the labelled evaluation "
+                            "data with --data-path")
+    for label in plan.labels if plan.evaluations else ():
+        classifier_prompts(evaluation_source(data_path, label), plan.templates)
+    if "reconstruct" in plan.questions:
+        check_candidates(fit_path, HEAD_POOL, pool=plan.pool, pool_templates=plan.pool_templates)
+
+
+def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, batch_size: int = 32, num_workers: int = 0,
+            progress: bool = False) -> Analysis:
+    """Collect the statistics of `plan` over `fit_path` and score its evaluations on `data_path`, in
+    `plan.passes()` passes."""
+    check_data(plan, fit_path, data_path)
+    started = time.perf_counter()
+    fit = fit_statistics(lens, fit_path, plan.fit, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    seconds = {"fit": time.perf_counter() - started}
+    analysis = Analysis(plan, fit)
+    evaluation = None
+    if plan.evaluations:
+        started = time.perf_counter()
+        tasks = evaluation_tasks(lens, plan, fit, fit_path, data_path, progress=progress)
+        source = as_source(data_path)
+        scores = score_tasks(lens, source, tasks, fit.pieces, batch_size=batch_size, num_workers=num_workers,
+                             progress=progress)
+        analysis.scores = scored_tasks(tasks, scores, fit.pieces)
+        seconds["evaluation"] = time.perf_counter() - started
+        evaluation = {"data": _spec(data_path), "fingerprint": fingerprint(source), "images": scores[0].count,
+                      "labels": list(plan.labels), "questions": plan.evaluations,
+                      "variants": sum(len(task.variants) for task in tasks)}
+    analysis.record = {
+        **lens.describe(), "architecture": lens.kind, "questions": list(plan.questions), "passes": plan.passes(),
+        "fit": {"data": _spec(fit_path), "fingerprint": fingerprint(as_source(fit_path)), "images": fit.pieces.count,
+                "mlp_layers": list(plan.fit.mlp_layers)},
+        "evaluation": evaluation, "presets": list(plan.presets), "seconds": seconds,
+    }
+    return analysis
+
+
+def evaluation_tasks(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_path: Any, *,
+                     progress: bool = False) -> list[Task]:
+    """Every variant the plan's evaluations score, one task per (question, label): all fixed before the pass."""
+    stats, variants = fit.pieces, {}
+    if "ablate" in plan.questions:
+        variants["ablate"] = study_variants(stats.labels, plan.presets, ())
+    if "reconstruct" in plan.questions:
+        _, texts, embeddings = candidate_texts(lens, fit_path, HEAD_POOL, pool=plan.pool, pool_size=plan.pool_size,
+                                               pool_templates=plan.pool_templates, progress=progress)
+        counts = plan.texts or powers_of_two(min(80, embeddings.shape[1], len(texts)))
+        variants["reconstruct"] = reconstruction_variants(lens, stats, embeddings, texts, methods=plan.methods,
+                                                          counts=counts, num_last_layers=plan.num_last_layers,
+                                                          progress=progress)
+    own = as_source(data_path)
+    tasks = []
+    for label in plan.labels:
+        source = evaluation_source(data_path, label)
+        weights = source_classifier(lens, source, plan.templates, progress=progress)
+        relabelled = None if getattr(source, "fingerprint", None) == getattr(own, "fingerprint", None) else source
+        tasks += [Task(group, weights, relabelled) for group in variants.values()]
+    return tasks
+
+
+def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
+                num_workers: int = 0) -> dict[str, Any]:
+    """What a dry run prints: each statistic's size on disk (exact: sizes do not grow with the images) and the time
+    of the passes, extrapolated from `SAMPLE_BATCHES` timed batches of the fit passes."""
+    source = as_source(fit_path)
+    sample = Subset(source, range(min(len(source), SAMPLE_BATCHES * batch_size)))
+    started = time.perf_counter()
+    fit = fit_statistics(lens, sample, plan.fit, batch_size=batch_size, num_workers=num_workers)
+    per_image_pass = (time.perf_counter() - started) / (len(sample) * fit.passes)
+    sizes = {}
+    if fit.pieces is not None:
+        sizes[PIECES] = _bytes(fit.pieces.artifact()[0])
+    if fit.pairs is not None:
+        sizes[PAIRS] = _bytes(fit.pairs.artifact()[0])
+    for layer, stats in fit.second_order.items():
+        sizes[analysis_part(layer)] = _bytes(stats.artifact()[0])
+    return {"sizes": sizes, "passes": plan.passes(), "images": len(source),
+            "seconds_per_image_and_pass": per_image_pass,
+            "fit_seconds": per_image_pass * len(source) * plan.fit.passes()}
+
+
+def _bytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+
+
+def _spec(data: Any) -> str | None:
+    """How the data was named, so the analysis can be read as data again (None for a Python dataset)."""
+    if isinstance(data, (str, os.PathLike)):
+        text = os.fspath(data)
+        return text if text.startswith(("shapes:", "waterbirds:", "stanford-cars:")) else os.path.abspath(text)
+    return None
