@@ -73,6 +73,8 @@ DATA = "shapes:test:4"
 # A tiny valid invocation of each command; an option given here is replaced when it is fuzzed.
 BASE: dict[str, dict[str, object]] = {
     "collect": {"--data-path": DATA, "--batch-size": "2"},
+    "analyze": {"--fit-path": DATA, "--data-path": DATA, "--ask": ["statistics", "ablate"], "--preset": ["cls"],
+                "--batch-size": "2"},
     "decompose": {"--data-path": DATA},
     "retrieve": {"--data-path": DATA, "--component": ["L1H2"], "--query-text": "a red shape", "--top": "2"},
     "textspan": {"--data-path": DATA, "--pool": "shapes", "--pool-size": "6", "--texts-per-head": "2",

@@ -21,10 +21,12 @@ from .reconstruct import parse_list
 
 @click.command("analyze")
 @model_options
-@click.option("--fit-path", default="shapes:test:512", show_default=True,
-              help="Data the statistics (means, covariances, rankings) are collected over.")
+@click.option("--fit-path", required=True,
+              help="Data the statistics (means, covariances, rankings) are collected over (no default, as None "
+                   "elsewhere: an analysis is of the data named).")
 @click.option("--data-path", default=None,
-              help="Labelled data the ablations and reconstructions are scored on [needed by ablate, reconstruct].")
+              help="Labelled data the ablations and reconstructions are scored on, needed by ablate and reconstruct "
+                   "(no default where other commands read shapes:test:512: only the data named is scored).")
 @batch_options
 @click.option("--ask", "questions", type=click.Choice(QUESTIONS), multiple=True,
               help="A question to answer (repeat): statistics (heads, per token on ViTs), pairs (ResNet), "
