@@ -90,7 +90,7 @@ def test_demo_runs_the_whole_pipeline_on_both_toys(small_demo):
     """The README's first command, end to end (at 64 images per set): every step's main output is written."""
     root, printed = small_demo
     tmp_path = root / "demo"
-    for path in ("vit-collect/stats/metadata.json", "vit-textspan/textspan.csv", "vit-reconstruct/reconstruction.png",
+    for path in ("vit-analyze/analysis/metadata.json", "rn-analyze/analysis/scores.json", "vit-textspan/textspan.csv", "vit-reconstruct/reconstruction.png",
                  "vit-ablate/ablation.csv", "vit-second-order/neuron_words_L1.csv",
                  "vit-second-order/ablation_L1.csv", "vit-retrieve/L1H2.png", "rn-pairs/pair_words.csv",
                  "rn-neuron-ablate/ablation.csv", "rn-retrieve/N342.png", "vit-components/edits.png",

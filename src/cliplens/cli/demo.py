@@ -28,23 +28,28 @@ Step = tuple[str, str, list[str]]
 def vit_steps(out: Path) -> list[Step]:
     """(title, subcommand, arguments) for toy:vit, in order; later steps reuse earlier artifacts."""
     vit = ["--model", "toy:vit"]
-    stats = str(out / "vit-collect" / "stats")
+    stats = str(out / "vit-analyze" / "analysis")
     return [
-        ("Statistics of every head of toy:vit (one streaming pass)", "collect",
-         vit + ["--data-path", FIT, "--spatial", "--output-dir", str(out / "vit-collect")]),
-        ("TextSpan: what each head writes, in the world's words", "textspan",
-         vit + ["--data-path", FIT, "--stats", stats, "--pool", "shapes", "--pool-templates", "photo",
-                "--texts-per-head", "5", "--num-last-layers", "4", "--output-dir", str(out / "vit-textspan")]),
-        ("Reconstruction accuracy on colour: every head rebuilt from m texts (TextSpan, SVD poles, OMP, random)",
-         "reconstruct",
-         vit + ["--data-path", EVAL, "--fit-path", FIT, "--label", "colour", "--num-last-layers", "4",
-                "--texts", "1,2,4,8", "--pool", "shapes", "--pool-templates", "photo",
-                "--output-dir", str(out / "vit-reconstruct")]),
-        ("Mean-ablation: CLS cells and MLPs (TextSpan's table), and attention layers from the bottom up", "ablate",
-         vit + ["--data-path", EVAL, "--fit-path", FIT, "--preset", "cls", "--preset", "layer-curve",
+        ("Analyse toy:vit once: statistics of every head and of MLP layer 1's neurons (two passes over the fit "
+         "images), every ablation and reconstruction scored in one pass over the evaluation images", "analyze",
+         vit + ["--fit-path", FIT, "--data-path", EVAL, "--ask", "statistics", "--ask", "second-order",
+                "--mlp-layer", "1", "--ask", "ablate", "--preset", "cls", "--preset", "layer-curve", "--ask",
+                "reconstruct", "--label", "shape", "--label", "colour", "--texts", "1,2,4,8", "--num-last-layers",
+                "4", "--pool", "shapes", "--pool-templates", "photo", "--output-dir", str(out / "vit-analyze")]),
+        ("TextSpan: what each head writes, in the world's words (from the analysis)", "textspan",
+         vit + ["--data-path", stats, "--pool", "shapes", "--pool-templates", "photo", "--texts-per-head", "5",
+                "--num-last-layers", "4", "--output-dir", str(out / "vit-textspan")]),
+        ("Reconstruction accuracy on colour: every head rebuilt from m texts (TextSpan, SVD poles, OMP, random), "
+         "scored by the analysis", "reconstruct",
+         vit + ["--data-path", stats, "--label", "colour", "--num-last-layers", "4", "--texts", "1,2,4,8", "--pool",
+                "shapes", "--pool-templates", "photo", "--output-dir", str(out / "vit-reconstruct")]),
+        ("Mean-ablation: CLS cells and MLPs (TextSpan's table), and attention layers from the bottom up, scored by "
+         "the analysis", "ablate",
+         vit + ["--data-path", stats, "--preset", "cls", "--preset", "layer-curve",
                 "--output-dir", str(out / "vit-ablate")]),
-        ("Second-order lens: the neurons of MLP layer 1 through the later heads, and their words", "second-order",
-         vit + ["--data-path", FIT, "--eval-data-path", EVAL, "--mlp-layer", "1", "--omp-atoms", "8",
+        ("Second-order lens: the neurons of MLP layer 1 through the later heads (from the analysis), their words and "
+         "ablations", "second-order",
+         vit + ["--data-path", stats, "--eval-data-path", EVAL, "--mlp-layer", "1", "--omp-atoms", "8",
                 "--output-dir", str(out / "vit-second-order")]),
         ("Zero-shot segmentation: heads and second-order maps next to attention, rollout, Grad-CAM and a centre prior",
          "segment",
@@ -82,10 +87,13 @@ def vit_steps(out: Path) -> list[Step]:
 
 def rn_steps(out: Path) -> list[Step]:
     rn = ["--model", "toy:rn"]
-    stats = str(out / "rn-pairs" / "pair_stats")
+    stats = str(out / "rn-analyze" / "analysis")
     return [
+        ("Analyse toy:rn once: statistics of its pool heads and of every neuron x head pair, one pass over the fit "
+         "images", "analyze",
+         rn + ["--fit-path", FIT, "--all", "--output-dir", str(out / "rn-analyze")]),
         ("ResNet neuron x head pairs of toy:rn: scores, words, 90 % of pairs mean-ablated", "pairs",
-         rn + ["--data-path", EVAL, "--fit-path", FIT, "--pool", "shapes", "--omp-atoms", "8", "--keep", "10",
+         rn + ["--data-path", EVAL, "--fit-path", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "10",
                "--output-dir", str(out / "rn-pairs")]),
         ("How few pairs or neurons toy:rn needs: accuracy with the top 1-50 % kept", "neuron-ablate",
          rn + ["--data-path", EVAL, "--stats", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "1",

@@ -5,7 +5,7 @@ pair's and neuron's principal direction (OMP over a text pool), and the zero-sho
 the top --keep % of pairs (or neurons) mean-ablated and with every pair rebuilt from its principal direction and from
 its words. A neuron's direction needs the covariance of its H coefficients, which the pair statistics do not hold, so
 it is accumulated during the evaluation pass: neuron words describe --data-path. Writes pair_stats (when collected
-here), pairs.csv, pair_words.csv, neuron_words.csv and ablation.csv.
+here), pairs.csv, pair_words.csv, neuron_words.csv, ablation.csv and metadata.json.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import click
 
 from ..evaluate.pair_ablation import check_keep
 from ..explain.tables import write_descriptions
+from ..io.compat import DATA_KEY
+from ..io.metadata import write_metadata
 from ..io.tables import write_table
 from ..workflows.pair_study import PAIR_ATOMS, pair_study
 from .options import (
@@ -44,6 +46,9 @@ def command(model: Options, output_dir: Path, keep: float, **options: Any) -> No
         if rows is not None:
             write_descriptions(output_dir / f"{name}.csv", rows)
     stats = study.stats
+    write_metadata(output_dir, {"command": "pairs", "model": lens.describe(), "keep_percent": keep,
+                                "statistics": {"count": stats.count, "top_k": stats.top_k,
+                                               DATA_KEY: stats.metadata.get(DATA_KEY)}})
     click.echo(f"{stats.heads * stats.neurons} pairs from {stats.count} images; kept {int(study.pair_mask.sum())} "
                f"pairs and {int(study.neuron_mask.sum())} neurons (top {keep:g}%); results in {output_dir}")
     if study.ablation is None:

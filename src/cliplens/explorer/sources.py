@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import CliplensError
-from ..io.artifacts import load_artifact
+from ..io.artifacts import ANALYSIS, load_artifact
 from ..io.atomic import METADATA, stamped_record
 from ..io.compat import MODEL_KEY, describe_model
 from ..labels import match_label, neuron_label, pair_label
@@ -121,12 +121,13 @@ def _command(run: Path, nested: bool = True) -> str:
 def _read_folder(findings: Findings, folder: Path) -> None:
     record = _json(folder / METADATA)
     kind = record.get("kind") if isinstance(record, dict) else None
-    if kind == "piece-stats":
-        _read_piece_stats(findings, folder)
-    elif kind == "pair-stats":
-        _read_pair_stats(findings, folder)
-    elif kind == "second-order-stats":
-        _read_second_order(findings, folder)
+    parts = record.get("parts") if kind == ANALYSIS else {None: record}  # an analysis holds several statistics
+    for part, held in parts.items() if isinstance(parts, dict) else ():
+        readers = {"piece-stats": _read_piece_stats, "pair-stats": _read_pair_stats,
+                   "second-order-stats": _read_second_order}
+        reader = readers.get(held.get("kind")) if isinstance(held, dict) else None
+        if reader is not None:
+            reader(findings, folder, part)
     if isinstance(record, dict) and record.get("command") == "ablate":
         _read_ablation(findings, folder, record)
     for table in sorted(folder.glob("*.csv")):
@@ -141,9 +142,9 @@ def _read_folder(findings: Findings, folder: Path) -> None:
 
 
 # statistics ---------------------------------------------------------------------------------------------------------
-def _read_piece_stats(findings: Findings, folder: Path) -> None:
+def _read_piece_stats(findings: Findings, folder: Path, part: str | None) -> None:
     """Variance and its share per piece (docs/methods/statistics.md); per-patch sizes of spatial statistics."""
-    stats = load_stats(folder)
+    stats = load_stats(folder, part=part)
     variance = torch.diagonal(stats.covariance, dim1=-2, dim2=-1).sum(-1)
     total = float(variance.sum()) or 1.0
     for label, value in zip(stats.labels, variance.tolist()):
@@ -163,9 +164,9 @@ def _read_piece_stats(findings: Findings, folder: Path) -> None:
         findings.unit(label)["tokens"] = {"side": side, "values": [round(value, 5) for value in row]}
 
 
-def _read_pair_stats(findings: Findings, folder: Path) -> None:
+def _read_pair_stats(findings: Findings, folder: Path, part: str | None) -> None:
     """ResNet neuron×head pairs: each pair's score (docs/methods/resnet-pairs.md#ablation) and coefficient spread."""
-    stats = load_stats(folder)
+    stats = load_stats(folder, part=part)
     scores, spread = stats.scores(), stats.coef_variance.clamp_min(0).sqrt()
     findings.shape["pool heads"] = stats.heads
     findings.shape["pool neurons"] = stats.neurons
@@ -175,10 +176,10 @@ def _read_pair_stats(findings: Findings, folder: Path) -> None:
             findings.score(pair_label(h, n), "coef_std", std)
 
 
-def _read_second_order(findings: Findings, folder: Path) -> None:
+def _read_second_order(findings: Findings, folder: Path, part: str | None) -> None:
     """Neurons of one MLP layer: their size, and the later heads their principal direction goes through most
     (the largest |head coordinates| of the top-k principal direction, docs/methods/second-order.md#statistics)."""
-    tensors, metadata = load_artifact(folder, fields={"layer": int, "heads": list})
+    tensors, metadata = load_artifact(folder, fields={"layer": int, "heads": list}, part=part)
     layer, heads = metadata["layer"], metadata["heads"]
     findings.shape["neurons"] = tensors["mean"].shape[0]
     if "mean_effects" in tensors:

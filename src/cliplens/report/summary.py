@@ -143,8 +143,20 @@ def statistics(folder: Path) -> list[str]:
             sorted(folder.glob("*/tensors.safetensors"))]
 
 
+def analysis(folder: Path) -> list[str]:
+    record = json.loads((folder / "analysis" / "metadata.json").read_text(encoding="utf-8"))
+    passes, evaluation = record["passes"], record["evaluation"]
+    scored = (f"; {evaluation['variants']} ablation and reconstruction variants scored for the labels "
+              f"{', '.join(str(label or 'of the data') for label in evaluation['labels'])} in {passes['evaluation']} "
+              f"pass over the {evaluation['images']} evaluation images" if evaluation else "")
+    return [f"`analysis/` holds {', '.join(record['parts'])}: {record['fit']['images']} fit images read in "
+            f"{passes['fit']} pass(es){scored}. The next steps pass it as `--data-path`, `--stats` or `--fit-path` "
+            "and read their statistics and scores from it instead of the images; each number equals the one the "
+            "step's own pass would give."]
+
+
 FINDINGS: dict[str, Callable[[Path], list[str]]] = {
-    "collect": statistics, "textspan": head_texts, "reconstruct": reconstruction, "ablate": ablation,
+    "collect": statistics, "analyze": analysis, "textspan": head_texts, "reconstruct": reconstruction, "ablate": ablation,
     "second-order": second_order, "retrieve": rankings, "pairs": pairs, "neuron-ablate": ablation,
 }
 
@@ -156,7 +168,7 @@ def kind_of(path: Path) -> str:
             header = tuple(next(csv.reader(stream)))
         return next((f"{kind} table" for kind, columns in SCHEMAS.items() if columns == header), "table")
     if path.name == "metadata.json":
-        return "record of the run" if not (path.parent / "tensors.safetensors").exists() else "artifact record"
+        return "record of the run" if not any(path.parent.glob("*.safetensors")) else "artifact record"
     return {".png": "image", ".safetensors": "artifact tensors", ".npy": "array"}.get(path.suffix, "file")
 
 
