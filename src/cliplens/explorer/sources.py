@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ..errors import CliplensError
 from ..io.artifacts import load_artifact
@@ -32,6 +33,8 @@ POLES = ("+", "-")
 WHOLE_TABLE_ROWS = 100  # a smaller table that is neither texts nor a ranking is about the model: shown whole
 LINKS_PER_NEURON = 3  # heads a neuron is linked to: the largest head coordinates of its principal direction
 LINKS_PER_HEAD = 20  # neurons listed on a head's page: those with the largest coordinates on it
+MAPS = "-maps"  # retrieve's maps over each top image: <label>-maps.safetensors and its overlay grid <label>-maps.png
+MAP_TENSORS = ("patches", "other_tokens", "index", "score")
 
 
 @dataclass
@@ -138,6 +141,36 @@ def _read_folder(findings: Findings, folder: Path) -> None:
             findings.images[name] = picture
             caption = f"{folder.name}/{picture.name}" + (f", query: {query!r}" if query else "")
             findings.unit(picture.stem).setdefault("images", []).append({"src": name, "caption": caption})
+    for numbers in sorted(folder.glob(f"*{MAPS}.safetensors")):
+        _read_maps(findings, numbers, query)
+
+
+def _read_maps(findings: Findings, path: Path, query: str | None) -> None:
+    """retrieve's per-token maps over a component's top images (docs/outputs.md#retrieve, docs/methods/retrieval.md
+    #maps): per image its position, score, patch map and the share of the tokens that are not places, with the grid
+    of the images with their maps drawn over them."""
+    label = path.name[: -len(f"{MAPS}.safetensors")]
+    if match_label(label) is None:
+        return
+    try:
+        with safe_open(path, "pt") as stored:
+            missing = [name for name in MAP_TENSORS if name not in stored.keys()]
+            if missing:
+                raise CliplensError(f"{path} holds no {', '.join(missing)}; rerun `cliplens retrieve` to rewrite it")
+            tensors = {name: stored.get_tensor(name) for name in MAP_TENSORS}
+            measure = (stored.metadata() or {}).get("measure", "")
+    except (OSError, SafetensorError) as exc:
+        raise CliplensError(f"cannot read {path} ({exc}); rerun `cliplens retrieve` to rewrite it") from None
+    patches = tensors["patches"].double()
+    entry = {"measure": measure, "side": patches.shape[-1], "caption": f"{path.parent.name}/{label}{MAPS}.png" + (
+        f", query: {query!r}" if query else ""), "images": [
+        {"index": int(index), "score": float(score), "other": float(other), "values": row.flatten().tolist()}
+        for index, score, other, row in zip(tensors["index"], tensors["score"], tensors["other_tokens"], patches)]}
+    overlay = path.with_name(f"{label}{MAPS}.png")
+    if overlay.is_file():
+        entry["src"] = f"thumb-{len(findings.images)}-{label}{MAPS}.png"
+        findings.images[entry["src"]] = overlay
+    findings.unit(label).setdefault("maps", []).append(entry)
 
 
 # statistics ---------------------------------------------------------------------------------------------------------
