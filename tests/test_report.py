@@ -55,10 +55,13 @@ def report(runs, tmp_path_factory) -> Path:
     return folder
 
 
-def head_texts(runs) -> list[str]:
+def head_rows(runs) -> list[dict[str, str]]:
     with open(runs["textspan"] / "textspan.csv", newline="") as stream:
-        return [row["description"] for row in csv.DictReader(stream)
-                if row["label"] == HEAD]
+        return [row for row in csv.DictReader(stream) if row["label"] == HEAD]
+
+
+def head_texts(runs) -> list[str]:
+    return [row["description"] for row in head_rows(runs)]
 
 
 def data(folder: Path, key: str) -> dict:
@@ -71,6 +74,9 @@ def test_report_joins_the_outputs_per_unit(report, runs):
     overview = data(report, "overview")
     assert overview["model"]["model"] == "toy:vit"
     assert overview["shape"]["layers"] == 4 and len(overview["grid"]["variance"]) == 4
+    kept = overview["grid"]["textspan variance kept"]  # the share of each head's variance its texts reconstruct
+    assert kept[3][1] == pytest.approx(sum(float(row["variance_explained"]) for row in head_rows(runs)), rel=1e-3)
+    assert all(value is None for row in kept[:3] for value in row) and all(0 < value <= 1 for value in kept[3])
     head = data(report, chunk_key(HEAD))[HEAD]
     assert [text for text, _ in head["texts"]["textspan"]] == head_texts(runs)
     assert head["scores"]["variance"] > 0 and head["tokens"]["side"] ** 2 == len(head["tokens"]["values"])

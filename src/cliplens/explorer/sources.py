@@ -28,6 +28,8 @@ from ..stats.collect import load_stats
 # columns of the tables read here (docs/outputs.md describes them)
 DESCRIPTION, METHOD, DIRECTION, POLE = "description", "method", "direction", "pole"
 TEXT_VALUES = ("similarity", "coefficient", "variance_explained")  # a description row fills the one its method gives
+TEXTSPAN, EXPLAINED = "textspan", "variance_explained"
+KEPT = "textspan variance kept"  # a head's score: the share of its variance its TextSpan texts reconstruct
 LABEL_COLUMNS = ("label", "piece", "component")  # the columns that name a row's unit
 POLES = ("+", "-")
 WHOLE_TABLE_ROWS = 100  # a smaller table that is neither texts nor a ranking is about the model: shown whole
@@ -273,11 +275,19 @@ def _plain(text: str) -> Any:
 
 
 def _read_descriptions(findings: Findings, rows: list[dict[str, str]]) -> None:
-    """Texts per unit and method (and principal direction), in rank order; SVD poles grouped by component and sign."""
+    """Texts per unit and method (and principal direction), in rank order; SVD poles grouped by component and sign.
+
+    A head's TextSpan shares sum to the share of its variance that its reconstruction from the texts keeps: each
+    share is the variance along a direction orthogonal to the earlier picks (docs/methods/textspan.md#outputs), so
+    they add up to tr(Q Σ Q) / tr Σ, 1 minus the reconstruction's relative squared error. One table gives it; a later
+    table of the same head replaces it rather than adds to it."""
+    kept: dict[str, float] = {}
     for row in rows:
         label = row_label(row)
         if label is None:
             continue
+        if row.get(METHOD) == TEXTSPAN:
+            kept[label] = kept.get(label, 0.0) + _number(row.get(EXPLAINED))
         value = next((_number(row[c]) for c in TEXT_VALUES if row.get(c)), math.nan)
         value = None if math.isnan(value) else round(value, 5)
         unit, method, direction = findings.unit(label), row.get(METHOD) or "texts", row.get(DIRECTION, "")
@@ -287,6 +297,8 @@ def _read_descriptions(findings: Findings, rows: list[dict[str, str]]) -> None:
         else:
             unit["texts"].setdefault(f"{method} pc{direction}" if direction else method, []).append(
                 [row[DESCRIPTION], value])
+    for label, share in kept.items():
+        findings.score(label, KEPT, share)
 
 
 def _read_ablation(findings: Findings, folder: Path, record: dict[str, Any]) -> None:
