@@ -86,7 +86,8 @@ def test_report_joins_the_outputs_per_unit(report, runs):
         ranked = [(int(row["index"]), float(row["score"])) for row in csv.DictReader(stream)]
     assert [image["index"] for image in maps["images"]] == [index for index, _ in ranked]
     assert [image["score"] for image in maps["images"]] == pytest.approx([score for _, score in ranked], rel=1e-3)
-    assert all(len(image["values"]) == maps["side"] ** 2 for image in maps["images"]) and (report / maps["src"]).is_file()
+    assert all(len(image["values"]) == maps["side"] ** 2 for image in maps["images"])
+    assert (report / maps["src"]).is_file()
     neurons = [label for label, _ in head["links"]]  # the layer-2 neurons whose principal direction runs through it
     assert neurons and all(re.fullmatch(r"L2N\d+", label) for label in neurons)
     neuron = data(report, chunk_key(neurons[0]))[neurons[0]]

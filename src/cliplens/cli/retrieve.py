@@ -1,4 +1,6 @@
-"""`cliplens retrieve`: the top images of a component as a CSV and a PNG grid (docs/methods/retrieval.md#scores), and\nmetadata.json saying which model, data and query made them."""
+"""`cliplens retrieve`: the top images of a component as a CSV and a PNG grid (docs/methods/retrieval.md#scores), where
+in each of them it acts (docs/methods/retrieval.md#maps), and metadata.json saying which model, data and query made
+them."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from ..apps.retrieval import retrieve, write_ranking, write_token_maps
 from ..io.metadata import write_metadata
 from ..stats.obtain import read_pair_stats
 from ..settings import CONVENTIONS
-from .options import Options, data_options, load_lens, model_options, output_option
+from .options import Options, data_options, load_lens, model_options, output_option, stats_option
 
 
 @click.command("retrieve")
@@ -26,8 +28,7 @@ from .options import Options, data_options, load_lens, model_options, output_opt
 @click.option("--query-image", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Image whose own head piece a ViT head's pieces are scored against.")
 @click.option("--cosine", is_flag=True, help="Score ViT heads by cosine instead of dot product.")
-@click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Pair statistics: their means centre the pair scores (and, on the same data, replace the pass).")
+@stats_option("Pair statistics: their means centre the pair scores (and, on the same data, replace the pass).")
 @click.option("--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True,
               help="Bias convention: whether neuron norms include their bias shares.")
 @click.option("--columns", type=click.IntRange(min=1), default=8, show_default=True, help="Thumbnails per grid row.")

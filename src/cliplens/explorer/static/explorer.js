@@ -194,7 +194,8 @@ const explorer = (() => {
         image.values[peak], patches, image.other];
     });
     return [
-      maps.src ? el("figure", {}, el("img", { src: maps.src, alt: "top images with their maps", class: "overlay-grid" }),
+      maps.src ? el("figure", {},
+        el("img", { src: maps.src, alt: "top images with their maps", class: "overlay-grid" }),
         el("figcaption", { text: maps.caption })) : null,
       el("p", { class: "note", text: `per patch: ${maps.measure}. The patches and the class, register or mean ` +
         "tokens (not places) sum to what the method page says; the grid draws the positive shares." }),
