@@ -2,11 +2,12 @@
 
 The inputs are synthesized (no model is run; statistics of ViT-H would be gigabytes): a `Findings` of the size the
 readers would produce for 32 layers × 16 heads and 32 MLP layers × 5,120 second-order neurons, with texts, SVD poles,
-per-patch maps, links and some top-image grids. `write_site` writes the same folder `cliplens report` would; the page
-is opened afresh (a new browser context each time, so nothing is cached) and timed from navigation start to the
-`overview-shown` mark explorer.js sets once the grid and every neuron strip are drawn. A toy-sized report (4 × 4
-heads, 1 × 256 neurons) is the baseline. Then: opening one neuron's page (its data file loads) and the first search
-(the index loads).
+per-patch maps, links and some top-image grids with retrieve's maps over each of their 16 images. `write_site` writes
+the same folder `cliplens report` would; the page is opened afresh (a new browser context each time, so nothing is
+cached) and timed from navigation start to the `overview-shown` mark explorer.js sets once the grid and every neuron
+strip are drawn. A toy-sized report (4 × 4 heads, 1 × 256 neurons) is the baseline. Then: opening one neuron's page
+(its data file loads), one head's page with its 16 per-image maps drawn (its layer's data file loads), and the first
+search (the index loads).
 
     python benchmarks/report_load.py [--repeats 5] [--keep FOLDER]
 """
@@ -56,6 +57,10 @@ def synthetic(layers: int, heads: int, neuron_layers: int, neurons: int, grids: 
         if index < grids:
             findings.images[f"thumb-{index}-{label}.png"] = picture
             unit["images"] = [{"src": f"thumb-{index}-{label}.png", "caption": "retrieve"}]
+            images = [{"index": int(i), "score": float(rng.random()), "other": float(rng.normal()),
+                       "values": rng.normal(size=256).tolist()} for i in rng.integers(0, 10**6, 16)]
+            unit["maps"] = [{"measure": "<p_t, q>", "side": 16, "caption": "retrieve", "images": images,
+                             "src": f"thumb-{index}-{label}.png"}]
     for layer in range(neuron_layers):
         for n in range(neurons):
             label = neuron_label(layer, n)
@@ -70,7 +75,8 @@ def synthetic(layers: int, heads: int, neuron_layers: int, neurons: int, grids: 
 def timings(index: Path, neuron: str, word: str, repeats: int) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
-    found: dict[str, list[float]] = {"first page (ms)": [], "neuron page (ms)": [], "first search (ms)": []}
+    found: dict[str, list[float]] = {"first page (ms)": [], "neuron page (ms)": [], "head page with maps (ms)": [],
+                                     "first search (ms)": []}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM)
         for _ in range(repeats):
@@ -84,6 +90,10 @@ def timings(index: Path, neuron: str, word: str, repeats: int) -> dict[str, list
             page.evaluate(f"location.hash = '{neuron}'")
             page.wait_for_selector(f"h1:text-is('{neuron}')")
             found["neuron page (ms)"].append(1000 * (time.perf_counter() - started))
+            started = time.perf_counter()
+            page.evaluate("location.hash = 'L0H0'")  # the first heads have grids and maps
+            page.wait_for_function("document.querySelectorAll('canvas.image-map').length === 16")
+            found["head page with maps (ms)"].append(1000 * (time.perf_counter() - started))
             started = time.perf_counter()
             page.fill("#search", word)
             page.wait_for_selector("#hits li")

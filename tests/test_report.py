@@ -55,10 +55,13 @@ def report(runs, tmp_path_factory) -> Path:
     return folder
 
 
-def head_texts(runs) -> list[str]:
+def head_rows(runs) -> list[dict[str, str]]:
     with open(runs["textspan"] / "textspan.csv", newline="") as stream:
-        return [row["description"] for row in csv.DictReader(stream)
-                if row["label"] == HEAD]
+        return [row for row in csv.DictReader(stream) if row["label"] == HEAD]
+
+
+def head_texts(runs) -> list[str]:
+    return [row["description"] for row in head_rows(runs)]
 
 
 def data(folder: Path, key: str) -> dict:
@@ -71,10 +74,20 @@ def test_report_joins_the_outputs_per_unit(report, runs):
     overview = data(report, "overview")
     assert overview["model"]["model"] == "toy:vit"
     assert overview["shape"]["layers"] == 4 and len(overview["grid"]["variance"]) == 4
+    kept = overview["grid"]["textspan variance kept"]  # the share of each head's variance its texts reconstruct
+    assert kept[3][1] == pytest.approx(sum(float(row["variance_explained"]) for row in head_rows(runs)), rel=1e-3)
+    assert all(value is None for row in kept[:3] for value in row) and all(0 < value <= 1 for value in kept[3])
     head = data(report, chunk_key(HEAD))[HEAD]
     assert [text for text, _ in head["texts"]["textspan"]] == head_texts(runs)
     assert head["scores"]["variance"] > 0 and head["tokens"]["side"] ** 2 == len(head["tokens"]["values"])
     assert (report / head["images"][0]["src"]).is_file()
+    maps = head["maps"][0]  # retrieve's map over each of its 8 top images, in the ranking's order
+    with open(runs["retrieve"] / f"{HEAD}.csv", newline="") as stream:
+        ranked = [(int(row["index"]), float(row["score"])) for row in csv.DictReader(stream)]
+    assert [image["index"] for image in maps["images"]] == [index for index, _ in ranked]
+    assert [image["score"] for image in maps["images"]] == pytest.approx([score for _, score in ranked], rel=1e-3)
+    assert all(len(image["values"]) == maps["side"] ** 2 for image in maps["images"])
+    assert (report / maps["src"]).is_file()
     neurons = [label for label, _ in head["links"]]  # the layer-2 neurons whose principal direction runs through it
     assert neurons and all(re.fullmatch(r"L2N\d+", label) for label in neurons)
     neuron = data(report, chunk_key(neurons[0]))[neurons[0]]
@@ -160,6 +173,9 @@ def test_report_in_a_browser(report, runs, tmp_path):
             image = page.locator("img.grid-image").first
             assert image.evaluate("img => img.complete && img.naturalWidth > 0")
             assert page.locator("canvas.tokens").count() == 1
+            overlays = page.locator("img.overlay-grid")  # the top images with their maps over them
+            assert overlays.count() == 1 and overlays.evaluate("img => img.complete && img.naturalWidth > 0")
+            assert page.locator("canvas.image-map").count() == 8  # one signed map per top image
             page.screenshot(path=tmp_path / "head.png", full_page=True)
             word = head_texts(runs)[0].split()[0].lower()
             page.fill("#search", word)

@@ -14,9 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from safetensors import safe_open
 
 import cliplens
-from cliplens.apps.retrieval import pair_ranking_from_stats, parse_component, retrieve, write_ranking
+from cliplens.apps.retrieval import (pair_ranking_from_stats, parse_component, retrieve, write_ranking,
+                                     write_token_maps)
 from cliplens.cli import retrieve as retrieve_cli
 from cliplens.errors import CliplensError
 from cliplens.report.grids import image_grid
@@ -159,7 +161,9 @@ def test_retrieve_command_writes_a_grid_per_component(lens, tmp_path, monkeypatc
     result = CliRunner().invoke(retrieve_cli.command, ["--data-path", str(folder), "--component", "H3N17",
                                                        "--component", "N5", "--top", "3", "--output-dir", str(out)])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert sorted(p.name for p in out.iterdir()) == ["H3N17.csv", "H3N17.png", "N5.csv", "N5.png", "metadata.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["H3N17-maps.png", "H3N17-maps.safetensors", "H3N17.csv",
+                                                     "H3N17.png", "N5-maps.png", "N5-maps.safetensors", "N5.csv",
+                                                     "N5.png", "metadata.json"]
     with open(out / "N5.csv", newline="") as stream:
         assert next(csv.DictReader(stream))["item"].endswith(".png")
 
@@ -181,3 +185,46 @@ def test_grid_titles_are_readable_and_wrap_instead_of_being_cut():
     long = "L1H2: top 2 by <p, q>, q = the text 'a blue object on a white checker background'"
     _, taller = title_rows(long)
     assert taller > height  # wrapped onto more lines, nothing cut off
+
+
+def map_sums(ranking):
+    """Each ranked image's map summed over every token: its patches and the tokens that are not places."""
+    return ranking.maps.patches.flatten(1).sum(1) + ranking.maps.other
+
+
+def test_token_maps_sum_to_the_scores_they_split(lens, data, oracle):
+    """A head's per-token shares sum to its score ⟨p, q⟩ (or its cosine); a pair's to s·‖u‖, its uncentred projection
+    on u/‖u‖; a neuron's (separate convention: no bias shares) to its norm."""
+    vit = tiny_vit_lens()
+    images = torch.randn(20, 3, 32, 32, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    vit_data = [(image, -1) for image in images]
+    by_text = retrieve(vit, vit_data, ["L2H1"], top=TOP, query_text="a red circle", batch_size=4, maps=True)["L2H1"]
+    assert by_text.maps.patches.shape == (TOP, 4, 4)  # 32-pixel images in 8-pixel patches
+    torch.testing.assert_close(map_sums(by_text), by_text.values, rtol=0, atol=TOL)
+    by_image = retrieve(vit, vit_data, ["L1H0"], top=TOP, query_image=images[3], cosine=True, maps=True)["L1H0"]
+    torch.testing.assert_close(map_sums(by_image), by_image.values, rtol=0, atol=TOL)
+
+    pairs = retrieve(lens, data, ["H3N17", "N40"], top=TOP, signed=True, convention="separate", maps=True)
+    pair, neuron = pairs["H3N17"], pairs["N40"]
+    u = lens.decomposer.out_weight[3] @ lens.decomposer.value_weight[3, :, 17]
+    s = torch.stack([lens.decompose(data[int(p)][0], granularity="pair").coefficients[0, 3, 17]
+                     for p in pair.positions])
+    torch.testing.assert_close(map_sums(pair), s * u.norm(), rtol=0, atol=TOL)
+    torch.testing.assert_close(map_sums(neuron), neuron.values, rtol=0, atol=TOL)
+    assert pair.maps.patches.shape == (TOP, 2, 2)
+
+
+def test_token_maps_are_written_as_numbers_and_an_overlay_grid(lens, data, tmp_path):
+    ranking = retrieve(lens, data, ["H1N2"], top=TOP, maps=True)["H1N2"]
+    numbers, grid = write_token_maps(tmp_path, ranking, data, columns=3)
+    assert (numbers.name, grid.name) == ("H1N2-maps.safetensors", "H1N2-maps.png")
+    with safe_open(numbers, "pt") as stored:
+        assert stored.metadata() == {"component": "H1N2", "measure": ranking.maps.measure, "ranked_by": ranking.score}
+        assert stored.get_tensor("index").tolist() == ranking.positions.tolist()
+        torch.testing.assert_close(stored.get_tensor("score"), ranking.values.double(), rtol=0, atol=0)
+        torch.testing.assert_close(stored.get_tensor("patches"), ranking.maps.patches.float(), rtol=0, atol=0)
+        assert stored.get_tensor("other_tokens").shape == (TOP,)
+    with Image.open(grid) as png:
+        assert png.width > 3 * 112 and png.height > 2 * 112  # 3 columns, 2 rows of overlays
+    with pytest.raises(CliplensError, match="maps=True"):
+        write_token_maps(tmp_path, retrieve(lens, data, ["H1N2"], top=TOP)["H1N2"], data)

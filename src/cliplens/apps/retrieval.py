@@ -8,25 +8,34 @@ Scores, all in embedding units:
 - pair H{h}N{n}: |s − s̄|·‖u‖, the centred pair's norm; signed, (s − s̄)·‖u‖, its projection on u/‖u‖;
 - neuron N{n}: ‖Σ_h r^{n,h}‖, uncentred, bias shares included in the reference convention (as the reference ranks);
 - ViT head L{l}H{h}: ⟨p_{l,h}(x), q⟩ (or the cosine) for a unit text embedding q, or q = the query image's piece.
+
+With `maps`, a second forward pass over each ranking's top images only gives where in each image the component acts
+(docs/methods/retrieval.md#maps): each token's share of its piece, projected on the direction the ranking measures.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+import torch.nn.functional as F
+from PIL import ImageOps
+from safetensors.torch import save_file
 
 from ..data.loader import as_source, describe_item, fingerprint, stream
 from ..errors import CliplensError, require_positive_int
+from ..io.atomic import replacing
 from ..io.compat import fitted_on, require_model
 from ..io.tables import SCHEMAS, write_table
 from ..labels import match_label, padding_hint, pair_label
-from ..report.grids import save_grid
+from ..report.grids import save_grid, to_image
+from ..report.overlays import heat_overlay
 from ..settings import Settings
 from ..stats.pairs import PairStats
+from .segmentation import head_token_scores, patch_start, to_grid
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -45,11 +54,21 @@ class Component:
 
 
 @dataclass(frozen=True)
+class TokenMaps:
+    """Where in each ranked image its component acts (docs/methods/retrieval.md#maps), best image first."""
+
+    measure: str  # what the values are, in words
+    patches: torch.Tensor  # [k, G, G]: each patch token's share, projected on the ranking's direction
+    other: torch.Tensor  # [k]: the share of the tokens that are not places (class and register tokens, mean token)
+
+
+@dataclass(frozen=True)
 class Ranking:
     component: str
     score: str  # what the values measure
     positions: torch.Tensor  # [k] dataset positions, best first
     values: torch.Tensor  # [k]
+    maps: TokenMaps | None = None  # with retrieve(..., maps=True)
 
 
 def parse_component(label: str, lens: Lens) -> Component:
@@ -82,6 +101,12 @@ def top_ranking(component: str, score: str, values: torch.Tensor, positions: tor
 
 def pair_score_name(signed: bool) -> str:
     return "(s - mean s)*|u|" if signed else "|s - mean s|*|u|"
+
+
+def pair_length(lens: Lens, head: int, neuron: int) -> torch.Tensor:
+    """‖u‖ of pair (head, neuron), u = W_o^h W_v^h[:, n], in float64 on the CPU."""
+    decomposer = lens.decomposer
+    return (decomposer.out_weight[head] @ decomposer.value_weight[head, :, neuron]).double().norm().cpu()
 
 
 def pair_ranking_from_stats(stats: PairStats, head: int, neuron: int, top: int, *, signed: bool = False) -> Ranking:
@@ -129,12 +154,14 @@ def retrieve(
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = False,
+    maps: bool = False,
 ) -> dict[str, Ranking]:
     """Top `top` images of `data` per component label, best first (see the module docstring for the scores).
 
     `stats` gives the pairs' means s̄ (otherwise they are the mean over `data`); when they were collected on `data`
     itself and keep at least `top` images, pairs are read from them without a pass. `convention` decides whether a
     neuron's norm includes its bias shares ("reference") or not ("separate"), and the ViT head pieces' LN shares.
+    `maps` adds each ranking's `TokenMaps`, from one more pass over its top images only.
     """
     require_positive_int("top", top)
     parsed = [parse_component(label, lens) for label in components]
@@ -162,13 +189,18 @@ def retrieve(
             rankings[component.label] = pair_ranking_from_stats(stats, *component.index, top, signed=signed)
         else:
             pending.append(component)
+    queries = {c.label: query_vector(lens, c, text=query_text, image=query_image, convention=convention)
+               for c in parsed if c.kind == "head"}
     if pending:
-        queries = {c.label: query_vector(lens, c, text=query_text, image=query_image, convention=convention)
-                   for c in pending if c.kind == "head"}
         asked = query_words(query_text, query_image)
         rankings.update(_scan(lens, source, pending, queries, top=top, signed=signed, cosine=cosine, stats=stats,
                               convention=convention, batch_size=batch_size, num_workers=num_workers,
                               progress=progress, query=asked))
+    if maps:
+        for c in parsed:
+            found = token_maps(lens, source, c, rankings[c.label], queries.get(c.label), cosine=cosine,
+                               convention=convention, batch_size=batch_size)
+            rankings[c.label] = replace(rankings[c.label], maps=found)
     return {c.label: rankings[c.label] for c in parsed}
 
 
@@ -196,9 +228,7 @@ def _scan(
         if c.kind == "pair":
             head, neuron = c.index
             mean = stats.coef_mean[head, neuron] if stats is not None else scores.mean()
-            decomposer = lens.decomposer
-            length = (decomposer.out_weight[head] @ decomposer.value_weight[head, :, neuron]).double().norm().cpu()
-            centred = (scores - mean) * length
+            centred = (scores - mean) * pair_length(lens, head, neuron)
             rankings[c.label] = top_ranking(c.label, pair_score_name(signed), centred if signed else centred.abs(),
                                             positions, top)
         else:
@@ -220,6 +250,51 @@ def _batch_values(component: Component, result: Any, query: torch.Tensor | None,
     if cosine:
         return pieces @ query / (pieces.norm(dim=1) * query.norm()).clamp_min(torch.finfo(pieces.dtype).tiny)
     return pieces @ query
+
+
+def token_maps(lens: Lens, source: Any, component: Component, ranking: Ranking, query: torch.Tensor | None, *,
+               cosine: bool, convention: str, batch_size: int) -> TokenMaps:
+    """Per ranked image, each token's share of the component's piece projected on the ranking's direction
+    (docs/methods/retrieval.md#maps); the images go through the model once more, `batch_size` at a time."""
+    items = [(_item_image(source, int(position)), -1) for position in ranking.positions]
+    rows = [_token_values(lens, batch.images, component, query, cosine, convention).double().cpu()
+            for batch in stream(lens, items, batch_size=batch_size)]
+    values, first = torch.cat(rows), patch_start(lens)  # [k, N]
+    return TokenMaps(_map_measure(component, cosine), to_grid(values[None, :, first:])[0], values[:, :first].sum(1))
+
+
+def _map_measure(component: Component, cosine: bool) -> str:
+    if component.kind == "pair":
+        return "A_hm T_mn |u|: token m's share of s*|u|, the pair's projection on u/|u|"
+    if component.kind == "neuron":
+        return "sum_h A_hm T_mn <u_hn, e>: token m's share of sum_h r^{n,h} on its own direction e"
+    return "<p_t, q>/(|p| |q|): token t's share of the cosine" if cosine else "<p_t, q>: token t's share of <p, q>"
+
+
+def _token_values(lens: Lens, images: torch.Tensor, component: Component, query: torch.Tensor | None, cosine: bool,
+                  convention: str) -> torch.Tensor:
+    """[B, N]: each source token's share of the component's ranking score for a batch (docs/methods/retrieval.md#maps);
+    a ResNet's pool tokens are the mean token then the spatial ones, a ViT's its class (and register) tokens first."""
+    decomposer = lens.decomposer
+    if component.kind == "head":
+        layer, head = component.index
+        factors = decomposer.factorise(images, Settings("head", spatial=True, convention=convention))
+        values = head_token_scores(factors, query[None], [(layer, head)])[:, 0]
+        if not cosine:
+            return values
+        piece = factors.coefficients[:, layer, head] @ factors.basis[layer, head]  # the tokens' sum
+        return values / (piece.norm(dim=1, keepdim=True) * query.norm()).clamp_min(torch.finfo(piece.dtype).tiny)
+    trace = decomposer.trace(images)
+    if component.kind == "pair":
+        head, neuron = component.index
+        return trace.attention[:, head] * trace.tokens[:, :, neuron] * pair_length(lens, head, neuron).to(images)
+    neuron = component.index[0]
+    result = decomposer.decompose(images, Settings("pair", convention=convention))
+    directions = decomposer.directions()[:, neuron]  # [H, O]
+    total = result.coefficients[:, :, neuron] @ directions + result.offsets.sum(0)  # [B, O], as ranked
+    unit = total / total.norm(dim=1, keepdim=True).clamp_min(torch.finfo(total.dtype).tiny)
+    along = unit @ directions.T  # [B, H]: each pair direction's coordinate on the neuron's
+    return torch.einsum("bhm,bm,bh->bm", trace.attention, trace.tokens[:, :, neuron], along)
 
 
 def ranking_rows(ranking: Ranking, data: Any) -> list[dict[str, Any]]:
@@ -253,6 +328,33 @@ def write_ranking_grid(path: str | os.PathLike, ranking: Ranking, data: Any, *, 
     captions = [f"#{row['index']}  {row['score']:.3g}" for row in rows]
     return save_grid(path, images, captions, columns=columns,
                      title=f"{ranking.component}: top {len(rows)} by {ranking.score}")
+
+
+def write_token_maps(directory: str | os.PathLike, ranking: Ranking, data: Any, *, columns: int = 8,
+                     size: int = 112) -> tuple[Path, Path]:
+    """`<component>-maps.safetensors` (the numbers, docs/outputs.md#retrieve) and `<component>-maps.png` (each top
+    image with its positive patch shares over it, red where largest, on one scale for all the component's images)."""
+    maps = ranking.maps
+    if maps is None:
+        raise CliplensError(f"the ranking of {ranking.component} has no token maps; retrieve it with maps=True")
+    directory = Path(directory)
+    numbers = directory / f"{ranking.component}-maps.safetensors"
+    tensors = {"patches": maps.patches.float().contiguous(), "other_tokens": maps.other.float().contiguous(),
+               "index": ranking.positions.long().contiguous(), "score": ranking.values.double().contiguous()}
+    with replacing(numbers) as staging:
+        save_file(tensors, staging, metadata={"component": ranking.component, "measure": maps.measure,
+                                              "ranked_by": ranking.score})
+    source = as_source(data)
+    positive = maps.patches.clamp_min(0)
+    scale = float(positive.max()) or 1.0
+    upsampled = F.interpolate(positive[:, None] / scale, size=(size, size), mode="bilinear", align_corners=False)
+    tiles = [heat_overlay(ImageOps.fit(to_image(_item_image(source, int(position))), (size, size)), heat[0])
+             for position, heat in zip(ranking.positions, upsampled)]
+    captions = [f"#{int(p)}  {float(v):.3g}" for p, v in zip(ranking.positions, ranking.values)]
+    title = (f"{ranking.component}: where it acts in its top {len(tiles)} images by {ranking.score}; red: the largest "
+             f"share ({scale:.3g}) of {maps.measure}")
+    return numbers, save_grid(directory / f"{ranking.component}-maps.png", tiles, captions, columns=columns,
+                              size=size, title=title)
 
 
 def _item_image(source: Any, position: int) -> Any:

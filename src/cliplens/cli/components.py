@@ -18,16 +18,15 @@ import click
 from ..evaluate.groups import PATTERN_HELP, split_patterns
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
 from ..workflows.component_study import component_study, write_components
-from .options import (Options, data_options, load_lens, model_options, needs, output_option, pool_options,
-                      templates_option)
+from .options import (Options, data_options, fit_path_option, load_lens, model_options, needs, output_option,
+                      pool_options, stats_option, templates_option)
 
 
 @click.command("components")
 @model_options
 @data_options
-@click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Read head statistics (from `cliplens collect`) instead of collecting them.")
-@click.option("--fit-path", default=None, help="Collect the statistics here [default: --data-path].")
+@stats_option("Head statistics from `cliplens collect`; collected here if omitted.")
+@fit_path_option
 @click.option("--heads", default=None,
               help=f"Heads to name and edit [default: the last layer (ViT), every pool head (ResNet)]: {PATTERN_HELP}.")
 @click.option("--query", "queries", multiple=True,

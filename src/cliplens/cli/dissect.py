@@ -16,7 +16,7 @@ from ..dissect.similarity import DEFAULT_SIMILARITY, MARGINALS, SIMILARITIES
 from ..dissect.targets import POOLS, TOKENS, default_layers, target_from_spec
 from ..errors import CliplensError
 from ..factory import load
-from .options import batch_options, output_option
+from .options import batch_options, device_option, output_option
 
 
 def _neuron(text: str, layers: list[str] | None) -> tuple[str, int]:
@@ -56,7 +56,7 @@ def _neuron(text: str, layers: list[str] | None) -> tuple[str, int]:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the embedding and activation caches [default: $CLIPLENS_CACHE/dissect].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write any cache.")
-@click.option("--device", default="cpu", show_default=True, help="torch device of the target and the judge, e.g. cuda.")
+@device_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Random init of a torchvision target; "
               "rank_reorder's permutations.")
 @batch_options

@@ -61,13 +61,16 @@ def grouped(name: str, keys: tuple[str, ...]) -> Callable:
 
 
 # loading the model ------------------------------------------------------------------------------------------------
+# --device: where the model runs (also in commands that load several models, or none of model_options' others).
+device_option = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+
 # --model --pretrained --device --precision --seed; the command receives them as one dict argument `model`.
 model_options = stacked([
     click.option("--model", default="toy:vit", show_default=True,
                  help="open_clip id (ViT-B-32), hf:<repo or folder>, or toy:vit / toy:rn."),
     click.option("--pretrained", default=None,
                  help="open_clip tag (openai) or checkpoint file; omit for the toys or a seeded random init."),
-    click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda."),
+    device_option,
     click.option("--precision", type=click.Choice(list(DTYPES)), default="fp32", show_default=True,
                  help="Number format of the weights and the arithmetic: fp64 for exact checks, fp16 or bf16 to save "
                       "memory on a GPU."),
@@ -157,10 +160,18 @@ def long_run_options(shard_help: str) -> Callable:
 CONVENTION_HELP = ("Bias convention: separate (one explicit `bias` piece) or reference (LayerNorm and bias shares "
                    "spread over the pieces, as the papers' code).")
 
+def stats_option(help: str) -> Callable:
+    """--stats: a statistics folder the command reads (to `stats_path`); `help` says which kind and what it replaces."""
+    return click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None, help=help)
+
+
+# --fit-path, where omitting it means in-sample statistics (commands whose means are not an evaluation's baseline).
+fit_path_option = click.option("--fit-path", default=None,
+                               help="Data to collect the statistics on (default: --data-path, i.e. in-sample means).")
+
 # --stats --convention --normalize: which per-piece statistics the command works from.
 statistics_options = stacked([
-    click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
-                 help="Statistics from `cliplens collect`; collected here over the fit data if omitted."),
+    stats_option("Statistics from `cliplens collect`; collected here over the fit data if omitted."),
     click.option("--convention", type=click.Choice(CONVENTIONS), default=None,
                  help="Bias convention of the pieces [default: the --stats artifact's, else separate]."),
     click.option("--normalize/--no-normalize", default=None,
@@ -187,10 +198,8 @@ evaluation_options = stacked([
 
 # --stats --fit-path --top-k --templates: where the pair statistics and the classifier come from.
 pair_fit_options = stacked([
-    click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
-                 help="Pair statistics from `cliplens collect --granularity pair`; collected here if omitted."),
-    click.option("--fit-path", default=None,
-                 help="Data to collect the statistics on (default: --data-path, i.e. in-sample means)."),
+    stats_option("Pair statistics from `cliplens collect --granularity pair`; collected here if omitted."),
+    fit_path_option,
     click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True,
                  help="Top images kept per pair when collecting (the reference uses 50)."),
     templates_option,

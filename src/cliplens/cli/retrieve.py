@@ -1,4 +1,6 @@
-"""`cliplens retrieve`: the top images of a component as a CSV and a PNG grid (docs/methods/retrieval.md#scores), and\nmetadata.json saying which model, data and query made them."""
+"""`cliplens retrieve`: the top images of a component as a CSV and a PNG grid (docs/methods/retrieval.md#scores), where
+in each of them it acts (docs/methods/retrieval.md#maps), and metadata.json saying which model, data and query made
+them."""
 
 from __future__ import annotations
 
@@ -7,11 +9,11 @@ from typing import Any
 
 import click
 
-from ..apps.retrieval import retrieve, write_ranking
+from ..apps.retrieval import retrieve, write_ranking, write_token_maps
 from ..io.metadata import write_metadata
 from ..stats.obtain import read_pair_stats
 from ..settings import CONVENTIONS
-from .options import Options, data_options, load_lens, model_options, output_option
+from .options import Options, data_options, load_lens, model_options, output_option, stats_option
 
 
 @click.command("retrieve")
@@ -26,14 +28,13 @@ from .options import Options, data_options, load_lens, model_options, output_opt
 @click.option("--query-image", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Image whose own head piece a ViT head's pieces are scored against.")
 @click.option("--cosine", is_flag=True, help="Score ViT heads by cosine instead of dot product.")
-@click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Pair statistics: their means centre the pair scores (and, on the same data, replace the pass).")
+@stats_option("Pair statistics: their means centre the pair scores (and, on the same data, replace the pass).")
 @click.option("--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True,
               help="Bias convention: whether neuron norms include their bias shares.")
 @click.option("--columns", type=click.IntRange(min=1), default=8, show_default=True, help="Thumbnails per grid row.")
 @output_option("cliplens-out/retrieve")
 def command(model: Options, **options: Any) -> None:
-    """Top images per ResNet pair or neuron, or per ViT head for a query text or image."""
+    """Top images per ResNet pair or neuron, or per ViT head for a query text or image, and where in each it acts."""
     lens = load_lens(model)
     stats = read_pair_stats(options["stats_path"], lens) if options["stats_path"] is not None else None
     data = options["data_path"]
@@ -41,13 +42,15 @@ def command(model: Options, **options: Any) -> None:
         lens, data, options["components"], top=options["top"], signed=options["signed"], cosine=options["cosine"],
         query_text=options["query_text"], query_image=options["query_image"], stats=stats,
         convention=options["convention"], batch_size=options["batch_size"], num_workers=options["num_workers"],
-        progress=True,
+        progress=True, maps=True,
     )
     output_dir: Path = options["output_dir"]
     for label, ranking in rankings.items():
         table, grid = write_ranking(output_dir, ranking, data, columns=options["columns"])
+        _, overlays = write_token_maps(output_dir, ranking, data, columns=options["columns"])
         best = ", ".join(f"#{int(p)} ({v:.3g})" for p, v in zip(ranking.positions[:3], ranking.values[:3].tolist()))
-        click.echo(f"{label}: top {len(ranking.positions)} by {ranking.score}: {best} ... -> {table.name}, {grid.name}")
+        click.echo(f"{label}: top {len(ranking.positions)} by {ranking.score}: {best} ... -> {table.name}, {grid.name}"
+                   f", {overlays.name}")
     write_metadata(output_dir, {"command": "retrieve", "model": lens.describe(), "data": str(data),
                                 "components": {label: ranking.score for label, ranking in rankings.items()},
                                 "query_text": options["query_text"], "top": options["top"]})

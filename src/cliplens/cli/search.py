@@ -13,7 +13,7 @@ from ..settings import CONVENTIONS
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
 from ..workflows.head_search import PLOT, PRECISION, head_search, write_search
 from .options import (CONVENTION_HELP, Options, data_options, load_lens, model_options, needs, output_option,
-                      pool_options)
+                      pool_options, stats_option)
 
 
 @click.command("search")
@@ -29,8 +29,7 @@ from .options import (CONVENTION_HELP, Options, data_options, load_lens, model_o
               help="Heads per --heads-for set when no :SIZE is given.")
 @click.option("--fit-path", default=None,
               help="Data TextSpan chooses heads on [default: the same shapes split drawn with seed + 1].")
-@click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Head statistics (`cliplens collect`) TextSpan chooses heads on, instead of --fit-path.")
+@stats_option("Head statistics (`cliplens collect`) TextSpan chooses heads on, instead of --fit-path.")
 @click.option("--query-image", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Find this image's nearest neighbours in each space.")
 @click.option("--query-text", default=None, help="Find the images nearest this text projected into each space's span.")

@@ -17,7 +17,8 @@ import click
 from ..evaluate.piece_edits import KINDS
 from ..evaluate.spurious import DEFAULT_KS, FIGURE, RANDOM_DRAWS, SUMMARY, write_spurious
 from ..workflows.spurious_study import check_concept, group_source, spurious_study
-from .options import Options, batch_options, before_body, load_lens, model_options, needs, output_option
+from .options import (Options, batch_options, before_body, load_lens, model_options, needs, output_option,
+                      stats_option)
 
 GROUP_DATA = "shapes:spurious-test[:<n>[:<seed>]] or waterbirds:<folder>[:<split>]"
 
@@ -40,8 +41,7 @@ def _check_before_loading(options: Options) -> None:
               help="Images whose piece means and covariances are used (waterbirds:<folder>:train); a training split of "
                    "its own, not None (the other commands' default: --data-path or a reseeded split), so that no "
                    "test or validation image is fitted.")
-@click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Read the statistics (head, or ResNet pair for --kind pairs) instead of collecting them.")
+@stats_option("Read the statistics (head, or ResNet pair for --kind pairs) instead of collecting them.")
 @click.option("--concept", required=True,
               help="Comma-separated texts of the spurious concept, e.g. 'water,lake,ocean,forest,bamboo'.")
 @click.option("--concept-templates", default="none", show_default=True,

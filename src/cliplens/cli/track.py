@@ -10,7 +10,8 @@ import click
 
 from ..data.cars import STANFORD_CARS_PREFIX
 from ..workflows.tracking import PLOT, SUMMARY, TABLE, track_concept, write_tracking
-from .options import Options, batch_options, load_lens, model_options, needs, needs_for_data, output_option
+from .options import (Options, batch_options, load_lens, model_options, needs, needs_for_data, output_option,
+                      stats_option)
 
 
 @click.command("track")
@@ -26,8 +27,7 @@ from .options import Options, batch_options, load_lens, model_options, needs, ne
 @click.option("--select", type=click.IntRange(min=1), default=2, show_default=True, help="Heads to select.")
 @click.option("--fit-path", default=None,
               help="Data the heads are selected on [default: the same shapes split drawn with seed + 1].")
-@click.option("--stats", "stats_path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Head statistics (`cliplens collect`) to select on instead of --fit-path.")
+@stats_option("Head statistics (`cliplens collect`) to select on instead of --fit-path.")
 @click.option("--group", default="year", show_default=True,
               help="Metadata to group by: year, colour, shape, ... (shapes); year, colour, convertible (cars).")
 @click.option("--attribute", default=None, help="NAME=VALUE whose rate per group is plotted and correlated, e.g. "

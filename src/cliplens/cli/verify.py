@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..workflows.verify import TOLERANCE, verify
-from .options import load_lens
+from .options import device_option, load_lens
 
 
 @click.command("verify")
@@ -18,7 +18,7 @@ from .options import load_lens
               help="Images of random pixels.")
 @click.option("--shapes-images", type=click.IntRange(min=0, max=64), default=2, show_default=True,
               help="Shapes-world images.")
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@device_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random images and a random init.")
 def command(model: str, pretrained: str | None, random_images: int, shapes_images: int, device: str,
             seed: int) -> None:

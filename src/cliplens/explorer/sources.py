@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ..errors import CliplensError
 from ..io.artifacts import ANALYSIS, load_artifact
@@ -27,11 +28,15 @@ from ..stats.collect import load_stats
 # columns of the tables read here (docs/outputs.md describes them)
 DESCRIPTION, METHOD, DIRECTION, POLE = "description", "method", "direction", "pole"
 TEXT_VALUES = ("similarity", "coefficient", "variance_explained")  # a description row fills the one its method gives
+TEXTSPAN, EXPLAINED = "textspan", "variance_explained"
+KEPT = "textspan variance kept"  # a head's score: the share of its variance its TextSpan texts reconstruct
 LABEL_COLUMNS = ("label", "piece", "component")  # the columns that name a row's unit
 POLES = ("+", "-")
 WHOLE_TABLE_ROWS = 100  # a smaller table that is neither texts nor a ranking is about the model: shown whole
 LINKS_PER_NEURON = 3  # heads a neuron is linked to: the largest head coordinates of its principal direction
 LINKS_PER_HEAD = 20  # neurons listed on a head's page: those with the largest coordinates on it
+MAPS = "-maps"  # retrieve's maps over each top image: <label>-maps.safetensors and its overlay grid <label>-maps.png
+MAP_TENSORS = ("patches", "other_tokens", "index", "score")
 
 
 @dataclass
@@ -139,6 +144,36 @@ def _read_folder(findings: Findings, folder: Path) -> None:
             findings.images[name] = picture
             caption = f"{folder.name}/{picture.name}" + (f", query: {query!r}" if query else "")
             findings.unit(picture.stem).setdefault("images", []).append({"src": name, "caption": caption})
+    for numbers in sorted(folder.glob(f"*{MAPS}.safetensors")):
+        _read_maps(findings, numbers, query)
+
+
+def _read_maps(findings: Findings, path: Path, query: str | None) -> None:
+    """retrieve's per-token maps over a component's top images (docs/outputs.md#retrieve, docs/methods/retrieval.md
+    #maps): per image its position, score, patch map and the share of the tokens that are not places, with the grid
+    of the images with their maps drawn over them."""
+    label = path.name[: -len(f"{MAPS}.safetensors")]
+    if match_label(label) is None:
+        return
+    try:
+        with safe_open(path, "pt") as stored:
+            missing = [name for name in MAP_TENSORS if name not in stored.keys()]
+            if missing:
+                raise CliplensError(f"{path} holds no {', '.join(missing)}; rerun `cliplens retrieve` to rewrite it")
+            tensors = {name: stored.get_tensor(name) for name in MAP_TENSORS}
+            measure = (stored.metadata() or {}).get("measure", "")
+    except (OSError, SafetensorError) as exc:
+        raise CliplensError(f"cannot read {path} ({exc}); rerun `cliplens retrieve` to rewrite it") from None
+    patches = tensors["patches"].double()
+    entry = {"measure": measure, "side": patches.shape[-1], "caption": f"{path.parent.name}/{label}{MAPS}.png" + (
+        f", query: {query!r}" if query else ""), "images": [
+        {"index": int(index), "score": float(score), "other": float(other), "values": row.flatten().tolist()}
+        for index, score, other, row in zip(tensors["index"], tensors["score"], tensors["other_tokens"], patches)]}
+    overlay = path.with_name(f"{label}{MAPS}.png")
+    if overlay.is_file():
+        entry["src"] = f"thumb-{len(findings.images)}-{label}{MAPS}.png"
+        findings.images[entry["src"]] = overlay
+    findings.unit(label).setdefault("maps", []).append(entry)
 
 
 # statistics ---------------------------------------------------------------------------------------------------------
@@ -241,11 +276,19 @@ def _plain(text: str) -> Any:
 
 
 def _read_descriptions(findings: Findings, rows: list[dict[str, str]]) -> None:
-    """Texts per unit and method (and principal direction), in rank order; SVD poles grouped by component and sign."""
+    """Texts per unit and method (and principal direction), in rank order; SVD poles grouped by component and sign.
+
+    A head's TextSpan shares sum to the share of its variance that its reconstruction from the texts keeps: each
+    share is the variance along a direction orthogonal to the earlier picks (docs/methods/textspan.md#outputs), so
+    they add up to tr(Q Σ Q) / tr Σ, 1 minus the reconstruction's relative squared error. One table gives it; a later
+    table of the same head replaces it rather than adds to it."""
+    kept: dict[str, float] = {}
     for row in rows:
         label = row_label(row)
         if label is None:
             continue
+        if row.get(METHOD) == TEXTSPAN:
+            kept[label] = kept.get(label, 0.0) + _number(row.get(EXPLAINED))
         value = next((_number(row[c]) for c in TEXT_VALUES if row.get(c)), math.nan)
         value = None if math.isnan(value) else round(value, 5)
         unit, method, direction = findings.unit(label), row.get(METHOD) or "texts", row.get(DIRECTION, "")
@@ -255,6 +298,8 @@ def _read_descriptions(findings: Findings, rows: list[dict[str, str]]) -> None:
         else:
             unit["texts"].setdefault(f"{method} pc{direction}" if direction else method, []).append(
                 [row[DESCRIPTION], value])
+    for label, share in kept.items():
+        findings.score(label, KEPT, share)
 
 
 def _read_ablation(findings: Findings, folder: Path, record: dict[str, Any]) -> None:

@@ -169,6 +169,41 @@ const explorer = (() => {
       `${format(hi)} (dark)` }));
   }
 
+  function diverging(t) {  // -1 blue, 0 white, +1 red: a map's signed shares
+    const end = t < 0 ? [33, 102, 172] : [178, 24, 43], a = Math.min(Math.abs(t), 1);
+    return end.map((c) => Math.round(255 + (c - 255) * a));
+  }
+
+  function imageMaps(maps) {  // retrieve's maps over each top image: the overlay grid, then each image's signed map
+    const side = maps.side;
+    const reach = maps.images.reduce((most, image) => image.values.reduce((m, v) => Math.max(m, Math.abs(v)), most), 0)
+      || 1;
+    const rows = maps.images.map((image, rank) => {
+      const canvas = el("canvas", { width: side, height: side, class: "image-map",
+        title: `#${image.index}: red positive, blue negative, ±${format(reach)} full colour` });
+      const context = canvas.getContext("2d");
+      const pixels = context.createImageData(side, side);
+      let peak = 0;
+      image.values.forEach((v, i) => {
+        pixels.data.set([...diverging(v / reach), 255], 4 * i);
+        if (v > image.values[peak]) peak = i;
+      });
+      context.putImageData(pixels, 0, 0);
+      const patches = image.values.reduce((sum, v) => sum + v, 0);
+      return [rank, `#${image.index}`, image.score, canvas, `${Math.floor(peak / side)}, ${peak % side}`,
+        image.values[peak], patches, image.other];
+    });
+    return [
+      maps.src ? el("figure", {},
+        el("img", { src: maps.src, alt: "top images with their maps", class: "overlay-grid" }),
+        el("figcaption", { text: maps.caption })) : null,
+      el("p", { class: "note", text: `per patch: ${maps.measure}. The patches and the class, register or mean ` +
+        "tokens (not places) sum to what the method page says; the grid draws the positive shares." }),
+      el("div", { class: "scroll" }, table(["rank", "image", "score", "map (signed)", "peak patch (row, col)",
+        "peak share", "patches' sum", "other tokens"], rows)),
+    ].filter((part) => part != null);
+  }
+
   function showUnit(label, unit) {
     const parts = [el("p", {}, el("a", { href: "#", text: "← overview" })), el("h1", { text: label })];
     const scores = Object.entries(unit.scores);
@@ -187,7 +222,10 @@ const explorer = (() => {
         el("figure", {}, el("img", { src: image.src, alt: `top images of ${label}`, class: "grid-image" }),
           el("figcaption", { text: image.caption }))));
     }
-    if (unit.tokens) parts.push(el("h2", { text: "Where in the image it reads" }), tokenMap(unit.tokens));
+    for (const maps of unit.maps || []) {
+      parts.push(el("h2", { text: "Where it acts in each top image" }), ...imageMaps(maps));
+    }
+    if (unit.tokens) parts.push(el("h2", { text: "Where in the image it reads, on average" }), tokenMap(unit.tokens));
     if (unit.ablations) {
       parts.push(el("h2", { text: "Mean-ablation" }), table(["variant", "pieces removed with it", "accuracy",
         "full model"], unit.ablations.map((a) => [a.variant, a.pieces.length, a.accuracy, a.full])));
