@@ -156,8 +156,8 @@ def analysis(folder: Path) -> list[str]:
 
 
 FINDINGS: dict[str, Callable[[Path], list[str]]] = {
-    "collect": statistics, "analyze": analysis, "textspan": head_texts, "reconstruct": reconstruction, "ablate": ablation,
-    "second-order": second_order, "retrieve": rankings, "pairs": pairs, "neuron-ablate": ablation,
+    "collect": statistics, "analyze": analysis, "textspan": head_texts, "reconstruct": reconstruction,
+    "ablate": ablation, "second-order": second_order, "retrieve": rankings, "pairs": pairs, "neuron-ablate": ablation,
 }
 
 
