@@ -123,13 +123,16 @@ def test_commands_reading_the_analysis_give_the_numbers_of_their_own_passes(tmp_
         run(*command, *FP64, "--data-path", EVAL, *separately, "--output-dir", tmp_path / "own")
         assert (tmp_path / "read" / table).read_text() == (tmp_path / "own" / table).read_text(), command[0]
         passes.clear()
-    for table, command in (("textspan.csv", ["textspan", "--pool", "shapes", "--num-last-layers", "2"]),
-                           ("neurons_L1.csv", ["second-order", "--mlp-layer", "1", "--omp-atoms", "0", "--grids",
-                                               "0"])):
-        run(*command, *FP64, "--data-path", analysis, "--output-dir", tmp_path / "read")
-        assert not passes, f"{command[0]} streamed images although the analysis holds its statistics"
-        run(*command, *FP64, "--data-path", FIT, "--output-dir", tmp_path / "own")
-        assert (tmp_path / "read" / table).read_text() == (tmp_path / "own" / table).read_text(), command[0]
+    second_order = ["second-order", "--mlp-layer", "1", "--omp-atoms", "0", "--grids", "0"]
+    for tables, command, evaluation in ((["textspan.csv"], ["textspan", "--pool", "shapes", "--num-last-layers", "2"],
+                                         {}),
+                                        (["neurons_L1.csv", "ablation_L1.csv"], second_order,
+                                         {analysis: ["--eval-data-path", analysis], FIT: ["--eval-data-path", EVAL]})):
+        run(*command, *FP64, "--data-path", analysis, *evaluation.get(analysis, []), "--output-dir", tmp_path / "read")
+        assert not passes, f"{command[0]} streamed images although the analysis holds its statistics and scores"
+        run(*command, *FP64, "--data-path", FIT, *evaluation.get(FIT, []), "--output-dir", tmp_path / "own")
+        for table in tables:
+            assert (tmp_path / "read" / table).read_text() == (tmp_path / "own" / table).read_text(), table
         passes.clear()
 
     # What the analysis did not score or hold is refused in one line, never answered from something else.

@@ -25,7 +25,8 @@ from .reconstruct import parse_list
               help="Data the statistics (means, covariances, rankings) are collected over (no default, as None "
                    "elsewhere: an analysis is of the data named).")
 @click.option("--data-path", default=None,
-              help="Labelled data the ablations and reconstructions are scored on, needed by ablate and reconstruct "
+              help="Labelled data the ablations and reconstructions are scored on, needed by ablate and reconstruct, "
+                   "and second-order layers are ablated on when given "
                    "(no default where other commands read shapes:test:512: only the data named is scored).")
 @batch_options
 @click.option("--ask", "questions", type=click.Choice(QUESTIONS), multiple=True,

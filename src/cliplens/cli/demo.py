@@ -47,9 +47,9 @@ def vit_steps(out: Path) -> list[Step]:
          "the analysis", "ablate",
          vit + ["--data-path", stats, "--preset", "cls", "--preset", "layer-curve",
                 "--output-dir", str(out / "vit-ablate")]),
-        ("Second-order lens: the neurons of MLP layer 1 through the later heads (from the analysis), their words and "
-         "ablations", "second-order",
-         vit + ["--data-path", stats, "--eval-data-path", EVAL, "--mlp-layer", "1", "--omp-atoms", "8",
+        ("Second-order lens: the neurons of MLP layer 1 through the later heads, their words, and their ablations "
+         "(statistics and scores from the analysis)", "second-order",
+         vit + ["--data-path", stats, "--eval-data-path", stats, "--mlp-layer", "1", "--omp-atoms", "8",
                 "--output-dir", str(out / "vit-second-order")]),
         ("Zero-shot segmentation: heads and second-order maps next to attention, rollout, Grad-CAM and a centre prior",
          "segment",

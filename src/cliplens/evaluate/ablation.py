@@ -223,37 +223,52 @@ class Task:
 def score_tasks(lens: Lens, data: Any, tasks: Sequence[Task], stats: PieceStats, *, batch_size: int = 32,
                 num_workers: int = 0, progress: bool = False) -> list[Scores]:
     """`evaluate_variants` for several classifiers at once (an analysis's labels): one decomposition per batch."""
-    stats = check_statistics(stats, lens)
+    scorer = VariantScorer(lens, tasks, stats)
     source = as_source(data)
-    device = lens.device
-    banks = [VariantBank(task.variants, stats.labels, stats.mean.to(device), cls_cell_means(stats)) for task in tasks]
-    weights = [_checked_weights(task.weights, stats, device) for task in tasks]
-    in_sample = fitted_on(stats.metadata, fingerprint(source))
+    in_sample = fitted_on(scorer.stats.metadata, fingerprint(source))
     if isinstance(source, AnalyzedData):
-        return [_stored(source, bank, task.variants, w, stats, in_sample) for bank, task, w in
-                zip(banks, tasks, weights)]
-    settings = replace(stats.settings, spatial=False)  # the CLS cells' means come from spatial statistics
-    correct = [torch.zeros(len(bank.names), dtype=torch.long, device=device) for bank in banks]
-    full_correct, report = [0] * len(tasks), LoadReport()
-    tokens = any(bank.uses_cls for bank in banks)
+        return [_stored(source, bank, task.variants, w, scorer.stats, in_sample) for bank, task, w in
+                zip(scorer.banks, tasks, scorer.weights)]
+    report = LoadReport()
     with torch.no_grad():
         for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
                             description=f"ablate {lens.name}", labelled=True, report=report):
-            cells = None
-            factors = lens.decomposer.factorise(batch.images, settings, tokens=True) if tokens else None
-            if factors is not None:
-                result, cells = lens.decomposer.group(factors), lens.decomposer.cls_cells(factors)
-            else:
-                result = lens.decomposer.decompose(batch.images, settings)
-            if result.labels != stats.labels:
-                raise CliplensError("the statistics' pieces do not match this model's decomposition; recollect them")
-            for t, (bank, w) in enumerate(zip(banks, weights)):
-                labels = tasks[t].truth(batch).to(device)
-                predicted = (bank.combine(result.components, cells) @ w).argmax(-1)  # [B, V]
-                correct[t] += (predicted == labels[:, None]).sum(0)
-                full_correct[t] += int(((result.embedding.to(torch.float64) @ w).argmax(-1) == labels).sum())
-    return [Scores(bank.names, c.tolist(), full, report.loaded, w.shape[1], len(stats.labels), in_sample)
-            for bank, c, full, w in zip(banks, correct, full_correct, weights)]
+            scorer.update(batch)
+    return scorer.scores(report.loaded, in_sample)
+
+
+class VariantScorer:
+    """The running correct counts of every task's variants, one batch at a time."""
+
+    def __init__(self, lens: Lens, tasks: Sequence[Task], stats: PieceStats):
+        self.lens, self.tasks, self.stats = lens, list(tasks), check_statistics(stats, lens)
+        device = lens.device
+        self.banks = [VariantBank(task.variants, stats.labels, stats.mean.to(device), cls_cell_means(stats))
+                      for task in tasks]
+        self.weights = [_checked_weights(task.weights, stats, device) for task in tasks]
+        self.correct = [torch.zeros(len(bank.names), dtype=torch.long, device=device) for bank in self.banks]
+        self.full_correct = [0] * len(tasks)
+        self.settings = replace(stats.settings, spatial=False)  # the CLS cells' means come from spatial statistics
+        self.tokens = any(bank.uses_cls for bank in self.banks)
+
+    def update(self, batch: Any) -> None:
+        decomposer, cells = self.lens.decomposer, None
+        if self.tokens:
+            factors = decomposer.factorise(batch.images, self.settings, tokens=True)
+            result, cells = decomposer.group(factors), decomposer.cls_cells(factors)
+        else:
+            result = decomposer.decompose(batch.images, self.settings)
+        if result.labels != self.stats.labels:
+            raise CliplensError("the statistics' pieces do not match this model's decomposition; recollect them")
+        for t, (task, bank, w) in enumerate(zip(self.tasks, self.banks, self.weights)):
+            labels = task.truth(batch).to(self.lens.device)
+            predicted = (bank.combine(result.components, cells) @ w).argmax(-1)  # [B, V]
+            self.correct[t] += (predicted == labels[:, None]).sum(0)
+            self.full_correct[t] += int(((result.embedding.to(torch.float64) @ w).argmax(-1) == labels).sum())
+
+    def scores(self, count: int, in_sample: bool | None) -> list[Scores]:
+        return [Scores(bank.names, c.tolist(), full, count, w.shape[1], len(self.stats.labels), in_sample)
+                for bank, c, full, w in zip(self.banks, self.correct, self.full_correct, self.weights)]
 
 
 def scored_tasks(tasks: Sequence[Task], scores: Sequence[Scores], stats: PieceStats) -> dict[str, dict[str, Any]]:

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data.analyzed import AnalyzedData
 from ..data.loader import LoadReport, as_source, fingerprint, stream
 from ..decompose.second_order import FLOAT, SecondOrderEffects, SecondOrderLens
 from ..io.compat import fitted_on, require_model
 from ..labels import mlp_label
 from ..stats.second_order import SecondOrderStats
+from .stored_scores import second_order_key, stored_second_order
 from .zeroshot import predict
 
 if TYPE_CHECKING:
@@ -90,30 +92,60 @@ class SecondOrderAblation:
                 for name in VARIANTS]
 
 
-@torch.no_grad()
+class SecondOrderBoard:
+    """The running counts of `second_order_ablation`, one batch at a time (an analysis's evaluation pass feeds several
+    boards from one forward)."""
+
+    def __init__(self, lens: Lens, stats: SecondOrderStats, weights: torch.Tensor):
+        require_model(stats.metadata, lens.fingerprint, "the second-order statistics")
+        self.stats = stats
+        self.lens = SecondOrderLens(lens.decomposer, stats.layer, stats.convention, basis=stats.basis)
+        self.weights = weights.to(device=stats.basis.neurons.device, dtype=FLOAT)
+        self.correct, self.significant, self.count = dict.fromkeys(VARIANTS, 0), 0.0, 0
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        effects = self.lens(images, scale=self.stats.scale, normalize=self.stats.normalize)
+        labels = labels.to(self.weights.device)
+        variants, mask = _variants(effects, self.stats)
+        for name, representation in variants.items():
+            self.correct[name] += int((predict(representation, self.weights) == labels).sum())
+        self.significant += float(mask.double().sum())
+        self.count += len(labels)
+
+    def key(self) -> str:
+        """What an analysis stores this board's counts under (evaluate/stored_scores.py)."""
+        stats = self.stats
+        settings = {"layer": stats.layer, "scale": stats.scale, "normalize": stats.normalize,
+                    "convention": stats.convention}
+        return second_order_key(self.weights, settings, stats.centre, stats.thresholds, stats.principal_directions)
+
+    def stored(self) -> dict[str, Any]:
+        return {"count": self.count, "correct": dict(self.correct), "significant": self.significant}
+
+    def result(self, source: Any, skipped: int) -> SecondOrderAblation:
+        stats = self.stats
+        metadata = {"eval_fingerprint": fingerprint(source), "fit_fingerprint": stats.metadata.get("data_fingerprint"),
+                    "in_sample": fitted_on(stats.metadata, fingerprint(source)), "skipped": skipped}
+        return SecondOrderAblation(stats.layer, {name: hits / self.count for name, hits in self.correct.items()},
+                                   self.count, self.significant / (self.count * stats.basis.num_neurons), metadata,
+                                   stats.basis.num_neurons)
+
+
 def second_order_ablation(
     lens: Lens, stats: SecondOrderStats, data: Any, weights: torch.Tensor, *, batch_size: int = 32,
     num_workers: int = 0, progress: bool = False,
 ) -> SecondOrderAblation:
-    """Stream the labelled evaluation `data` once; zero-shot accuracy of every variant with classifier `weights`."""
-    require_model(stats.metadata, lens.fingerprint, "the second-order statistics")
-    second_order = SecondOrderLens(lens.decomposer, stats.layer, stats.convention, basis=stats.basis)
+    """Stream the labelled evaluation `data` once; zero-shot accuracy of every variant with classifier `weights`.
+    Given an analysis as `data`, what its evaluation pass stored for these statistics and weights."""
+    board = SecondOrderBoard(lens, stats, weights)
     source = as_source(data)
+    if isinstance(source, AnalyzedData):
+        entry = stored_second_order(source.path, board.key(), stats.layer)
+        board.correct, board.count, board.significant = entry["correct"], entry["count"], entry["significant"]
+        return board.result(source, entry.get("skipped", 0))
     report = LoadReport()
-    correct = dict.fromkeys(VARIANTS, 0)
-    significant = 0.0
-    weights = weights.to(device=stats.basis.neurons.device, dtype=FLOAT)
     for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
                         description=f"neuron ablation {mlp_label(stats.layer)}", labelled=True, report=report):
-        effects = second_order(batch.images, scale=stats.scale, normalize=stats.normalize)
-        labels = batch.labels.to(weights.device)
-        variants, mask = _variants(effects, stats)
-        for name, representation in variants.items():
-            correct[name] += int((predict(representation, weights) == labels).sum())
-        significant += float(mask.double().sum())
-    metadata = {"eval_fingerprint": fingerprint(source), "fit_fingerprint": stats.metadata.get("data_fingerprint"),
-                "in_sample": fitted_on(stats.metadata, fingerprint(source)),
-                "skipped": len(report.skipped)}
-    return SecondOrderAblation(stats.layer, {name: hits / report.loaded for name, hits in correct.items()},
-                               report.loaded, significant / (report.loaded * stats.basis.num_neurons), metadata,
-                               stats.basis.num_neurons)
+        board.update(batch.images, batch.labels)
+    return board.result(source, len(report.skipped))

@@ -46,14 +46,36 @@ def variant_key(ablated: Sequence[str], projected: Mapping[str, torch.Tensor], c
     return _digest(json.dumps(sorted(ablated)).encode(), b"cls" if cls else b"", *bases)
 
 
-def stored_task(folder: str | os.PathLike, key: str, variant_keys: Sequence[str]) -> dict[str, Any]:
-    """{count, full_correct, classes, correct: [per variant]} of a task the analysis in `folder` scored."""
+def second_order_key(weights: torch.Tensor, settings: Mapping[str, Any], *fitted: torch.Tensor) -> str:
+    """A zero-shot classifier scored against one layer's second-order statistics (their settings and the tensors its
+    variants are built from: centre, thresholds, principal directions)."""
+    return _digest(_bytes(weights), json.dumps(dict(settings), sort_keys=True).encode(), *map(_bytes, fitted))
+
+
+def _section(folder: str | os.PathLike, section: str) -> dict[str, Any]:
     path = Path(folder) / SCORES
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))["tasks"]
+        found = json.loads(path.read_text(encoding="utf-8"))[section]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CliplensError(f"{path} cannot be read as stored scores ({exc}); run `cliplens analyze` again") from exc
-    task = tasks.get(key) if isinstance(tasks, dict) else None
+    if not isinstance(found, dict):
+        raise CliplensError(f"{path} holds no {section} scores; run `cliplens analyze` again")
+    return found
+
+
+def stored_second_order(folder: str | os.PathLike, key: str, layer: int) -> dict[str, Any]:
+    """{count, correct: {variant: n}, significant} of the second-order ablation the analysis in `folder` scored."""
+    entry = _section(folder, "second_order").get(key)
+    if not isinstance(entry, dict):
+        raise CliplensError(f"{folder} scored no second-order ablation of layer {layer} with this classifier and "
+                            f"these statistics; ask `cliplens analyze` for second-order --mlp-layer {layer} with "
+                            "evaluation data (and the same --label and --templates)")
+    return entry
+
+
+def stored_task(folder: str | os.PathLike, key: str, variant_keys: Sequence[str]) -> dict[str, Any]:
+    """{count, full_correct, classes, correct: [per variant]} of a task the analysis in `folder` scored."""
+    task = _section(folder, "tasks").get(key)
     if not isinstance(task, dict):
         raise CliplensError(f"{folder} scored no zero-shot task with this classifier and these means (another "
                             "--label, --templates or statistics?); ask `cliplens analyze` for this evaluation")
@@ -64,6 +86,7 @@ def stored_task(folder: str | os.PathLike, key: str, variant_keys: Sequence[str]
     return {**task, "correct": [task["variants"][key] for key in variant_keys]}
 
 
-def scores_file(tasks: Mapping[str, Mapping[str, Any]]) -> str:
-    """The JSON text of `scores.json`: {"tasks": {task key: {count, full_correct, classes, variants: {key: n}}}}."""
-    return json.dumps({"tasks": tasks}, indent=1, sort_keys=True) + "\n"
+def scores_file(tasks: Mapping[str, Mapping[str, Any]], second_order: Mapping[str, Mapping[str, Any]]) -> str:
+    """The JSON text of `scores.json`: {"tasks": {task key: {count, full_correct, classes, variants: {key: n}}},
+    "second_order": {key: {count, correct: {variant: n}, significant}}}."""
+    return json.dumps({"tasks": tasks, "second_order": second_order}, indent=1, sort_keys=True) + "\n"

@@ -19,18 +19,20 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch.utils.data import Subset
 
-from ..data.loader import as_source, fingerprint
+from ..data.loader import Batch, as_source, fingerprint
 from ..decompose.second_order import check_layer
 from ..errors import CliplensError
-from ..evaluate.ablation import Task, score_tasks, scored_tasks
+from ..evaluate.ablation import Task, VariantScorer, scored_tasks
 from ..evaluate.reconstruction import METHODS, check_methods, check_text_counts, reconstruction_variants, split_heads
 from ..evaluate.reference import evaluation_source
+from ..evaluate.second_order_ablation import VARIANTS, SecondOrderBoard
 from ..evaluate.stored_scores import SCORES, scores_file
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..io.artifacts import ANALYSIS, save_parts
+from ..io.compat import fitted_on
 from ..settings import Settings
 from ..stats.collect import PAIRS, PIECES
-from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics
+from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics, one_pass
 from ..stats.second_order import analysis_part
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts, check_candidates
 from .ablation_study import PRESETS, study_variants
@@ -60,12 +62,15 @@ class Plan:
     pool_templates: str = HEAD_POOL_TEMPLATES
     templates: str | None = None
 
+    scored: bool = False  # labelled evaluation data given: second-order layers are ablated on it too
+
     @property
     def evaluations(self) -> list[str]:
         return [question for question in self.questions if question in EVALUATIONS]
 
     def passes(self) -> dict[str, int]:
-        return {"fit": self.fit.passes(), "evaluation": 1 if self.evaluations else 0}
+        scored = self.evaluations or (self.scored and self.fit.mlp_layers)
+        return {"fit": self.fit.passes(), "evaluation": 1 if scored else 0}
 
 
 def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, scored: bool = False,
@@ -82,6 +87,9 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
         questions += list(EVALUATIONS) if vit and scored else []
         presets = presets or tuple(PRESETS)
     questions = tuple(dict.fromkeys(questions))
+    if scored and not any(q in ("second-order", *EVALUATIONS) for q in questions):
+        raise CliplensError("--data-path is scored by ablate, reconstruct and the second-order ablations; ask for one "
+                            "of them or drop it")
     if not questions:
         raise CliplensError(f"nothing to analyse: pass --ask ({', '.join(QUESTIONS)}) or --all")
     unknown = [q for q in questions if q not in QUESTIONS]
@@ -108,7 +116,8 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
             check_text_counts(texts, lens.spec.output_dim)
     fit = FitRequest(pieces=True, pairs="pairs" in questions, mlp_layers=tuple(mlp_layers))
     return Plan(questions, fit, tuple(presets), tuple(labels) or (None,), tuple(methods),
-                None if texts is None else tuple(texts), num_last_layers, pool, pool_size, pool_templates, templates)
+                None if texts is None else tuple(texts), num_last_layers, pool, pool_size, pool_templates, templates,
+                scored)
 
 
 @dataclass
@@ -117,7 +126,7 @@ class Analysis:
 
     plan: Plan
     fit: FitStatistics
-    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scores: dict[str, dict[str, Any]] = field(default_factory=lambda: {"tasks": {}, "second_order": {}})
     record: dict[str, Any] = field(default_factory=dict)
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -129,17 +138,17 @@ class Analysis:
             parts[PAIRS] = self.fit.pairs.artifact()
         for layer, stats in self.fit.second_order.items():
             parts[analysis_part(layer)] = stats.artifact()
-        text = scores_file(self.scores)
+        text = scores_file(self.scores["tasks"], self.scores["second_order"])
         return save_parts(folder, parts, {"kind": ANALYSIS, **self.record},
                           {SCORES: lambda file: file.write_text(text, encoding="utf-8")})
 
 
 def check_data(plan: Plan, fit_path: Any, data_path: Any) -> None:
     """Refuse, before any pass, evaluation data that cannot be scored as asked."""
-    if plan.evaluations and data_path is None:
+    if plan.evaluations and data_path is None:  # (second-order layers are ablated only when data is given)
         raise CliplensError(f"{' and '.join(plan.evaluations)} score zero-shot accuracy: pass the labelled evaluation "
                             "data with --data-path")
-    for label in plan.labels if plan.evaluations else ():
+    for label in plan.labels if plan.passes()["evaluation"] else ():
         classifier_prompts(evaluation_source(data_path, label), plan.templates)
     if "reconstruct" in plan.questions:
         check_candidates(fit_path, HEAD_POOL, pool=plan.pool, pool_templates=plan.pool_templates)
@@ -155,17 +164,11 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, batch_size
     seconds = {"fit": time.perf_counter() - started}
     analysis = Analysis(plan, fit)
     evaluation = None
-    if plan.evaluations:
+    if plan.passes()["evaluation"]:
         started = time.perf_counter()
-        tasks = evaluation_tasks(lens, plan, fit, fit_path, data_path, progress=progress)
-        source = as_source(data_path)
-        scores = score_tasks(lens, source, tasks, fit.pieces, batch_size=batch_size, num_workers=num_workers,
-                             progress=progress)
-        analysis.scores = scored_tasks(tasks, scores, fit.pieces)
+        evaluation = evaluate(lens, plan, fit, fit_path, data_path, analysis, batch_size=batch_size,
+                              num_workers=num_workers, progress=progress)
         seconds["evaluation"] = time.perf_counter() - started
-        evaluation = {"data": _spec(data_path), "fingerprint": fingerprint(source), "images": scores[0].count,
-                      "labels": list(plan.labels), "questions": plan.evaluations,
-                      "variants": sum(len(task.variants) for task in tasks)}
     analysis.record = {
         **lens.describe(), "architecture": lens.kind, "questions": list(plan.questions), "passes": plan.passes(),
         "fit": {"data": _spec(fit_path), "fingerprint": fingerprint(as_source(fit_path)), "images": fit.pieces.count,
@@ -175,9 +178,39 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, batch_size
     return analysis
 
 
+def evaluate(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_path: Any, analysis: Analysis, *,
+             batch_size: int, num_workers: int, progress: bool) -> dict[str, Any]:
+    """The one evaluation pass: every variant of every task and every second-order ablation, for every label, from
+    one forward per batch; their counts go to `analysis.scores` and the pass's record is returned."""
+    tasks, weights = evaluation_tasks(lens, plan, fit, fit_path, data_path, progress=progress)
+    scorer = VariantScorer(lens, tasks, fit.pieces) if tasks else None
+    boards = [(SecondOrderBoard(lens, stats, w), truth) for stats in fit.second_order.values()
+              for w, truth in weights]
+
+    def read(batch: Batch) -> None:
+        if scorer is not None:
+            scorer.update(batch)
+        for board, truth in boards:
+            board.update(batch.images, truth.truth(batch))
+
+    source = as_source(data_path)
+    report = one_pass(lens, source, read, description=f"analyse {lens.name} (evaluation)", labelled=True,
+                      batch_size=batch_size, num_workers=num_workers, progress=progress)
+    if scorer is not None:
+        scores = scorer.scores(report.loaded, fitted_on(fit.pieces.metadata, fingerprint(source)))
+        analysis.scores["tasks"] = scored_tasks(tasks, scores, fit.pieces)
+    analysis.scores["second_order"] = {board.key(): {**board.stored(), "skipped": len(report.skipped)}
+                                       for board, _ in boards}
+    return {"data": _spec(data_path), "fingerprint": fingerprint(source), "images": report.loaded,
+            "skipped": len(report.skipped), "labels": list(plan.labels),
+            "questions": plan.evaluations + ["second-order ablation"] * bool(boards),
+            "variants": sum(len(task.variants) for task in tasks) + len(VARIANTS) * len(boards)}
+
+
 def evaluation_tasks(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_path: Any, *,
-                     progress: bool = False) -> list[Task]:
-    """Every variant the plan's evaluations score, one task per (question, label): all fixed before the pass."""
+                     progress: bool = False) -> tuple[list[Task], list[tuple[torch.Tensor, Task]]]:
+    """Every variant the plan's evaluations score, one task per (question, label), all fixed before the pass; and
+    each label's classifier with where its true classes come from (for the second-order ablations)."""
     stats, variants = fit.pieces, {}
     if "ablate" in plan.questions:
         variants["ablate"] = study_variants(stats.labels, plan.presets, ())
@@ -189,13 +222,14 @@ def evaluation_tasks(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, 
                                                           counts=counts, num_last_layers=plan.num_last_layers,
                                                           progress=progress)
     own = as_source(data_path)
-    tasks = []
+    tasks, classifiers = [], []
     for label in plan.labels:
         source = evaluation_source(data_path, label)
         weights = source_classifier(lens, source, plan.templates, progress=progress)
         relabelled = None if getattr(source, "fingerprint", None) == getattr(own, "fingerprint", None) else source
         tasks += [Task(group, weights, relabelled) for group in variants.values()]
-    return tasks
+        classifiers.append((weights, Task((), weights, relabelled)))
+    return tasks, classifiers
 
 
 def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
