@@ -47,7 +47,7 @@ def after(out: Path) -> list[list[str]]:
     return [[name, *arguments] for _, name, arguments in demo.vit_steps(out)[:5] + demo.rn_steps(out)[:3]]
 
 
-def run(steps: list[list[str]], counts: dict[str, int]) -> float:
+def run(steps: list[list[str]]) -> float:
     started = time.perf_counter()
     for step in steps:
         result = CliRunner().invoke(cli, [str(arg) for arg in step])
@@ -74,13 +74,13 @@ def main() -> None:
     loader.batches = counted
     with tempfile.TemporaryDirectory() as folder:
         os.environ.setdefault("CLIPLENS_CACHE", str(Path(folder) / "cache"))
-        run(before(Path(folder) / "warm", f"shapes:test:32:0", f"shapes:test:32:1"), {})  # text caches, imports
+        run(before(Path(folder) / "warm", "shapes:test:32:0", "shapes:test:32:1"))  # text caches, imports
         results = {}
         for name, steps in (("before", before(Path(folder) / "before", fit, evaluation)),
                             ("after", after(Path(folder) / "after"))):
             counts.clear()
             load = os.getloadavg()[0]
-            seconds = run(steps, counts)
+            seconds = run(steps)
             results[name] = (dict(counts), seconds, load, os.getloadavg()[0])
         same = []
         for table in ("vit-textspan/textspan.csv", "vit-reconstruct/reconstruction.csv", "vit-ablate/ablation.csv",
