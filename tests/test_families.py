@@ -34,10 +34,11 @@ FAMILIES = {
 MAP = {"siglip"}
 
 
-def small_timm(family: str, seed: int = 0):
+def small_timm(family: str, seed: int = 0, classes: int = 7):
+    """A small random-init model; `classes=0` drops the classifier, so the embedding is the 48-dim pooled token."""
     name, extra = FAMILIES[family]
     torch.manual_seed(seed)
-    model = timm.create_model(name, **SMALL, **extra)
+    model = timm.create_model(name, **{**SMALL, "num_classes": classes}, **extra)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
@@ -121,6 +122,41 @@ def test_segmentation_refuses_class_token_lenses_where_the_model_pools_otherwise
     assert check_lenses(lens, ["heads", "centre"]) == ["heads", "centre"]
     if family != "siglip":
         assert check_lenses(lens, ["attention", "rollout"]) == ["attention", "rollout"]
+
+
+@pytest.mark.parametrize("family, spatial, classes, embedded", [("siglip", False, 7, True), ("siglip", True, 0, True),
+                                                                ("eva02", True, 0, False), ("eva02", False, 7, True)])
+def test_head_statistics_equal_those_of_materialised_pieces_and_resume_bit_for_bit(family, spatial, classes,
+                                                                                   embedded):
+    """A head with at least as many coefficients as embedding dimensions (J·d_h ≥ d through a MAP head; here also
+    d_h ≥ 7 classes) keeps its moments in embedding space, others in coefficient space. Either way: the statistics of the materialised pieces (float64 round-off), and a reducer
+    rebuilt from its state mid-stream ends bit-identical to one that never stopped."""
+    from cliplens.settings import Settings
+    from cliplens.stats.accumulate import HeadReducer
+
+    lens = from_timm(small_timm(family, classes=classes), None, name=family, precision="fp64")
+    data = random_images(10, 32, seed=6)
+    stats = lens.collect([(image, 0) for image in data], spatial=spatial, batch_size=4)
+    pieces = lens.decompose(data, spatial=spatial).components
+    flat = pieces.sum(2) if spatial else pieces
+    assert torch.allclose(stats.mean, flat.mean(0), atol=1e-10, rtol=0)
+    for c in range(flat.shape[1]):
+        assert torch.allclose(stats.covariance[c], torch.cov(flat[:, c].T, correction=0), atol=1e-10, rtol=0)
+    if spatial:
+        assert torch.allclose(stats.token_mean, pieces.mean(0), atol=1e-10, rtol=0)
+    settings, batches = Settings(spatial=spatial), data.split(3)
+    whole, first = HeadReducer(lens.decomposer, settings), HeadReducer(lens.decomposer, settings)
+    for batch in batches:
+        whole.update(batch, None)
+    for batch in batches[:2]:
+        first.update(batch, None)
+    resumed = HeadReducer.from_state(lens.decomposer, settings, first.state())
+    for batch in batches[2:]:
+        resumed.update(batch, None)
+    state, again = whole.state(), resumed.state()
+    assert bool(state["embedded"]) == embedded and state.keys() == again.keys()
+    for name in state:
+        assert torch.equal(state[name], again[name]), name
 
 
 # literal oracles -------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Per-batch reducers behind `collect`: each turns one batch of images into running statistics and forgets it.
 
 Three shapes of data need three reducers: materialised pieces (layers, ResNet heads), ViT heads in their
-low-dimensional coefficient form (the cheap path that keeps `collect` close to a plain forward pass), and ResNet
-pairs as scalar coefficients.
+coefficient form (the cheap path that keeps `collect` close to a plain forward pass), and ResNet pairs as scalar
+coefficients.
 
 Each reducer's `state()` is its exact running state as named tensors (float64 accumulators as they are, never
 rounded or re-derived) and `from_state` rebuilds it, so a pass checkpointed and resumed continues bit for bit.
@@ -68,31 +68,39 @@ class DenseReducer:
 
 
 class HeadReducer:
-    """ViT heads: moments of each head's k coefficients (k = d_h or d_h + 3), expanded to d dimensions once.
+    """ViT heads: moments of each head's pieces, kept in whichever space is smaller (docs/methods/statistics.md#collect).
 
-    mean = m̄ B and covariance = Bᵀ Σ_m B for a head with basis B [k, d]: exact, and k² instead of d² work per image
-    and head (64² vs 512² for ViT-B-32).
+    A head's piece is c B with per-image coefficients c [k] and a fixed basis B [k, d]. For k < d (k = d_h or d_h + 3
+    at a CLS or mean pool) the moments of c are kept and expanded once in `finish` (mean = c̄ B, covariance =
+    Bᵀ Σ_c B): k² instead of d² work per image and head (64² vs 512² for ViT-B-32). Through a MAP head (SigLIP) a
+    head has k = J·d_h ≥ d coefficients: there that space is no smaller and the expansion costs as much as 2d images
+    (k²d + kd² per head), so the pieces are projected to d dimensions per batch and their moments kept directly.
+    Per-token means stay in coefficient space either way (first moments, expanded once).
     """
 
     def __init__(self, decomposer: ViTDecomposer, settings: Settings):
         self.decomposer, self.settings = decomposer, settings
-        self.heads = self.dense = self.basis = self.token_basis = self.token_mean = None
+        self.heads = self.dense = self.basis = self.token_basis = self.token_mean = self.embedded = None
 
     def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
         f = self.decomposer.factorise(images, self.settings)
         dense = f.dense()
         coefficients = f.coefficients.flatten(1, 2)  # [B, L·H, k]
         require_finite(images, dense, coefficients)
+        basis = f.basis.flatten(0, 1)  # [L·H, k, d]
         if self.heads is None:
-            self.heads, self.dense = Moments(*coefficients.shape[1:]), Moments(*dense.shape[1:])
-            self.basis = f.basis.flatten(0, 1).double().cpu()
+            self.embedded = basis.shape[1] >= basis.shape[2]
+            self.heads = Moments(coefficients.shape[1], basis.shape[2 if self.embedded else 1])
+            self.dense, self.basis = Moments(*dense.shape[1:]), basis.double().cpu()
             if self.settings.spatial:
                 self.token_basis = f.token_basis.flatten(0, 1).double().cpu()
                 self.token_mean = torch.zeros(f.token_coefficients.flatten(1, 2).shape[1:], dtype=torch.float64)
         if self.settings.spatial:
             batch_mean = f.token_coefficients.flatten(1, 2).double().cpu().mean(0)
             self.token_mean += (batch_mean - self.token_mean) * (len(images) / (self.heads.count + len(images)))
-        self.heads.update(coefficients)
+        # the pieces themselves, as `decompose` materialises them (in the model's precision), head by head
+        self.heads.update(torch.bmm(coefficients.transpose(0, 1), basis).transpose(0, 1) if self.embedded
+                          else coefficients)
         self.dense.update(dense)
 
     def finish(self) -> tuple[list[str], Moments, torch.Tensor | None]:
@@ -103,8 +111,11 @@ class HeadReducer:
         count = self.heads.count
         mean = torch.empty(len(labels), basis.shape[-1], dtype=torch.float64)
         scatter = torch.empty(len(labels), basis.shape[-1], basis.shape[-1], dtype=torch.float64)
-        mean[is_head] = torch.einsum("ck,ckd->cd", self.heads.mean, basis)
-        scatter[is_head] = basis.transpose(1, 2) @ self.heads.scatter @ basis
+        if self.embedded:
+            mean[is_head], scatter[is_head] = self.heads.mean, self.heads.scatter
+        else:
+            mean[is_head] = torch.einsum("ck,ckd->cd", self.heads.mean, basis)
+            scatter[is_head] = basis.transpose(1, 2) @ self.heads.scatter @ basis
         mean[~is_head], scatter[~is_head] = self.dense.mean, self.dense.scatter
         token_mean = None
         if self.settings.spatial:
@@ -116,8 +127,10 @@ class HeadReducer:
     labels = None  # computed from the model's spec in `finish`, so nothing to carry beside the state
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Head and dense moments, the heads' bases (and token bases and means)."""
-        tensors = {**self.heads.state("heads."), **self.dense.state("dense."), "basis": self.basis}
+        """Head and dense moments, which space the head moments are in, the heads' bases (and token bases and
+        means)."""
+        tensors = {**self.heads.state("heads."), **self.dense.state("dense."), "basis": self.basis,
+                   "embedded": torch.tensor([int(self.embedded)])}
         if self.settings.spatial:
             tensors.update(token_basis=self.token_basis, token_mean=self.token_mean)
         return tensors
@@ -128,6 +141,8 @@ class HeadReducer:
         reducer = cls(decomposer, settings)
         reducer.heads, reducer.dense = Moments.from_tensors(tensors, "heads."), Moments.from_tensors(tensors, "dense.")
         reducer.basis = tensors["basis"]
+        # checkpoints written before the embedded space existed hold coefficient moments
+        reducer.embedded = bool(tensors.get("embedded", torch.tensor([0]))[0])
         reducer.token_basis, reducer.token_mean = tensors.get("token_basis"), tensors.get("token_mean")
         return reducer
 
