@@ -129,8 +129,9 @@ def test_segmentation_refuses_class_token_lenses_where_the_model_pools_otherwise
 def test_head_statistics_equal_those_of_materialised_pieces_and_resume_bit_for_bit(family, spatial, classes,
                                                                                    embedded):
     """A head with at least as many coefficients as embedding dimensions (J·d_h ≥ d through a MAP head; here also
-    d_h ≥ 7 classes) keeps its moments in embedding space, others in coefficient space. Either way: the statistics of the materialised pieces (float64 round-off), and a reducer
-    rebuilt from its state mid-stream ends bit-identical to one that never stopped."""
+    d_h ≥ 7 classes) keeps its moments in embedding space, others in coefficient space. Either way: the statistics of
+    the materialised pieces (float64 round-off), and a reducer rebuilt from its state mid-stream ends bit-identical
+    to one that never stopped."""
     from cliplens.settings import Settings
     from cliplens.stats.accumulate import HeadReducer
 

@@ -68,7 +68,7 @@ class DenseReducer:
 
 
 class HeadReducer:
-    """ViT heads: moments of each head's pieces, kept in whichever space is smaller (docs/methods/statistics.md#collect).
+    """ViT heads: moments of each head's pieces, in whichever space is smaller (docs/methods/statistics.md#collect).
 
     A head's piece is c B with per-image coefficients c [k] and a fixed basis B [k, d]. For k < d (k = d_h or d_h + 3
     at a CLS or mean pool) the moments of c are kept and expanded once in `finish` (mean = c̄ B, covariance =
