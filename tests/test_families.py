@@ -31,23 +31,48 @@ FAMILIES = {
     "eva02": ("eva02_base_patch16_clip_224", {}),
     "siglip": ("vit_base_patch16_siglip_224", {}),
 }
-MAP = {"siglip"}
+HF = {"hf-siglip": "SiglipModel", "hf-siglip-vision": "SiglipVisionModel"}  # transformers' SigLIP, gelu_tanh
+HF_VISION = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                 patch_size=8)
+HF_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99,
+               max_position_embeddings=8)
+MAP = {"siglip", *HF}
 
 
 def small_timm(family: str, seed: int = 0, classes: int = 7):
     """A small random-init model; `classes=0` drops the classifier, so the embedding is the 48-dim pooled token."""
     name, extra = FAMILIES[family]
     torch.manual_seed(seed)
-    model = timm.create_model(name, **{**SMALL, "num_classes": classes}, **extra)
+    return perturbed(timm.create_model(name, **{**SMALL, "num_classes": classes}, **extra))
+
+
+def perturbed(model):
+    """Away from the init's special values (LayerScale 1e-5, zero biases, unit norms), so that every term matters."""
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
     return model
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+def small_hf(family: str, seed: int = 0):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    if family == "hf-siglip":
+        config = transformers.SiglipConfig(vision_config=HF_VISION, text_config=HF_TEXT)
+    else:
+        config = transformers.SiglipVisionConfig(**HF_VISION)
+    return perturbed(getattr(transformers, HF[family])(config))
+
+
+def small_lens(family: str):
+    if family in HF:
+        return cliplens.from_hf(small_hf(family), name=family, precision="fp64")
+    return from_timm(small_timm(family), None, name=family, precision="fp64")
+
+
+@pytest.fixture(scope="module", params=[*FAMILIES, *HF])
 def family_lens(request):
-    return request.param, from_timm(small_timm(request.param), None, name=request.param, precision="fp64")
+    return request.param, small_lens(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -372,6 +397,37 @@ def test_text_of_a_hub_tokenizer_fails_in_one_line(monkeypatch, tmp_path):
     tokenize = openclip.lazy_tokenizer("ViT-B-16-SigLIP")
     with pytest.raises(CliplensError, match="CLIPLENS_TOKENIZER=.*is not a folder; download the tokenizer"):
         tokenize(["a photo"])
+
+
+@pytest.mark.parametrize("family", list(HF))
+def test_verify_reads_a_saved_hf_siglip_folder_without_tokenizer_or_processor(family, tmp_path):
+    """A random-init SigLIP saved alone (no tokenizer, no preprocessor_config.json) loads from its folder as
+    hf:<folder> with SigLIP's default processing, and verify passes on it at every granularity."""
+    from click.testing import CliRunner
+
+    from cliplens.cli import cli
+
+    small_hf(family).save_pretrained(tmp_path / "model")
+    result = CliRunner().invoke(cli, ["verify", f"hf:{tmp_path / 'model'}", "--random-images", "1",
+                                      "--shapes-images", "1"])
+    assert result.exit_code == 0, result.output
+    rows = {row[0]: row for row in map(str.split, result.output.splitlines()) if row[-1:] in (["ok"], ["FAILED"])}
+    assert sorted(rows) == ["head", "head-token", "layer"]
+    assert all(row[-1] == "ok" and float(row[2]) < 1e-10 for row in rows.values())
+    assert rows["head"][1] == str(1 + 2 * 5 + 2)  # embed, 2 × (4 heads + MLP), pool.mlp, bias
+    lens = cliplens.load(f"hf:{tmp_path / 'model'}")
+    assert lens.spec.pool == "map" and (lens._encode_text is None) == (family == "hf-siglip-vision")
+    if family == "hf-siglip":
+        with pytest.raises(CliplensError, match="has no tokenizer transformers reads here"):
+            lens.encode_text(["a photo"])
+
+
+def test_hf_models_other_than_clip_and_siglip_are_refused_by_name(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    transformers.ViTModel(transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=64, image_size=32)).save_pretrained(tmp_path)
+    with pytest.raises(CliplensError, match="Hugging Face model type 'vit' is not supported; hf: reads CLIP"):
+        cliplens.load(f"hf:{tmp_path}")
 
 
 # text for models without text ----------------------------------------------------------------------------------------
