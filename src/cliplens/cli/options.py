@@ -64,7 +64,8 @@ def grouped(name: str, keys: tuple[str, ...]) -> Callable:
 # --model --pretrained --device --precision --seed; the command receives them as one dict argument `model`.
 model_options = stacked([
     click.option("--model", default="toy:vit", show_default=True,
-                 help="open_clip id (ViT-B-32), hf:<repo or folder>, or toy:vit / toy:rn."),
+                 help="open_clip id (ViT-B-32), hf:<repo or folder> (CLIP or SigLIP), timm:<name>, or toy:vit / "
+                      "toy:rn."),
     click.option("--pretrained", default=None,
                  help="open_clip tag (openai) or checkpoint file; omit for the toys or a seeded random init."),
     click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda."),

@@ -110,7 +110,7 @@ def _siglip_spec(model: nn.Module) -> ViTSpec:
     attention, width = head.attention, config.hidden_size
     if attention.in_proj_weight is None or attention.in_proj_bias is None:
         raise CliplensError("a SigLIP pool head with separate or bias-free q/k/v projections is not supported")
-    query = torch.nn.functional.linear(head.probe[0, 0], attention.in_proj_weight[:width], attention.in_proj_bias[:width])
+    query = head.probe[0, 0] @ attention.in_proj_weight[:width].T + attention.in_proj_bias[:width]
     mlp = BlockSpec(ln1=None, qkv_weight=None, qkv_bias=None, out_weight=None, out_bias=None,
                     ln2=_layer_norm(head.layernorm), **_mlp(head.mlp, _activation(config.hidden_act)))
     map_head = MapHeadSpec(heads=attention.num_heads, q=query, kv_weight=attention.in_proj_weight[width:],
