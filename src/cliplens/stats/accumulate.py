@@ -10,6 +10,8 @@ rounded or re-derived) and `from_state` rebuilds it, so a pass checkpointed and 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..decompose.finite import require_finite
@@ -74,63 +76,78 @@ class HeadReducer:
     at a CLS or mean pool) the moments of c are kept and expanded once in `finish` (mean = c̄ B, covariance =
     Bᵀ Σ_c B): k² instead of d² work per image and head (64² vs 512² for ViT-B-32). Through a MAP head (SigLIP) a
     head has k = J·d_h ≥ d coefficients: there that space is no smaller and the expansion costs as much as 2d images
-    (k²d + kd² per head), so the pieces are projected to d dimensions per batch and their moments kept directly.
-    Per-token means stay in coefficient space either way (first moments, expanded once).
+    (k²d + kd² per head), so every batch's pieces are materialised in d dimensions, in label order, and their moments
+    kept as `finish` returns them. Per-token means stay in coefficient space either way (first moments, expanded
+    once).
     """
 
     def __init__(self, decomposer: ViTDecomposer, settings: Settings):
         self.decomposer, self.settings = decomposer, settings
-        self.heads = self.dense = self.basis = self.token_basis = self.token_mean = self.embedded = None
+        self.embedded = self.pieces = self.heads = self.dense = self.basis = None
+        self.token_basis = self.token_mean = None
+
+    @property
+    def count(self) -> int:
+        return (self.pieces if self.embedded else self.heads).count
 
     def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
         f = self.decomposer.factorise(images, self.settings)
-        dense = f.dense()
-        coefficients = f.coefficients.flatten(1, 2)  # [B, L·H, k]
-        require_finite(images, dense, coefficients)
-        basis = f.basis.flatten(0, 1)  # [L·H, k, d]
-        if self.heads is None:
-            self.embedded = basis.shape[1] >= basis.shape[2]
-            self.heads = Moments(coefficients.shape[1], basis.shape[2 if self.embedded else 1])
-            self.dense, self.basis = Moments(*dense.shape[1:]), basis.double().cpu()
-            if self.settings.spatial:
-                self.token_basis = f.token_basis.flatten(0, 1).double().cpu()
-                self.token_mean = torch.zeros(f.token_coefficients.flatten(1, 2).shape[1:], dtype=torch.float64)
+        if self.embedded is None:
+            self.embedded = f.basis.shape[-2] >= f.basis.shape[-1]
         if self.settings.spatial:
-            batch_mean = f.token_coefficients.flatten(1, 2).double().cpu().mean(0)
-            self.token_mean += (batch_mean - self.token_mean) * (len(images) / (self.heads.count + len(images)))
-        # the pieces themselves, as `decompose` materialises them (in the model's precision), head by head
-        self.heads.update(torch.bmm(coefficients.transpose(0, 1), basis).transpose(0, 1) if self.embedded
-                          else coefficients)
+            tokens = f.token_coefficients.flatten(1, 2)  # [B, L·H, N, k]
+            if self.token_mean is None:
+                self.token_basis = f.token_basis.flatten(0, 1).double().cpu()
+                self.token_mean = torch.zeros(tokens.shape[1:], dtype=torch.float64)
+            seen = 0 if self.heads is None and self.pieces is None else self.count
+            batch_mean = tokens.double().cpu().mean(0)
+            self.token_mean += (batch_mean - self.token_mean) * (len(images) / (seen + len(images)))
+        if self.embedded:  # the pieces as `decompose` materialises them (in the model's precision)
+            pieces = self.decomposer.group(replace(f, settings=replace(self.settings, spatial=False))).components
+            require_finite(images, pieces)
+            if self.pieces is None:
+                self.pieces = Moments(*pieces.shape[1:])
+            self.pieces.update(pieces)
+            return
+        dense, coefficients = f.dense(), f.coefficients.flatten(1, 2)  # [B, P, d], [B, L·H, k]
+        require_finite(images, dense, coefficients)
+        if self.heads is None:
+            self.heads, self.dense = Moments(*coefficients.shape[1:]), Moments(*dense.shape[1:])
+            self.basis = f.basis.flatten(0, 1).double().cpu()
+        self.heads.update(coefficients)
         self.dense.update(dense)
 
     def finish(self) -> tuple[list[str], Moments, torch.Tensor | None]:
         spec = self.decomposer.spec
         labels = piece_labels(spec, self.settings)
         is_head = torch.tensor([parse_label(label).kind == "head" for label in labels])
-        basis = self.basis
-        count = self.heads.count
-        mean = torch.empty(len(labels), basis.shape[-1], dtype=torch.float64)
-        scatter = torch.empty(len(labels), basis.shape[-1], basis.shape[-1], dtype=torch.float64)
         if self.embedded:
-            mean[is_head], scatter[is_head] = self.heads.mean, self.heads.scatter
+            moments = self.pieces
         else:
+            basis, d = self.basis, self.basis.shape[-1]
+            mean = torch.empty(len(labels), d, dtype=torch.float64)
+            scatter = torch.empty(len(labels), d, d, dtype=torch.float64)
             mean[is_head] = torch.einsum("ck,ckd->cd", self.heads.mean, basis)
             scatter[is_head] = basis.transpose(1, 2) @ self.heads.scatter @ basis
-        mean[~is_head], scatter[~is_head] = self.dense.mean, self.dense.scatter
+            mean[~is_head], scatter[~is_head] = self.dense.mean, self.dense.scatter
+            moments = Moments.from_state(self.heads.count, mean, scatter)
         token_mean = None
         if self.settings.spatial:
-            token_mean = torch.zeros(len(labels), spec.tokens, basis.shape[-1], dtype=torch.float64)
+            token_mean = torch.zeros(len(labels), spec.tokens, moments.mean.shape[-1], dtype=torch.float64)
             token_mean[is_head] = torch.einsum("cnk,ckd->cnd", self.token_mean, self.token_basis)
-            token_mean[~is_head, 0] = self.dense.mean
-        return labels, Moments.from_state(count, mean, scatter), token_mean
+            token_mean[~is_head, 0] = moments.mean[~is_head]
+        return labels, moments, token_mean
 
     labels = None  # computed from the model's spec in `finish`, so nothing to carry beside the state
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Head and dense moments, which space the head moments are in, the heads' bases (and token bases and
-        means)."""
-        tensors = {**self.heads.state("heads."), **self.dense.state("dense."), "basis": self.basis,
-                   "embedded": torch.tensor([int(self.embedded)])}
+        """Which space the moments are in; the pieces' moments, or the head and dense moments and the heads' bases;
+        with spatial settings the token bases and means."""
+        tensors = {"embedded": torch.tensor([int(self.embedded)])}
+        if self.embedded:
+            tensors.update(self.pieces.state("pieces."))
+        else:
+            tensors.update({**self.heads.state("heads."), **self.dense.state("dense."), "basis": self.basis})
         if self.settings.spatial:
             tensors.update(token_basis=self.token_basis, token_mean=self.token_mean)
         return tensors
@@ -139,10 +156,13 @@ class HeadReducer:
     def from_state(cls, decomposer: ViTDecomposer, settings: Settings, tensors: dict[str, torch.Tensor],
                    labels: None = None) -> "HeadReducer":
         reducer = cls(decomposer, settings)
-        reducer.heads, reducer.dense = Moments.from_tensors(tensors, "heads."), Moments.from_tensors(tensors, "dense.")
-        reducer.basis = tensors["basis"]
         # checkpoints written before the embedded space existed hold coefficient moments
         reducer.embedded = bool(tensors.get("embedded", torch.tensor([0]))[0])
+        if reducer.embedded:
+            reducer.pieces = Moments.from_tensors(tensors, "pieces.")
+        else:
+            reducer.heads = Moments.from_tensors(tensors, "heads.")
+            reducer.dense, reducer.basis = Moments.from_tensors(tensors, "dense."), tensors["basis"]
         reducer.token_basis, reducer.token_mean = tensors.get("token_basis"), tensors.get("token_mean")
         return reducer
 
