@@ -1,10 +1,11 @@
-"""timm ViTs, DINOv2 (registers, LayerScale), EVA02 (rotary, SwiGLU, LN over the heads) and SigLIP (MAP head).
+"""timm ViTs, DINOv2 (registers, LayerScale), EVA02 (rotary, SwiGLU, LN over the heads) and SigLIP (MAP head), timm's
+and transformers' (SiglipModel, SiglipVisionModel).
 
-Small random-init timm models in float64: pieces sum to the backend's own embedding within 1e-10 relative, spatial
+Small random-init timm and transformers models in float64: pieces sum to the backend's own embedding within 1e-10 relative, spatial
 pieces sum to head pieces, heads to layers, and literal slow oracles (written from the modules with explicit loops:
 rotary attention, SwiGLU, the MAP head) give the same pieces. Tolerances as in test_decompose_vit.py: float64
-round-off is ~1e-15, a missing term is O(1e-2). Weights are perturbed from timm's init (LayerScale starts at 1e-5,
-zero biases) so that every term matters.
+round-off is ~1e-15, a missing term is O(1e-2) (exact GELU for SigLIP's tanh one: 1e-4). Weights are perturbed from the
+init (LayerScale starts at 1e-5, zero biases) so that every term matters.
 """
 
 from __future__ import annotations
