@@ -79,22 +79,21 @@ def from_hf(
     model: nn.Module, preprocess=None, tokenizer=None, *, name: str, pretrained: str | None = None, device="cpu",
     precision="fp32",
 ) -> Lens:
-    """Wrap a Hugging Face `CLIPModel` as a Lens; without a processor, CLIP's standard eval transform is used."""
+    """Wrap a Hugging Face `CLIPModel`, `SiglipModel` or `SiglipVisionModel` as a Lens; without a processor, the
+    family's standard eval transform is used. A vision tower alone has no text."""
     from .models import hf
 
     model = _ready(model, device, precision)
-    dev = torch.device(device)
-    if preprocess is None:
-        preprocess = hf.standard_transform(model.config.vision_config.image_size)
+    encode_image, encode_text = hf.encoders(model, torch.device(device))
     return Lens(
         model,
         name=name,
         pretrained=pretrained,
         backend="hf",
-        preprocess=preprocess,
+        preprocess=hf.default_preprocess(model) if preprocess is None else preprocess,
         tokenize=tokenizer,
-        encode_image=lambda images: hf.pooled(model.get_image_features(pixel_values=images)),
-        encode_text=lambda tokens: hf.pooled(model.get_text_features(**{k: v.to(dev) for k, v in tokens.items()})),
+        encode_image=encode_image,
+        encode_text=encode_text,
         spec=lambda: hf.vit_spec(model),
         precision=precision,
         device=device,

@@ -67,7 +67,8 @@ device_option = click.option("--device", default="cpu", show_default=True, help=
 # --model --pretrained --device --precision --seed; the command receives them as one dict argument `model`.
 model_options = stacked([
     click.option("--model", default="toy:vit", show_default=True,
-                 help="open_clip id (ViT-B-32), hf:<repo or folder>, or toy:vit / toy:rn."),
+                 help="open_clip id (ViT-B-32), hf:<repo or folder> (CLIP or SigLIP), timm:<name>, or toy:vit / "
+                      "toy:rn."),
     click.option("--pretrained", default=None,
                  help="open_clip tag (openai) or checkpoint file; omit for the toys or a seeded random init."),
     device_option,

@@ -189,9 +189,10 @@ class ViTDecomposer(SharedForward):
                 q, k = block.rope(q), block.rope(k)
             attended = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d_h]
             written, attn_scale = attended.transpose(1, 2).reshape(batch, n, spec.width), None
-            if block.attn_norm_eps is not None:  # LN over the heads' output: affine part folded into out_weight
-                attn_scale = (written.var(-1, unbiased=False) + block.attn_norm_eps).rsqrt()
-                written = written * attn_scale[..., None]
+            if block.attn_norm_eps is not None:  # LN over the heads' output: affine part and centring folded into
+                # out_weight, which leaves the centred output as it is; one fused op gives it and the 1/s (5x a var)
+                written, _, inv_s = torch.native_layer_norm(written, (spec.width,), None, None, block.attn_norm_eps)
+                attn_scale = inv_s[..., 0]
             middle = x + F.linear(written, block.out_weight, block.out_bias)
             hidden = block.hidden(block.ln2(middle))
             mlp = F.linear(hidden, block.proj_weight, block.proj_bias)

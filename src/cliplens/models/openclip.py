@@ -210,16 +210,10 @@ def create(name: str, pretrained: str | None, *, seed: int) -> tuple[nn.Module, 
 
 
 def lazy_tokenizer(name: str) -> Callable[[list[str]], torch.Tensor]:
-    """The model's tokenizer, built on the first text: SigLIP's and EVA-CLIP's live on a hub, and image-side work must
-    never wait for (or fail on) a download it does not need."""
-    loaded: list[Callable] = []
+    """The model's tokenizer, built on the first text: SigLIP's and EVA-CLIP's live on a hub."""
+    from .hf import deferred
 
-    def tokenize(texts: list[str]) -> torch.Tensor:
-        if not loaded:
-            loaded.append(_tokenizer(name))
-        return loaded[0](texts)
-
-    return tokenize
+    return deferred(lambda: _tokenizer(name))
 
 
 def _tokenizer(name: str) -> Callable:

@@ -28,6 +28,8 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
     if name == "silu":
         return torch.nn.functional.silu(x)
+    if name == "gelu_tanh":  # SigLIP's (transformers' gelu_pytorch_tanh)
+        return torch.nn.functional.gelu(x, approximate="tanh")
     return torch.nn.functional.gelu(x)
 
 
@@ -51,7 +53,7 @@ class BlockSpec:
     fc_bias: torch.Tensor  # [F]
     proj_weight: torch.Tensor  # [D, F]; column n is neuron n's write direction
     proj_bias: torch.Tensor  # [D]
-    activation: str  # "gelu" | "quick_gelu" | "silu"
+    activation: str  # "gelu" | "gelu_tanh" | "quick_gelu" | "silu"
     attn_norm_eps: float | None = None  # heads' concatenated output is divided by its std before out_weight
     rope: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)  # [B, H, N, d_h] -> same
     gate_weight: torch.Tensor | None = None  # [F, D]: SwiGLU hidden = act(gate) * fc

@@ -1,14 +1,16 @@
 """Per-batch reducers behind `collect`: each turns one batch of images into running statistics and forgets it.
 
 Three shapes of data need three reducers: materialised pieces (layers, ResNet heads), ViT heads in their
-low-dimensional coefficient form (the cheap path that keeps `collect` close to a plain forward pass), and ResNet
-pairs as scalar coefficients.
+coefficient form (the cheap path that keeps `collect` close to a plain forward pass), and ResNet pairs as scalar
+coefficients.
 
 Each reducer's `state()` is its exact running state as named tensors (float64 accumulators as they are, never
 rounded or re-derived) and `from_state` rebuilds it, so a pass checkpointed and resumed continues bit for bit.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -68,30 +70,50 @@ class DenseReducer:
 
 
 class HeadReducer:
-    """ViT heads: moments of each head's k coefficients (k = d_h or d_h + 3), expanded to d dimensions once.
+    """ViT heads: moments of each head's pieces, in whichever space is smaller (docs/methods/statistics.md#collect).
 
-    mean = m̄ B and covariance = Bᵀ Σ_m B for a head with basis B [k, d]: exact, and k² instead of d² work per image
-    and head (64² vs 512² for ViT-B-32).
+    A head's piece is c B with per-image coefficients c [k] and a fixed basis B [k, d]. For k < d (k = d_h or d_h + 3
+    at a CLS or mean pool) the moments of c are kept and expanded once in `finish` (mean = c̄ B, covariance =
+    Bᵀ Σ_c B): k² instead of d² work per image and head (64² vs 512² for ViT-B-32). Through a MAP head (SigLIP) a
+    head has k = J·d_h ≥ d coefficients: there that space is no smaller and the expansion costs as much as 2d images
+    (k²d + kd² per head), so every batch's pieces are materialised in d dimensions, in label order, and their moments
+    kept as `finish` returns them. Per-token means stay in coefficient space either way (first moments, expanded
+    once).
     """
 
     def __init__(self, decomposer: ViTDecomposer, settings: Settings):
         self.decomposer, self.settings = decomposer, settings
-        self.heads = self.dense = self.basis = self.token_basis = self.token_mean = None
+        self.embedded = self.pieces = self.heads = self.dense = self.basis = None
+        self.token_basis = self.token_mean = None
+
+    @property
+    def count(self) -> int:
+        return (self.pieces if self.embedded else self.heads).count
 
     def update(self, images: torch.Tensor, indices: torch.Tensor) -> None:
         f = self.decomposer.factorise(images, self.settings)
-        dense = f.dense()
-        coefficients = f.coefficients.flatten(1, 2)  # [B, L·H, k]
+        if self.embedded is None:
+            self.embedded = f.basis.shape[-2] >= f.basis.shape[-1]
+        if self.settings.spatial:
+            tokens = f.token_coefficients.flatten(1, 2)  # [B, L·H, N, k]
+            if self.token_mean is None:
+                self.token_basis = f.token_basis.flatten(0, 1).double().cpu()
+                self.token_mean = torch.zeros(tokens.shape[1:], dtype=torch.float64)
+            seen = 0 if self.heads is None and self.pieces is None else self.count
+            batch_mean = tokens.double().cpu().mean(0)
+            self.token_mean += (batch_mean - self.token_mean) * (len(images) / (seen + len(images)))
+        if self.embedded:  # the pieces as `decompose` materialises them (in the model's precision)
+            pieces = self.decomposer.group(replace(f, settings=replace(self.settings, spatial=False))).components
+            require_finite(images, pieces)
+            if self.pieces is None:
+                self.pieces = Moments(*pieces.shape[1:])
+            self.pieces.update(pieces)
+            return
+        dense, coefficients = f.dense(), f.coefficients.flatten(1, 2)  # [B, P, d], [B, L·H, k]
         require_finite(images, dense, coefficients)
         if self.heads is None:
             self.heads, self.dense = Moments(*coefficients.shape[1:]), Moments(*dense.shape[1:])
             self.basis = f.basis.flatten(0, 1).double().cpu()
-            if self.settings.spatial:
-                self.token_basis = f.token_basis.flatten(0, 1).double().cpu()
-                self.token_mean = torch.zeros(f.token_coefficients.flatten(1, 2).shape[1:], dtype=torch.float64)
-        if self.settings.spatial:
-            batch_mean = f.token_coefficients.flatten(1, 2).double().cpu().mean(0)
-            self.token_mean += (batch_mean - self.token_mean) * (len(images) / (self.heads.count + len(images)))
         self.heads.update(coefficients)
         self.dense.update(dense)
 
@@ -99,25 +121,33 @@ class HeadReducer:
         spec = self.decomposer.spec
         labels = piece_labels(spec, self.settings)
         is_head = torch.tensor([parse_label(label).kind == "head" for label in labels])
-        basis = self.basis
-        count = self.heads.count
-        mean = torch.empty(len(labels), basis.shape[-1], dtype=torch.float64)
-        scatter = torch.empty(len(labels), basis.shape[-1], basis.shape[-1], dtype=torch.float64)
-        mean[is_head] = torch.einsum("ck,ckd->cd", self.heads.mean, basis)
-        scatter[is_head] = basis.transpose(1, 2) @ self.heads.scatter @ basis
-        mean[~is_head], scatter[~is_head] = self.dense.mean, self.dense.scatter
+        if self.embedded:
+            moments = self.pieces
+        else:
+            basis, d = self.basis, self.basis.shape[-1]
+            mean = torch.empty(len(labels), d, dtype=torch.float64)
+            scatter = torch.empty(len(labels), d, d, dtype=torch.float64)
+            mean[is_head] = torch.einsum("ck,ckd->cd", self.heads.mean, basis)
+            scatter[is_head] = basis.transpose(1, 2) @ self.heads.scatter @ basis
+            mean[~is_head], scatter[~is_head] = self.dense.mean, self.dense.scatter
+            moments = Moments.from_state(self.heads.count, mean, scatter)
         token_mean = None
         if self.settings.spatial:
-            token_mean = torch.zeros(len(labels), spec.tokens, basis.shape[-1], dtype=torch.float64)
+            token_mean = torch.zeros(len(labels), spec.tokens, moments.mean.shape[-1], dtype=torch.float64)
             token_mean[is_head] = torch.einsum("cnk,ckd->cnd", self.token_mean, self.token_basis)
-            token_mean[~is_head, 0] = self.dense.mean
-        return labels, Moments.from_state(count, mean, scatter), token_mean
+            token_mean[~is_head, 0] = moments.mean[~is_head]
+        return labels, moments, token_mean
 
     labels = None  # computed from the model's spec in `finish`, so nothing to carry beside the state
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Head and dense moments, the heads' bases (and token bases and means)."""
-        tensors = {**self.heads.state("heads."), **self.dense.state("dense."), "basis": self.basis}
+        """Which space the moments are in; the pieces' moments, or the head and dense moments and the heads' bases;
+        with spatial settings the token bases and means."""
+        tensors = {"embedded": torch.tensor([int(self.embedded)])}
+        if self.embedded:
+            tensors.update(self.pieces.state("pieces."))
+        else:
+            tensors.update({**self.heads.state("heads."), **self.dense.state("dense."), "basis": self.basis})
         if self.settings.spatial:
             tensors.update(token_basis=self.token_basis, token_mean=self.token_mean)
         return tensors
@@ -126,8 +156,13 @@ class HeadReducer:
     def from_state(cls, decomposer: ViTDecomposer, settings: Settings, tensors: dict[str, torch.Tensor],
                    labels: None = None) -> "HeadReducer":
         reducer = cls(decomposer, settings)
-        reducer.heads, reducer.dense = Moments.from_tensors(tensors, "heads."), Moments.from_tensors(tensors, "dense.")
-        reducer.basis = tensors["basis"]
+        # checkpoints written before the embedded space existed hold coefficient moments
+        reducer.embedded = bool(tensors.get("embedded", torch.tensor([0]))[0])
+        if reducer.embedded:
+            reducer.pieces = Moments.from_tensors(tensors, "pieces.")
+        else:
+            reducer.heads = Moments.from_tensors(tensors, "heads.")
+            reducer.dense, reducer.basis = Moments.from_tensors(tensors, "dense."), tensors["basis"]
         reducer.token_basis, reducer.token_mean = tensors.get("token_basis"), tensors.get("token_mean")
         return reducer
 

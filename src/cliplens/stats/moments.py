@@ -37,8 +37,10 @@ class Moments:
         """Add a batch of pieces [B, C, d] (any float dtype).
 
         The batch is centred on its own mean first (so a large common offset cannot cancel catastrophically), then
-        combined with the running state by Chan's formula, written as in-place batched products: no [C, d, d]
-        temporaries, which would otherwise dominate the cost for many pieces.
+        combined with the running state by Chan's formula, written as one in-place batched product: Chan's correction
+        (count·n/total) δδᵀ rides as one more row, √(count·n/total) δ, beside the centred rows. No [C, d, d]
+        temporaries, and one pass over the scatter per batch: with many large pieces (SigLIP's heads, 144 × 768²)
+        the pass, not the arithmetic, is the cost.
         """
         batch = batch.to(self.mean.device, torch.float64)
         n = batch.shape[0]
@@ -46,8 +48,13 @@ class Moments:
             return
         batch_mean = batch.mean(0)
         centred = (batch - batch_mean).transpose(0, 1)  # [C, B, d]
+        total = self.count + n
+        delta = batch_mean - self.mean
+        if self.count:
+            centred = torch.cat([centred, delta[:, None] * (self.count * n / total) ** 0.5], 1)
         self.scatter.baddbmm_(centred.transpose(1, 2), centred)
-        self._shift(n, batch_mean)
+        self.mean += delta * (n / total)
+        self.count = total
 
     def _shift(self, n: int, mean: torch.Tensor) -> None:
         """Account for n more points with mean `mean` whose own scatter is already added."""
