@@ -69,6 +69,20 @@ def resnet_images():
     return random_images(5, 64)
 
 
+def run_cli(*args: object) -> str:
+    """`cliplens ARGS...` in this process; its output, after checking that it succeeded (an exception is re-raised
+    with its own traceback)."""
+    from click.testing import CliRunner
+
+    from cliplens.cli import cli
+
+    result = CliRunner().invoke(cli, [str(arg) for arg in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 SMALL_DEMO = "shapes:test:64"
 
 

@@ -17,17 +17,10 @@ from cliplens.settings import Settings
 from cliplens.stats.fit_passes import FitRequest, fit_statistics
 from cliplens.stats.second_order import collect_second_order
 from cliplens.workflows.analysis import plan_analysis
+from conftest import run_cli as run
 
 FIT, EVAL = "shapes:test:48:0", "shapes:test:40:1"
 FP64 = ["--precision", "fp64"]
-
-
-def run(*args: object) -> str:
-    result = CliRunner().invoke(cli, [str(arg) for arg in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def fails(*args: object) -> str:

@@ -16,18 +16,12 @@ from click.testing import CliRunner
 from cliplens.cli import cli
 from cliplens.explorer.site import chunk_key
 from cliplens.explorer.sources import row_label
+from conftest import run_cli as invoke
 
 CHROMIUM = Path("/usr/bin/chromium")
 DATA = "shapes:test:32:0"
 HEAD = "L3H1"  # explained by textspan (the last layer) and retrieved for a query
 
-
-def invoke(*args: object) -> str:
-    result = CliRunner().invoke(cli, [str(arg) for arg in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
