@@ -146,7 +146,7 @@ def statistics(folder: Path) -> list[str]:
 def analysis(folder: Path) -> list[str]:
     record = json.loads((folder / "analysis" / "metadata.json").read_text(encoding="utf-8"))
     passes, evaluation = record["passes"], record["evaluation"]
-    scored = (f"; {evaluation['variants']} ablation and reconstruction variants scored for the labels "
+    scored = (f"; {evaluation['variants']} variants ({', '.join(evaluation['questions'])}) scored for the labels "
               f"{', '.join(str(label or 'of the data') for label in evaluation['labels'])} in {passes['evaluation']} "
               f"pass over the {evaluation['images']} evaluation images" if evaluation else "")
     return [f"`analysis/` holds {', '.join(record['parts'])}: {record['fit']['images']} fit images read in "
