@@ -10,13 +10,14 @@ from typing import Any
 
 import click
 
-from ..errors import CliplensError
 from ..evaluate.reconstruction import METHODS
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
 from ..workflows.ablation_study import PRESETS
 from ..workflows.analysis import QUESTIONS, analyze, check_data, plan_analysis, sample_plan
-from .options import Options, batch_options, load_lens, model_options, output_option, pool_options, templates_option
-from .reconstruct import parse_list
+from .options import (
+    Options, batch_options, load_lens, model_options, output_option, parse_counts, parse_list, pool_options,
+    templates_option,
+)
 
 
 @click.command("analyze")
@@ -54,12 +55,9 @@ from .reconstruct import parse_list
 def command(model: Options, output_dir: Path, fit_path: str, data_path: str | None, batch_size: int,
             num_workers: int, methods: str, texts: str | None, dry_run: bool, **options: Any) -> None:
     """Collect every statistic and score every evaluation asked for, in the fewest passes over the data."""
-    try:
-        counts = None if texts is None else [int(item) for item in parse_list(texts, "texts")]
-    except ValueError:
-        raise CliplensError(f"--texts must be comma-separated integers, got {texts!r}") from None
+    methods_list, counts = parse_list(methods, "methods"), parse_counts(texts)
     lens = load_lens(model)
-    plan = plan_analysis(lens, methods=parse_list(methods, "methods"), texts=counts, scored=data_path is not None,
+    plan = plan_analysis(lens, methods=methods_list, texts=counts, scored=data_path is not None,
                          **options)
     check_data(plan, fit_path, data_path)
     if dry_run:

@@ -14,6 +14,7 @@ import click
 
 from ..data.loader import MAX_BATCH_SIZE, MAX_WORKERS
 from ..data.shards import Shard
+from ..errors import CliplensError
 from ..evaluate.ablation import MEAN_SOURCES
 from ..explain.tables import write_descriptions
 from ..extras import require
@@ -129,6 +130,22 @@ def makeable_folder(ctx: click.Context, param: click.Parameter, value: Path | No
 def output_folder_option(*names: str, **options: Any) -> Callable:
     """A folder the command writes to: checked to be makeable when the command line is read (`makeable_folder`)."""
     return click.option(*names, type=click.Path(file_okay=False, path_type=Path), callback=makeable_folder, **options)
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    """A comma-separated option value (`--methods`, `--texts`) as its items, refused when it names none."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise CliplensError(f"--{what} is empty; pass a comma-separated list")
+    return items
+
+
+def parse_counts(texts: str | None) -> list[int] | None:
+    """`--texts`: the texts per head to sweep, as integers (None: the command's default sweep)."""
+    try:
+        return None if texts is None else [int(item) for item in parse_list(texts, "texts")]
+    except ValueError:
+        raise CliplensError(f"--texts must be comma-separated integers, got {texts!r}") from None
 
 
 def output_option(default: str) -> Callable:

@@ -16,22 +16,14 @@ from typing import Any
 
 import click
 
-from ..errors import CliplensError
 from ..evaluate.reconstruction import METHODS, plot, write_csv
 from ..io.metadata import write_metadata
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
 from ..workflows.reconstruction_study import reconstruction_study
 from .options import (
     Options, data_options, echo_accuracies, evaluation_options, load_lens, model_options, needs, output_option,
-    pool_options, statistics_options,
+    parse_counts, parse_list, pool_options, statistics_options,
 )
-
-
-def parse_list(text: str, what: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise CliplensError(f"--{what} is empty; pass a comma-separated list")
-    return items
 
 
 @click.command("reconstruct")
@@ -53,11 +45,7 @@ def parse_list(text: str, what: str) -> list[str]:
 @needs("explain", "matplotlib")
 def command(model: Options, output_dir: Path, methods: str, texts: str | None, **options: Any) -> None:
     """Zero-shot accuracy with the last layers' heads rebuilt from m texts each, for several methods and m."""
-    methods_list = parse_list(methods, "methods")
-    try:
-        counts = None if texts is None else [int(item) for item in parse_list(texts, "texts")]
-    except ValueError:
-        raise CliplensError(f"--texts must be comma-separated integers, got {texts!r}") from None
+    methods_list, counts = parse_list(methods, "methods"), parse_counts(texts)
     lens = load_lens(model)
     study = reconstruction_study(lens, methods=methods_list, counts=counts, progress=True, **options)
     path = write_csv(output_dir / "reconstruction.csv", study.result)
