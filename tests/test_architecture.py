@@ -42,3 +42,15 @@ def test_every_module_sits_on_a_floor():
     present = {path.stem for path in package.glob("*.py") if not path.stem.startswith("__")}
     present |= {path.parent.name for path in package.glob("*/__init__.py")}
     assert present == named
+
+
+def test_command_modules_do_not_import_each_other():
+    """A command parses, calls the library, prints and writes; what two commands share lives in cli/options.py (or
+    below), never in a command module another one imports."""
+    import ast
+
+    commands = {path.stem for path in (ROOT / "src" / "cliplens" / "cli").glob("*.py")} - {"__init__", "options"}
+    for name in sorted(commands):
+        tree = ast.parse((ROOT / "src" / "cliplens" / "cli" / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert not imported & commands, f"cli/{name}.py imports the command module(s) {imported & commands}"
