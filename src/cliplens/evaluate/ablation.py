@@ -205,19 +205,32 @@ def evaluate_variants(
                        progress=progress)[0]
 
 
+class Relabelled:
+    """The true classes of the same images under another attribute (a shapes split re-labelled): read once per batch,
+    however many tasks and boards of one evaluation pass ask for them."""
+
+    def __init__(self, data: Any):
+        self.data, self._last = data, (None, None)
+
+    def of(self, batch: Any) -> torch.Tensor:
+        if self._last[0] is not batch:
+            self._last = (batch, torch.tensor([self.data[int(i)][1] for i in batch.indices]))
+        return self._last[1]
+
+
+def true_classes(batch: Any, relabelled: Relabelled | None) -> torch.Tensor:
+    """The batch's own labels, or those of `relabelled`."""
+    return batch.labels if relabelled is None else relabelled.of(batch)
+
+
 @dataclass(frozen=True)
 class Task:
-    """Variants scored by one zero-shot classifier's weights [d, classes]; `labels`, a dataset over the same images
-    labelled by another attribute (a shapes split re-labelled), supplies the true classes instead of the data's own."""
+    """Variants scored by one zero-shot classifier's weights [d, classes], against the data's own classes or those of
+    `labels`."""
 
     variants: Sequence[Variant]
     weights: torch.Tensor
-    labels: Any = None
-
-    def truth(self, batch: Any) -> torch.Tensor:
-        if self.labels is None:
-            return batch.labels
-        return torch.tensor([self.labels[int(i)][1] for i in batch.indices])
+    labels: Relabelled | None = None
 
 
 def score_tasks(lens: Lens, data: Any, tasks: Sequence[Task], stats: PieceStats, *, batch_size: int = 32,
@@ -261,7 +274,7 @@ class VariantScorer:
         if result.labels != self.stats.labels:
             raise CliplensError("the statistics' pieces do not match this model's decomposition; recollect them")
         for t, (task, bank, w) in enumerate(zip(self.tasks, self.banks, self.weights)):
-            labels = task.truth(batch).to(self.lens.device)
+            labels = true_classes(batch, task.labels).to(self.lens.device)
             predicted = (bank.combine(result.components, cells) @ w).argmax(-1)  # [B, V]
             self.correct[t] += (predicted == labels[:, None]).sum(0)
             self.full_correct[t] += int(((result.embedding.to(torch.float64) @ w).argmax(-1) == labels).sum())
@@ -275,20 +288,26 @@ def scored_tasks(tasks: Sequence[Task], scores: Sequence[Scores], stats: PieceSt
     """What an analysis stores of `score_tasks`'s results, keyed by content (evaluate/stored_scores.py)."""
     stored: dict[str, dict[str, Any]] = {}
     for task, score in zip(tasks, scores):
-        key = task_key(task.weights, stats.labels, stats.mean, cls_cell_means(stats))
-        entry = stored.setdefault(key, {"count": score.count, "full_correct": score.full_correct,
-                                        "classes": score.classes, "variants": {}})
-        entry["variants"].update({variant_key(v.ablated, v.projected, v.cls): n
-                                  for v, n in zip(task.variants, score.correct)})
+        entry = stored.setdefault(_task_key(task.weights, stats), {
+            "count": score.count, "full_correct": score.full_correct, "classes": score.classes, "variants": {}})
+        entry["variants"].update({_variant_key(v): n for v, n in zip(task.variants, score.correct)})
     return stored
 
 
 def _stored(source: AnalyzedData, bank: VariantBank, variants: Sequence[Variant], weights: torch.Tensor,
             stats: PieceStats, in_sample: bool | None) -> Scores:
-    key = task_key(weights, stats.labels, stats.mean, cls_cell_means(stats))
-    task = stored_task(source.path, key, [variant_key(v.ablated, v.projected, v.cls) for v in variants])
+    task = stored_task(source.path, _task_key(weights, stats), [_variant_key(v) for v in variants])
     return Scores(bank.names, task["correct"], task["full_correct"], task["count"], task["classes"],
                   len(stats.labels), in_sample)
+
+
+def _task_key(weights: torch.Tensor, stats: PieceStats) -> str:
+    """The one key a task is stored and looked up under: its classifier, the pieces and their means."""
+    return task_key(weights, stats.labels, stats.mean, cls_cell_means(stats))
+
+
+def _variant_key(variant: Variant) -> str:
+    return variant_key(variant.ablated, variant.projected, variant.cls)
 
 
 def _checked_weights(weights: torch.Tensor, stats: PieceStats, device: Any) -> torch.Tensor:

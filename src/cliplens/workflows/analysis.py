@@ -22,7 +22,7 @@ from torch.utils.data import Subset
 from ..data.loader import Batch, as_source, fingerprint
 from ..decompose.second_order import check_layer
 from ..errors import CliplensError
-from ..evaluate.ablation import Task, VariantScorer, scored_tasks
+from ..evaluate.ablation import Relabelled, Task, VariantScorer, scored_tasks, true_classes
 from ..evaluate.reconstruction import METHODS, check_methods, check_text_counts, reconstruction_variants, split_heads
 from ..evaluate.reference import evaluation_source
 from ..evaluate.second_order_ablation import VARIANTS, SecondOrderBoard
@@ -184,14 +184,14 @@ def evaluate(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_pat
     one forward per batch; their counts go to `analysis.scores` and the pass's record is returned."""
     tasks, weights = evaluation_tasks(lens, plan, fit, fit_path, data_path, progress=progress)
     scorer = VariantScorer(lens, tasks, fit.pieces) if tasks else None
-    boards = [(SecondOrderBoard(lens, stats, w), truth) for stats in fit.second_order.values()
-              for w, truth in weights]
+    boards = [(SecondOrderBoard(lens, stats, w), relabelled) for stats in fit.second_order.values()
+              for w, relabelled in weights]
 
     def read(batch: Batch) -> None:
         if scorer is not None:
             scorer.update(batch)
-        for board, truth in boards:
-            board.update(batch.images, truth.truth(batch))
+        for board, relabelled in boards:
+            board.update(batch.images, true_classes(batch, relabelled))
 
     source = as_source(data_path)
     report = one_pass(lens, source, read, description=f"analyse {lens.name} (evaluation)", labelled=True,
@@ -208,7 +208,7 @@ def evaluate(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_pat
 
 
 def evaluation_tasks(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_path: Any, *,
-                     progress: bool = False) -> tuple[list[Task], list[tuple[torch.Tensor, Task]]]:
+                     progress: bool = False) -> tuple[list[Task], list[tuple[torch.Tensor, Relabelled | None]]]:
     """Every variant the plan's evaluations score, one task per (question, label), all fixed before the pass; and
     each label's classifier with where its true classes come from (for the second-order ablations)."""
     stats, variants = fit.pieces, {}
@@ -226,9 +226,10 @@ def evaluation_tasks(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, 
     for label in plan.labels:
         source = evaluation_source(data_path, label)
         weights = source_classifier(lens, source, plan.templates, progress=progress)
-        relabelled = None if getattr(source, "fingerprint", None) == getattr(own, "fingerprint", None) else source
+        same = getattr(source, "fingerprint", None) == getattr(own, "fingerprint", None)
+        relabelled = None if same else Relabelled(source)  # shared: its classes are read once per batch
         tasks += [Task(group, weights, relabelled) for group in variants.values()]
-        classifiers.append((weights, Task((), weights, relabelled)))
+        classifiers.append((weights, relabelled))
     return tasks, classifiers
 
 
