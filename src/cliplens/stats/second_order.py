@@ -367,9 +367,9 @@ def analysis_part(layer: int) -> str:
     return f"second-order-L{layer}"
 
 
-def load_second_order(path: str | Path, lens: Lens, layer: int | None = None) -> SecondOrderStats:
+def load_second_order(path: str | Path, lens: Lens, layer: int | None = None, **expect: Any) -> SecondOrderStats:
     """Read statistics written by `SecondOrderStats.save`, or layer `layer`'s from an analysis; refuses another
-    model's, rebuilds the directions."""
+    model's, and any whose settings differ from those `expect` pins; rebuilds the directions."""
     metadata, part = read_metadata(path), None
     if metadata.get("kind") == ANALYSIS:
         layers = [name for name in metadata.get("parts", {}) if name.startswith("second-order-L")]
@@ -379,7 +379,7 @@ def load_second_order(path: str | Path, lens: Lens, layer: int | None = None) ->
         raise CliplensError(f"{path} holds {metadata.get('kind')!r}, not second-order statistics; pass the folder "
                             "`cliplens second-order` wrote")
     fields = {"layer": int, "scale": (int, float), "top_k": int}
-    tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint}, fields, part=part)
+    tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint, **expect}, fields, part=part)
     settings = Settings.from_metadata(metadata)
     basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), settings.convention).basis
     shapes = {"count": (1,), "ranked": (1,), "mean": ("F", "J+K"), "scatter": ("F", "J+K", "J+K")}

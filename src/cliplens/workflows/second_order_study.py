@@ -26,7 +26,6 @@ from ..explain.unit_words import atom_count, word_rows
 from ..labels import neuron_label
 from ..stats.checkpoint import EVERY
 from ..io.artifacts import is_analysis
-from ..io.compat import require_match
 from ..stats.second_order import SecondOrderStats, collect_second_order, load_second_order
 from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates
 
@@ -130,9 +129,8 @@ def second_order_study(
     if source is not None:
         classifier_prompts(source, templates)
     if is_analysis(data_path):  # its fit passes collected the layer with the same settings, or it is refused
-        stats = load_second_order(data_path, lens, mlp_layer)
-        require_match(stats.metadata, {"convention": convention, "scale": float(scale), "normalize": normalize,
-                                       "top_k": top_k}, f"the statistics of layer {mlp_layer} in {data_path}")
+        stats = load_second_order(data_path, lens, mlp_layer, convention=convention, scale=float(scale),
+                                  normalize=normalize, top_k=top_k)
     else:
         stats = collect_second_order(lens, data_path, layer=mlp_layer, convention=convention, scale=scale,
                                      normalize=normalize, top_k=top_k, batch_size=batch_size, num_workers=num_workers,
