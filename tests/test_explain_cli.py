@@ -17,10 +17,10 @@ from click.testing import CliRunner
 import cliplens
 from cliplens import CliplensError
 from cliplens.cli import ablate, explain, reconstruct, textspan
+from cliplens.evaluate.reconstruction import powers_of_two
 from cliplens.explain.tables import COLUMNS
 from cliplens.explain.unit_words import atom_count
 from cliplens.workflows.head_texts import explain_heads
-from cliplens.workflows.reconstruction_study import powers_of_two
 from conftest import tiny_vit
 
 DATA = "shapes:test:16"

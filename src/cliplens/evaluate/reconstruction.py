@@ -74,6 +74,17 @@ def check_methods(methods: Sequence[str]) -> None:
         raise CliplensError(f"unknown reconstruction method {unknown[:1] or methods}; choose from {', '.join(METHODS)}")
 
 
+def powers_of_two(limit: int) -> list[int]:
+    """1, 2, 4, ... up to `limit`, the default sweep."""
+    return [2**i for i in range(limit.bit_length())]
+
+
+def text_sweep(counts: Sequence[int] | None, limit: int) -> list[int]:
+    """The texts per head to sweep: `counts` checked against `limit` (the smallest of the TextSpan rank, the
+    embedding dimension and the pool size), or by default 1, 2, 4, ... up to it."""
+    return powers_of_two(limit) if counts is None else check_text_counts(counts, limit)
+
+
 def check_text_counts(counts: Sequence[int], limit: int) -> list[int]:
     """Sorted distinct text counts, each between 1 and `limit` (the largest span the texts can fill)."""
     counts = sorted({require_positive_int("a text count", m) for m in counts})
@@ -190,15 +201,15 @@ def reconstruction_variants(
     texts: Sequence[str],
     *,
     methods: Sequence[str] = METHODS,
-    counts: Sequence[int] = (1, 2, 4, 8, 16),
+    counts: Sequence[int] | None = (1, 2, 4, 8, 16),
     num_last_layers: int = 4,
     rank: int = 80,
     seed: int = 0,
     progress: bool = False,
 ) -> list[Variant]:
-    """The mean-ablation baseline, then one variant per method and m: everything fitted on `stats` (head
-    granularity: the means that replace earlier heads, the heads' statistics, the text selections) from the unit
-    embeddings [M, d] of the pool `texts`."""
+    """The mean-ablation baseline, then one variant per method and m (`counts`, None: the default `text_sweep`):
+    everything fitted on `stats` (head granularity: the means that replace earlier heads, the heads' statistics, the
+    text selections) from the unit embeddings [M, d] of the pool `texts`."""
     stats = check_statistics(stats, lens)
     check_methods(methods)
     require_seed("seed", seed)
@@ -208,7 +219,7 @@ def reconstruction_variants(
     if text_embeddings.ndim != 2 or text_embeddings.shape != (len(texts), dim):
         raise CliplensError(f"expected {len(texts)} text embeddings of dimension {dim}, "
                             f"got {tuple(text_embeddings.shape)}")
-    counts = check_text_counts(counts, min(rank, dim, len(texts)))
+    counts = text_sweep(counts, min(rank, dim, len(texts)))
     builders = {
         "textspan": lambda: textspan_bases(stats, analysed, text_embeddings, texts, counts, rank),
         "svd": lambda: svd_bases(stats, analysed, text_embeddings, texts, counts),
@@ -231,7 +242,7 @@ def reconstruction_accuracy(
     texts: Sequence[str],
     *,
     methods: Sequence[str] = METHODS,
-    counts: Sequence[int] = (1, 2, 4, 8, 16),
+    counts: Sequence[int] | None = (1, 2, 4, 8, 16),
     num_last_layers: int = 4,
     rank: int = 80,
     seed: int = 0,
@@ -243,7 +254,7 @@ def reconstruction_accuracy(
     variants = reconstruction_variants(lens, stats, text_embeddings, texts, methods=methods, counts=counts,
                                        num_last_layers=num_last_layers, rank=rank, seed=seed, progress=progress)
     analysed, earlier = split_heads(stats.labels, num_last_layers)
-    counts = check_text_counts(counts, min(rank, stats.mean.shape[1], len(texts)))
+    counts = text_sweep(counts, min(rank, stats.mean.shape[1], len(texts)))
     scores = evaluate_variants(lens, data, variants, weights, stats, batch_size=batch_size, num_workers=num_workers,
                                progress=progress)
     images = scores.count

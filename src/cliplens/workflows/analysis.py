@@ -36,7 +36,6 @@ from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics, one_pa
 from ..stats.second_order import analysis_part
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts, check_candidates
 from .ablation_study import PRESETS, study_variants
-from .reconstruction_study import powers_of_two
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -217,9 +216,8 @@ def evaluation_tasks(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, 
     if "reconstruct" in plan.questions:
         _, texts, embeddings = candidate_texts(lens, fit_path, HEAD_POOL, pool=plan.pool, pool_size=plan.pool_size,
                                                pool_templates=plan.pool_templates, progress=progress)
-        counts = plan.texts or powers_of_two(min(80, embeddings.shape[1], len(texts)))
         variants["reconstruct"] = reconstruction_variants(lens, stats, embeddings, texts, methods=plan.methods,
-                                                          counts=counts, num_last_layers=plan.num_last_layers,
+                                                          counts=plan.texts, num_last_layers=plan.num_last_layers,
                                                           progress=progress)
     own = as_source(data_path)
     tasks, classifiers = [], []

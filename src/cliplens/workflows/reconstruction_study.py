@@ -41,11 +41,6 @@ class ReconstructionStudy:
         return self.result.rows[0]["images"]
 
 
-def powers_of_two(limit: int) -> list[int]:
-    """1, 2, 4, ... up to `limit`, the default sweep."""
-    return [2**i for i in range(limit.bit_length())]
-
-
 def reconstruction_study(
     lens: Lens, data_path: Any, *, methods: Sequence[str] = METHODS, counts: Sequence[int] | None = None,
     num_last_layers: int = 4, w_ov_rank: int = 80, random_seed: int = 0,
@@ -70,8 +65,6 @@ def reconstruction_study(
                                         progress=progress)
     pool, texts, embeddings = candidate_texts(lens, data_path, HEAD_POOL, pool=pool, pool_size=pool_size,
                                               pool_templates=pool_templates, progress=progress)
-    if counts is None:
-        counts = powers_of_two(min(w_ov_rank, embeddings.shape[1], len(texts)))
     weights = source_classifier(lens, source, templates, progress=progress)
     result = reconstruction_accuracy(
         lens, source, weights, stats, embeddings, texts, methods=methods, counts=counts,
