@@ -118,11 +118,12 @@ def recorded_data(data: Any, role: str = "fit") -> Any:
 
 def analyzed_source(path: str | os.PathLike) -> AnalyzedData:
     """The evaluation data an analysis recorded, rebuilt from its spec and checked against its fingerprint."""
-    spec = recorded_data(path, "evaluation")
-    if not isinstance(spec, str):
+    record = read_metadata(path).get("evaluation")
+    record = record if isinstance(record, dict) else {}
+    if not isinstance(record.get("data"), str):
         raise CliplensError(f"{path} records no evaluation data it can be read as (it was given as a Python object, "
                             "or none was given); pass --data-path and --stats separately")
-    return AnalyzedData(path, as_source(spec), read_metadata(path)["evaluation"].get("fingerprint"))
+    return AnalyzedData(path, as_source(record["data"]), record.get("fingerprint"))
 
 
 def fingerprint(source: Any) -> str:
