@@ -59,8 +59,8 @@ def command(model: Options, output_dir: Path, fit_path: str, data_path: str | No
     lens = load_lens(model)
     plan = plan_analysis(lens, methods=methods_list, texts=counts, scored=data_path is not None,
                          **options)
-    check_data(plan, fit_path, data_path)
     if dry_run:
+        check_data(plan, fit_path, data_path)  # analyze checks it itself before its passes
         sample = sample_plan(lens, fit_path, plan, batch_size=batch_size, num_workers=num_workers)
         click.echo(f"{lens.name}: {', '.join(plan.questions)}; passes over the fit data: {plan.passes()['fit']}, "
                    f"over the evaluation data: {plan.passes()['evaluation']}")

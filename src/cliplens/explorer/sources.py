@@ -127,9 +127,9 @@ def _read_folder(findings: Findings, folder: Path) -> None:
     record = _json(folder / METADATA)
     kind = record.get("kind") if isinstance(record, dict) else None
     parts = record.get("parts") if kind == ANALYSIS else {None: record}  # an analysis holds several statistics
+    readers = {"piece-stats": _read_piece_stats, "pair-stats": _read_pair_stats,
+               "second-order-stats": _read_second_order}
     for part, held in parts.items() if isinstance(parts, dict) else ():
-        readers = {"piece-stats": _read_piece_stats, "pair-stats": _read_pair_stats,
-                   "second-order-stats": _read_second_order}
         reader = readers.get(held.get("kind")) if isinstance(held, dict) else None
         if reader is not None:
             reader(findings, folder, part)
