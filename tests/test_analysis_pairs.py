@@ -100,3 +100,12 @@ def test_pair_ablate_settings_are_refused_before_any_pass(args, message, passes)
 def test_pair_ablate_needs_evaluation_data_before_any_pass(passes):
     assert "--data-path" in fails("analyze", *RN, "--fit-path", FIT, "--ask", "pair-ablate", "--output-dir", "unused")
     assert not passes
+
+
+def test_the_dry_run_counts_the_evaluation_pass_and_the_neurons_moments(tmp_path):
+    text = run("analyze", *RN, "--fit-path", FIT, "--data-path", EVAL, "--ask", "pair-ablate", "--omp-atoms", "0",
+               "--dry-run", "--output-dir", tmp_path / "x")
+    assert "passes over the fit data: 1, over the evaluation data: 1" in text
+    # 384 neurons x 6 heads: count, mean [C, H] and scatter [C, H, H] in float64
+    assert f"pair-neurons: {(1 + 384 * 6 + 384 * 36) * 8 / 2**20:.1f} MiB" in text and "pairs:" in text
+    assert not (tmp_path / "x").exists()

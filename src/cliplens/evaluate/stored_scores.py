@@ -118,5 +118,6 @@ def stored_pairs(folder: str | os.PathLike, key: str, variant_keys: Sequence[str
 def scores_file(tasks: Mapping[str, Mapping[str, Any]], second_order: Mapping[str, Mapping[str, Any]],
                 pairs: Mapping[str, Mapping[str, Any]]) -> str:
     """The JSON text of `scores.json`: {"tasks": {task key: {count, full_correct, classes, variants: {key: n}}},
-    "second_order": {key: {count, correct: {variant: n}, significant}}, "pairs": {key: {count, variants: {key: n}}}}."""
+    "second_order": {key: {count, correct: {variant: n}, significant}},
+    "pairs": {key: {count, variants: {key: n}}}}."""
     return json.dumps({"tasks": tasks, "second_order": second_order, "pairs": pairs}, indent=1, sort_keys=True) + "\n"

@@ -4,9 +4,9 @@ passes over the fit data and one over the evaluation data; the call behind `clip
 The fit passes (stats/fit_passes.py) collect what the explainers read. Between the passes everything an evaluation
 fits is fixed (ablation means, reconstruction bases chosen from text, ResNet pair masks and the pairs' directions
 written in words), so every variant of every question and label is scored in the one evaluation pass
-(evaluate/ablation.py `score_tasks`, evaluate/pair_ablation.py `PairReading`). The folder written holds each statistic as
-its own command would save it and the scores keyed by what was scored, so commands given the folder answer from it
-without touching an image.
+(evaluate/ablation.py `score_tasks`, evaluate/pair_ablation.py `PairReading`). The folder written holds each
+statistic as its own command would save it and the scores keyed by what was scored, so commands given the folder
+answer from it without touching an image.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ..io.compat import fitted_on
 from ..settings import Settings
 from ..stats.collect import PAIRS, PIECES
 from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics, one_pass
+from ..stats.moments import Moments
 from ..stats.second_order import analysis_part
 from ..text.candidates import (
     HEAD_POOL, HEAD_POOL_TEMPLATES, UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates,
@@ -298,6 +299,8 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
         sizes[PIECES] = _bytes(fit.pieces.artifact()[0])
     if fit.pairs is not None:
         sizes[PAIRS] = _bytes(fit.pairs.artifact()[0])
+    if "pair-ablate" in plan.questions:
+        sizes[NEURON_MOMENTS] = _bytes(Moments(fit.pairs.neurons, fit.pairs.heads).state())
     for layer, stats in fit.second_order.items():
         sizes[analysis_part(layer)] = _bytes(stats.artifact()[0])
     return {"sizes": sizes, "passes": plan.passes(), "images": len(source),
