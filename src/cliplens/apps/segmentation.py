@@ -99,7 +99,8 @@ class Selection:
 
 def usable_lenses(lens: Lens) -> list[str]:
     """Every lens this model can give (`analyze --all` segments with all of them)."""
-    return [name for name in LENSES if lens.kind in MODELS[name] and _reads_its_class_token(lens, name)]
+    return [name for name in LENSES
+            if lens.kind in MODELS[name] and (lens.kind != "vit" or _reads_its_class_token(lens, name))]
 
 
 def check_lenses(lens: Lens, names: Sequence[str]) -> list[str]:

@@ -1,8 +1,10 @@
 """Zero-shot segmentation of a dataset with masks, every lens on the same images and texts: the call behind
 `cliplens segment` (docs/methods/segmentation.md).
 
-One pass: per batch, each lens's maps become soft maps, hard masks and class labels, which update streamed
-confusion matrices and per-image APs; only a few example images are kept for the overlay grid.
+One pass: per batch, one shared forward gives each lens's maps, which become soft maps, hard masks and class labels
+that update streamed confusion matrices and per-image APs; only a few example images are kept for the overlay grid.
+Those counts are all the outputs are written from, so an analysis stores them (docs/methods/analysis.md#segmentation)
+and a study given the analysis's folder writes the same outputs without reading an image.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ if TYPE_CHECKING:
 
 COLUMNS = SCHEMAS["segmentation"]
 METRICS, GRID, MASKS = "metrics.csv", "overlays.png", "masks.zip"
+SEGMENTATION = "segmentation"  # the analysis part
+FIELDS = {"lenses": list, "predicted_by": str, "examples": int, "kept": int, "classes": list, "background": bool,
+          "class_metrics": bool, "total": int, "loaded": int, "skipped": list, "reasons": list}  # what the reader reads
+DATA_KEYS = ("classes", "phrases", "templates", "single_object", "background", "data_path",
+             "data_fingerprint")
 
 
 @dataclass
@@ -156,13 +163,6 @@ class SegmentationCounts:
                     "total": report.total, "loaded": report.loaded, "skipped": report.skipped,
                     "reasons": report.reasons}
         return tensors, metadata
-
-
-SEGMENTATION = "segmentation"  # the analysis part
-FIELDS = {"lenses": list, "predicted_by": str, "examples": int, "kept": int, "classes": list, "background": bool,
-          "class_metrics": bool, "total": int, "loaded": int, "skipped": list, "reasons": list}  # what the reader reads
-DATA_KEYS = ("classes", "phrases", "templates", "single_object", "background", "data_path",
-             "data_fingerprint")
 
 
 def segmentation_study(
