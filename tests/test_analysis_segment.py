@@ -76,6 +76,17 @@ def test_resnet_pairs_and_maskclip_from_the_analysis_of_all(tmp_path):
     same_outputs(tmp_path / "read", tmp_path / "own")
 
 
+def test_all_segments_with_every_lens_the_model_has_when_given_images_with_masks():
+    import cliplens
+    from cliplens.workflows.analysis import plan_analysis
+
+    lens = cliplens.load("toy:vit")
+    plan = plan_analysis(lens, (), every=True, segmented=True)
+    assert plan.questions == ("statistics", "segment") and plan.passes()["segmentation"] == 1
+    assert plan.segment.lenses == ("heads", "second-order", "attention", "rollout", "gradcam", "centre")
+    assert plan_analysis(lens, (), every=True).segment is None
+
+
 @pytest.mark.parametrize("args, message", [
     (["--ask", "segment", "--lens", "heads"], "--segment-path"),
     (["--ask", "segment", "--segment-path", SEGMENT], "--lens"),

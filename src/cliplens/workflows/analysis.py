@@ -97,7 +97,7 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
         questions += list(EVALUATIONS) if vit and scored else []
         questions += ["segment"] if segmented else []
         presets = presets or tuple(PRESETS)
-        lenses = lenses or tuple(usable_lenses(lens))
+        lenses = lenses or (tuple(usable_lenses(lens)) if segmented else ())
     questions = tuple(dict.fromkeys(questions))
     if scored and not any(q in ("second-order", *EVALUATIONS) for q in questions):
         raise CliplensError("--data-path is scored by ablate, reconstruct and the second-order ablations; ask for one "
