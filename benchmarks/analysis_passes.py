@@ -92,8 +92,9 @@ def main() -> None:
         same = []
         for table in ("vit-textspan/textspan.csv", "vit-reconstruct/reconstruction.csv", "vit-ablate/ablation.csv",
                       "vit-second-order/neurons_L1.csv", "vit-second-order/ablation_L1.csv", "rn-pairs/pairs.csv",
-                      "rn-pairs/ablation.csv", "rn-neuron-ablate/ablation.csv", "vit-segment/metrics.csv",
-                      "vit-segment/overlays.png", "rn-segment/metrics.csv", "rn-segment/overlays.png"):
+                      "rn-pairs/ablation.csv", "rn-pairs/pair_words.csv", "rn-pairs/neuron_words.csv",
+                      "rn-neuron-ablate/ablation.csv", "vit-segment/metrics.csv", "vit-segment/overlays.png",
+                      "rn-segment/metrics.csv", "rn-segment/overlays.png"):
             same.append((table, (Path(folder) / "before" / table).read_bytes() == (Path(folder) / "after" /
                                                                                  table).read_bytes()))
     print(f"# the demo's analysis steps, {args.images} fit and {args.images} evaluation images, {demo.SEGMENT}, "

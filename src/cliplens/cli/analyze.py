@@ -11,13 +11,14 @@ from typing import Any
 import click
 
 from ..data.segmentation import IMAGENET_SEG_PREFIX
+from ..evaluate.pair_ablation import DEFAULT_KEEPS
 from ..evaluate.reconstruction import METHODS
-from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
 from ..workflows.ablation_study import PRESETS
 from ..workflows.analysis import QUESTIONS, analyze, check_data, plan_analysis, sample_plan
+from ..workflows.pair_study import PAIR_ATOMS
 from .options import (
-    Options, batch_options, load_lens, model_options, needs_for_data, output_option, parse_counts, parse_list,
-    pool_options, segment_options, templates_option,
+    Options, batch_options, load_lens, model_options, needs_for_data, omp_only_options, output_option, parse_counts,
+    parse_list, pool_options, segment_options, templates_option,
 )
 
 SPLITS = {"fit": "fit data", "evaluation": "evaluation data", "segmentation": "segmentation split"}
@@ -29,8 +30,8 @@ SPLITS = {"fit": "fit data", "evaluation": "evaluation data", "segmentation": "s
               help="Data the statistics (means, covariances, rankings) are collected over (no default, as None "
                    "elsewhere: an analysis is of the data named).")
 @click.option("--data-path", default=None,
-              help="Labelled data the ablations and reconstructions are scored on, needed by ablate and reconstruct, "
-                   "and second-order layers are ablated on when given "
+              help="Labelled data the ablations and reconstructions are scored on, needed by ablate, reconstruct and "
+                   "pair-ablate, and second-order layers are ablated on when given "
                    "(no default where other commands read shapes:test:512: only the data named is scored).")
 @click.option("--segment-path", default=None,
               help="Images with masks that segment's lenses are scored on, in one pass (as `cliplens segment "
@@ -38,12 +39,12 @@ SPLITS = {"fit": "fit data", "evaluation": "evaluation data", "segmentation": "s
 @batch_options
 @click.option("--ask", "questions", type=click.Choice(QUESTIONS), multiple=True,
               help="A question to answer (repeat): statistics (heads, per token on ViTs), pairs (ResNet), "
-                   "second-order (with --mlp-layer), ablate (with --preset), reconstruct, segment (with "
-                   "--segment-path and --lens).")
+                   "second-order (with --mlp-layer), ablate (with --preset), reconstruct, pair-ablate (ResNet: what "
+                   "`pairs` and `neuron-ablate` score), segment (with --segment-path and --lens).")
 @click.option("--all", "every", is_flag=True,
               help="Every question the model supports: second-order with --mlp-layer, ablate (every preset unless "
-                   "--preset) and reconstruct with --data-path, segment with --segment-path (every lens the model "
-                   "has unless --lens).")
+                   "--preset) and reconstruct with --data-path on a ViT; pair-ablate with --data-path on a ResNet; "
+                   "segment with --segment-path (every lens the model has unless --lens).")
 @click.option("--mlp-layer", "mlp_layers", type=int, multiple=True,
               help="MLP layer for second-order and for segment's second-order lens (repeat) [segment's default when "
                    "only the lens is asked for: the three before the last].")
@@ -53,12 +54,15 @@ SPLITS = {"fit": "fit data", "evaluation": "evaluation data", "segmentation": "s
               help="shapes data: an attribute to classify (repeat; every evaluation is scored for each) "
                    "[default: the data's own label].")
 @templates_option
-@pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES, uses_pool=lambda options: "reconstruct" in options["questions"])
+@pool_options(None, None)
 @click.option("--methods", default=",".join(METHODS), show_default=True,
               help="Reconstruction methods, comma-separated, as `cliplens reconstruct`.")
 @click.option("--texts", default=None, help="Texts per head to sweep, as `cliplens reconstruct --texts`.")
 @click.option("--num-last-layers", type=click.IntRange(min=1), default=4, show_default=True,
               help="Reconstruct the heads of this many last layers, as `cliplens reconstruct`.")
+@click.option("--keep", "keeps", type=float, multiple=True, default=DEFAULT_KEEPS, show_default=True,
+              help="pair-ablate: percentages of pairs and of neurons kept (repeat), as `pairs` and `neuron-ablate`.")
+@omp_only_options(PAIR_ATOMS)
 @segment_options(required=False)
 @click.option("--dry-run", is_flag=True, help="Print the plan (statistics, size on disk, passes, estimated time from "
                                                "a few timed batches) and stop.")

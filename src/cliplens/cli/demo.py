@@ -93,15 +93,17 @@ def rn_steps(out: Path) -> list[Step]:
     rn = ["--model", "toy:rn"]
     stats = str(out / "rn-analyze" / "analysis")
     return [
-        ("Analyse toy:rn once: statistics of its pool heads and of every neuron x head pair, one pass over the fit "
-         "images; every segmentation lens in one pass over the images with masks", "analyze",
-         rn + ["--fit-path", FIT, "--all", "--segment-path", SEGMENT, *RN_LENSES, "--examples", "4",
-               "--output-dir", str(out / "rn-analyze")]),
+        ("Analyse toy:rn once: statistics of its pool heads and of every neuron x head pair (one pass over the fit "
+         "images), every pair and neuron ablation of the next two steps (one pass over the evaluation images), every "
+         "segmentation lens (one pass over the images with masks)", "analyze",
+         rn + ["--fit-path", FIT, "--data-path", EVAL, "--all", "--keep", "1", "--keep", "5", "--keep", "10",
+               "--keep", "50", "--pool", "shapes", "--omp-atoms", "8", "--segment-path", SEGMENT, *RN_LENSES,
+               "--examples", "4", "--output-dir", str(out / "rn-analyze")]),
         ("ResNet neuron x head pairs of toy:rn: scores, words, 90 % of pairs mean-ablated", "pairs",
-         rn + ["--data-path", EVAL, "--fit-path", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "10",
+         rn + ["--data-path", stats, "--fit-path", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "10",
                "--output-dir", str(out / "rn-pairs")]),
         ("How few pairs or neurons toy:rn needs: accuracy with the top 1-50 % kept", "neuron-ablate",
-         rn + ["--data-path", EVAL, "--stats", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "1",
+         rn + ["--data-path", stats, "--stats", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "1",
                "--keep", "5", "--keep", "10", "--keep", "50", "--output-dir", str(out / "rn-neuron-ablate")]),
         ("Zero-shot segmentation: neuron x head pair maps next to MaskCLIP, Grad-CAM and a centre prior (counted by "
          "the analysis)", "segment",

@@ -2,10 +2,11 @@
 passes over the fit data and one over the evaluation data; the call behind `cliplens analyze`.
 
 The fit passes (stats/fit_passes.py) collect what the explainers read. Between the passes everything an evaluation
-fits is fixed (ablation means, reconstruction bases chosen from text), so every variant of every question and label
-is scored in the one evaluation pass (evaluate/ablation.py `score_tasks`). The folder written holds each statistic as
-its own command would save it and the scores keyed by what was scored, so commands given the folder answer from it
-without touching an image.
+fits is fixed (ablation means, reconstruction bases chosen from text, ResNet pair masks and the pairs' directions
+written in words), so every variant of every question and label is scored in the one evaluation pass
+(evaluate/ablation.py `score_tasks`, evaluate/pair_ablation.py `PairReading`). The folder written holds each
+statistic as its own command would save it and the scores keyed by what was scored, so commands given the folder
+answer from it without touching an image.
 """
 
 from __future__ import annotations
@@ -25,28 +26,35 @@ from ..data.segmentation import segmentation_source
 from ..decompose.second_order import check_layer
 from ..errors import CliplensError
 from ..evaluate.ablation import Relabelled, Task, VariantScorer, scored_tasks, true_classes
+from ..evaluate.pair_ablation import DEFAULT_KEEPS, NEURON_MOMENTS, PairReading, check_keep, neuron_moments_part
 from ..evaluate.reconstruction import METHODS, check_methods, check_text_counts, reconstruction_variants, split_heads
 from ..evaluate.reference import evaluation_source
 from ..evaluate.second_order_ablation import VARIANTS, SecondOrderBoard
 from ..evaluate.stored_scores import SCORES, scores_file
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
+from ..explain.omp import DictNorm, require_fewer_atoms
 from ..io.artifacts import ANALYSIS, save_parts
 from ..io.compat import fitted_on
 from ..settings import Settings
 from ..stats.collect import PAIRS, PIECES
 from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics, one_pass
+from ..stats.moments import Moments
 from ..stats.second_order import analysis_part
-from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts, check_candidates
+from ..text.candidates import (
+    HEAD_POOL, HEAD_POOL_TEMPLATES, UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates,
+)
 from .ablation_study import PRESETS, study_variants
 from .segmentation import (
     SEGMENTATION, SegmentationCounts, SegmentationRequest, class_texts, segmentation_pass, segmentation_request,
 )
+from .pair_study import pair_texts, pair_variants
 
 if TYPE_CHECKING:
     from ..lens import Lens
 
-QUESTIONS = ("statistics", "pairs", "second-order", "ablate", "reconstruct", "segment")
-EVALUATIONS = ("ablate", "reconstruct")
+QUESTIONS = ("statistics", "pairs", "second-order", "ablate", "reconstruct", "pair-ablate", "segment")
+EVALUATIONS = ("ablate", "reconstruct", "pair-ablate")
+VIT_EVALUATIONS = ("ablate", "reconstruct")
 SAMPLE_BATCHES = 2  # timed by a dry run
 
 
@@ -63,8 +71,11 @@ class Plan:
     num_last_layers: int = 4
     pool: str | os.PathLike | None = None
     pool_size: int | None = None
-    pool_templates: str = HEAD_POOL_TEMPLATES
+    pool_templates: str | None = None  # None: each question's own (its command's default)
     templates: str | None = None
+    keeps: tuple[float, ...] = DEFAULT_KEEPS  # pair-ablate: the union of what `pairs` and `neuron-ablate` keep
+    omp_atoms: int | None = None
+    dict_norm: DictNorm = "row"
 
     scored: bool = False  # labelled evaluation data given: second-order layers are ablated on it too
     segment: SegmentationRequest | None = None  # what the pass over the segmentation split computes
@@ -72,6 +83,16 @@ class Plan:
     @property
     def evaluations(self) -> list[str]:
         return [question for question in self.questions if question in EVALUATIONS]
+
+    @property
+    def unit_templates(self) -> str:
+        """The templates pair words are embedded with, as `pairs` and `neuron-ablate` embed them."""
+        return UNIT_POOL_TEMPLATES if self.pool_templates is None else self.pool_templates
+
+    @property
+    def head_templates(self) -> str:
+        """The templates reconstruction texts are embedded with, as `reconstruct` embeds them."""
+        return HEAD_POOL_TEMPLATES if self.pool_templates is None else self.pool_templates
 
     def passes(self) -> dict[str, int]:
         scored = self.evaluations or (self.scored and self.fit.mlp_layers)
@@ -83,8 +104,9 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
                   mlp_layers: Sequence[int] = (),
                   presets: Sequence[str] = (), labels: Sequence[str] = (), methods: Sequence[str] = METHODS,
                   texts: Sequence[int] | None = None, num_last_layers: int = 4, pool: str | os.PathLike | None = None,
-                  pool_size: int | None = None, pool_templates: str = HEAD_POOL_TEMPLATES,
-                  templates: str | None = None, segmented: bool = False, lenses: Sequence[str] = (),
+                  pool_size: int | None = None, pool_templates: str | None = None, templates: str | None = None,
+                  keeps: Sequence[float] = DEFAULT_KEEPS, omp_atoms: int | None = None,
+                  dict_norm: DictNorm = "row", segmented: bool = False, lenses: Sequence[str] = (),
                   last_layers: int = 4, heads: str | None = None, top_neurons: int | None = None,
                   top_pairs: int | None = None, threshold: float | None = None, examples: int = 6) -> Plan:
     """The plan for `questions` (or every question this model supports, `every`; evaluations only when there is data
@@ -92,25 +114,25 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
     the model cannot answer one. `lenses` and the options after it are `segment`'s, whose second-order lens reads the
     `mlp_layers` (segment's default when none are named)."""
     vit = lens.kind == "vit"
-    if every:  # on a ViT: second-order with the layers named, evaluations with data to score on, every preset
+    if every:  # second-order with the layers named, evaluations with data to score on, every preset
         questions = ["statistics", "pairs"] if not vit else ["statistics"] + ["second-order"] * bool(mlp_layers)
-        questions += list(EVALUATIONS) if vit and scored else []
+        questions += ([*VIT_EVALUATIONS] if vit else ["pair-ablate"]) if scored else []
         questions += ["segment"] if segmented else []
         presets = presets or tuple(PRESETS)
         lenses = lenses or (tuple(usable_lenses(lens)) if segmented else ())
     questions = tuple(dict.fromkeys(questions))
     if scored and not any(q in ("second-order", *EVALUATIONS) for q in questions):
-        raise CliplensError("--data-path is scored by ablate, reconstruct and the second-order ablations; ask for one "
-                            "of them or drop it")
+        raise CliplensError("--data-path is scored by ablate, reconstruct, pair-ablate and the second-order ablations; "
+                            "ask for one of them or drop it")
     if not questions:
         raise CliplensError(f"nothing to analyse: pass --ask ({', '.join(QUESTIONS)}) or --all")
     unknown = [q for q in questions if q not in QUESTIONS]
     if unknown:
         raise CliplensError(f"unknown question {unknown[0]!r}; choose from {', '.join(QUESTIONS)}")
-    if not vit and any(q in ("second-order", *EVALUATIONS) for q in questions):
-        raise CliplensError("on a ResNet, analyze collects statistics and pairs; second-order, ablate and reconstruct "
-                            "read ViT pieces")
-    if vit and "pairs" in questions:
+    if not vit and any(q in ("second-order", *VIT_EVALUATIONS) for q in questions):
+        raise CliplensError("on a ResNet, analyze collects statistics and pairs and scores pair-ablate; second-order, "
+                            "ablate and reconstruct read ViT pieces")
+    if vit and ("pairs" in questions or "pair-ablate" in questions):
         raise CliplensError("pairs exist for ResNet CLIP models only; ask a ViT for second-order neurons instead")
     segment = _segment_request(lens, questions, segmented, lenses, mlp_layers, last_layers=last_layers, heads=heads,
                                top_neurons=top_neurons, top_pairs=top_pairs, threshold=threshold, examples=examples)
@@ -131,11 +153,14 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
         split_heads(lens.decomposer.labels(Settings("head")), num_last_layers)
         if texts is not None:
             check_text_counts(texts, lens.spec.output_dim)
-    fit = FitRequest(pieces=True, pairs="pairs" in questions,
+    keeps = tuple(dict.fromkeys(check_keep(keep) for keep in keeps))
+    if "pair-ablate" in questions:
+        require_fewer_atoms(omp_atoms, lens.spec.output_dim)
+    fit = FitRequest(pieces=True, pairs=bool({"pairs", "pair-ablate"} & set(questions)),
                      mlp_layers=tuple(mlp_layers) if "second-order" in questions else ())
     return Plan(questions, fit, tuple(presets), tuple(labels) or (None,), tuple(methods),
                 None if texts is None else tuple(texts), num_last_layers, pool, pool_size, pool_templates, templates,
-                scored, segment)
+                keeps, omp_atoms, dict_norm, scored, segment)
 
 
 def _segment_request(lens: Lens, questions: Sequence[str], segmented: bool, lenses: Sequence[str],
@@ -163,7 +188,8 @@ class Analysis:
 
     plan: Plan
     fit: FitStatistics
-    scores: dict[str, dict[str, Any]] = field(default_factory=lambda: {"tasks": {}, "second_order": {}})
+    scores: dict[str, dict[str, Any]] = field(default_factory=lambda: {"tasks": {}, "second_order": {}, "pairs": {}})
+    neuron_moments: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None  # pair-ablate: the `pairs` part
     record: dict[str, Any] = field(default_factory=dict)
     segmentation: SegmentationCounts | None = None
 
@@ -176,9 +202,11 @@ class Analysis:
             parts[PAIRS] = self.fit.pairs.artifact()
         for layer, stats in self.fit.second_order.items():
             parts[analysis_part(layer)] = stats.artifact()
+        if self.neuron_moments is not None:
+            parts[NEURON_MOMENTS] = self.neuron_moments
         if self.segmentation is not None:
             parts[SEGMENTATION] = self.segmentation.artifact()
-        text = scores_file(self.scores["tasks"], self.scores["second_order"])
+        text = scores_file(self.scores["tasks"], self.scores["second_order"], self.scores["pairs"])
         return save_parts(folder, parts, {"kind": ANALYSIS, **self.record},
                           {SCORES: lambda file: file.write_text(text, encoding="utf-8")})
 
@@ -192,7 +220,9 @@ def check_data(plan: Plan, fit_path: Any, data_path: Any, segment_path: Any = No
     for label in plan.labels if plan.passes()["evaluation"] else ():
         classifier_prompts(evaluation_source(data_path, label), plan.templates)
     if "reconstruct" in plan.questions:
-        check_candidates(fit_path, HEAD_POOL, pool=plan.pool, pool_templates=plan.pool_templates)
+        check_candidates(fit_path, HEAD_POOL, pool=plan.pool, pool_templates=plan.head_templates)
+    if "pair-ablate" in plan.questions and plan.omp_atoms != 0:  # pairs name their words after the evaluation data
+        check_candidates(data_path, UNIT_POOL, pool=plan.pool, pool_templates=plan.unit_templates)
     if plan.segment is not None:
         class_texts(segmentation_source(segment_path))
 
@@ -239,12 +269,15 @@ def evaluate(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_pat
     scorer = VariantScorer(lens, tasks, fit.pieces) if tasks else None
     boards = [(SecondOrderBoard(lens, stats, w), relabelled) for stats in fit.second_order.values()
               for w, relabelled in weights]
+    pairs = pair_reading(lens, plan, fit, data_path, weights, progress=progress)
 
     def read(batch: Batch) -> None:
         if scorer is not None:
             scorer.update(batch)
         for board, relabelled in boards:
             board.update(batch.images, true_classes(batch, relabelled))
+        if pairs is not None:
+            pairs.update(batch)
 
     source = as_source(data_path)
     report = one_pass(lens, source, read, description=f"analyse {lens.name} (evaluation)", labelled=True,
@@ -254,10 +287,31 @@ def evaluate(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_pat
         analysis.scores["tasks"] = scored_tasks(tasks, scores, fit.pieces)
     analysis.scores["second_order"] = {board.key(): {**board.stored(), "skipped": len(report.skipped)}
                                        for board, _ in boards}
+    pair_variants_scored = 0
+    if pairs is not None:
+        for board, _ in pairs.boards:
+            entry = analysis.scores["pairs"].setdefault(board.key(fit.pairs), {"count": board.count, "variants": {}})
+            entry["variants"].update(board.stored()["variants"])
+        analysis.neuron_moments = neuron_moments_part(pairs.moments, lens, source)
+        pair_variants_scored = len(pairs.variants) * len(pairs.boards)
     return {"data": _spec(data_path), "fingerprint": fingerprint(source), "images": report.loaded,
             "skipped": len(report.skipped), "labels": list(plan.labels),
             "questions": plan.evaluations + ["second-order ablation"] * bool(boards),
-            "variants": sum(len(task.variants) for task in tasks) + len(VARIANTS) * len(boards)}
+            "variants": sum(len(task.variants) for task in tasks) + len(VARIANTS) * len(boards) + pair_variants_scored}
+
+
+def pair_reading(lens: Lens, plan: Plan, fit: FitStatistics, data_path: Any,
+                 classifiers: Sequence[tuple[torch.Tensor, Relabelled | None]], *,
+                 progress: bool = False) -> PairReading | None:
+    """pair-ablate: every variant `pairs` and `neuron-ablate` score with the plan's settings (both levels, each keep,
+    the words of each pair's principal direction chosen from the pool before the pass) for every label, and the
+    neurons' moments `pairs` describes the evaluation data with."""
+    if "pair-ablate" not in plan.questions:
+        return None
+    text = pair_texts(lens, fit.pairs, data_path, omp_atoms=plan.omp_atoms, dict_norm=plan.dict_norm, pool=plan.pool,
+                      pool_size=plan.pool_size, pool_templates=plan.unit_templates, progress=progress)
+    variants = pair_variants(lens, fit.pairs, plan.keeps, ("pair", "neuron"), text)
+    return PairReading(lens, fit.pairs, variants, classifiers)
 
 
 def evaluation_tasks(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_path: Any, *,
@@ -269,7 +323,7 @@ def evaluation_tasks(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, 
         variants["ablate"] = study_variants(stats.labels, plan.presets, ())
     if "reconstruct" in plan.questions:
         _, texts, embeddings = candidate_texts(lens, fit_path, HEAD_POOL, pool=plan.pool, pool_size=plan.pool_size,
-                                               pool_templates=plan.pool_templates, progress=progress)
+                                               pool_templates=plan.head_templates, progress=progress)
         variants["reconstruct"] = reconstruction_variants(lens, stats, embeddings, texts, methods=plan.methods,
                                                           counts=plan.texts, num_last_layers=plan.num_last_layers,
                                                           progress=progress)
@@ -299,6 +353,8 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
         sizes[PIECES] = _bytes(fit.pieces.artifact()[0])
     if fit.pairs is not None:
         sizes[PAIRS] = _bytes(fit.pairs.artifact()[0])
+    if "pair-ablate" in plan.questions:
+        sizes[NEURON_MOMENTS] = _bytes(Moments(fit.pairs.neurons, fit.pairs.heads).state())
     for layer, stats in fit.second_order.items():
         sizes[analysis_part(layer)] = _bytes(stats.artifact()[0])
     return {"sizes": sizes, "passes": plan.passes(), "images": len(source),
