@@ -12,10 +12,12 @@ from typing import Any, Callable
 
 import click
 
+from ..apps.segmentation import LENSES
 from ..data.loader import MAX_BATCH_SIZE, MAX_WORKERS
 from ..data.shards import Shard
 from ..errors import CliplensError
 from ..evaluate.ablation import MEAN_SOURCES
+from ..evaluate.groups import PATTERN_HELP
 from ..explain.tables import write_descriptions
 from ..extras import require
 from ..io.metadata import write_metadata
@@ -234,14 +236,39 @@ def needs(extra: str, *modules: str) -> Callable:
     return before_body(lambda options: require(extra, *modules, user=running_command()))
 
 
-def needs_for_data(prefix: str, extra: str, *modules: str) -> Callable:
-    """Like `needs`, only when --data-path is of the `prefix` kind (a reader that needs the extra)."""
+def needs_for_data(prefix: str, extra: str, *modules: str, option: str = "data_path") -> Callable:
+    """Like `needs`, only when --data-path (or the data `option`) is of the `prefix` kind (a reader that needs the
+    extra)."""
 
     def check(options: Options) -> None:
-        if str(options["data_path"]).startswith(prefix):
+        if str(options[option]).startswith(prefix):
             require(extra, *modules, user=f"{running_command()} on {prefix} data")
 
     return before_body(check)
+
+
+# segmentation (segment, analyze) -----------------------------------------------------------------------------------
+def segment_options(*, required: bool) -> Callable:
+    """--lens and the settings that change a segmentation's numbers (and --examples), as `segment` and `analyze --ask
+    segment` take them; --mlp-layer is each command's own (analyze's also names its second-order layers)."""
+    return stacked([
+        click.option("--lens", "lenses", multiple=True, type=click.Choice(LENSES), required=required,
+                     help="heads, second-order (ViT), pairs (ResNet), or the baselines attention, rollout (ViT), "
+                          "gradcam, maskclip (ResNet), centre; repeat for several."),
+        click.option("--last-layers", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="heads: read every head of this many last layers."),
+        click.option("--heads", default=None,
+                     help=f"heads: read these heads instead (comma-separated: {PATTERN_HELP})."),
+        click.option("--top-neurons", type=click.IntRange(min=1), default=None,
+                     help="second-order: per image and class, only the neurons adding most to it [default: all]."),
+        click.option("--top-pairs", type=click.IntRange(min=1), default=None,
+                     help="pairs: per image and class, only the neuron x head pairs adding most to it "
+                          "[default: all]."),
+        click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="Foreground cut on the [0, 1] map [default: each map's mean]."),
+        click.option("--examples", type=click.IntRange(min=0), default=6, show_default=True,
+                     help="Images drawn in the overlay grid (0: no grid)."),
+    ])
 
 
 # text pools and OMP -------------------------------------------------------------------------------------------------

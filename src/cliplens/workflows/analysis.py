@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch.utils.data import Subset
 
+from ..apps.segmentation import usable_lenses
 from ..data.loader import Batch, as_source, fingerprint
+from ..data.segmentation import segmentation_source
 from ..decompose.second_order import check_layer
 from ..errors import CliplensError
 from ..evaluate.ablation import Relabelled, Task, VariantScorer, scored_tasks, true_classes
@@ -42,12 +44,15 @@ from ..text.candidates import (
     HEAD_POOL, HEAD_POOL_TEMPLATES, UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates,
 )
 from .ablation_study import PRESETS, study_variants
+from .segmentation import (
+    SEGMENTATION, SegmentationCounts, SegmentationRequest, class_texts, segmentation_pass, segmentation_request,
+)
 from .pair_study import pair_texts, pair_variants
 
 if TYPE_CHECKING:
     from ..lens import Lens
 
-QUESTIONS = ("statistics", "pairs", "second-order", "ablate", "reconstruct", "pair-ablate")
+QUESTIONS = ("statistics", "pairs", "second-order", "ablate", "reconstruct", "pair-ablate", "segment")
 EVALUATIONS = ("ablate", "reconstruct", "pair-ablate")
 VIT_EVALUATIONS = ("ablate", "reconstruct")
 SAMPLE_BATCHES = 2  # timed by a dry run
@@ -73,6 +78,7 @@ class Plan:
     dict_norm: DictNorm = "row"
 
     scored: bool = False  # labelled evaluation data given: second-order layers are ablated on it too
+    segment: SegmentationRequest | None = None  # what the pass over the segmentation split computes
 
     @property
     def evaluations(self) -> list[str]:
@@ -90,7 +96,8 @@ class Plan:
 
     def passes(self) -> dict[str, int]:
         scored = self.evaluations or (self.scored and self.fit.mlp_layers)
-        return {"fit": self.fit.passes(), "evaluation": 1 if scored else 0}
+        segmentation = {"segmentation": 1} if self.segment is not None else {}
+        return {"fit": self.fit.passes(), "evaluation": 1 if scored else 0, **segmentation}
 
 
 def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, scored: bool = False,
@@ -99,14 +106,20 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
                   texts: Sequence[int] | None = None, num_last_layers: int = 4, pool: str | os.PathLike | None = None,
                   pool_size: int | None = None, pool_templates: str | None = None, templates: str | None = None,
                   keeps: Sequence[float] = DEFAULT_KEEPS, omp_atoms: int | None = None,
-                  dict_norm: DictNorm = "row") -> Plan:
+                  dict_norm: DictNorm = "row", segmented: bool = False, lenses: Sequence[str] = (),
+                  last_layers: int = 4, heads: str | None = None, top_neurons: int | None = None,
+                  top_pairs: int | None = None, threshold: float | None = None, examples: int = 6) -> Plan:
     """The plan for `questions` (or every question this model supports, `every`; evaluations only when there is data
-    to score them on, `scored`), refused in one line where the model cannot answer one."""
+    to score them on, `scored`; segment when a segmentation split is given, `segmented`), refused in one line where
+    the model cannot answer one. `lenses` and the options after it are `segment`'s, whose second-order lens reads the
+    `mlp_layers` (segment's default when none are named)."""
     vit = lens.kind == "vit"
     if every:  # second-order with the layers named, evaluations with data to score on, every preset
         questions = ["statistics", "pairs"] if not vit else ["statistics"] + ["second-order"] * bool(mlp_layers)
         questions += ([*VIT_EVALUATIONS] if vit else ["pair-ablate"]) if scored else []
+        questions += ["segment"] if segmented else []
         presets = presets or tuple(PRESETS)
+        lenses = lenses or (tuple(usable_lenses(lens)) if segmented else ())
     questions = tuple(dict.fromkeys(questions))
     if scored and not any(q in ("second-order", *EVALUATIONS) for q in questions):
         raise CliplensError("--data-path is scored by ablate, reconstruct, pair-ablate and the second-order ablations; "
@@ -121,8 +134,13 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
                             "ablate and reconstruct read ViT pieces")
     if vit and ("pairs" in questions or "pair-ablate" in questions):
         raise CliplensError("pairs exist for ResNet CLIP models only; ask a ViT for second-order neurons instead")
-    if ("second-order" in questions) != bool(mlp_layers):
+    segment = _segment_request(lens, questions, segmented, lenses, mlp_layers, last_layers=last_layers, heads=heads,
+                               top_neurons=top_neurons, top_pairs=top_pairs, threshold=threshold, examples=examples)
+    if "second-order" in questions and not mlp_layers:
         raise CliplensError("second-order and --mlp-layer go together: name the MLP layers whose neurons to explain")
+    if mlp_layers and "second-order" not in questions and "second-order" not in (segment.lenses if segment else ()):
+        raise CliplensError("--mlp-layer names the layers of second-order (and of segment's second-order lens): ask "
+                            "for one of them or drop it")
     for layer in mlp_layers:
         check_layer(lens.decomposer, layer)
     unknown = [preset for preset in presets if preset not in PRESETS]
@@ -138,10 +156,30 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
     keeps = tuple(dict.fromkeys(check_keep(keep) for keep in keeps))
     if "pair-ablate" in questions:
         require_fewer_atoms(omp_atoms, lens.spec.output_dim)
-    fit = FitRequest(pieces=True, pairs=bool({"pairs", "pair-ablate"} & set(questions)), mlp_layers=tuple(mlp_layers))
+    fit = FitRequest(pieces=True, pairs=bool({"pairs", "pair-ablate"} & set(questions)),
+                     mlp_layers=tuple(mlp_layers) if "second-order" in questions else ())
     return Plan(questions, fit, tuple(presets), tuple(labels) or (None,), tuple(methods),
                 None if texts is None else tuple(texts), num_last_layers, pool, pool_size, pool_templates, templates,
-                keeps, omp_atoms, dict_norm, scored)
+                keeps, omp_atoms, dict_norm, scored, segment)
+
+
+def _segment_request(lens: Lens, questions: Sequence[str], segmented: bool, lenses: Sequence[str],
+                     mlp_layers: Sequence[int], **options: Any) -> SegmentationRequest | None:
+    """segment's request, checked as `segment` checks it; --segment-path, --lens and segment's settings go with
+    --ask segment."""
+    if "segment" not in questions:
+        given = [name for name, value in (("--segment-path", segmented), ("--lens", lenses),
+                                          ("--heads", options["heads"]), ("--top-neurons", options["top_neurons"]),
+                                          ("--top-pairs", options["top_pairs"]),
+                                          ("--threshold", options["threshold"] is not None)) if value]
+        if given:
+            raise CliplensError(f"{given[0]} is read by segment: ask for it (--ask segment) or drop {given[0]}")
+        return None
+    if not segmented:
+        raise CliplensError("segment needs the images with masks: pass --segment-path")
+    if not lenses:
+        raise CliplensError(f"segment needs its lenses: pass --lens ({', '.join(usable_lenses(lens))})")
+    return segmentation_request(lens, lenses, mlp_layers=mlp_layers or None, **options)
 
 
 @dataclass
@@ -153,6 +191,7 @@ class Analysis:
     scores: dict[str, dict[str, Any]] = field(default_factory=lambda: {"tasks": {}, "second_order": {}, "pairs": {}})
     neuron_moments: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None  # pair-ablate: the `pairs` part
     record: dict[str, Any] = field(default_factory=dict)
+    segmentation: SegmentationCounts | None = None
 
     def save(self, folder: str | os.PathLike) -> Path:
         """One folder: a part per statistic (read back by `--stats`, `--fit-path` or `--data-path`) and the scores."""
@@ -165,13 +204,16 @@ class Analysis:
             parts[analysis_part(layer)] = stats.artifact()
         if self.neuron_moments is not None:
             parts[NEURON_MOMENTS] = self.neuron_moments
+        if self.segmentation is not None:
+            parts[SEGMENTATION] = self.segmentation.artifact()
         text = scores_file(self.scores["tasks"], self.scores["second_order"], self.scores["pairs"])
         return save_parts(folder, parts, {"kind": ANALYSIS, **self.record},
                           {SCORES: lambda file: file.write_text(text, encoding="utf-8")})
 
 
-def check_data(plan: Plan, fit_path: Any, data_path: Any) -> None:
-    """Refuse, before any pass, evaluation data that cannot be scored as asked."""
+def check_data(plan: Plan, fit_path: Any, data_path: Any, segment_path: Any = None) -> None:
+    """Refuse, before any pass, evaluation data that cannot be scored as asked, and a segmentation split whose
+    classes cannot be prompted."""
     if plan.evaluations and data_path is None:  # (second-order layers are ablated only when data is given)
         raise CliplensError(f"{' and '.join(plan.evaluations)} score zero-shot accuracy: pass the labelled evaluation "
                             "data with --data-path")
@@ -181,13 +223,15 @@ def check_data(plan: Plan, fit_path: Any, data_path: Any) -> None:
         check_candidates(fit_path, HEAD_POOL, pool=plan.pool, pool_templates=plan.head_templates)
     if "pair-ablate" in plan.questions and plan.omp_atoms != 0:  # pairs name their words after the evaluation data
         check_candidates(data_path, UNIT_POOL, pool=plan.pool, pool_templates=plan.unit_templates)
+    if plan.segment is not None:
+        class_texts(segmentation_source(segment_path))
 
 
-def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, batch_size: int = 32, num_workers: int = 0,
-            progress: bool = False) -> Analysis:
-    """Collect the statistics of `plan` over `fit_path` and score its evaluations on `data_path`, in
-    `plan.passes()` passes."""
-    check_data(plan, fit_path, data_path)
+def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_path: Any = None, batch_size: int = 32,
+            num_workers: int = 0, progress: bool = False) -> Analysis:
+    """Collect the statistics of `plan` over `fit_path`, score its evaluations on `data_path` and segment
+    `segment_path`, in `plan.passes()` passes."""
+    check_data(plan, fit_path, data_path, segment_path)
     started = time.perf_counter()
     fit = fit_statistics(lens, fit_path, plan.fit, batch_size=batch_size, num_workers=num_workers, progress=progress)
     seconds = {"fit": time.perf_counter() - started}
@@ -198,11 +242,21 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, batch_size
         evaluation = evaluate(lens, plan, fit, fit_path, data_path, analysis, batch_size=batch_size,
                               num_workers=num_workers, progress=progress)
         seconds["evaluation"] = time.perf_counter() - started
+    segmentation = None
+    if plan.segment is not None:
+        started = time.perf_counter()
+        analysis.segmentation = segmentation_pass(
+            lens, segment_path, plan.segment, batch_size=batch_size, num_workers=num_workers, progress=progress,
+            description=f"analyse {lens.name} (segmentation)")
+        seconds["segmentation"] = time.perf_counter() - started
+        counts = analysis.segmentation
+        segmentation = {"data": counts.data["data_path"], "fingerprint": counts.data["data_fingerprint"],
+                        "images": counts.report.loaded, "lenses": list(plan.segment.lenses)}
     analysis.record = {
         **lens.describe(), "architecture": lens.kind, "questions": list(plan.questions), "passes": plan.passes(),
         "fit": {"data": _spec(fit_path), "fingerprint": fingerprint(as_source(fit_path)), "images": fit.pieces.count,
                 "mlp_layers": list(plan.fit.mlp_layers)},
-        "evaluation": evaluation, "presets": list(plan.presets), "seconds": seconds,
+        "evaluation": evaluation, "segmentation": segmentation, "presets": list(plan.presets), "seconds": seconds,
     }
     return analysis
 
