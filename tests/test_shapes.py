@@ -10,6 +10,7 @@ import pytest
 
 from cliplens.errors import CliplensError
 from cliplens.shapes import SPLITS, VOCABULARY, ShapesDataset, concept_names, render
+from cliplens.shapes.captions import SPELLINGS, short_caption
 from cliplens.shapes.background import NOISE_AMPLITUDE, second_tone
 from cliplens.shapes.geometry import CIRCLE_RADIUS, POLYGONS, RING_INNER
 from cliplens.shapes.prompts import TEMPLATES, class_phrases
@@ -142,6 +143,21 @@ def test_captions_state_only_true_facts_in_their_words():
                 if split.startswith("spurious"):  # the label caption must not give the answer away
                     assert not {name for _, name, _ in caption.facts} & {"shape", "background"}
 
+
+
+def test_short_captions_are_one_or_two_true_values_in_a_few_words():
+    rng = np.random.default_rng(0)
+    for split, roundness in (("train", False), ("spurious-train", True)):
+        for scene in render(40, seed=4, split=split):
+            caption = short_caption(scene.objects[0], scene.background, rng, roundness=roundness)
+            assert 1 <= len(caption.facts) <= 2 and len(caption.text.split()) <= 6
+            for index, name, value in caption.facts:
+                owner = scene.background if index == -1 else scene.objects[0]
+                assert owner.attribute(name) == value
+                spelled = {value, " ".join(SPELLINGS.get(word, word) for word in value.split())}
+                assert any(form in caption.text for form in spelled), (caption, value)
+            if roundness:  # the label scenes keep their rule: never named by shape or background
+                assert not {name for _, name, _ in caption.facts} & {"shape", "background", "background colour"}
 
 def test_spurious_split_statistics():
     """P(place == label) is 0.95 in train and 0.05 in test. With n scenes the estimate's binomial std is

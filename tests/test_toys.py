@@ -66,8 +66,11 @@ def test_every_toy_ships_and_the_weights_are_small():
     assert total < 50 * 2**20
 
 
-def _tolerance(p: float, n: int) -> float:
-    """4 binomial standard deviations of an accuracy p measured on n images (plus one image of slack for p ~ 1)."""
+def _tolerance(p: float, n: int, card_n: int = 1000) -> float:
+    """4 binomial standard deviations of an accuracy p measured on n images, plus one image of slack. A card
+    accuracy near 1 is first lowered to the rule of three's bound (no more than 3 errors per card_n images at 95 %):
+    a perfect score on the card's 1,000 images does not make an error on 300 others impossible."""
+    p = min(p, 1 - 3 / card_n)
     return 4 * math.sqrt(p * (1 - p) / n) + 1 / n
 
 
@@ -75,20 +78,20 @@ def test_toys_reach_the_model_card_accuracies_on_a_fresh_seed(toy):
     """The card's numbers were measured on 1000 test images (seed 1); a fresh 300-image sample must agree within
     sampling error. The card's numbers are stored next to the weights, in the toy's JSON."""
     name, (model, preprocess, tokenizer, info) = toy
-    card = info["measured"]["zero_shot_test"]
-    measured = zero_shot_accuracies(
-        model, preprocess, tokenizer, n=FRESH_N, seed=FRESH_SEED, attributes=("shape", "colour", "position")
-    )
-    for attribute, accuracy in measured.items():
-        assert accuracy >= card[attribute] - _tolerance(card[attribute], FRESH_N), (name, attribute, accuracy)
+    for bare, key in ((False, "zero_shot_test"), (True, "bare_words_test")):  # held-out prompts, then bare words
+        card = info["measured"][key]
+        measured = zero_shot_accuracies(model, preprocess, tokenizer, n=FRESH_N, seed=FRESH_SEED, bare=bare,
+                                        attributes=("shape", "colour", "position"))
+        for attribute, accuracy in measured.items():
+            assert accuracy >= card[attribute] - _tolerance(card[attribute], FRESH_N), (name, key, attribute, accuracy)
 
 
 def test_spurious_cue_hurts_the_groups_it_misleads(toy):
     """Both groups whose background disagrees with the label (the cue misleads) score clearly below both groups
     where it agrees, and the worst group is one of the misled.
 
-    The card's groups (1000 images): toy:vit aligned 100 / 100 %, misled 86.1 / 82.0 %; toy:rn aligned 100 / 100 %,
-    misled 53.1 / 38.6 %. The reversed test split puts 95 % of its images in the misled groups, so on 2000 fresh
+    The card's groups (1000 images): toy:vit aligned 100 / 100 %, misled 85.9 / 82.2 %; toy:rn aligned 100 / 100 %,
+    misled 54.2 / 35.0 %. The reversed test split puts 95 % of its images in the misled groups, so on 2000 fresh
     images they hold ~950 each (binomial std <= 0.012) and the aligned ones ~50 each (at ~100 %, one error is 0.02).
     The smallest card margin is 0.14: requiring 0.05 leaves over 5 std of the misled groups plus two aligned errors.
     A model that ignored the background would have equal groups, and both 50-image aligned groups beating both
@@ -198,6 +201,23 @@ def test_a_resumed_run_continues_bit_for_bit(tmp_path):
     other = TrainConfig(**{**config.__dict__, "seed": 6})
     with pytest.raises(CliplensError, match="recipe"):
         train_toy(other, None, evaluate_n=0, log=lambda line: None, resume=tmp_path / "step-2")
+
+
+def test_a_text_only_stage_keeps_the_image_tower_bit_for_bit(tmp_path):
+    config = TrainConfig(model="rn", seed=3, steps=2, batch_size=8, warmup_steps=1, log_every=100, eval_every=0,
+                         short_texts=0.5, text_only=True)
+    with pytest.raises(CliplensError, match="--init"):
+        train_toy(config, None, evaluate_n=0, log=lambda line: None)
+    trained, record = train_toy(config, tmp_path, evaluate_n=0, log=lambda line: None, init="shipped")
+    shipped, *_, info = load_toy("rn")
+    changed = {key for (key, a), b in zip(shipped.state_dict().items(), trained.state_dict().values())
+               if not torch.equal(a, b)}
+    assert changed and not any(key.startswith("visual.") for key in changed)  # batch-norm statistics included
+    assert "token_embedding.weight" in changed
+    assert record["training"]["init"]["training"] == info["training"]
+    assert len(record["training"]["init"]["weights_sha256"]) == 64
+    again, *_ = load_toy("rn", directory=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), again.state_dict().values()))
 
 
 @pytest.mark.parametrize("name", TOYS)

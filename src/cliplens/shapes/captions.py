@@ -4,7 +4,8 @@ A scene gets one full caption and several partial ones that mention a random sub
 the centre"). Partial captions are what teach a CLIP model the marginal concepts that zero-shot prompts ask about;
 their facts let a trainer know which other images a caption is also true of. Spurious-split scenes are captioned by
 their binary label ("a round shape"), never by shape name or background, the way web captions name the bird and
-not the lake.
+not the lake. Short captions ("red", "circle, top left") are a few words with no sentence around them: what probes
+such as CLIP-Dissect embed raw.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ MENTION = {
 ROUNDNESS_MENTION = {"colour": 0.3, "size": 0.2, "texture": 0.2, "position": 0.3}
 WORLD_ATTRIBUTES = ("shape", "colour", "size", "texture", "position", "background", "background colour")
 ROUNDNESS_ATTRIBUTES = ("roundness", "colour", "size", "texture", "position")
+SPELLINGS = {"centre": "center", "grey": "gray"}  # the variants a probe's word list may use
+SHORT_SINGLE = 0.6  # a short caption names one value this often, else two
 
 
 def _article(word: str) -> str:
@@ -84,3 +87,20 @@ def roundness_captions(obj: ShapeObject, background: Background, rng: np.random.
     partial = [_caption((obj,), background, _subset(ROUNDNESS_MENTION, rng, frozenset({"roundness"})), rng)
                for _ in range(PARTIAL_CAPTIONS)]
     return (full, *partial)
+
+
+def short_caption(obj: ShapeObject, background: Background, rng: np.random.Generator, *,
+                  roundness: bool = False) -> Caption:
+    """One or two attribute values of a single-object scene with no sentence around them ("red", "circle top left",
+    "top left, grey background"), each word half the time in American spelling; background values carry the word
+    "background", as the probe concepts do (`scene.concept_names`). A roundness scene keeps its rule: it is never
+    named by shape or background."""
+    names = ROUNDNESS_ATTRIBUTES if roundness else WORLD_ATTRIBUTES
+    chosen = [names[i] for i in rng.choice(len(names), size=1 if rng.random() < SHORT_SINGLE else 2, replace=False)]
+    values = [(name, (background if name in SCENE_ATTRIBUTES else obj).attribute(name)) for name in chosen]
+    phrases = [f"{value} background" if name in SCENE_ATTRIBUTES else value for name, value in values]
+    words = [" ".join(SPELLINGS.get(word, word) if rng.random() < 0.5 else word for word in phrase.split())
+             for phrase in phrases]
+    text = (", " if rng.random() < 0.5 else " ").join(words)
+    facts = frozenset((-1 if name in SCENE_ATTRIBUTES else 0, name, value) for name, value in values)
+    return Caption(text, facts)

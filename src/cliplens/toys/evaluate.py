@@ -38,17 +38,28 @@ def text_encoder(model: torch.nn.Module, tokenizer: Callable) -> Callable[[list[
     return encode
 
 
+def bare_words(attribute: str) -> list[str]:
+    """Each value of `attribute` as a probe would name it raw: the word itself, background values as "<value>
+    background" (the probe concepts of `shapes.scene.concept_names`)."""
+    suffix = " background" if attribute.startswith("background") else ""
+    return [value + suffix for value in VOCABULARY[attribute]]
+
+
 def zero_shot_accuracies(
     model: torch.nn.Module, preprocess: Callable, tokenizer: Callable, *, n: int = 1000, seed: int = 1,
-    attributes: tuple[str, ...] = ATTRIBUTES,
+    attributes: tuple[str, ...] = ATTRIBUTES, bare: bool = False,
 ) -> dict[str, float]:
-    """Top-1 zero-shot accuracy on `n` single-object `test` scenes, per attribute."""
+    """Top-1 zero-shot accuracy on `n` single-object `test` scenes, per attribute: with the held-out prompts, or
+    (`bare`) with the bare words and no template, as CLIP-Dissect embeds its concepts."""
     scenes = render(n, seed=seed, split="test")
     embeddings = encode_images(model, preprocess, [scene.image for scene in scenes])
     encode_text = text_encoder(model, tokenizer)
     results = {}
     for attribute in attributes:
-        weights = classifier(encode_text, class_phrases(attribute), TEMPLATES)
+        if bare:
+            weights = classifier(encode_text, bare_words(attribute), ("{}",))
+        else:
+            weights = classifier(encode_text, class_phrases(attribute), TEMPLATES)
         source = [scene.background if attribute.startswith("background") else scene.objects[0] for scene in scenes]
         labels = torch.tensor([VOCABULARY[attribute].index(item.attribute(attribute)) for item in source])
         results[attribute] = accuracy(embeddings, weights, labels)
