@@ -64,6 +64,14 @@ def test_one_pass_serves_every_lens_and_segment_reads_it_as_its_own_pass(tmp_pat
     assert not passes
 
 
+def test_segment_alone_makes_no_fit_pass(tmp_path, passes):  # noqa: F811
+    run("analyze", "--model", "toy:rn", "--fit-path", FIT, "--ask", "segment", "--segment-path", SEGMENT, "--lens",
+        "centre", "--examples", "0", *BATCH, "--output-dir", tmp_path / "an")
+    record = json.loads((tmp_path / "an" / "analysis" / "metadata.json").read_text())
+    assert list(passes.values()) == [1] and record["passes"] == {"fit": 0, "evaluation": 0, "segmentation": 1}
+    assert set(record["parts"]) == {"segmentation"} and record["fit"]["images"] == 0
+
+
 def test_resnet_pairs_and_maskclip_from_the_analysis_of_all(tmp_path):
     lenses = ["--lens", "pairs", "--lens", "maskclip"]
     run("analyze", "--model", "toy:rn", "--fit-path", FIT, "--all", "--segment-path", SEGMENT, *lenses,

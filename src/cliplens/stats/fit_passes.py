@@ -43,7 +43,7 @@ class FitRequest:
         return Settings("head", spatial=lens.kind == "vit")
 
     def passes(self) -> int:
-        return 2 if self.mlp_layers else 1
+        return 2 if self.mlp_layers else 1 if self.pieces or self.pairs else 0
 
 
 @dataclass
@@ -71,6 +71,8 @@ def one_pass(lens: Lens, data: Any, read: Callable[[Batch], None], *, descriptio
 def fit_statistics(lens: Lens, data: Any, request: FitRequest, *, batch_size: int = 32, num_workers: int = 0,
                    progress: bool = False) -> FitStatistics:
     """Every statistic of `request` over `data`, in `request.passes()` passes."""
+    if not request.passes():
+        return FitStatistics()
     source = as_source(data)
     settings = request.piece_settings(lens)
     pieces = None

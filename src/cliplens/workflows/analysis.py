@@ -156,7 +156,7 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
     keeps = tuple(dict.fromkeys(check_keep(keep) for keep in keeps))
     if "pair-ablate" in questions:
         require_fewer_atoms(omp_atoms, lens.spec.output_dim)
-    fit = FitRequest(pieces=True, pairs=bool({"pairs", "pair-ablate"} & set(questions)),
+    fit = FitRequest(pieces=questions != ("segment",), pairs=bool({"pairs", "pair-ablate"} & set(questions)),
                      mlp_layers=tuple(mlp_layers) if "second-order" in questions else ())
     return Plan(questions, fit, tuple(presets), tuple(labels) or (None,), tuple(methods),
                 None if texts is None else tuple(texts), num_last_layers, pool, pool_size, pool_templates, templates,
@@ -254,7 +254,7 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_pa
                         "images": counts.report.loaded, "lenses": list(plan.segment.lenses)}
     analysis.record = {
         **lens.describe(), "architecture": lens.kind, "questions": list(plan.questions), "passes": plan.passes(),
-        "fit": {"data": _spec(fit_path), "fingerprint": fingerprint(as_source(fit_path)), "images": fit.pieces.count,
+        "fit": {"data": _spec(fit_path), "fingerprint": fingerprint(as_source(fit_path)), "images": fit.report.loaded if fit.report else 0,
                 "mlp_layers": list(plan.fit.mlp_layers)},
         "evaluation": evaluation, "segmentation": segmentation, "presets": list(plan.presets), "seconds": seconds,
     }
@@ -347,7 +347,7 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
     sample = Subset(source, range(min(len(source), SAMPLE_BATCHES * batch_size)))
     started = time.perf_counter()
     fit = fit_statistics(lens, sample, plan.fit, batch_size=batch_size, num_workers=num_workers)
-    per_image_pass = (time.perf_counter() - started) / (len(sample) * fit.passes)
+    per_image_pass = (time.perf_counter() - started) / (len(sample) * fit.passes) if fit.passes else 0.0
     sizes = {}
     if fit.pieces is not None:
         sizes[PIECES] = _bytes(fit.pieces.artifact()[0])
