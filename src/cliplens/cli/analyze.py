@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ..apps.principal_images import COMPONENTS, TOP_K
 from ..evaluate.reconstruction import METHODS
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES
 from ..workflows.ablation_study import PRESETS
@@ -32,18 +33,24 @@ from .options import (
 @batch_options
 @click.option("--ask", "questions", type=click.Choice(QUESTIONS), multiple=True,
               help="A question to answer (repeat): statistics (heads, per token on ViTs), pairs (ResNet), "
-                   "second-order (with --mlp-layer), ablate (with --preset), reconstruct.")
+                   "second-order (with --mlp-layer), head-images (ViT: top and bottom images of each head's "
+                   "principal components), ablate (with --preset), reconstruct.")
 @click.option("--all", "every", is_flag=True,
-              help="Every question the model supports: second-order with --mlp-layer, ablate (every preset unless "
-                   "--preset) and reconstruct with --data-path.")
+              help="Every question the model supports: second-order with --mlp-layer, head-images on a ViT, ablate "
+                   "(every preset unless --preset) and reconstruct with --data-path.")
 @click.option("--mlp-layer", "mlp_layers", type=int, multiple=True, help="MLP layer for second-order (repeat).")
 @click.option("--preset", "presets", type=click.Choice(list(PRESETS)), multiple=True,
               help="Ablation variants to score (repeat), as `cliplens ablate --preset`.")
 @click.option("--label", "labels", multiple=True,
               help="shapes data: an attribute to classify (repeat; every evaluation is scored for each) "
                    "[default: the data's own label].")
+@click.option("--head-components", type=click.IntRange(min=1), default=COMPONENTS, show_default=True,
+              help="head-images: the principal components kept per head (the largest first).")
+@click.option("--head-top", type=click.IntRange(min=1), default=TOP_K, show_default=True,
+              help="head-images: images kept at each end of each component (retrieve --top reads up to this).")
 @templates_option
-@pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES, uses_pool=lambda options: "reconstruct" in options["questions"])
+@pool_options(HEAD_POOL, HEAD_POOL_TEMPLATES, uses_pool=lambda options: options["every"] or any(
+    question in options["questions"] for question in ("reconstruct", "head-images")))
 @click.option("--methods", default=",".join(METHODS), show_default=True,
               help="Reconstruction methods, comma-separated, as `cliplens reconstruct`.")
 @click.option("--texts", default=None, help="Texts per head to sweep, as `cliplens reconstruct --texts`.")

@@ -14,16 +14,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch.utils.data import Subset
 
+from ..apps.principal_images import COMPONENTS, PART, TOP_K, PrincipalImages, head_directions, image_bytes, pool_record
 from ..data.loader import Batch, as_source, fingerprint
 from ..decompose.second_order import check_layer
 from ..errors import CliplensError
 from ..evaluate.ablation import Relabelled, Task, VariantScorer, scored_tasks, true_classes
 from ..evaluate.reconstruction import METHODS, check_methods, check_text_counts, reconstruction_variants, split_heads
+from ..evaluate.piece_edits import head_labels
 from ..evaluate.reference import evaluation_source
 from ..evaluate.second_order_ablation import VARIANTS, SecondOrderBoard
 from ..evaluate.stored_scores import SCORES, scores_file
@@ -31,7 +33,7 @@ from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..io.artifacts import ANALYSIS, save_parts
 from ..io.compat import fitted_on
 from ..settings import Settings
-from ..stats.collect import PAIRS, PIECES
+from ..stats.collect import PAIRS, PIECES, PieceStats
 from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics, one_pass
 from ..stats.second_order import analysis_part
 from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts, check_candidates
@@ -40,7 +42,7 @@ from .ablation_study import PRESETS, study_variants
 if TYPE_CHECKING:
     from ..lens import Lens
 
-QUESTIONS = ("statistics", "pairs", "second-order", "ablate", "reconstruct")
+QUESTIONS = ("statistics", "pairs", "second-order", "head-images", "ablate", "reconstruct")
 EVALUATIONS = ("ablate", "reconstruct")
 SAMPLE_BATCHES = 2  # timed by a dry run
 
@@ -60,6 +62,8 @@ class Plan:
     pool_size: int | None = None
     pool_templates: str = HEAD_POOL_TEMPLATES
     templates: str | None = None
+    head_components: int = COMPONENTS  # head-images: components per head and images per end
+    head_top: int = TOP_K
 
     scored: bool = False  # labelled evaluation data given: second-order layers are ablated on it too
 
@@ -77,12 +81,13 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
                   presets: Sequence[str] = (), labels: Sequence[str] = (), methods: Sequence[str] = METHODS,
                   texts: Sequence[int] | None = None, num_last_layers: int = 4, pool: str | os.PathLike | None = None,
                   pool_size: int | None = None, pool_templates: str = HEAD_POOL_TEMPLATES,
-                  templates: str | None = None) -> Plan:
+                  templates: str | None = None, head_components: int = COMPONENTS, head_top: int = TOP_K) -> Plan:
     """The plan for `questions` (or every question this model supports, `every`; evaluations only when there is data
     to score them on, `scored`), refused in one line where the model cannot answer one."""
     vit = lens.kind == "vit"
-    if every:  # on a ViT: second-order with the layers named, evaluations with data to score on, every preset
-        questions = ["statistics", "pairs"] if not vit else ["statistics"] + ["second-order"] * bool(mlp_layers)
+    if every:  # on a ViT: second-order with the layers named, head images, evaluations with data, every preset
+        questions = (["statistics", "pairs"] if not vit else
+                     ["statistics"] + ["second-order"] * bool(mlp_layers) + ["head-images"])
         questions += list(EVALUATIONS) if vit and scored else []
         presets = presets or tuple(PRESETS)
     questions = tuple(dict.fromkeys(questions))
@@ -94,9 +99,9 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
     unknown = [q for q in questions if q not in QUESTIONS]
     if unknown:
         raise CliplensError(f"unknown question {unknown[0]!r}; choose from {', '.join(QUESTIONS)}")
-    if not vit and any(q in ("second-order", *EVALUATIONS) for q in questions):
-        raise CliplensError("on a ResNet, analyze collects statistics and pairs; second-order, ablate and reconstruct "
-                            "read ViT pieces")
+    if not vit and any(q in ("second-order", "head-images", *EVALUATIONS) for q in questions):
+        raise CliplensError("on a ResNet, analyze collects statistics and pairs (with their top images); "
+                            "second-order, head-images, ablate and reconstruct read ViT pieces")
     if vit and "pairs" in questions:
         raise CliplensError("pairs exist for ResNet CLIP models only; ask a ViT for second-order neurons instead")
     if ("second-order" in questions) != bool(mlp_layers):
@@ -113,10 +118,14 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
         split_heads(lens.decomposer.labels(Settings("head")), num_last_layers)
         if texts is not None:
             check_text_counts(texts, lens.spec.output_dim)
-    fit = FitRequest(pieces=True, pairs="pairs" in questions, mlp_layers=tuple(mlp_layers))
+    for name, value in (("--head-components", head_components), ("--head-top", head_top)):
+        if not isinstance(value, int) or value < 1:
+            raise CliplensError(f"{name} must be a positive whole number, got {value!r}")
+    fit = FitRequest(pieces=True, pairs="pairs" in questions, mlp_layers=tuple(mlp_layers),
+                     head_images="head-images" in questions)
     return Plan(questions, fit, tuple(presets), tuple(labels) or (None,), tuple(methods),
                 None if texts is None else tuple(texts), num_last_layers, pool, pool_size, pool_templates, templates,
-                scored)
+                head_components, head_top, scored)
 
 
 @dataclass
@@ -125,6 +134,7 @@ class Analysis:
 
     plan: Plan
     fit: FitStatistics
+    images: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None  # the part head-images
     scores: dict[str, dict[str, Any]] = field(default_factory=lambda: {"tasks": {}, "second_order": {}})
     record: dict[str, Any] = field(default_factory=dict)
 
@@ -137,6 +147,8 @@ class Analysis:
             parts[PAIRS] = self.fit.pairs.artifact()
         for layer, stats in self.fit.second_order.items():
             parts[analysis_part(layer)] = stats.artifact()
+        if self.images is not None:
+            parts[PART] = self.images
         text = scores_file(self.scores["tasks"], self.scores["second_order"])
         return save_parts(folder, parts, {"kind": ANALYSIS, **self.record},
                           {SCORES: lambda file: file.write_text(text, encoding="utf-8")})
@@ -149,8 +161,25 @@ def check_data(plan: Plan, fit_path: Any, data_path: Any) -> None:
                             "data with --data-path")
     for label in plan.labels if plan.passes()["evaluation"] else ():
         classifier_prompts(evaluation_source(data_path, label), plan.templates)
-    if "reconstruct" in plan.questions:
+    if "reconstruct" in plan.questions or "head-images" in plan.questions:
         check_candidates(fit_path, HEAD_POOL, pool=plan.pool, pool_templates=plan.pool_templates)
+
+
+def head_images(lens: Lens, fit_path: Any, plan: Plan) -> tuple[Callable[[PieceStats], Callable[[Batch], None]],
+                                                                   list[PrincipalImages]]:
+    """The reader of pass 2 that keeps every head's top and bottom images along its first principal components
+    (docs/methods/retrieval.md#principal), built from pass 1's piece statistics; and the list it puts its reducer in."""
+    made: list[PrincipalImages] = []
+
+    def later(pieces: PieceStats) -> Callable[[Batch], None]:
+        name, texts, embeddings = candidate_texts(lens, fit_path, HEAD_POOL, pool=plan.pool, pool_size=plan.pool_size,
+                                                  pool_templates=plan.pool_templates)
+        directions = head_directions(pieces, head_labels(pieces.labels), embeddings, texts,
+                                     pool=pool_record(name, plan.pool_size, plan.pool_templates))
+        made.append(PrincipalImages(directions, plan.head_components, plan.head_top))
+        return lambda batch: made[0].update(lens, batch.images, batch.indices)
+
+    return later, made
 
 
 def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, batch_size: int = 32, num_workers: int = 0,
@@ -159,9 +188,12 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, batch_size
     `plan.passes()` passes."""
     check_data(plan, fit_path, data_path)
     started = time.perf_counter()
-    fit = fit_statistics(lens, fit_path, plan.fit, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    later, made = head_images(lens, fit_path, plan) if plan.fit.head_images else (None, [])
+    fit = fit_statistics(lens, fit_path, plan.fit, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                         later=later)
     seconds = {"fit": time.perf_counter() - started}
-    analysis = Analysis(plan, fit)
+    images = made[0].artifact(lens, as_source(fit_path), fit.ranked) if made else None
+    analysis = Analysis(plan, fit, images)
     evaluation = None
     if plan.passes()["evaluation"]:
         started = time.perf_counter()
@@ -238,7 +270,8 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
     source = as_source(fit_path)
     sample = Subset(source, range(min(len(source), SAMPLE_BATCHES * batch_size)))
     started = time.perf_counter()
-    fit = fit_statistics(lens, sample, plan.fit, batch_size=batch_size, num_workers=num_workers)
+    later, _ = head_images(lens, fit_path, plan) if plan.fit.head_images else (None, [])
+    fit = fit_statistics(lens, sample, plan.fit, batch_size=batch_size, num_workers=num_workers, later=later)
     per_image_pass = (time.perf_counter() - started) / (len(sample) * fit.passes)
     sizes = {}
     if fit.pieces is not None:
@@ -247,6 +280,9 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
         sizes[PAIRS] = _bytes(fit.pairs.artifact()[0])
     for layer, stats in fit.second_order.items():
         sizes[analysis_part(layer)] = _bytes(stats.artifact()[0])
+    if plan.fit.head_images:
+        sizes[PART] = image_bytes(len(head_labels(fit.pieces.labels)), plan.head_components, plan.head_top,
+                                  lens.spec.output_dim)
     return {"sizes": sizes, "passes": plan.passes(), "images": len(source),
             "seconds_per_image_and_pass": per_image_pass,
             "fit_seconds": per_image_pass * len(source) * plan.fit.passes()}
