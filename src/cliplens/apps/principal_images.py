@@ -154,8 +154,9 @@ def image_bytes(heads: int, components: int, top_k: int, width: int) -> int:
 
 @dataclass(frozen=True)
 class StoredImages:
-    """The part `head-images` of an analysis, as saved."""
+    """The part `head-images` of the analysis at `path`, as saved."""
 
+    path: str
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, Any]
 
@@ -163,7 +164,7 @@ class StoredImages:
             positive: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions, scores) of one end, best first, for the oriented `direction` and `mean` a command computed from
         its statistics; refused in one line unless the analysis ranked exactly that."""
-        heads, stored = self.metadata["heads"], f"{self.metadata.get('path')} keeps"
+        heads, stored = self.metadata["heads"], f"{self.path} keeps"
         if head not in heads:
             raise CliplensError(f"{stored} no images of {head}; run `cliplens analyze --ask head-images` again")
         u = heads.index(head)
@@ -190,4 +191,4 @@ def load_images(path: str | os.PathLike, lens: Lens) -> StoredImages:
     tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint}, {"heads": list, "top_k": int},
                                       part=PART, hint="run `cliplens analyze --ask head-images` to keep them")
     check_shapes(path, tensors, SHAPES, U=len(metadata["heads"]))
-    return StoredImages(tensors, {**metadata, "path": str(path)})
+    return StoredImages(str(path), tensors, metadata)

@@ -213,7 +213,8 @@ def retrieve(
     analysis = data if is_analysis(data) else None
     source = ranked_source(data)
     if stats is not None:
-        require_model(stats.metadata, lens.fingerprint, "the statistics")
+        require_model(stats.metadata, lens.fingerprint,
+                      "the pair statistics" if isinstance(stats, PairStats) else "the head statistics")
     directions = principal_directions(lens, data, parsed, stats, pool=pool, pool_size=pool_size,
                                       pool_templates=pool_templates)
     rankings: dict[str, Ranking] = {}
