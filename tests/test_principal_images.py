@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cliplens
-from cliplens.apps.principal_images import extremes, load_images
+from cliplens.apps.principal_images import extremes, image_bytes, load_images
 from cliplens.apps.retrieval import retrieve
 from cliplens.data import loader
 from cliplens.errors import CliplensError
@@ -90,6 +90,8 @@ def test_the_other_orientation_swaps_the_ends_exactly(analysis):
         values, -stored.tensors["bottom_values"][u, 1])
     with pytest.raises(CliplensError, match="another direction"):
         stored.end("L1H2", 1, 6, direction.flip(0), mean, positive=True)
+    held = sum(tensor.numel() * tensor.element_size() for tensor in stored.tensors.values())
+    assert held == image_bytes(16, 2, 6, lens.spec.output_dim)  # what the dry run prints: fixed by r, k and the model
 
 
 def test_rankings_the_analysis_did_not_keep_are_refused_in_one_line(analysis, tmp_path, passes):
