@@ -1,8 +1,9 @@
 """Passes over the data and wall time of the demo's analysis, before and after `cliplens analyze`, in one run.
 
-Before: the commands the demo ran until analyze existed, each reading the fit and evaluation splits itself (collect,
-then textspan, reconstruct, ablate and second-order on toy:vit; pairs and neuron-ablate on toy:rn). After: the demo's
-own first steps (`cliplens.cli.demo`): one analyze per model, then the same commands reading its folder. Every
+Before: the commands the demo ran until analyze existed, each reading the fit, evaluation and segmentation splits
+itself (collect, then textspan, reconstruct, ablate, second-order and segment on toy:vit; pairs, neuron-ablate and
+segment on toy:rn). After: the demo's own first steps (`cliplens.cli.demo`): one analyze per model, then the same
+commands reading its folder. Every
 stream over the data is counted by the data's fingerprint; the outputs of the two runs are compared file by file.
 
     python benchmarks/analysis_passes.py --images 512
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 
 from cliplens.cli import cli, demo
 from cliplens.data import loader
+from cliplens.data.segmentation import segmentation_source
 
 
 def before(out: Path, fit: str, evaluation: str) -> list[list[str]]:
@@ -40,11 +42,15 @@ def before(out: Path, fit: str, evaluation: str) -> list[list[str]]:
          "--keep", "10", "--output-dir", out / "rn-pairs"],
         ["neuron-ablate", *rn, "--data-path", evaluation, "--stats", pair_stats, "--pool", "shapes", "--omp-atoms",
          "8", "--keep", "1", "--keep", "5", "--keep", "10", "--keep", "50", "--output-dir", out / "rn-neuron-ablate"],
+        ["segment", *vit, "--data-path", demo.SEGMENT, *demo.VIT_LENSES, "--mlp-layer", "1", "--examples", "4",
+         "--output-dir", out / "vit-segment"],
+        ["segment", *rn, "--data-path", demo.SEGMENT, *demo.RN_LENSES, "--examples", "4",
+         "--output-dir", out / "rn-segment"],
     ]
 
 
 def after(out: Path) -> list[list[str]]:
-    return [[name, *arguments] for _, name, arguments in demo.vit_steps(out)[:5] + demo.rn_steps(out)[:3]]
+    return [[name, *arguments] for _, name, arguments in demo.vit_steps(out)[:6] + demo.rn_steps(out)[:4]]
 
 
 def run(steps: list[list[str]]) -> float:
@@ -63,6 +69,7 @@ def main() -> None:
     fit, evaluation = f"shapes:test:{args.images}:0", f"shapes:test:{args.images}:1"
     demo.FIT, demo.EVAL = fit, evaluation
     names = {loader.fingerprint(loader.as_source(spec)): role for spec, role in ((fit, "fit"), (evaluation, "eval"))}
+    names[loader.fingerprint(segmentation_source(demo.SEGMENT))] = "segment"
     counts: dict[str, int] = {}
     batches = loader.batches
 
@@ -85,13 +92,17 @@ def main() -> None:
         same = []
         for table in ("vit-textspan/textspan.csv", "vit-reconstruct/reconstruction.csv", "vit-ablate/ablation.csv",
                       "vit-second-order/neurons_L1.csv", "vit-second-order/ablation_L1.csv", "rn-pairs/pairs.csv",
-                      "rn-pairs/ablation.csv", "rn-neuron-ablate/ablation.csv"):
+                      "rn-pairs/ablation.csv", "rn-pairs/pair_words.csv", "rn-pairs/neuron_words.csv",
+                      "rn-neuron-ablate/ablation.csv", "vit-segment/metrics.csv", "vit-segment/overlays.png",
+                      "rn-segment/metrics.csv", "rn-segment/overlays.png"):
             same.append((table, (Path(folder) / "before" / table).read_bytes() == (Path(folder) / "after" /
                                                                                  table).read_bytes()))
-    print(f"# the demo's analysis steps, {args.images} fit and {args.images} evaluation images, same process")
-    print(f"{'':8} {'fit passes':>10} {'eval passes':>11} {'wall s':>7}  load average (start, end)")
+    print(f"# the demo's analysis steps, {args.images} fit and {args.images} evaluation images, {demo.SEGMENT}, "
+          "same process")
+    print(f"{'':8} {'fit passes':>10} {'eval passes':>11} {'seg passes':>10} {'wall s':>7}  load average (start, end)")
     for name, (passes, seconds, start, end) in results.items():
-        print(f"{name:8} {passes.get('fit', 0):10d} {passes.get('eval', 0):11d} {seconds:7.1f}  {start:.1f}, {end:.1f}")
+        print(f"{name:8} {passes.get('fit', 0):10d} {passes.get('eval', 0):11d} {passes.get('segment', 0):10d} "
+              f"{seconds:7.1f}  {start:.1f}, {end:.1f}")
     for table, equal in same:
         print(f"{table}: {'identical' if equal else 'DIFFERENT'}")
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..decompose.second_order import FLOAT, SecondOrderLens
+from ..decompose.second_order import FLOAT, SecondOrderLens, check_layer
 from ..errors import CliplensError
 from ..settings import Settings
 
@@ -97,6 +97,12 @@ class Selection:
     top_pairs: int | None = None
 
 
+def usable_lenses(lens: Lens) -> list[str]:
+    """Every lens this model can give (`analyze --all` segments with all of them)."""
+    return [name for name in LENSES
+            if lens.kind in MODELS[name] and (lens.kind != "vit" or _reads_its_class_token(lens, name))]
+
+
 def check_lenses(lens: Lens, names: Sequence[str]) -> list[str]:
     """The requested lens names, in order without repeats, refused by name where the model cannot give them."""
     names = list(dict.fromkeys(names))
@@ -106,13 +112,23 @@ def check_lenses(lens: Lens, names: Sequence[str]) -> list[str]:
         if name not in MODELS:
             raise CliplensError(f"unknown lens {name!r}; choose from {', '.join(LENSES)}")
         if lens.kind not in MODELS[name]:
-            usable = [other for other in LENSES if lens.kind in MODELS[other]]
             raise CliplensError(f"lens {name!r} needs a {' or '.join(MODELS[name])} model but {lens.name} is a "
-                                f"{lens.kind}; use {', '.join(usable)}")
+                                f"{lens.kind}; use {', '.join(usable_lenses(lens))}")
         if lens.kind == "vit" and not _reads_its_class_token(lens, name):
             raise CliplensError(f"lens {name!r} reads a class token the way CLIP pools it, and {lens.name} pools "
                                 "otherwise (no class token, register tokens or another pooling); use heads or centre")
     return names
+
+
+def check_selection(lens: Lens, names: Sequence[str], selection: Selection) -> None:
+    """Refuse a selection that leaves an asked-for lens nothing to read, or names an MLP layer the model lacks."""
+    if "heads" in names and not selection.heads:
+        raise CliplensError("the heads lens needs at least one head")
+    if "second-order" in names:
+        if not selection.mlp_layers:
+            raise CliplensError("the second-order lens needs at least one MLP layer")
+        for layer in selection.mlp_layers:
+            check_layer(lens.decomposer, layer)
 
 
 def _reads_its_class_token(lens: Lens, name: str) -> bool:
@@ -226,6 +242,16 @@ def attention_maps(lens: Lens, images: torch.Tensor, *, rollout: bool, trace: Po
     return rolled[:, 0, start:] if rollout else last.cls_attention().mean(1)[:, start:]
 
 
+def prediction_reader(kind: str, names: Sequence[str]) -> str:
+    """Whose embedding gives the zero-shot class: the ResNet pool's trace, else the second-order or the heads lens's
+    reading of the forward when asked for, else a plain encode. Equal in value; a segmentation an analysis stored is
+    read only for lenses predicted the same way, so that it is the same computation
+    (docs/methods/analysis.md#segmentation)."""
+    if kind == "resnet":
+        return "trace"
+    return next((name for name in ("second-order", "heads") if name in names), "encode")
+
+
 def patch_start(lens: Lens) -> int:
     """The first patch token: after the ResNet pool's mean token, or after a ViT's CLS and register tokens."""
     return 1 if lens.kind == "resnet" else lens.spec.prefix_tokens
@@ -260,6 +286,7 @@ class Segmenter:
 
     def __post_init__(self) -> None:
         self.names = check_lenses(self.lens, self.names)
+        check_selection(self.lens, self.names, self.selection)
         self.directions = self.directions.to(self.lens.device)
         unit = self.directions.to(FLOAT)
         self._orders, self._order_projected, self._pair_projected = [], [], None
@@ -268,35 +295,38 @@ class Segmenter:
             self._order_projected = [torch.einsum("jfd,kd->jfk", order.basis.neurons, unit) for order in self._orders]
         if "pairs" in self.names:
             self._pair_projected = torch.einsum("hno,ko->hnk", self.lens.decomposer.directions().to(FLOAT), unit)
-        if "heads" in self.names and not self.selection.heads:
-            raise CliplensError("the heads lens needs at least one head")
-        if "second-order" in self.names and not self.selection.mlp_layers:
-            raise CliplensError("the second-order lens needs at least one MLP layer")
 
     def __call__(self, images: torch.Tensor, *, single_object: bool) -> tuple[torch.Tensor, list[Maps]]:
-        """(zero-shot predicted class [B], maps per lens in the requested order) for one preprocessed batch."""
+        """(zero-shot predicted class [B], maps per lens in the requested order) for one preprocessed batch. Every lens
+        reads the batch's one shared forward (docs/methods/analysis.md#one-forward), except Grad-CAM, which runs its
+        own forward and backward on the same batch."""
+        with self.lens.decomposer.sharing(images):
+            return self._maps(images, single_object)
+
+    def _maps(self, images: torch.Tensor, single_object: bool) -> tuple[torch.Tensor, list[Maps]]:
         lens, directions, selection, size = self.lens, self.directions, self.selection, images.shape[-1]
         start = patch_start(lens)  # CLS (and any register tokens) or the pool's mean token are not places
-        trace = embedding = None
+        trace = None
         tokens: dict[str, torch.Tensor] = {}
+        embeddings: dict[str, torch.Tensor] = {}
         if "heads" in self.names:
             factors = lens.decomposer.factorise(images, SPATIAL_HEADS)
             tokens["heads"] = head_token_scores(factors, directions, selection.heads)[..., start:]
-            embedding = factors.embedding
+            embeddings["heads"] = factors.embedding
         if "second-order" in self.names:
             effects = [order(images) for order in self._orders]
             tokens["second-order"] = second_order_token_scores(effects, self._order_projected,
                                                                selection.top_neurons)[..., start:]
-            embedding = effects[0].embedding
+            embeddings["second-order"] = effects[0].embedding
         if lens.kind == "resnet":
             trace = lens.decomposer.trace(images)
-            embedding = trace.embedding
+            embeddings["trace"] = trace.embedding
             if "pairs" in self.names:
                 tokens["pairs"] = pair_token_scores(trace, self._pair_projected, selection.top_pairs)[..., start:]
             if "maskclip" in self.names:
                 tokens["maskclip"] = maskclip_scores(lens, trace, directions)
-        if embedding is None:
-            embedding = lens.decomposer.encode(images)
+        reader = prediction_reader(lens.kind, self.names)
+        embedding = embeddings[reader] if reader in embeddings else lens.decomposer.encode(images)
         predicted = (embedding @ directions.to(embedding.dtype).T).argmax(1)
         maps = []
         for name in self.names:

@@ -20,6 +20,9 @@ from .options import needs, output_option
 FIT, EVAL = "shapes:test:512:0", "shapes:test:512:1"  # two independent draws: fit statistics on one, score on the other
 SMALL_EVAL = "shapes:test:256:1"
 SEGMENT = "shapes:segmentation:48:2"  # the segmentation split, drawn apart from the seed its settings were chosen on
+VIT_LENSES = [option for name in ("heads", "second-order", "attention", "rollout", "gradcam", "centre")
+              for option in ("--lens", name)]
+RN_LENSES = [option for name in ("pairs", "maskclip", "gradcam", "centre") for option in ("--lens", name)]
 
 
 Step = tuple[str, str, list[str]]
@@ -32,11 +35,13 @@ def vit_steps(out: Path) -> list[Step]:
     return [
         ("Analyse toy:vit once: statistics of every head and of MLP layer 1's neurons, and the images at both ends of "
          "each head's principal components (two passes over the fit images), every ablation and reconstruction "
-         "scored in one pass over the evaluation images", "analyze",
+         "scored in one pass over the evaluation images, every segmentation lens in one pass over the images with "
+         "masks", "analyze",
          vit + ["--fit-path", FIT, "--data-path", EVAL, "--ask", "statistics", "--ask", "second-order",
-                "--mlp-layer", "1", "--ask", "head-images", "--ask", "ablate", "--preset", "cls", "--preset", "layer-curve", "--ask",
-                "reconstruct", "--label", "shape", "--label", "colour", "--texts", "1,2,4,8", "--num-last-layers",
-                "4", "--pool", "shapes", "--pool-templates", "photo", "--output-dir", str(out / "vit-analyze")]),
+                "--mlp-layer", "1", "--ask", "head-images", "--ask", "ablate", "--preset", "cls", "--preset",
+                "layer-curve", "--ask", "reconstruct", "--label", "shape", "--label", "colour", "--texts", "1,2,4,8",
+                "--num-last-layers", "4", "--pool", "shapes", "--pool-templates", "photo", "--ask", "segment", "--segment-path", SEGMENT,
+                *VIT_LENSES, "--examples", "4", "--output-dir", str(out / "vit-analyze")]),
         ("TextSpan: what each head writes, in the world's words (from the analysis)", "textspan",
          vit + ["--data-path", stats, "--pool", "shapes", "--pool-templates", "photo", "--texts-per-head", "5",
                 "--num-last-layers", "4", "--output-dir", str(out / "vit-textspan")]),
@@ -52,10 +57,9 @@ def vit_steps(out: Path) -> list[Step]:
          "(statistics and scores from the analysis)", "second-order",
          vit + ["--data-path", stats, "--eval-data-path", stats, "--mlp-layer", "1", "--omp-atoms", "8",
                 "--output-dir", str(out / "vit-second-order")]),
-        ("Zero-shot segmentation: heads and second-order maps next to attention, rollout, Grad-CAM and a centre prior",
-         "segment",
-         vit + ["--data-path", SEGMENT, "--lens", "heads", "--lens", "second-order", "--lens", "attention", "--lens",
-                "rollout", "--lens", "gradcam", "--lens", "centre", "--examples", "4",
+        ("Zero-shot segmentation: heads and MLP layer 1's second-order maps next to attention, rollout, Grad-CAM and "
+         "a centre prior (counted by the analysis)", "segment",
+         vit + ["--data-path", stats, *VIT_LENSES, "--mlp-layer", "1", "--examples", "4",
                 "--output-dir", str(out / "vit-segment")]),
         ("Retrieval: the images whose L1H2 piece (a colour head, see TextSpan) best matches 'a blue object'",
          "retrieve",
@@ -90,18 +94,21 @@ def rn_steps(out: Path) -> list[Step]:
     rn = ["--model", "toy:rn"]
     stats = str(out / "rn-analyze" / "analysis")
     return [
-        ("Analyse toy:rn once: statistics of its pool heads and of every neuron x head pair, one pass over the fit "
-         "images", "analyze",
-         rn + ["--fit-path", FIT, "--all", "--output-dir", str(out / "rn-analyze")]),
+        ("Analyse toy:rn once: statistics of its pool heads and of every neuron x head pair (one pass over the fit "
+         "images), every pair and neuron ablation of the next two steps (one pass over the evaluation images), every "
+         "segmentation lens (one pass over the images with masks)", "analyze",
+         rn + ["--fit-path", FIT, "--data-path", EVAL, "--all", "--keep", "1", "--keep", "5", "--keep", "10",
+               "--keep", "50", "--pool", "shapes", "--omp-atoms", "8", "--segment-path", SEGMENT, *RN_LENSES,
+               "--examples", "4", "--output-dir", str(out / "rn-analyze")]),
         ("ResNet neuron x head pairs of toy:rn: scores, words, 90 % of pairs mean-ablated", "pairs",
-         rn + ["--data-path", EVAL, "--fit-path", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "10",
+         rn + ["--data-path", stats, "--fit-path", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "10",
                "--output-dir", str(out / "rn-pairs")]),
         ("How few pairs or neurons toy:rn needs: accuracy with the top 1-50 % kept", "neuron-ablate",
-         rn + ["--data-path", EVAL, "--stats", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "1",
+         rn + ["--data-path", stats, "--stats", stats, "--pool", "shapes", "--omp-atoms", "8", "--keep", "1",
                "--keep", "5", "--keep", "10", "--keep", "50", "--output-dir", str(out / "rn-neuron-ablate")]),
-        ("Zero-shot segmentation: neuron x head pair maps next to MaskCLIP, Grad-CAM and a centre prior", "segment",
-         rn + ["--data-path", SEGMENT, "--lens", "pairs", "--lens", "maskclip", "--lens", "gradcam", "--lens",
-               "centre", "--examples", "4", "--output-dir", str(out / "rn-segment")]),
+        ("Zero-shot segmentation: neuron x head pair maps next to MaskCLIP, Grad-CAM and a centre prior (counted by "
+         "the analysis)", "segment",
+         rn + ["--data-path", stats, *RN_LENSES, "--examples", "4", "--output-dir", str(out / "rn-segment")]),
         ("Retrieval: the top images of two strong pairs and of a neuron across its heads", "retrieve",
          rn + ["--data-path", FIT, "--stats", stats, "--component", "H1N262", "--component", "H2N20",
                "--component", "N342", "--top", "16", "--output-dir", str(out / "rn-retrieve")]),

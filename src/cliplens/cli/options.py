@@ -12,10 +12,12 @@ from typing import Any, Callable
 
 import click
 
+from ..apps.segmentation import LENSES
 from ..data.loader import MAX_BATCH_SIZE, MAX_WORKERS
 from ..data.shards import Shard
 from ..errors import CliplensError
 from ..evaluate.ablation import MEAN_SOURCES
+from ..evaluate.groups import PATTERN_HELP
 from ..explain.tables import write_descriptions
 from ..extras import require
 from ..io.metadata import write_metadata
@@ -234,14 +236,39 @@ def needs(extra: str, *modules: str) -> Callable:
     return before_body(lambda options: require(extra, *modules, user=running_command()))
 
 
-def needs_for_data(prefix: str, extra: str, *modules: str) -> Callable:
-    """Like `needs`, only when --data-path is of the `prefix` kind (a reader that needs the extra)."""
+def needs_for_data(prefix: str, extra: str, *modules: str, option: str = "data_path") -> Callable:
+    """Like `needs`, only when --data-path (or the data `option`) is of the `prefix` kind (a reader that needs the
+    extra)."""
 
     def check(options: Options) -> None:
-        if str(options["data_path"]).startswith(prefix):
+        if str(options[option]).startswith(prefix):
             require(extra, *modules, user=f"{running_command()} on {prefix} data")
 
     return before_body(check)
+
+
+# segmentation (segment, analyze) -----------------------------------------------------------------------------------
+def segment_options(*, required: bool) -> Callable:
+    """--lens and the settings that change a segmentation's numbers (and --examples), as `segment` and `analyze --ask
+    segment` take them; --mlp-layer is each command's own (analyze's also names its second-order layers)."""
+    return stacked([
+        click.option("--lens", "lenses", multiple=True, type=click.Choice(LENSES), required=required,
+                     help="heads, second-order (ViT), pairs (ResNet), or the baselines attention, rollout (ViT), "
+                          "gradcam, maskclip (ResNet), centre; repeat for several."),
+        click.option("--last-layers", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="heads: read every head of this many last layers."),
+        click.option("--heads", default=None,
+                     help=f"heads: read these heads instead (comma-separated: {PATTERN_HELP})."),
+        click.option("--top-neurons", type=click.IntRange(min=1), default=None,
+                     help="second-order: per image and class, only the neurons adding most to it [default: all]."),
+        click.option("--top-pairs", type=click.IntRange(min=1), default=None,
+                     help="pairs: per image and class, only the neuron x head pairs adding most to it "
+                          "[default: all]."),
+        click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="Foreground cut on the [0, 1] map [default: each map's mean]."),
+        click.option("--examples", type=click.IntRange(min=0), default=6, show_default=True,
+                     help="Images drawn in the overlay grid (0: no grid)."),
+    ])
 
 
 # text pools and OMP -------------------------------------------------------------------------------------------------
@@ -259,25 +286,41 @@ POOL_TEMPLATE_REASONS = {
 }
 
 
-def pool_options(usual_pool: str, default_templates: str, *,
+def pool_options(usual_pool: str | None, default_templates: str | None, *,
                  uses_pool: Callable[[Options], bool] = lambda options: True) -> Callable:
     """--pool --pool-size --pool-templates: the candidate texts and the templates they are embedded with. The pool the
-    command will use (when `uses_pool`) is checked for its optional extra first."""
+    command will use (when `uses_pool`) is checked for its optional extra first. None (analyze): each question's own,
+    as its command would choose (the library checks the pool's extra then, before any pass)."""
 
     def require_extra(options: Options) -> None:
-        if uses_pool(options):
+        if usual_pool is not None and uses_pool(options):
             require_pool(pool_name(options["pool"], options["data_path"], usual_pool), running_command())
 
+    usual = (f"{usual_pool}: {POOL_REASONS[usual_pool]}" if usual_pool is not None else
+             f"each question's own, as its command: {HEAD_POOL} for heads, {UNIT_POOL} for pairs")
+    templates = (f"{default_templates} here: {POOL_TEMPLATE_REASONS[default_templates]}" if default_templates else
+                 f"default: each question's own, as its command: {HEAD_POOL_TEMPLATES} for heads, "
+                 f"{UNIT_POOL_TEMPLATES} for pairs")
     return stacked([
         click.option("--pool", default=None,
                      help="Text pool: words, descriptions, imagenet, shapes, or a file with one text per line "
-                          f"[default: shapes for shapes:... data, else {usual_pool}: {POOL_REASONS[usual_pool]}]."),
+                          f"[default: shapes for shapes:... data, else {usual}]."),
         click.option("--pool-size", type=click.IntRange(min=1), default=None, help="Keep the pool's first N texts."),
-        click.option("--pool-templates", default=default_templates, show_default=True,
+        click.option("--pool-templates", default=default_templates, show_default=default_templates is not None,
                      help="Templates the pool texts are embedded with: none, photo, simple, openai (the references' "
-                          f"80 for neurons and pairs) or a format string with {{}}; {default_templates} here: "
-                          f"{POOL_TEMPLATE_REASONS[default_templates]}."),
+                          f"80 for neurons and pairs) or a format string with {{}}; {templates}."),
         before_body(require_extra),
+    ])
+
+
+def omp_only_options(default_atoms: int) -> Callable:
+    """--omp-atoms --dict-norm: how many texts write each principal direction, and how the dictionary is scaled."""
+    return stacked([
+        click.option("--omp-atoms", type=click.IntRange(min=0), default=None,
+                     help=f"Texts per principal direction (k of OMP), below the embedding width [default: "
+                          f"{default_atoms}, at most half the pool and below the width]; 0 skips the text side."),
+        click.option("--dict-norm", type=click.Choice(["row", "axis0"]), default="row", show_default=True,
+                     help="OMP dictionary normalisation; axis0 reproduces the reference's word lists."),
     ])
 
 
@@ -285,11 +328,7 @@ def omp_options(default_atoms: int) -> Callable:
     """--omp-atoms --dict-norm, plus the pool options: the sparse-text side of neurons and pairs."""
     return stacked([
         pool_options(UNIT_POOL, UNIT_POOL_TEMPLATES, uses_pool=lambda options: options["omp_atoms"] != 0),
-        click.option("--omp-atoms", type=click.IntRange(min=0), default=None,
-                     help=f"Texts per principal direction (k of OMP), below the embedding width [default: "
-                          f"{default_atoms}, at most half the pool and below the width]; 0 skips the text side."),
-        click.option("--dict-norm", type=click.Choice(["row", "axis0"]), default="row", show_default=True,
-                     help="OMP dictionary normalisation; axis0 reproduces the reference's word lists."),
+        omp_only_options(default_atoms),
     ])
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from ..apps.segmentation import LENSES
 from ..data.segmentation import IMAGENET_SEG_PREFIX
-from ..evaluate.groups import PATTERN_HELP
 from ..workflows.segmentation import GRID, MASKS, METRICS, segmentation_study, write_segmentation
-from .options import Options, batch_options, load_lens, model_options, needs_for_data, output_option
+from .options import (
+    Options, batch_options, load_lens, model_options, needs_for_data, output_option, segment_options,
+)
 
 
 @click.command("segment")
@@ -19,25 +19,14 @@ from .options import Options, batch_options, load_lens, model_options, needs_for
 @click.option("--data-path", default="shapes:segmentation:256", show_default=True,
               help="Images with masks (so not shapes:test:512, the other commands' default, whose scenes have none): "
                    "shapes:segmentation:<n>[:<seed>], masks:<dir> (images/, masks/, classes.txt), "
-                   "imagenet-seg:<gtsegs_ijcv.mat> or pascal-context:<VOC2010 dir>.")
+                   "imagenet-seg:<gtsegs_ijcv.mat> or pascal-context:<VOC2010 dir>; or a folder `cliplens analyze "
+                   "--ask segment` wrote, whose stored counts give the same metrics with no image read.")
 @batch_options
-@click.option("--lens", "lenses", multiple=True, type=click.Choice(LENSES), required=True,
-              help="heads, second-order (ViT), pairs (ResNet), or the baselines attention, rollout (ViT), gradcam, "
-                   "maskclip (ResNet), centre; repeat for several.")
-@click.option("--last-layers", type=click.IntRange(min=1), default=4, show_default=True,
-              help="heads: read every head of this many last layers.")
-@click.option("--heads", default=None, help=f"heads: read these heads instead (comma-separated: {PATTERN_HELP}).")
+@segment_options(required=True)
 @click.option("--mlp-layer", "mlp_layers", type=int, multiple=True,
               help="second-order: an MLP layer whose neurons to read; repeat [default: the three before the last].")
-@click.option("--top-neurons", type=click.IntRange(min=1), default=None,
-              help="second-order: per image and class, only the neurons adding most to it [default: all].")
-@click.option("--top-pairs", type=click.IntRange(min=1), default=None,
-              help="pairs: per image and class, only the neuron x head pairs adding most to it [default: all].")
-@click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Foreground cut on the [0, 1] map [default: each map's mean].")
-@click.option("--examples", type=click.IntRange(min=0), default=6, show_default=True,
-              help="Images drawn in the overlay grid (0: no grid).")
-@click.option("--save-masks", is_flag=True, help="Also write masks.zip: each image's label map per lens as a PNG.")
+@click.option("--save-masks", is_flag=True, help="Also write masks.zip: each image's label map per lens as a PNG "
+                                                "(not from an analysis, which keeps no masks).")
 @output_option("cliplens-out/segment")
 @needs_for_data(IMAGENET_SEG_PREFIX, "segment", "h5py")  # MATLAB v7.3 is HDF5
 def command(model: Options, **options: Any) -> None:

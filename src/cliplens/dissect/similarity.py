@@ -104,12 +104,25 @@ def soft_wpmi(P: torch.Tensor, A: torch.Tensor, top_k: int = 100, a: float = 10.
     conditional = torch.empty(K, M)
     step = max(1, BLOCK // (top.shape[0] * M))
     for start in range(0, K, step):  # blocks of neurons: memory stays at BLOCK floats whatever K is
-        gathered = prob[top[:, start:start + step]]  # [k, b, M]
-        conditional[start:start + step] = torch.log1p(pi * (gathered - 1) + EPS).sum(0)
-    def uniform() -> torch.Tensor:  # each rank's term averaged over a uniformly random image
-        return sum(torch.log1p(weight * (prob - 1) + EPS).mean(0) for weight in pi.flatten().tolist())
+        conditional[start:start + step] = _sum_of_logs(prob[top[:, start:start + step]], pi)  # gathered [k, b, M]
+
+    def uniform() -> torch.Tensor:  # the ranks' terms for one uniformly random image: Σ_r mean_i = mean_i Σ_r
+        return torch.cat([_sum_of_logs(prob[None, i:i + step].expand(len(pi), -1, -1).clone(), pi)
+                          for i in range(0, len(prob), step)]).mean(0)
 
     return _pmi(conditional, uniform, marginal, lam)
+
+
+def _sum_of_logs(gathered: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+    """Σ_r log(1 + π_r (p_r − 1) + 1e-7) over the first dimension of `gathered` [k, ...] (overwritten), as the logs of
+    products of a few ranks' factors: a log costs more than the gather and the products together, so this takes
+    about half the time. Each factor is at least 1 − π_r + 1e-7, so a product of `group` of them stays above 1e-30,
+    far from float32's smallest normal number (1e-38), and no factor exceeds 1 + 1e-7."""
+    factors = gathered.mul_(pi).add_(1 - pi + EPS)
+    group = max(1, int(math.log(1e-30) / math.log(1 - float(pi.max()) + EPS)))
+    whole = len(factors) // group * group
+    total = factors[:whole].unflatten(0, (-1, group)).prod(1).log_().sum(0)
+    return total + factors[whole:].prod(0).log_() if whole < len(factors) else total
 
 
 def rank_reorder(P: torch.Tensor, A: torch.Tensor, top_fraction: float = 0.05, p: float = 3.0, scale_p: float = 0.5,

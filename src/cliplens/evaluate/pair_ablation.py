@@ -6,6 +6,10 @@ and the ablated embedding is one factorised pass Σ_h W_o^h W_v^h g_h(x) plus co
 attention pool itself: [B, H·C, O] is never built. Reconstructing a pair through a unit direction p̂ (its principal
 direction, or a sparse-text approximation of it) turns its centred part (s − s̄)u into (s − s̄)⟨u, p̂⟩p̂, so a
 reconstructed embedding is the all-means embedding plus fixed directions weighted by per-image scalars.
+
+Every variant is therefore a fixed map of a batch's coefficients: each says which tensors it is built from (a mask, or
+directions and gains), so an analysis scores them all in its one evaluation pass and stores their counts under those
+tensors' digests (docs/methods/analysis.md#scores); a command given the analysis as its data reads them back.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..data.analyzed import AnalyzedData
 from ..data.loader import Batch, as_source, fingerprint, require_labels, stream
 from ..decompose.resnet_pairs import PairDecomposition
 from ..errors import CliplensError
 from ..explain.omp import DictNorm, SparseTextDecomposition
-from ..io.compat import fitted_on, require_model
+from ..io.artifacts import load_artifact
+from ..io.compat import DATA_KEY, MODEL_KEY, fitted_on, require_model
 from ..stats.moments import Moments
 from ..stats.pairs import PairStats
+from .ablation import Relabelled, true_classes
+from .stored_scores import pair_task_key, pair_variant_key, stored_pairs
 from .zeroshot import predict
 
 if TYPE_CHECKING:
@@ -30,6 +38,7 @@ if TYPE_CHECKING:
 
 DEFAULT_KEEPS = (100.0, 50.0, 20.0, 10.0, 5.0)
 NEURON_CHUNK = 256  # neurons per block when their [H, O] direction stacks are materialised
+NEURON_MOMENTS = "pair-neurons"  # an analysis's part: each neuron's coefficient moments over the evaluation data
 
 
 # masks -----------------------------------------------------------------------------------------------------------
@@ -182,6 +191,14 @@ class PairVariant:
     embed: Callable[[PairDecomposition], torch.Tensor]
     kept: int | None = None
     total: int | None = None
+    fixed: tuple[torch.Tensor, ...] = ()  # what `embed` is built from besides the pair statistics: its stored key
+
+    def key(self) -> str:
+        """The variant's content key; one that does not say what it is built from cannot be stored or found."""
+        if not self.fixed and self.level != "model":
+            raise CliplensError(f"pair variant {self.name!r} does not say which tensors it is built from (fixed), so "
+                                "its score cannot be stored or looked up in an analysis")
+        return pair_variant_key(self.level, self.fixed)
 
     @property
     def ablated(self) -> int | None:
@@ -213,13 +230,16 @@ def standard_variants(
             variants.append(PairVariant(
                 f"{level}s keep {keep:g}%", level,
                 lambda dec, mask=mask: ablation.mean_ablated(dec.coefficients, mask), int(mask.sum()), mask.numel(),
+                (mask,),
             ))
     principal = principal_reconstruction(stats)
     variants.append(PairVariant("pc0 reconstruction", "pc",
-                                lambda dec: ablation.reconstructed(dec.coefficients, principal)))
+                                lambda dec: ablation.reconstructed(dec.coefficients, principal),
+                                fixed=(principal.directions, principal.gains)))
     if text is not None:
         variants.append(PairVariant(f"{text_label} reconstruction", "text",
-                                    lambda dec: ablation.reconstructed(dec.coefficients, text)))
+                                    lambda dec: ablation.reconstructed(dec.coefficients, text),
+                                    fixed=(text.directions, text.gains)))
     return variants
 
 
@@ -246,12 +266,31 @@ class AccuracyBoard:
         self.count = 0
 
     def update(self, dec: PairDecomposition, labels: torch.Tensor) -> None:
+        self.add({variant.name: variant.embed(dec) for variant in self.variants}, labels)
+
+    def add(self, embeddings: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        """Score one batch whose variants' embeddings are built already (shared by the boards of several
+        classifiers)."""
         labels = torch.as_tensor(labels).cpu()
         require_labels(labels)
         for variant in self.variants:
-            embedding = variant.embed(dec).to(self.weights)
+            embedding = embeddings[variant.name].to(self.weights)
             self.correct[variant.name] += int((predict(embedding, self.weights).cpu() == labels).sum())
         self.count += len(labels)
+
+    def key(self, stats: PairStats) -> str:
+        """What an analysis stores these counts under: the classifier with the statistics the variants rebuild from."""
+        return pair_task_key(self.weights, stats.coef_mean, stats.factors)
+
+    def stored(self) -> dict[str, Any]:
+        """The counts as an analysis stores them, by each variant's content key."""
+        return {"count": self.count, "variants": {v.key(): self.correct[v.name] for v in self.variants}}
+
+    def restore(self, folder: Any, stats: PairStats) -> None:
+        """The counts the analysis in `folder` stored for exactly these variants, classifier and statistics."""
+        found = stored_pairs(folder, self.key(stats), [variant.key() for variant in self.variants])
+        self.correct = {variant.name: n for variant, n in zip(self.variants, found["correct"])}
+        self.count = found["count"]
 
     def rows(self, in_sample: bool | None = None) -> list[dict[str, Any]]:
         """One ablation-table row per variant (docs/outputs.md#ablation); units counted only where units are kept."""
@@ -269,12 +308,52 @@ def ablation_table(
     lens: Lens, data: Any, weights: torch.Tensor, variants: Sequence[PairVariant], stats: PairStats, *,
     batch_size: int = 32, num_workers: int = 0, progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Accuracy of every variant over `data` in one streaming pass; rows say whether the means are in-sample."""
+    """Accuracy of every variant over `data` in one streaming pass (given an analysis, the counts its evaluation pass
+    stored for exactly these variants); rows say whether the means are in-sample."""
     require_model(stats.metadata, lens.fingerprint, "the pair statistics")
     board = AccuracyBoard(weights.to(lens.device), variants)
-    for dec, batch in pair_batches(lens, data, batch_size=batch_size, num_workers=num_workers, progress=progress):
-        board.update(dec, batch.labels)
-    return board.rows(in_sample=is_in_sample(stats, data))
+    source = as_source(data)
+    if isinstance(source, AnalyzedData):
+        board.restore(source.path, stats)
+    else:
+        for dec, batch in pair_batches(lens, source, batch_size=batch_size, num_workers=num_workers,
+                                       progress=progress):
+            board.update(dec, batch.labels)
+    return board.rows(in_sample=is_in_sample(stats, source))
+
+
+class PairReading:
+    """What one pass over evaluation data reads from each batch's pairs: every neuron's coefficient moments (its
+    principal direction's covariance, docs/methods/resnet-pairs.md) and the counts of every variant for each classifier
+    (with where its true classes come from), each variant's embedding built once per batch for all of them."""
+
+    def __init__(self, lens: Lens, stats: PairStats, variants: Sequence[PairVariant],
+                 classifiers: Sequence[tuple[torch.Tensor, Relabelled | None]] = ()):
+        require_model(stats.metadata, lens.fingerprint, "the pair statistics")
+        self.lens, self.variants = lens, list(variants)
+        self.moments = Moments(stats.neurons, stats.heads)
+        self.boards = [(AccuracyBoard(weights.to(lens.device), variants), labels) for weights, labels in classifiers]
+
+    def update(self, batch: Batch) -> None:
+        dec = self.lens.decomposer.pairs(batch.images)
+        self.moments.update(dec.coefficients.transpose(1, 2))
+        if self.boards:
+            embeddings = {variant.name: variant.embed(dec) for variant in self.variants}
+            for board, labels in self.boards:
+                board.add(embeddings, true_classes(batch, labels))
+
+
+def neuron_moments_part(moments: Moments, lens: Lens, source: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The neurons' coefficient moments as a part of an analysis (tensors, metadata)."""
+    return moments.state(), {"kind": "pair-neuron-moments", **lens.describe(), DATA_KEY: fingerprint(source),
+                             "count": moments.count}
+
+
+def stored_neuron_moments(source: AnalyzedData, lens: Lens) -> Moments:
+    """The neurons' coefficient moments the analysis behind `source` accumulated in its evaluation pass."""
+    tensors, _ = load_artifact(source.path, {MODEL_KEY: lens.fingerprint, DATA_KEY: fingerprint(source)},
+                               part=NEURON_MOMENTS, hint="ask `cliplens analyze --ask pair-ablate` with --data-path")
+    return Moments.from_tensors(tensors)
 
 
 def is_in_sample(stats: PairStats, data: Any) -> bool:

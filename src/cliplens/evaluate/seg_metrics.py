@@ -82,6 +82,18 @@ class BinarySegmentation:
     def map(self) -> float:
         return self.ap_sum / self.images
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The accumulators, exactly (an analysis stores them: docs/methods/analysis.md#segmentation)."""
+        return {"confusion": self.confusion, "ap_sum": torch.tensor(self.ap_sum, dtype=torch.float64),
+                "images": torch.tensor(self.images)}
+
+    @classmethod
+    def restored(cls, state: dict[str, torch.Tensor]) -> BinarySegmentation:
+        metric = cls()
+        metric.confusion, metric.ap_sum, metric.images = state["confusion"], state["ap_sum"].item(), int(
+            state["images"])
+        return metric
+
 
 def iou(confusion: torch.Tensor) -> torch.Tensor:
     """Per-class I/U from a truth × prediction confusion matrix; NaN for a class absent from truth and prediction."""
@@ -110,3 +122,13 @@ class MultiClassSegmentation:
 
     def miou(self) -> float:
         return iou(self.confusion).nanmean().item()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The accumulator, exactly (an analysis stores it)."""
+        return {"confusion": self.confusion}
+
+    @classmethod
+    def restored(cls, state: dict[str, torch.Tensor], ignore: int) -> MultiClassSegmentation:
+        metric = cls(len(state["confusion"]), ignore)
+        metric.confusion = state["confusion"]
+        return metric

@@ -5,7 +5,9 @@ always does, and looks their correct counts up instead of streaming images. The 
 names: a task is its classifier weights and the means its variants use; a variant is what it ablates, what it
 projects (with the bases' exact bytes) and whether it replaces CLS cells. A variant built differently (another
 preset, another pool, other statistics) therefore finds nothing and is refused in one line: a stored number is only
-ever returned for the very computation that produced it.
+ever returned for the very computation that produced it. ResNet pair ablations are keyed the same way: a task is its
+classifier with the pair statistics' means and factor weights, a variant its level and the tensors it is built from
+(a mask, or directions and gains).
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ def second_order_key(weights: torch.Tensor, settings: Mapping[str, Any], *fitted
     return _digest(_bytes(weights), json.dumps(dict(settings), sort_keys=True).encode(), *map(_bytes, fitted))
 
 
+def pair_task_key(weights: torch.Tensor, means: torch.Tensor, factors: Mapping[str, torch.Tensor]) -> str:
+    """A zero-shot classifier scored against pair ablations built from these means and factor weights."""
+    return _digest(b"pairs", _bytes(weights), _bytes(means), *(name.encode() + _bytes(factors[name])
+                                                               for name in sorted(factors)))
+
+
+def pair_variant_key(level: str, fixed: Sequence[torch.Tensor]) -> str:
+    """What a pair variant does: its level and the exact tensors (with their shapes) it rebuilds the embedding with."""
+    shapes = json.dumps([level, [list(tensor.shape) for tensor in fixed]]).encode()
+    return _digest(shapes, *map(_bytes, fixed))
+
+
 def _section(folder: str | os.PathLike, section: str) -> dict[str, Any]:
     path = Path(folder) / SCORES
     try:
@@ -86,7 +100,24 @@ def stored_task(folder: str | os.PathLike, key: str, variant_keys: Sequence[str]
     return {**task, "correct": [task["variants"][key] for key in variant_keys]}
 
 
-def scores_file(tasks: Mapping[str, Mapping[str, Any]], second_order: Mapping[str, Mapping[str, Any]]) -> str:
+def stored_pairs(folder: str | os.PathLike, key: str, variant_keys: Sequence[str]) -> dict[str, Any]:
+    """{count, correct: [per variant]} of the pair ablations the analysis in `folder` scored with this classifier."""
+    task = _section(folder, "pairs").get(key)
+    if not isinstance(task, dict):
+        raise CliplensError(f"{folder} scored no pair ablation with this classifier and these pair statistics "
+                            "(another --label, --templates or --fit-path?); ask `cliplens analyze --ask pair-ablate` "
+                            "for it")
+    missing = [key for key in variant_keys if key not in task["variants"]]
+    if missing:
+        raise CliplensError(f"{folder} did not score {len(missing)} of these {len(variant_keys)} pair variants (another "
+                            "--keep, --pool, --omp-atoms or --dict-norm?); ask `cliplens analyze --ask pair-ablate` "
+                            "with the same settings")
+    return {"count": task["count"], "correct": [task["variants"][key] for key in variant_keys]}
+
+
+def scores_file(tasks: Mapping[str, Mapping[str, Any]], second_order: Mapping[str, Mapping[str, Any]],
+                pairs: Mapping[str, Mapping[str, Any]]) -> str:
     """The JSON text of `scores.json`: {"tasks": {task key: {count, full_correct, classes, variants: {key: n}}},
-    "second_order": {key: {count, correct: {variant: n}, significant}}}."""
-    return json.dumps({"tasks": tasks, "second_order": second_order}, indent=1, sort_keys=True) + "\n"
+    "second_order": {key: {count, correct: {variant: n}, significant}},
+    "pairs": {key: {count, variants: {key: n}}}}."""
+    return json.dumps({"tasks": tasks, "second_order": second_order, "pairs": pairs}, indent=1, sort_keys=True) + "\n"

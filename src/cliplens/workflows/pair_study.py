@@ -7,6 +7,9 @@ pairs (or neurons) mean-ablated and with every pair rebuilt from its principal d
 neuron's direction needs the covariance of its H coefficients, which the pair statistics do not hold, so it is
 accumulated during the evaluation pass: neuron words describe the evaluation data.
 
+Given an analysis that asked for `pair-ablate` as the evaluation data, both read the counts and the neurons' moments
+its evaluation pass stored, and stream no image (docs/methods/analysis.md#reading).
+
 `pair_ablation_study`: the accuracy table alone, for several keep percentages and levels, in one streaming pass.
 """
 
@@ -18,18 +21,19 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from ..data.analyzed import AnalyzedData
 from ..data.loader import as_source
 from ..errors import CliplensError
 from ..evaluate.pair_ablation import (
-    DEFAULT_KEEPS, AccuracyBoard, DirectionReconstruction, PairAblation, ablation_table, check_keep, is_in_sample,
-    neuron_principal_directions, neuron_scores, pair_batches, require_resnet, standard_variants, text_reconstruction,
-    top_mask,
+    DEFAULT_KEEPS, DirectionReconstruction, PairAblation, PairReading, PairVariant, ablation_table, check_keep,
+    is_in_sample, neuron_principal_directions, neuron_scores, require_resnet, standard_variants,
+    stored_neuron_moments, text_reconstruction, top_mask,
 )
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..explain.omp import DictNorm, SparseTextDecomposition, require_fewer_atoms
 from ..explain.unit_words import atom_count, word_rows
 from ..labels import pair_label, pool_neuron_label
-from ..stats.moments import Moments
+from ..stats.fit_passes import one_pass
 from ..stats.obtain import obtain_pair_stats
 from ..stats.pairs import PairStats
 from ..text.candidates import UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates
@@ -84,9 +88,12 @@ def pair_texts(
     return PairTexts(texts, embeddings, atoms, reconstruction, omp)
 
 
-def text_variant(text: PairTexts | None) -> dict[str, Any]:
-    """`standard_variants`' text arguments: the sparse-text reconstruction, labelled by its k (none without text)."""
-    return {} if text is None else {"text": text.reconstruction, "text_label": f"text k={text.atoms}"}
+def pair_variants(lens: Lens, stats: PairStats, keeps: Sequence[float], levels: Sequence[str],
+                  text: PairTexts | None) -> list[PairVariant]:
+    """The variants `pairs`, `neuron-ablate` and an analysis score: `standard_variants` with the sparse-text
+    reconstruction labelled by its k (none without text)."""
+    words = {} if text is None else {"text": text.reconstruction, "text_label": f"text k={text.atoms}"}
+    return standard_variants(PairAblation(stats, lens.device), keeps=keeps, levels=levels, **words)
 
 
 def ranked(scores: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,18 +158,17 @@ def pair_study(
         labels = [pair_label(*divmod(flat, stats.neurons)) for flat in kept]
         pair_words = word_rows(text.omp, labels, kept, texts_per_unit, f"omp-k{text.atoms}")
 
-    weights = source_classifier(lens, source, templates, progress=progress) if labelled else None
-    board = None
-    if weights is not None:
-        board = AccuracyBoard(weights, standard_variants(PairAblation(stats, lens.device), keeps=[keep_percent],
-                                                         **text_variant(text)))
-    moments = Moments(stats.neurons, stats.heads)
-    for dec, batch in pair_batches(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress):
-        moments.update(dec.coefficients.transpose(1, 2))
-        if board is not None:
-            board.update(dec, batch.labels)
-    if moments.count == 0:
-        raise CliplensError(f"no readable images in {data_path}; check --data-path")
+    classifiers = [(source_classifier(lens, source, templates, progress=progress), None)] if labelled else []
+    variants = pair_variants(lens, stats, [keep_percent], ("pair", "neuron"), text)
+    reading = PairReading(lens, stats, variants, classifiers)
+    if isinstance(source, AnalyzedData):
+        moments = stored_neuron_moments(source, lens)
+        for board, _ in reading.boards:
+            board.restore(source.path, stats)
+    else:
+        one_pass(lens, source, reading.update, description=f"pairs {lens.name}", batch_size=batch_size,
+                 num_workers=num_workers, progress=progress)
+        moments = reading.moments
 
     neuron_words = None
     if text is not None:
@@ -172,7 +178,7 @@ def pair_study(
         neuron_omp.fit(directions[kept_neurons], text.embeddings, text.texts, progress=progress)
         neuron_words = word_rows(neuron_omp, [pool_neuron_label(n) for n in kept_neurons],
                                  list(range(len(kept_neurons))), texts_per_unit, f"omp-k{text.atoms}")
-    ablation = board.rows(in_sample=is_in_sample(stats, source)) if board is not None else None
+    ablation = reading.boards[0][0].rows(in_sample=is_in_sample(stats, source)) if reading.boards else None
     return PairStudy(stats, keep_percent, pair_mask, neuron_mask, summary, pair_words, neuron_words, ablation)
 
 
@@ -200,6 +206,6 @@ def pair_ablation_study(
     text = pair_texts(lens, stats, data_path, omp_atoms=omp_atoms, dict_norm=dict_norm, pool=pool,
                       pool_size=pool_size, pool_templates=pool_templates, progress=progress)
     levels = ("pair", "neuron") if level == "both" else (level,)
-    variants = standard_variants(PairAblation(stats, lens.device), keeps=keeps, levels=levels, **text_variant(text))
+    variants = pair_variants(lens, stats, keeps, levels, text)
     return ablation_table(lens, source, weights, variants, stats, batch_size=batch_size, num_workers=num_workers,
                           progress=progress)

@@ -1,8 +1,10 @@
 """Zero-shot segmentation of a dataset with masks, every lens on the same images and texts: the call behind
 `cliplens segment` (docs/methods/segmentation.md).
 
-One pass: per batch, each lens's maps become soft maps, hard masks and class labels, which update streamed
-confusion matrices and per-image APs; only a few example images are kept for the overlay grid.
+One pass: per batch, one shared forward gives each lens's maps, which become soft maps, hard masks and class labels
+that update streamed confusion matrices and per-image APs; only a few example images are kept for the overlay grid.
+Those counts are all the outputs are written from, so an analysis stores them (docs/methods/analysis.md#segmentation)
+and a study given the analysis's folder writes the same outputs without reading an image.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..apps.segmentation import Segmenter, Selection, class_labels, foreground
+from ..apps.segmentation import (
+    Segmenter, Selection, check_lenses, check_selection, class_labels, foreground, prediction_reader,
+)
 from ..data.loader import LoadReport, fingerprint, stream
 from ..data.segmentation import IGNORE, aligned_mask, segmentation_source
 from ..errors import CliplensError
 from ..evaluate.groups import select, split_patterns
 from ..evaluate.seg_metrics import BinarySegmentation, MultiClassSegmentation
+from ..io.artifacts import check_shapes, is_analysis, load_artifact
 from ..io.atomic import write_folder
+from ..io.compat import MODEL_KEY, require_match
 from ..io.tables import SCHEMAS, write_table
 from ..report.grids import image_grid
 from ..labels import head_label, parse_label
@@ -38,6 +44,11 @@ if TYPE_CHECKING:
 
 COLUMNS = SCHEMAS["segmentation"]
 METRICS, GRID, MASKS = "metrics.csv", "overlays.png", "masks.zip"
+SEGMENTATION = "segmentation"  # the analysis part
+FIELDS = {"lenses": list, "predicted_by": str, "examples": int, "kept": int, "classes": list, "background": bool,
+          "class_metrics": bool, "total": int, "loaded": int, "skipped": list, "reasons": list}  # what the reader reads
+DATA_KEYS = ("classes", "phrases", "templates", "single_object", "background", "data_path",
+             "data_fingerprint")
 
 
 @dataclass
@@ -80,68 +91,112 @@ def chosen_mlp_layers(lens: Lens, mlp_layers: Sequence[int] | None) -> list[int]
     return list(dict.fromkeys(mlp_layers))
 
 
+@dataclass(frozen=True)
+class SegmentationRequest:
+    """What a segmentation pass computes, checked before it: the lenses (in order), which pieces they read, the
+    foreground cut and how many example images the grid keeps."""
+
+    lenses: tuple[str, ...]
+    selection: Selection
+    threshold: float | None = None
+    examples: int = 6
+
+    def key(self) -> dict[str, Any]:
+        """The settings a stored segmentation must have been computed with to be read for this request."""
+        selection = self.selection
+        return {"heads": [head_label(*pair) for pair in selection.heads], "mlp_layers": list(selection.mlp_layers),
+                "top_neurons": selection.top_neurons, "top_pairs": selection.top_pairs,
+                "threshold": "mean" if self.threshold is None else self.threshold}
+
+
+def segmentation_request(
+    lens: Lens, lenses: Sequence[str], *, last_layers: int = 4, heads: str | None = None,
+    mlp_layers: Sequence[int] | None = None, top_neurons: int | None = None, top_pairs: int | None = None,
+    threshold: float | None = None, examples: int = 6,
+) -> SegmentationRequest:
+    """The request for `lenses`, refused in one line where the model or the values cannot serve it (the options as
+    `segmentation_study` takes them)."""
+    names = check_lenses(lens, lenses)
+    for name, value in (("top_neurons", top_neurons), ("top_pairs", top_pairs)):
+        if value is not None and value < 1:
+            raise CliplensError(f"{name} {value} must be at least 1 (or None for all)")
+    if threshold is not None and not 0 <= threshold < 1:
+        raise CliplensError(f"threshold {threshold} must lie in [0, 1): maps are normalised to [0, 1]")
+    if examples < 0:
+        raise CliplensError(f"examples {examples} must be at least 0")
+    selection = Selection(tuple(chosen_heads(lens, last_layers, heads)), tuple(chosen_mlp_layers(lens, mlp_layers)),
+                          top_neurons, top_pairs)
+    check_selection(lens, names, selection)
+    return SegmentationRequest(tuple(names), selection, threshold, examples)
+
+
+@dataclass
+class SegmentationCounts:
+    """What one pass over a segmentation split leaves, and all that metrics.csv and the overlay grid are written from:
+    per lens the streamed metrics (confusion matrices and AP sums, never the maps), the load report, the data's texts
+    and the example images with their maps. An analysis stores it (docs/methods/analysis.md#segmentation)."""
+
+    request: SegmentationRequest
+    model: dict[str, Any]  # Lens.describe()
+    predicted_by: str  # apps/segmentation.py `prediction_reader`
+    data: dict[str, Any]  # classes, phrases, templates, single_object, background, data_path, data_fingerprint
+    binary: dict[str, BinarySegmentation]  # per lens, where the truth labels background
+    multi: dict[str, MultiClassSegmentation]  # per lens, where the source names its classes
+    examples: list[Example]
+    report: LoadReport
+
+    def artifact(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, metadata) as an analysis part: the accumulators exactly, the examples' pixels, truth and maps."""
+        tensors = {f"{name}.binary.{key}": value for name, metric in self.binary.items()
+                   for key, value in metric.state().items()}
+        tensors |= {f"{name}.multi.{key}": value for name, metric in self.multi.items()
+                    for key, value in metric.state().items()}
+        if self.examples:
+            tensors["examples.pixels"] = torch.from_numpy(np.stack([np.asarray(e.image) for e in self.examples]))
+            tensors["examples.truth"] = torch.from_numpy(np.stack([e.truth for e in self.examples]))
+            tensors |= {f"{name}.examples.soft": torch.stack([e.soft[name] for e in self.examples])
+                        for name in self.request.lenses}
+        report = self.report
+        metadata = {**self.model, "lenses": list(self.request.lenses), **self.request.key(),
+                    "predicted_by": self.predicted_by,
+                    "examples": self.request.examples, "kept": len(self.examples), **self.data, "class_metrics": bool(self.multi),
+                    "total": report.total, "loaded": report.loaded, "skipped": report.skipped,
+                    "reasons": report.reasons}
+        return tensors, metadata
+
+
 def segmentation_study(
     lens: Lens, data: Any, lenses: Sequence[str], *, last_layers: int = 4, heads: str | None = None,
     mlp_layers: Sequence[int] | None = None, top_neurons: int | None = None, top_pairs: int | None = None,
     threshold: float | None = None, examples: int = 6, save_masks: bool = False, batch_size: int = 32,
     num_workers: int = 0, progress: bool = False,
 ) -> SegmentationResult:
-    """Metrics per lens over every image of `data` (a segmentation spec or source); see the module docstring.
+    """Metrics per lens over every image of `data` (a segmentation spec or source, or an analysis folder that
+    segmented it with these settings: then no image is read); see the module docstring.
 
     `heads`: label patterns of the heads lens's heads (default: every head of the last `last_layers` layers);
     `mlp_layers`: the second-order lens's layers; `top_neurons` / `top_pairs`: per image and class, keep only that
     many neurons / pairs (None: all); `threshold`: the foreground cut on the normalised map, None for each map's mean
     (TextSpan's rule); `save_masks`: keep every image's label map per lens as a PNG.
     """
-    source = segmentation_source(data)
-    for name, value in (("top_neurons", top_neurons), ("top_pairs", top_pairs)):
-        if value is not None and value < 1:
-            raise CliplensError(f"{name} {value} must be at least 1 (or None for all)")
-    selection = Selection(tuple(chosen_heads(lens, last_layers, heads)), tuple(chosen_mlp_layers(lens, mlp_layers)),
-                          top_neurons, top_pairs)
-    if threshold is not None and not 0 <= threshold < 1:
-        raise CliplensError(f"threshold {threshold} must lie in [0, 1): maps are normalised to [0, 1]")
-    classnames, phrases = class_texts(source)
-    templates = resolve_templates(source.templates)
-    segmenter = Segmenter(lens, lenses, embed_texts(lens, phrases, templates=templates).to(lens.dtype), selection)
-    names = segmenter.names
-    size = lens.spec.image_size
-    # binary truth exists only where the truth labels background
-    binary = {name: BinarySegmentation() for name in names} if source.background else {}
-    # per-class truth exists only where the source names the classes of its mask values
-    multi = ({name: MultiClassSegmentation(len(classnames) + 1, ignore=IGNORE) for name in names}
-             if source.classnames is not None else {})
+    request = segmentation_request(lens, lenses, last_layers=last_layers, heads=heads, mlp_layers=mlp_layers,
+                                   top_neurons=top_neurons, top_pairs=top_pairs, threshold=threshold,
+                                   examples=examples)
+    if is_analysis(data):
+        if save_masks:
+            raise CliplensError(f"{data} is an analysis: it keeps each lens's confusion matrices, not every image's "
+                                "masks; pass the images with masks themselves for --save-masks")
+        return segmentation_result(stored_segmentation(lens, data, request))
     masks = archive = None
     if save_masks:
         handle, scratch = tempfile.mkstemp(prefix="cliplens-masks-", suffix=".zip")
         os.close(handle)
         masks, archive = Path(scratch), zipfile.ZipFile(scratch, "w", zipfile.ZIP_STORED)  # PNGs are compressed
-    kept: list[Example] = []
-    report = LoadReport()
     try:
-        with torch.no_grad():
-            for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
-                                description=f"segment {lens.name}", report=report):
-                positions = batch.indices.tolist()
-                truth = torch.from_numpy(np.stack([aligned_mask(source.mask(i), size) for i in positions]))
-                predicted, batch_maps = segmenter(batch.images, single_object=source.single_object)
-                room = positions[: max(0, examples - len(kept))]
-                fresh = [Example(_as_seen(source[i][0], size), truth[k].numpy()) for k, i in enumerate(room)]
-                for maps in batch_maps:
-                    soft, hard = foreground(maps, predicted, single_object=source.single_object,
-                                            threshold=threshold)
-                    labels = class_labels(maps, predicted, hard if binary else None) if multi else None
-                    if binary:
-                        binary[maps.lens].update(soft, hard, truth > 0, truth != IGNORE)
-                    if multi:
-                        multi[maps.lens].update(labels, truth)
-                    if archive is not None:
-                        _save_masks(archive, maps.lens, positions, hard.long() if labels is None else labels)
-                    for k, example in enumerate(fresh):
-                        example.soft[maps.lens] = soft[k].cpu()
-                kept.extend(fresh)
-        if archive is not None and multi:
-            archive.writestr("classes.txt", "".join(f"{name}\n" for name in classnames))
+        counts = segmentation_pass(lens, data, request, archive=archive, batch_size=batch_size,
+                                   num_workers=num_workers, progress=progress, description=f"segment {lens.name}")
+        if archive is not None and counts.multi:
+            archive.writestr("classes.txt", "".join(f"{name}\n" for name in counts.data["classes"]))
     except BaseException:
         if masks is not None:
             archive.close()
@@ -149,18 +204,113 @@ def segmentation_study(
         raise
     if archive is not None:
         archive.close()
+    return segmentation_result(counts, masks)
+
+
+def segmentation_pass(lens: Lens, data: Any, request: SegmentationRequest, *, archive: zipfile.ZipFile | None = None,
+                      batch_size: int = 32, num_workers: int = 0, progress: bool = False,
+                      description: str = "segment") -> SegmentationCounts:
+    """One pass over a segmentation source: per batch, one shared forward serves every lens (Grad-CAM adds its own
+    forward and backward), whose maps become soft maps, hard masks and class labels that update the metrics; only the
+    first `request.examples` images are kept whole. `archive` receives every image's label map per lens."""
+    source = segmentation_source(data)
+    classnames, phrases = class_texts(source)
+    templates = resolve_templates(source.templates)
+    segmenter = Segmenter(lens, request.lenses, embed_texts(lens, phrases, templates=templates).to(lens.dtype),
+                          request.selection)
+    names, size = segmenter.names, lens.spec.image_size
+    # binary truth exists only where the truth labels background
+    binary = {name: BinarySegmentation() for name in names} if source.background else {}
+    # per-class truth exists only where the source names the classes of its mask values
+    multi = ({name: MultiClassSegmentation(len(classnames) + 1, ignore=IGNORE) for name in names}
+             if source.classnames is not None else {})
+    kept: list[Example] = []
+    report = LoadReport()
+    with torch.no_grad():
+        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            description=description, report=report):
+            positions = batch.indices.tolist()
+            truth = torch.from_numpy(np.stack([aligned_mask(source.mask(i), size) for i in positions]))
+            predicted, batch_maps = segmenter(batch.images, single_object=source.single_object)
+            room = positions[: max(0, request.examples - len(kept))]
+            fresh = [Example(_as_seen(source[i][0], size), truth[k].numpy()) for k, i in enumerate(room)]
+            for maps in batch_maps:
+                soft, hard = foreground(maps, predicted, single_object=source.single_object,
+                                        threshold=request.threshold)
+                labels = class_labels(maps, predicted, hard if binary else None) if multi else None
+                if binary:
+                    binary[maps.lens].update(soft, hard, truth > 0, truth != IGNORE)
+                if multi:
+                    multi[maps.lens].update(labels, truth)
+                if archive is not None:
+                    _save_masks(archive, maps.lens, positions, hard.long() if labels is None else labels)
+                for k, example in enumerate(fresh):
+                    example.soft[maps.lens] = soft[k].cpu()
+            kept.extend(fresh)
+    data_record = {"classes": classnames, "phrases": phrases, "templates": list(templates),
+                   "single_object": source.single_object, "background": source.background, "data_path": str(data),
+                   "data_fingerprint": fingerprint(source)}
+    return SegmentationCounts(request, lens.describe(), prediction_reader(lens.kind, names), data_record, binary,
+                              multi, kept, report)
+
+
+def stored_segmentation(lens: Lens, path: str | os.PathLike, request: SegmentationRequest) -> SegmentationCounts:
+    """The counts an analysis stored, for exactly this model and these settings, refused in one line otherwise; the
+    requested lenses may be any of those analysed (their metrics do not depend on the others) provided each image's
+    zero-shot class was read the same way, and `request.examples` at most the examples kept."""
+    tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint, "precision": lens.precision}, FIELDS,
+                                      part=SEGMENTATION, hint="run `cliplens analyze` with --ask segment, "
+                                                              "--segment-path and the lenses")
+    redo = "pass the analysis's setting, or run `cliplens analyze` again with this one"
+    require_match(metadata, request.key(), str(path), remedy=redo)
+    analysed, names, reader = metadata["lenses"], list(request.lenses), metadata["predicted_by"]
+    missing = [name for name in names if name not in analysed]
+    if missing:
+        raise CliplensError(f"{path} segmented with the lenses {', '.join(analysed)}, not {missing[0]}; ask for "
+                            f"those, or run `cliplens analyze` again with --lens {missing[0]}")
+    if prediction_reader(lens.kind, names) != reader:
+        raise CliplensError(f"{path} read each image's zero-shot class from the {reader} lens's reading of the "
+                            f"forward: add --lens {reader} to read the same computation")
+    if request.examples > metadata["examples"]:
+        raise CliplensError(f"{path} kept the overlay grid's first {metadata['examples']} images: pass --examples "
+                            f"{metadata['examples']} or fewer, or run `cliplens analyze` again with more")
+    data = {key: metadata.get(key) for key in DATA_KEYS}
+    classes = len(data["classes"]) + 1
+    shapes = {**{f"{name}.binary.confusion": (2, 2) for name in names if data["background"]},
+              **{f"{name}.multi.confusion": (classes, classes) for name in names if metadata["class_metrics"]}}
+    kept = min(request.examples, metadata["kept"])
+    if kept:
+        size = lens.spec.image_size
+        shapes |= {"examples.pixels": ("kept", size, size, 3), "examples.truth": ("kept", size, size),
+                   **{f"{name}.examples.soft": ("kept", size, size) for name in names}}
+    check_shapes(path, tensors, shapes)
+
+    def state(name: str, kind: str) -> dict[str, torch.Tensor]:
+        prefix = f"{name}.{kind}."
+        return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
+
+    binary = {name: BinarySegmentation.restored(state(name, "binary")) for name in names} if data["background"] else {}
+    multi = ({name: MultiClassSegmentation.restored(state(name, "multi"), IGNORE) for name in names}
+             if metadata["class_metrics"] else {})
+    examples = [Example(Image.fromarray(tensors["examples.pixels"][k].numpy(), "RGB"),
+                        tensors["examples.truth"][k].numpy(),
+                        {name: tensors[f"{name}.examples.soft"][k] for name in names}) for k in range(kept)]
+    report = LoadReport(metadata["total"], metadata["loaded"], metadata["skipped"], metadata["reasons"])
+    model = {key: metadata.get(key) for key in lens.describe()}
+    return SegmentationCounts(request, model, metadata["predicted_by"], {**data, "analysis": str(path)}, binary,
+                              multi, examples, report)
+
+
+def segmentation_result(counts: SegmentationCounts, masks: Path | None = None) -> SegmentationResult:
+    """metrics.csv's rows and the record, from a pass's counts or an analysis's."""
+    names, binary, multi, report = list(counts.request.lenses), counts.binary, counts.multi, counts.report
     rows = [{"lens": name, **_binary_columns(binary.get(name)), "class_miou": multi[name].miou() if multi else "",
              "images": report.loaded} for name in names]
-    metadata = {**lens.describe(), "command": "segment", "lenses": names,
-                "heads": [head_label(*pair) for pair in selection.heads], "mlp_layers": list(selection.mlp_layers),
-                "top_neurons": top_neurons, "top_pairs": top_pairs,
-                "threshold": "mean" if threshold is None else threshold, "classes": classnames,
-                "phrases": phrases, "templates": list(templates),
-                "single_object": source.single_object, "background": source.background, "data_path": str(data),
-                "data_fingerprint": fingerprint(source), "skipped": report.skipped, "geometry": "aligned",
+    metadata = {**counts.model, "command": "segment", "lenses": names, **counts.request.key(), **counts.data,
+                "skipped": report.skipped, "geometry": "aligned",
                 "masks": (f"{MASKS}: <lens>/<image index>.png, 0 background, k class k of classes.txt" if multi
-                          else f"{MASKS}: <lens>/<image index>.png, 1 foreground") if save_masks else None}
-    return SegmentationResult(rows, kept, report, metadata, masks)
+                          else f"{MASKS}: <lens>/<image index>.png, 1 foreground") if masks is not None else None}
+    return SegmentationResult(rows, counts.examples, report, metadata, masks)
 
 
 def _save_masks(archive: zipfile.ZipFile, lens: str, positions: Sequence[int], labels: torch.Tensor) -> None:
