@@ -4,7 +4,9 @@ Every configuration streams the same images through `cliplens.data.loader.stream
 the configurations are interleaved within each repeat (plain, head, spatial, ..., plain, head, ...) so that a change
 in the machine's load hits them alike; the load average is printed before and after (a loaded machine flatters the
 ratios: the forward waits for the CPU as much as the statistics do). Ratios are per pass: the second-order and
-`analyze --all` rows make two passes and are divided by two.
+`analyze --all` rows make two passes and are divided by two. `--head-images` adds the rows of `--ask head-images`:
+its pass 2 alone (directions fixed beforehand) and the fit passes with and without it, so the extra work it puts on
+a shared pass 2 is the difference of two rows; it also prints the part's size on disk.
 
     python benchmarks/analysis_overhead.py --model ViT-B-32 --images 64 --batch-size 16 --repeats 3
     python benchmarks/analysis_overhead.py --memory toy:vit   # peak memory at 128 and 1,024 images, one process each
@@ -23,9 +25,46 @@ import time
 import torch
 
 import cliplens
+from cliplens.apps.principal_images import PrincipalImages, head_directions
 from cliplens.data.loader import stream
-from cliplens.stats.fit_passes import FitRequest, fit_statistics
+from cliplens.evaluate.piece_edits import head_labels
+from cliplens.stats.fit_passes import FitRequest, fit_statistics, one_pass
+from cliplens.text.candidates import HEAD_POOL, candidate_texts
 from measure import peak_rss_gib
+
+
+def head_images(lens: cliplens.Lens, data: list, batch_size: int, layer: int) -> dict[str, tuple[object, int]]:
+    """The rows of `analyze --ask head-images` (directions oriented by the shapes vocabulary)."""
+    _, texts, embeddings = candidate_texts(lens, None, HEAD_POOL, pool="shapes")
+
+    def later(pieces):
+        reducer = PrincipalImages(head_directions(pieces, head_labels(pieces.labels), embeddings, texts, pool={}))
+        return lambda batch: reducer.update(lens, batch.images, batch.indices)
+
+    fixed = later(lens.collect(data, spatial=True, batch_size=batch_size))
+    fit = {"batch_size": batch_size}
+    return {
+        "head images: pass 2 alone": (lambda: one_pass(lens, data, fixed, description="head images",
+                                                       batch_size=batch_size, num_workers=0, progress=False), 1),
+        "fit: per-token heads + head images": (
+            lambda: fit_statistics(lens, data, FitRequest(head_images=True), later=later, **fit), 2),
+        f"fit: per-token heads + L{layer} + head images": (
+            lambda: fit_statistics(lens, data, FitRequest(mlp_layers=(layer,), head_images=True), later=later, **fit),
+            2),
+    }
+
+
+def part_size(lens: cliplens.Lens, data: list, batch_size: int) -> None:
+    """The part `head-images` on disk at the defaults (its tensors as saved; fixed by the model, not the images)."""
+    _, texts, embeddings = candidate_texts(lens, None, HEAD_POOL, pool="shapes")
+    pieces = lens.collect(data, spatial=True, batch_size=batch_size)
+    reducer = PrincipalImages(head_directions(pieces, head_labels(pieces.labels), embeddings, texts, pool={}))
+    report = one_pass(lens, data, lambda batch: reducer.update(lens, batch.images, batch.indices),
+                      description="head images", batch_size=batch_size, num_workers=0, progress=False)
+    tensors, _ = reducer.artifact(lens, data, report)
+    size = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+    print(f"# part head-images: {size} bytes ({size / 2**20:.2f} MiB) for {len(reducer.directions.heads)} heads, "
+          f"{reducer.components} components, {reducer.top_k} images per end")
 
 
 def configurations(lens: cliplens.Lens, data: list, batch_size: int, layer: int) -> dict[str, tuple[object, int]]:
@@ -46,13 +85,15 @@ def configurations(lens: cliplens.Lens, data: list, batch_size: int, layer: int)
     }
 
 
-def overhead(model: str, images: int, batch_size: int, repeats: int, layer: int | None) -> None:
+def overhead(model: str, images: int, batch_size: int, repeats: int, layer: int | None, images_rows: bool) -> None:
     lens = cliplens.load(model, seed=0)
     size = lens.spec.image_size
     pixels = torch.rand(images, 3, size, size, generator=torch.Generator().manual_seed(0))
     data = [(image, 0) for image in pixels]
     layer = lens.spec.layers // 2 if layer is None else layer
     runs = configurations(lens, data, batch_size, layer)
+    if images_rows:
+        runs.update(head_images(lens, data, batch_size, layer))
     for run, _ in runs.values():  # warm-up: folded read-outs, second-order bases, allocator
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -71,6 +112,8 @@ def overhead(model: str, images: int, batch_size: int, repeats: int, layer: int 
         ratios = [value / base for value in values]
         print(f"{name:48} {statistics.median(values):10.2f} {statistics.median(values) / base:6.2f} "
               f"{min(ratios):6.2f}-{max(ratios):.2f}")
+    if images_rows:
+        part_size(lens, data, batch_size)
 
 
 def child(model: str, images: int, layer: int) -> None:
@@ -96,6 +139,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer", type=int, default=None, help="second-order MLP layer [default: the middle one]")
     parser.add_argument("--memory", default=None, metavar="MODEL")
+    parser.add_argument("--head-images", action="store_true", help="add the rows of analyze --ask head-images")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -105,7 +149,7 @@ def main() -> None:
     if args.memory:
         memory(args.memory, 1 if args.layer is None else args.layer)
         return
-    overhead(args.model, args.images, args.batch_size, args.repeats, args.layer)
+    overhead(args.model, args.images, args.batch_size, args.repeats, args.layer, args.head_images)
 
 
 if __name__ == "__main__":

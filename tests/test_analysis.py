@@ -182,5 +182,6 @@ def test_the_dry_run_prints_the_plan_with_exact_sizes_and_writes_nothing(tmp_pat
 def test_every_preset_and_evaluation_with_all_on_a_vit():
     lens = cliplens.load("toy:vit")
     plan = plan_analysis(lens, (), every=True, scored=True, mlp_layers=(1,))
-    assert plan.questions == ("statistics", "second-order", "ablate", "reconstruct") and len(plan.presets) == 3
-    assert plan_analysis(lens, (), every=True).questions == ("statistics",)
+    assert plan.questions == ("statistics", "second-order", "head-images", "ablate", "reconstruct")
+    assert len(plan.presets) == 3 and plan.passes() == {"fit": 2, "evaluation": 1}
+    assert plan_analysis(lens, (), every=True).questions == ("statistics", "head-images")

@@ -128,6 +128,16 @@ def match_label(text: str) -> Piece | None:
     return None
 
 
+_COMPONENT = re.compile(rf"(?P<label>.+)\.pc(?P<index>{_NUMBER})")
+
+
+def match_component(text: str) -> tuple[Piece, int] | None:
+    """(the piece, the index) a principal-component label (`L3H7.pc0`, see `component_label`) names, or None."""
+    split = _COMPONENT.fullmatch(text)
+    piece = None if split is None else match_label(split["label"])
+    return None if piece is None else (piece, int(split["index"]))
+
+
 def padding_hint(text: str) -> str:
     """For an error message: " (did you mean 'L3H1'? ...)" when `text` is a label written with zero-padded numbers
     (L03H1), which never name a piece (each piece has exactly one label); else ""."""

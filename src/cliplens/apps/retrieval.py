@@ -1,4 +1,5 @@
-"""Top images per component (docs/methods/retrieval.md#scores): ResNet pairs and neurons, and ViT heads against a query.
+"""Top images per component (docs/methods/retrieval.md#scores): ResNet pairs and neurons, ViT heads against a query,
+and both ends of a ViT head's principal components (apps/principal_images.py).
 
 A ranking needs one scalar per image and component, so a pass keeps exactly that and sorts at the end: exact, and
 memory grows by one number per image. Pairs need no pass when their statistics were collected on the same data: the
@@ -7,7 +8,9 @@ streaming extremes already are their top images.
 Scores, all in embedding units:
 - pair H{h}N{n}: |s − s̄|·‖u‖, the centred pair's norm; signed, (s − s̄)·‖u‖, its projection on u/‖u‖;
 - neuron N{n}: ‖Σ_h r^{n,h}‖, uncentred, bias shares included in the reference convention (as the reference ranks);
-- ViT head L{l}H{h}: ⟨p_{l,h}(x), q⟩ (or the cosine) for a unit text embedding q, or q = the query image's piece.
+- ViT head L{l}H{h}: ⟨p_{l,h}(x), q⟩ (or the cosine) for a unit text embedding q, or q = the query image's piece;
+- principal component L{l}H{h}.pc{j}: ⟨p_{l,h}(x) − μ, u_j⟩, two rankings: `+` the most positive images (towards the
+  dominant text pole), `-` the most negative; an analysis given as the data answers them from its part `head-images`.
 
 With `maps`, a second forward pass over each ranking's top images only gives where in each image the component acts
 (docs/methods/retrieval.md#maps): each token's share of its piece, projected on the direction the ranking measures.
@@ -25,16 +28,20 @@ import torch.nn.functional as F
 from PIL import ImageOps
 from safetensors.torch import save_file
 
-from ..data.loader import as_source, describe_item, fingerprint, stream
+from ..data.loader import analyzed_fit_source, as_source, describe_item, fingerprint, stream
 from ..errors import CliplensError, require_positive_int
+from ..io.artifacts import is_analysis
 from ..io.atomic import replacing
 from ..io.compat import fitted_on, require_model
 from ..io.tables import SCHEMAS, write_table
-from ..labels import match_label, padding_hint, pair_label
+from ..labels import head_label, match_component, match_label, padding_hint, pair_label
 from ..report.grids import save_grid, to_image
 from ..report.overlays import heat_overlay
 from ..settings import Settings
+from ..stats.collect import PieceStats
 from ..stats.pairs import PairStats
+from ..text.candidates import HEAD_POOL, HEAD_POOL_TEMPLATES, candidate_texts, check_candidates
+from .principal_images import HeadDirections, PrincipalImages, head_directions, load_images, pool_record
 from .segmentation import head_token_scores, patch_start, to_grid
 
 if TYPE_CHECKING:
@@ -49,8 +56,14 @@ LIMITS = {"layer": "layers", "head": "heads", "neuron": "channels"}  # the spec'
 @dataclass(frozen=True)
 class Component:
     label: str
-    kind: str  # "pair", "neuron" or "head"
-    index: tuple[int, ...]  # (head, neuron), (neuron,) or (layer, head)
+    kind: str  # "pair", "neuron", "head" or "pc" (one end of a principal component)
+    index: tuple[int, ...]  # (head, neuron), (neuron,), (layer, head) or (layer, head, component)
+    positive: bool = True  # a principal component's end: the most positive images (+) or the most negative (-)
+
+    @property
+    def head(self) -> str:
+        """The ViT head of a head or principal-component ranking."""
+        return head_label(*self.index[:2])
 
 
 @dataclass(frozen=True)
@@ -72,12 +85,14 @@ class Ranking:
 
 
 def parse_component(label: str, lens: Lens) -> Component:
-    """`H3N17` (pair), `N17` (neuron) or `L3H2` (ViT head), checked against the model's shape."""
-    piece = match_label(label.strip())
+    """`H3N17` (pair), `N17` (neuron), `L3H2` (ViT head) or `L3H2.pc1` (its principal component 1), checked against
+    the model's shape."""
+    principal = match_component(label.strip())
+    piece, j = principal if principal is not None else (match_label(label.strip()), None)
     numbers = None if piece is None or piece.token is not None else RANKED.get((piece.kind, piece.layer is not None))
-    if numbers is None:
+    if numbers is None or (j is not None and piece.kind != "head"):
         raise CliplensError(f"cannot read component {label!r}{padding_hint(label.strip())}; write H<head>N<neuron>, "
-                            "N<neuron> or L<layer>H<head>")
+                            "N<neuron>, L<layer>H<head> or L<layer>H<head>.pc<component>")
     kind, index = piece.kind, tuple(getattr(piece, number) for number in numbers)
     spec = lens.spec
     wanted = "vit" if kind == "head" else "resnet"
@@ -90,7 +105,16 @@ def parse_component(label: str, lens: Lens) -> Component:
         limit = LIMITS[number]
         if value >= getattr(spec, limit):
             raise CliplensError(f"{label} is out of range: the model has {getattr(spec, limit)} {limit}")
+    if j is not None:
+        return Component(label.strip(), "pc", (*index, j))
     return Component(label.strip(), kind, index)
+
+
+def ends(component: Component) -> list[Component]:
+    """A principal component's two rankings, `<label>+` (most positive first) and `<label>-`; others as they are."""
+    if component.kind != "pc":
+        return [component]
+    return [replace(component, label=f"{component.label}{sign}", positive=sign == "+") for sign in "+-"]
 
 
 def top_ranking(component: str, score: str, values: torch.Tensor, positions: torch.Tensor, top: int) -> Ranking:
@@ -149,28 +173,36 @@ def retrieve(
     cosine: bool = False,
     query_text: str | None = None,
     query_image: Any = None,
-    stats: PairStats | None = None,
+    stats: PairStats | PieceStats | None = None,
     convention: str = "reference",
+    pool: str | os.PathLike | None = None,
+    pool_size: int | None = None,
+    pool_templates: str = HEAD_POOL_TEMPLATES,
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = False,
     maps: bool = False,
 ) -> dict[str, Ranking]:
-    """Top `top` images of `data` per component label, best first (see the module docstring for the scores).
+    """Top `top` images of `data` per component label, best first (see the module docstring for the scores); a
+    principal component `L3H2.pc1` gives two rankings, `L3H2.pc1+` and `L3H2.pc1-`.
 
     `stats` gives the pairs' means s̄ (otherwise they are the mean over `data`); when they were collected on `data`
-    itself and keep at least `top` images, pairs are read from them without a pass. `convention` decides whether a
-    neuron's norm includes its bias shares ("reference") or not ("separate"), and the ViT head pieces' LN shares.
-    `maps` adds each ranking's `TokenMaps`, from one more pass over its top images only.
+    itself and keep at least `top` images, pairs are read from them without a pass. Principal components need head
+    statistics as `stats` (their mean and directions) and are oriented by the text pool (`pool`, as `cliplens
+    components`). An analysis given as `data` stands for its fit data: what it keeps (pairs, principal-component
+    images) is read from it with no pass, anything else is refused. `convention` decides whether a neuron's norm
+    includes its bias shares ("reference") or not ("separate"), and the ViT head pieces' LN shares (a principal
+    component is scored in its statistics' convention). `maps` adds each ranking's `TokenMaps`, from one more pass
+    over its top images only.
     """
     require_positive_int("top", top)
-    parsed = [parse_component(label, lens) for label in components]
+    parsed = [end for label in components for end in ends(parse_component(label, lens))]
     if not parsed:
-        raise CliplensError("name at least one component, e.g. H3N17, N17 or L3H2")
+        raise CliplensError("name at least one component, e.g. H3N17, N17, L3H2 or L3H2.pc0")
     named = [component.label for component in parsed]
     twice = [label for i, label in enumerate(named) if label in named[:i]]
     if twice:
-        raise CliplensError(f"component {twice[0]} is named twice; name each component once")
+        raise CliplensError(f"component {twice[0].rstrip('+-')} is named twice; name each component once")
     kinds = {c.kind for c in parsed}
     if "head" in kinds and (query_text is None) == (query_image is None):
         raise CliplensError("ranking a ViT head needs exactly one query: a text or an image")
@@ -178,52 +210,130 @@ def retrieve(
         raise CliplensError("queries and --cosine rank ViT heads (L<layer>H<head>) only")
     if signed and "pair" not in kinds:
         raise CliplensError("--signed ranks pairs (H<head>N<neuron>) only")
-    source = as_source(data)
+    analysis = data if is_analysis(data) else None
+    source = ranked_source(data)
     if stats is not None:
-        require_model(stats.metadata, lens.fingerprint, "the pair statistics")
+        require_model(stats.metadata, lens.fingerprint,
+                      "the pair statistics" if isinstance(stats, PairStats) else "the head statistics")
+    directions = principal_directions(lens, data, parsed, stats, pool=pool, pool_size=pool_size,
+                                      pool_templates=pool_templates)
     rankings: dict[str, Ranking] = {}
-    same_data = stats is not None and fitted_on(stats.metadata, fingerprint(source))
+    pairs = stats if isinstance(stats, PairStats) else None
+    same_data = pairs is not None and fitted_on(pairs.metadata, fingerprint(source))
+    stored = load_images(analysis, lens) if analysis is not None and "pc" in kinds else None
     pending = []
     for component in parsed:
-        if component.kind == "pair" and same_data and top <= min(stats.top_k, stats.count):
-            rankings[component.label] = pair_ranking_from_stats(stats, *component.index, top, signed=signed)
+        if component.kind == "pair" and same_data and top <= min(pairs.top_k, pairs.count):
+            rankings[component.label] = pair_ranking_from_stats(pairs, *component.index, top, signed=signed)
+        elif component.kind == "pc" and stored is not None:
+            u = directions.heads.index(component.head)
+            positions, values = stored.end(component.head, component.index[2], top,
+                                           directions.vectors[u][component.index[2]], directions.means[u],
+                                           component.positive)
+            rankings[component.label] = Ranking(component.label, principal_score_name(component, directions),
+                                                positions, values)
         else:
             pending.append(component)
+    if analysis is not None and pending:
+        raise CliplensError(f"{analysis} is an analysis: it keeps the top images of its pairs and of its heads' "
+                            f"principal components, not images to rank {pending[0].label} by; pass the image data "
+                            "itself as --data-path")
     queries = {c.label: query_vector(lens, c, text=query_text, image=query_image, convention=convention)
                for c in parsed if c.kind == "head"}
     if pending:
         asked = query_words(query_text, query_image)
-        rankings.update(_scan(lens, source, pending, queries, top=top, signed=signed, cosine=cosine, stats=stats,
-                              convention=convention, batch_size=batch_size, num_workers=num_workers,
-                              progress=progress, query=asked))
+        rankings.update(_scan(lens, source, pending, queries, top=top, signed=signed, cosine=cosine, stats=pairs,
+                              directions=directions, convention=convention, batch_size=batch_size,
+                              num_workers=num_workers, progress=progress, query=asked))
     if maps:
         for c in parsed:
-            found = token_maps(lens, source, c, rankings[c.label], queries.get(c.label), cosine=cosine,
-                               convention=convention, batch_size=batch_size)
+            query, measured = queries.get(c.label), convention
+            if c.kind == "pc":
+                query = principal_direction(c, directions).to(lens.device, lens.dtype)
+                measured = directions.settings.convention
+            found = token_maps(lens, source, c, rankings[c.label], query, cosine=cosine and c.kind == "head",
+                               convention=measured,
+                               batch_size=batch_size)
             rankings[c.label] = replace(rankings[c.label], maps=found)
     return {c.label: rankings[c.label] for c in parsed}
 
 
+def ranked_source(data: Any) -> Any:
+    """The images a ranking of `data` is drawn from: an analysis's fit data (what its rankings were kept over), else
+    the data itself."""
+    return analyzed_fit_source(data) if is_analysis(data) else as_source(data)
+
+
+def principal_directions(lens: Lens, data: Any, parsed: list[Component], stats: Any, *,
+                         pool: str | os.PathLike | None, pool_size: int | None,
+                         pool_templates: str) -> HeadDirections | None:
+    """The oriented directions of the heads whose principal components are ranked (None if none is), refused in one
+    line before any pass when there are no head statistics or the component does not exist."""
+    heads = list(dict.fromkeys(c.head for c in parsed if c.kind == "pc"))
+    if not heads:
+        return None
+    if not isinstance(stats, PieceStats) or any(label not in stats.labels for label in heads):
+        raise CliplensError("ranking a principal component needs the head statistics its direction comes from: pass "
+                            "--stats (`cliplens collect` or `cliplens analyze` output)")
+    check_candidates(data, HEAD_POOL, pool=pool, pool_templates=pool_templates)
+    name, texts, embeddings = candidate_texts(lens, data, HEAD_POOL, pool=pool, pool_size=pool_size,
+                                              pool_templates=pool_templates)
+    found = head_directions(stats, heads, embeddings, texts, pool=pool_record(name, pool_size, pool_templates))
+    for c in parsed:
+        kept = len(found.vectors[heads.index(c.head)]) if c.kind == "pc" else None
+        if kept is not None and c.index[2] >= kept:
+            raise CliplensError(f"{c.head} has {kept} principal components (the rank rule of `cliplens components`), "
+                                f"so pc{c.index[2]} does not exist; ask for pc0 to pc{kept - 1}")
+    return found
+
+
+def principal_direction(component: Component, directions: HeadDirections) -> torch.Tensor:
+    """The direction an end's images lie along: u_j for `+`, −u_j for `-`."""
+    vector = directions.vectors[directions.heads.index(component.head)][component.index[2]]
+    return vector if component.positive else -vector
+
+
+def principal_score_name(component: Component, directions: HeadDirections) -> str:
+    """What an end's values are: the signed score, which end first, and the texts of the pole it lies towards."""
+    dominant, opposite = directions.poles[directions.heads.index(component.head)][component.index[2]]
+    pole, texts = ("dominant", dominant) if component.positive else ("opposite", opposite)
+    first = "most positive" if component.positive else "most negative"
+    return f"<p - mean, u>, {first} first (towards its {pole} pole: {' | '.join(texts)})"
+
+
 def _scan(
     lens: Lens, source: Any, components: list[Component], queries: dict[str, torch.Tensor], *, top: int, signed: bool,
-    cosine: bool, stats: PairStats | None, convention: str, batch_size: int, num_workers: int, progress: bool,
-    query: str,
+    cosine: bool, stats: PairStats | None, directions: HeadDirections | None, convention: str, batch_size: int,
+    num_workers: int, progress: bool, query: str,
 ) -> dict[str, Ranking]:
-    """One pass over `source` keeping each component's per-image scalar, then the rankings; `query` says in words
-    what a head's q is."""
-    values: dict[str, list[torch.Tensor]] = {c.label: [] for c in components}
+    """One pass over `source` keeping each component's per-image scalar (a principal component's extremes, streamed),
+    then the rankings; `query` says in words what a head's q is."""
+    scanned = [c for c in components if c.kind != "pc"]
+    values: dict[str, list[torch.Tensor]] = {c.label: [] for c in scanned}
+    principal = None
+    if directions is not None and len(scanned) < len(components):
+        principal = PrincipalImages(directions, max(c.index[2] for c in components if c.kind == "pc") + 1, top)
     positions = []
     settings = Settings(granularity="pair" if lens.kind == "resnet" else "head", convention=convention)
     with torch.no_grad():
         for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
                             description=f"retrieve {lens.name}"):
-            result = lens.decomposer.decompose(batch.images, settings)
-            for c in components:
+            with lens.decomposer.sharing(batch.images):
+                if principal is not None:
+                    principal.update(lens, batch.images, batch.indices)
+                result = lens.decomposer.decompose(batch.images, settings) if scanned else None
+            for c in scanned:
                 values[c.label].append(_batch_values(c, result, queries.get(c.label), cosine).double().cpu())
             positions.append(batch.indices)
     positions = torch.cat(positions)
     rankings = {}
     for c in components:
+        if c.kind == "pc":
+            u, j, end = directions.heads.index(c.head), c.index[2], "top" if c.positive else "bottom"
+            rankings[c.label] = Ranking(c.label, principal_score_name(c, directions),
+                                        getattr(principal, f"{end}_index")[u, j],
+                                        getattr(principal, f"{end}_values")[u, j])
+            continue
         scores = torch.cat(values[c.label])
         if c.kind == "pair":
             head, neuron = c.index
@@ -264,6 +374,9 @@ def token_maps(lens: Lens, source: Any, component: Component, ranking: Ranking, 
 
 
 def _map_measure(component: Component, cosine: bool) -> str:
+    if component.kind == "pc":
+        u = "u" if component.positive else "-u"
+        return f"<p_t, {u}>: token t's share of <p, {u}> (the score plus <mean, {u}>, which no token holds)"
     if component.kind == "pair":
         return "A_hm T_mn |u|: token m's share of s*|u|, the pair's projection on u/|u|"
     if component.kind == "neuron":
@@ -276,8 +389,8 @@ def _token_values(lens: Lens, images: torch.Tensor, component: Component, query:
     """[B, N]: each source token's share of the component's ranking score for a batch (docs/methods/retrieval.md#maps);
     a ResNet's pool tokens are the mean token then the spatial ones, a ViT's its class (and register) tokens first."""
     decomposer = lens.decomposer
-    if component.kind == "head":
-        layer, head = component.index
+    if component.kind in ("head", "pc"):
+        layer, head = component.index[:2]
         factors = decomposer.factorise(images, Settings("head", spatial=True, convention=convention))
         values = head_token_scores(factors, query[None], [(layer, head)])[:, 0]
         if not cosine:

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ..apps.principal_images import COMPONENTS, TOP_K
 from ..data.segmentation import IMAGENET_SEG_PREFIX
 from ..evaluate.pair_ablation import DEFAULT_KEEPS
 from ..evaluate.reconstruction import METHODS
@@ -39,12 +40,13 @@ SPLITS = {"fit": "fit data", "evaluation": "evaluation data", "segmentation": "s
 @batch_options
 @click.option("--ask", "questions", type=click.Choice(QUESTIONS), multiple=True,
               help="A question to answer (repeat): statistics (heads, per token on ViTs), pairs (ResNet), "
-                   "second-order (with --mlp-layer), ablate (with --preset), reconstruct, pair-ablate (ResNet: what "
-                   "`pairs` and `neuron-ablate` score), segment (with --segment-path and --lens).")
+                   "second-order (with --mlp-layer), head-images (ViT: top and bottom images of each head's "
+                   "principal components), ablate (with --preset), reconstruct, pair-ablate (ResNet: what `pairs` "
+                   "and `neuron-ablate` score), segment (with --segment-path and --lens).")
 @click.option("--all", "every", is_flag=True,
-              help="Every question the model supports: second-order with --mlp-layer, ablate (every preset unless "
-                   "--preset) and reconstruct with --data-path on a ViT; pair-ablate with --data-path on a ResNet; "
-                   "segment with --segment-path (every lens the model has unless --lens).")
+              help="Every question the model supports: second-order with --mlp-layer, head-images, ablate (every "
+                   "preset unless --preset) and reconstruct with --data-path on a ViT; pair-ablate with --data-path "
+                   "on a ResNet; segment with --segment-path (every lens the model has unless --lens).")
 @click.option("--mlp-layer", "mlp_layers", type=int, multiple=True,
               help="MLP layer for second-order and for segment's second-order lens (repeat) [segment's default when "
                    "only the lens is asked for: the three before the last].")
@@ -53,6 +55,10 @@ SPLITS = {"fit": "fit data", "evaluation": "evaluation data", "segmentation": "s
 @click.option("--label", "labels", multiple=True,
               help="shapes data: an attribute to classify (repeat; every evaluation is scored for each) "
                    "[default: the data's own label].")
+@click.option("--head-components", type=click.IntRange(min=1), default=COMPONENTS, show_default=True,
+              help="head-images: the principal components kept per head (the largest first).")
+@click.option("--head-top", type=click.IntRange(min=1), default=TOP_K, show_default=True,
+              help="head-images: images kept at each end of each component (retrieve --top reads up to this).")
 @templates_option
 @pool_options(None, None)
 @click.option("--methods", default=",".join(METHODS), show_default=True,

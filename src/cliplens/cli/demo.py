@@ -33,14 +33,15 @@ def vit_steps(out: Path) -> list[Step]:
     vit = ["--model", "toy:vit"]
     stats = str(out / "vit-analyze" / "analysis")
     return [
-        ("Analyse toy:vit once: statistics of every head and of MLP layer 1's neurons (two passes over the fit "
-         "images), every ablation and reconstruction scored in one pass over the evaluation images, every "
-         "segmentation lens in one pass over the images with masks", "analyze",
+        ("Analyse toy:vit once: statistics of every head and of MLP layer 1's neurons, and the images at both ends of "
+         "each head's principal components (two passes over the fit images), every ablation and reconstruction "
+         "scored in one pass over the evaluation images, every segmentation lens in one pass over the images with "
+         "masks", "analyze",
          vit + ["--fit-path", FIT, "--data-path", EVAL, "--ask", "statistics", "--ask", "second-order",
-                "--mlp-layer", "1", "--ask", "ablate", "--preset", "cls", "--preset", "layer-curve", "--ask",
-                "reconstruct", "--label", "shape", "--label", "colour", "--texts", "1,2,4,8", "--num-last-layers",
-                "4", "--pool", "shapes", "--pool-templates", "photo", "--ask", "segment", "--segment-path", SEGMENT,
-                *VIT_LENSES, "--examples", "4", "--output-dir", str(out / "vit-analyze")]),
+                "--mlp-layer", "1", "--ask", "head-images", "--ask", "ablate", "--preset", "cls", "--preset",
+                "layer-curve", "--ask", "reconstruct", "--label", "shape", "--label", "colour", "--texts", "1,2,4,8",
+                "--num-last-layers", "4", "--pool", "shapes", "--pool-templates", "photo", "--ask", "segment",
+                "--segment-path", SEGMENT, *VIT_LENSES, "--examples", "4", "--output-dir", str(out / "vit-analyze")]),
         ("TextSpan: what each head writes, in the world's words (from the analysis)", "textspan",
          vit + ["--data-path", stats, "--pool", "shapes", "--pool-templates", "photo", "--texts-per-head", "5",
                 "--num-last-layers", "4", "--output-dir", str(out / "vit-textspan")]),

@@ -126,6 +126,21 @@ def analyzed_source(path: str | os.PathLike) -> AnalyzedData:
     return AnalyzedData(path, as_source(record["data"]), record.get("fingerprint"))
 
 
+def analyzed_fit_source(path: str | os.PathLike) -> Any:
+    """The fit data an analysis recorded, rebuilt from its spec with its images (the rankings it keeps are drawn from
+    them) and checked against its fingerprint."""
+    record = read_metadata(path).get("fit")
+    record = record if isinstance(record, dict) else {}
+    if not isinstance(record.get("data"), str):
+        raise CliplensError(f"{path} records no fit data it can be read as (it was given as a Python object); pass "
+                            "--data-path and --stats separately")
+    source = as_source(record["data"])
+    if fingerprint(source) != record.get("fingerprint"):
+        raise CliplensError(f"the fit data of {path} changed since it was analysed (fingerprint differs); run "
+                            "`cliplens analyze` again")
+    return source
+
+
 def fingerprint(source: Any) -> str:
     """The source's own fingerprint if it has one, else a hash of its type and length (weak: say so in metadata)."""
     own = getattr(source, "fingerprint", None)

@@ -191,5 +191,6 @@ def write_site(findings: Findings, output_dir: Path) -> Path:
     for key, units in chunks.items():
         writers[f"data-{key}.js"] = _text(_script("units", units))
     writers.update({name: _thumbnail(source) for name, source in findings.images.items()})
+    writers.update(findings.renders)
     record = {"kind": "report", "model": findings.model, "runs": findings.runs}
     return write_folder(output_dir, writers, record)

@@ -8,21 +8,25 @@ below, so a renamed column is a one-place change here. Everything is gathered pe
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from PIL import ImageOps
 from safetensors import SafetensorError, safe_open
 
+from ..data.loader import analyzed_fit_source
 from ..errors import CliplensError
 from ..io.artifacts import ANALYSIS, load_artifact
 from ..io.atomic import METADATA, stamped_record
 from ..io.compat import MODEL_KEY, describe_model
-from ..labels import match_label, neuron_label, pair_label
+from ..labels import match_component, match_label, neuron_label, pair_label
+from ..report.grids import to_image
 from ..stats.collect import load_stats
 
 # columns of the tables read here (docs/outputs.md describes them)
@@ -37,6 +41,9 @@ LINKS_PER_NEURON = 3  # heads a neuron is linked to: the largest head coordinate
 LINKS_PER_HEAD = 20  # neurons listed on a head's page: those with the largest coordinates on it
 MAPS = "-maps"  # retrieve's maps over each top image: <label>-maps.safetensors and its overlay grid <label>-maps.png
 MAP_TENSORS = ("patches", "other_tokens", "index", "score")
+HEAD_IMAGES = "head-images"  # an analysis's part: the images at both ends of each head's principal components
+THUMB = 64  # pixels: those images are shown small, each distinct image once
+ENDS = (("top", "dominant"), ("bottom", "opposite"))  # which kept end lies towards which text pole
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Findings:
     ablations: list[dict[str, Any]] = field(default_factory=list)  # variant, pieces, accuracy, full accuracy
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "folder/file.csv" -> its rows
     images: dict[str, Path] = field(default_factory=dict)  # thumbnail name -> source PNG
+    renders: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # thumbnail name -> its writer
     shape: dict[str, int] = field(default_factory=dict)  # layers, heads (ViT) or pool heads (ResNet)
 
     def unit(self, label: str) -> dict[str, Any]:
@@ -128,7 +136,7 @@ def _read_folder(findings: Findings, folder: Path) -> None:
     kind = record.get("kind") if isinstance(record, dict) else None
     parts = record.get("parts") if kind == ANALYSIS else {None: record}  # an analysis holds several statistics
     readers = {"piece-stats": _read_piece_stats, "pair-stats": _read_pair_stats,
-               "second-order-stats": _read_second_order}
+               "second-order-stats": _read_second_order, HEAD_IMAGES: _read_head_images}
     for part, held in parts.items() if isinstance(parts, dict) else ():
         reader = readers.get(held.get("kind")) if isinstance(held, dict) else None
         if reader is not None:
@@ -139,13 +147,23 @@ def _read_folder(findings: Findings, folder: Path) -> None:
         _read_table(findings, table)
     query = record.get("query_text") if isinstance(record, dict) else None
     for picture in sorted(folder.glob("*.png")):
-        if match_label(picture.stem) is not None:  # a ranking's grid: retrieve, second-order --grids
+        unit = ranked_unit(picture.stem)
+        if unit is not None:  # a ranking's grid: retrieve, second-order --grids
             name = f"thumb-{len(findings.images)}-{picture.stem}.png"
             findings.images[name] = picture
             caption = f"{folder.name}/{picture.name}" + (f", query: {query!r}" if query else "")
-            findings.unit(picture.stem).setdefault("images", []).append({"src": name, "caption": caption})
+            findings.unit(unit).setdefault("images", []).append({"src": name, "caption": caption})
     for numbers in sorted(folder.glob(f"*{MAPS}.safetensors")):
         _read_maps(findings, numbers, query)
+
+
+def ranked_unit(name: str) -> str | None:
+    """The unit a ranking named `name` is about: its label, or the head of a principal component's end
+    (`L3H1.pc0+`, retrieve's); None for other files."""
+    if match_label(name) is not None:
+        return name
+    principal = match_component(name[:-1]) if name.endswith(("+", "-")) else None
+    return principal[0].label if principal is not None else None
 
 
 def _read_maps(findings: Findings, path: Path, query: str | None) -> None:
@@ -153,7 +171,8 @@ def _read_maps(findings: Findings, path: Path, query: str | None) -> None:
     #maps): per image its position, score, patch map and the share of the tokens that are not places, with the grid
     of the images with their maps drawn over them."""
     label = path.name[: -len(f"{MAPS}.safetensors")]
-    if match_label(label) is None:
+    unit = ranked_unit(label)
+    if unit is None:
         return
     try:
         with safe_open(path, "pt") as stored:
@@ -173,7 +192,7 @@ def _read_maps(findings: Findings, path: Path, query: str | None) -> None:
     if overlay.is_file():
         entry["src"] = f"thumb-{len(findings.images)}-{label}{MAPS}.png"
         findings.images[entry["src"]] = overlay
-    findings.unit(label).setdefault("maps", []).append(entry)
+    findings.unit(unit).setdefault("maps", []).append(entry)
 
 
 # statistics ---------------------------------------------------------------------------------------------------------
@@ -233,6 +252,41 @@ def _read_second_order(findings: Findings, folder: Path, part: str | None) -> No
         findings.unit(label)["links"] = links
         for head, weight in links:
             findings.unit(head).setdefault("links", []).append([label, weight])
+
+
+def _read_head_images(findings: Findings, folder: Path, part: str | None) -> None:
+    """Per head, each kept principal component's two ends (docs/methods/retrieval.md#principal): the texts of the pole
+    each end lies towards, and its images with their scores, each distinct image one thumbnail read from the
+    analysis's fit data (none when those images can no longer be read: the positions and scores remain)."""
+    tensors, metadata = load_artifact(folder, fields={"heads": list, "poles": dict, "data_fingerprint": str},
+                                      part=part)
+    try:
+        source = analyzed_fit_source(folder)
+    except CliplensError:
+        source = None
+    prefix = f"pc-{hashlib.sha256(metadata['data_fingerprint'].encode()).hexdigest()[:12]}-"  # one set per data
+    for u, head in enumerate(metadata["heads"]):
+        components = []
+        for j in range(int(tensors["components"][u])):
+            ends = []
+            for end, pole in ENDS:
+                images = [[int(i), float(v)] for i, v in zip(tensors[f"{end}_index"][u, j].tolist(),
+                                                             tensors[f"{end}_values"][u, j].tolist())]
+                for position, _ in images if source is not None else ():
+                    findings.renders.setdefault(f"{prefix}{position}.png", _thumbnail_of(source, position))
+                ends.append({"pole": pole, "texts": metadata["poles"][head][j][pole], "images": images})
+            components.append({"component": j, "ends": ends})
+        findings.unit(head)["principal"] = {"score": metadata.get("score", ""), "count": metadata.get("count"),
+                                            "thumbs": prefix if source is not None else None,
+                                            "components": components}
+
+
+def _thumbnail_of(source: Any, position: int) -> Callable[[Path], None]:
+    def write(target: Path) -> None:
+        item = source[position]
+        image = to_image(item[0] if isinstance(item, tuple) else item)
+        ImageOps.fit(image, (THUMB, THUMB)).save(target, format="PNG")
+    return write
 
 
 # tables -------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ over the fit data, each batch decomposed by one forward pass.
 
 Pass 1 feeds every reducer from the same forward: piece statistics (heads, with per-token means on ViTs), ResNet pair
 statistics, and the moments of each chosen MLP layer's second-order effects. Pass 2 runs only when a second-order
-layer is asked for: its ranking (centred norms, top images, thresholds) needs the mean of pass 1. Each statistic is
+layer or head images are asked for: the second-order ranking (centred norms, top images, thresholds) needs the mean of
+pass 1, and the head images the principal directions of pass 1's piece statistics (a reader the caller builds from
+them, apps/principal_images.py). Each statistic is
 the one its own command collects (`collect`, `collect --granularity pair`, `second-order`) with the same settings,
 so a command reading it gives the numbers it would have computed.
 """
@@ -18,6 +20,7 @@ import torch
 from ..data.loader import Batch, LoadReport, as_source, stream
 from ..decompose.finite import require_finite
 from ..decompose.second_order import SecondOrderLens
+from ..errors import CliplensError
 from ..settings import Settings
 from .accumulate import DenseReducer, HeadReducer, PairReducer
 from .collect import PieceStats, described
@@ -32,18 +35,20 @@ PAIR_TOP_K, NEURON_TOP_K = 50, 100  # what `collect --granularity pair` and `sec
 
 @dataclass(frozen=True)
 class FitRequest:
-    """Which statistics to collect: piece statistics (per-token on ViTs), ResNet pairs, second-order layers."""
+    """Which statistics to collect: piece statistics (per-token on ViTs), ResNet pairs, second-order layers, and
+    whether a reader of pass 2 is built from the piece statistics (head images)."""
 
     pieces: bool = True
     pairs: bool = False
     mlp_layers: Sequence[int] = ()
+    head_images: bool = False
 
     def piece_settings(self, lens: Lens) -> Settings:
         """Head pieces in the separate convention, unnormalised; per token on ViTs (the CLS ablation's means)."""
         return Settings("head", spatial=lens.kind == "vit")
 
     def passes(self) -> int:
-        return 2 if self.mlp_layers else 1 if self.pieces or self.pairs else 0
+        return 2 if self.mlp_layers or self.head_images else 1 if self.pieces or self.pairs else 0
 
 
 @dataclass
@@ -53,6 +58,7 @@ class FitStatistics:
     second_order: dict[int, SecondOrderStats] = field(default_factory=dict)
     passes: int = 0
     report: LoadReport | None = None
+    ranked: LoadReport | None = None  # pass 2's
 
 
 def one_pass(lens: Lens, data: Any, read: Callable[[Batch], None], *, description: str, batch_size: int,
@@ -69,8 +75,13 @@ def one_pass(lens: Lens, data: Any, read: Callable[[Batch], None], *, descriptio
 
 
 def fit_statistics(lens: Lens, data: Any, request: FitRequest, *, batch_size: int = 32, num_workers: int = 0,
-                   progress: bool = False) -> FitStatistics:
-    """Every statistic of `request` over `data`, in `request.passes()` passes."""
+                   progress: bool = False,
+                   later: Callable[[PieceStats], Callable[[Batch], None]] | None = None) -> FitStatistics:
+    """Every statistic of `request` over `data`, in `request.passes()` passes; with `request.head_images`, `later`
+    builds from pass 1's piece statistics a reader that pass 2 feeds too."""
+    if request.head_images != (later is not None and request.pieces):
+        raise CliplensError("head images are read in pass 2 by a reader built from the piece statistics: ask for "
+                            "pieces and pass `later` together with head_images")
     if not request.passes():
         return FitStatistics()
     source = as_source(data)
@@ -92,23 +103,27 @@ def fit_statistics(lens: Lens, data: Any, request: FitRequest, *, batch_size: in
             require_finite(batch.images, effects.coefficients, effects.kappa)
             orders[layer].update(effects)
 
-    def ranking(batch: Batch) -> None:
-        for layer, second in neurons.items():
-            orders[layer].rank(second(batch.images), batch.indices)
-
     options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
     report = one_pass(lens, source, first, description=f"analyse {lens.name} (fit, pass 1)", **options)
     result = FitStatistics(passes=1, report=report)
-    if orders:
+    if pieces is not None:
+        labels, moments, token_mean = pieces.finish()
+        result.pieces = described(PieceStats(labels, moments, {}, token_mean), lens, settings, source, report)
+    images = later(result.pieces) if request.head_images else None
+
+    def ranking(batch: Batch) -> None:
+        for layer, second in neurons.items():
+            orders[layer].rank(second(batch.images), batch.indices)
+        if images is not None:
+            images(batch)
+
+    if request.passes() == 2:
         for stats in orders.values():
             stats.start_ranking()
         ranked = one_pass(lens, source, ranking, description=f"analyse {lens.name} (fit, pass 2)", **options)
         for stats in orders.values():
             stats.metadata, stats.report = fit_metadata(lens, stats, source, ranked), ranked
-        result.second_order, result.passes = orders, 2
-    if pieces is not None:
-        labels, moments, token_mean = pieces.finish()
-        result.pieces = described(PieceStats(labels, moments, {}, token_mean), lens, settings, source, report)
+        result.second_order, result.passes, result.ranked = orders, 2, ranked
     if pairs is not None:
         result.pairs = described(pairs.stats, lens, Settings("pair"), source, report)
     return result

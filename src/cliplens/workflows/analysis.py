@@ -15,11 +15,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch.utils.data import Subset
 
+from ..apps.principal_images import COMPONENTS, PART, TOP_K, PrincipalImages, head_directions, image_bytes, pool_record
 from ..apps.segmentation import usable_lenses
 from ..data.loader import Batch, as_source, fingerprint
 from ..data.segmentation import segmentation_source
@@ -28,6 +29,7 @@ from ..errors import CliplensError
 from ..evaluate.ablation import Relabelled, Task, VariantScorer, scored_tasks, true_classes
 from ..evaluate.pair_ablation import DEFAULT_KEEPS, NEURON_MOMENTS, PairReading, check_keep, neuron_moments_part
 from ..evaluate.reconstruction import METHODS, check_methods, check_text_counts, reconstruction_variants, split_heads
+from ..evaluate.piece_edits import head_labels
 from ..evaluate.reference import evaluation_source
 from ..evaluate.second_order_ablation import VARIANTS, SecondOrderBoard
 from ..evaluate.stored_scores import SCORES, scores_file
@@ -36,7 +38,7 @@ from ..explain.omp import DictNorm, require_fewer_atoms
 from ..io.artifacts import ANALYSIS, save_parts
 from ..io.compat import fitted_on
 from ..settings import Settings
-from ..stats.collect import PAIRS, PIECES
+from ..stats.collect import PAIRS, PIECES, PieceStats
 from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics, one_pass
 from ..stats.moments import Moments
 from ..stats.second_order import analysis_part
@@ -52,7 +54,7 @@ from .pair_study import pair_texts, pair_variants
 if TYPE_CHECKING:
     from ..lens import Lens
 
-QUESTIONS = ("statistics", "pairs", "second-order", "ablate", "reconstruct", "pair-ablate", "segment")
+QUESTIONS = ("statistics", "pairs", "second-order", "head-images", "ablate", "reconstruct", "pair-ablate", "segment")
 EVALUATIONS = ("ablate", "reconstruct", "pair-ablate")
 VIT_EVALUATIONS = ("ablate", "reconstruct")
 SAMPLE_BATCHES = 2  # timed by a dry run
@@ -76,6 +78,8 @@ class Plan:
     keeps: tuple[float, ...] = DEFAULT_KEEPS  # pair-ablate: the union of what `pairs` and `neuron-ablate` keep
     omp_atoms: int | None = None
     dict_norm: DictNorm = "row"
+    head_components: int = COMPONENTS  # head-images: components per head and images per end
+    head_top: int = TOP_K
 
     scored: bool = False  # labelled evaluation data given: second-order layers are ablated on it too
     segment: SegmentationRequest | None = None  # what the pass over the segmentation split computes
@@ -108,14 +112,16 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
                   keeps: Sequence[float] = DEFAULT_KEEPS, omp_atoms: int | None = None,
                   dict_norm: DictNorm = "row", segmented: bool = False, lenses: Sequence[str] = (),
                   last_layers: int = 4, heads: str | None = None, top_neurons: int | None = None,
-                  top_pairs: int | None = None, threshold: float | None = None, examples: int = 6) -> Plan:
+                  top_pairs: int | None = None, threshold: float | None = None, examples: int = 6,
+                  head_components: int = COMPONENTS, head_top: int = TOP_K) -> Plan:
     """The plan for `questions` (or every question this model supports, `every`; evaluations only when there is data
     to score them on, `scored`; segment when a segmentation split is given, `segmented`), refused in one line where
     the model cannot answer one. `lenses` and the options after it are `segment`'s, whose second-order lens reads the
     `mlp_layers` (segment's default when none are named)."""
     vit = lens.kind == "vit"
-    if every:  # second-order with the layers named, evaluations with data to score on, every preset
-        questions = ["statistics", "pairs"] if not vit else ["statistics"] + ["second-order"] * bool(mlp_layers)
+    if every:  # second-order with the layers named, head images on a ViT, evaluations with data, every preset
+        questions = (["statistics", "pairs"] if not vit else
+                     ["statistics"] + ["second-order"] * bool(mlp_layers) + ["head-images"])
         questions += ([*VIT_EVALUATIONS] if vit else ["pair-ablate"]) if scored else []
         questions += ["segment"] if segmented else []
         presets = presets or tuple(PRESETS)
@@ -129,9 +135,9 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
     unknown = [q for q in questions if q not in QUESTIONS]
     if unknown:
         raise CliplensError(f"unknown question {unknown[0]!r}; choose from {', '.join(QUESTIONS)}")
-    if not vit and any(q in ("second-order", *VIT_EVALUATIONS) for q in questions):
+    if not vit and any(q in ("second-order", "head-images", *VIT_EVALUATIONS) for q in questions):
         raise CliplensError("on a ResNet, analyze collects statistics and pairs and scores pair-ablate; second-order, "
-                            "ablate and reconstruct read ViT pieces")
+                            "head-images, ablate and reconstruct read ViT pieces")
     if vit and ("pairs" in questions or "pair-ablate" in questions):
         raise CliplensError("pairs exist for ResNet CLIP models only; ask a ViT for second-order neurons instead")
     segment = _segment_request(lens, questions, segmented, lenses, mlp_layers, last_layers=last_layers, heads=heads,
@@ -156,11 +162,15 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
     keeps = tuple(dict.fromkeys(check_keep(keep) for keep in keeps))
     if "pair-ablate" in questions:
         require_fewer_atoms(omp_atoms, lens.spec.output_dim)
+    for name, value in (("--head-components", head_components), ("--head-top", head_top)):
+        if not isinstance(value, int) or value < 1:
+            raise CliplensError(f"{name} must be a positive whole number, got {value!r}")
     fit = FitRequest(pieces=questions != ("segment",), pairs=bool({"pairs", "pair-ablate"} & set(questions)),
-                     mlp_layers=tuple(mlp_layers) if "second-order" in questions else ())
+                     mlp_layers=tuple(mlp_layers) if "second-order" in questions else (),
+                     head_images="head-images" in questions)
     return Plan(questions, fit, tuple(presets), tuple(labels) or (None,), tuple(methods),
                 None if texts is None else tuple(texts), num_last_layers, pool, pool_size, pool_templates, templates,
-                keeps, omp_atoms, dict_norm, scored, segment)
+                keeps, omp_atoms, dict_norm, head_components, head_top, scored, segment)
 
 
 def _segment_request(lens: Lens, questions: Sequence[str], segmented: bool, lenses: Sequence[str],
@@ -190,6 +200,7 @@ class Analysis:
     fit: FitStatistics
     scores: dict[str, dict[str, Any]] = field(default_factory=lambda: {"tasks": {}, "second_order": {}, "pairs": {}})
     neuron_moments: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None  # pair-ablate: the `pairs` part
+    images: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None  # the part head-images
     record: dict[str, Any] = field(default_factory=dict)
     segmentation: SegmentationCounts | None = None
 
@@ -204,6 +215,8 @@ class Analysis:
             parts[analysis_part(layer)] = stats.artifact()
         if self.neuron_moments is not None:
             parts[NEURON_MOMENTS] = self.neuron_moments
+        if self.images is not None:
+            parts[PART] = self.images
         if self.segmentation is not None:
             parts[SEGMENTATION] = self.segmentation.artifact()
         text = scores_file(self.scores["tasks"], self.scores["second_order"], self.scores["pairs"])
@@ -219,12 +232,29 @@ def check_data(plan: Plan, fit_path: Any, data_path: Any, segment_path: Any = No
                             "data with --data-path")
     for label in plan.labels if plan.passes()["evaluation"] else ():
         classifier_prompts(evaluation_source(data_path, label), plan.templates)
-    if "reconstruct" in plan.questions:
+    if "reconstruct" in plan.questions or "head-images" in plan.questions:
         check_candidates(fit_path, HEAD_POOL, pool=plan.pool, pool_templates=plan.head_templates)
     if "pair-ablate" in plan.questions and plan.omp_atoms != 0:  # pairs name their words after the evaluation data
         check_candidates(data_path, UNIT_POOL, pool=plan.pool, pool_templates=plan.unit_templates)
     if plan.segment is not None:
         class_texts(segmentation_source(segment_path))
+
+
+def head_images(lens: Lens, fit_path: Any, plan: Plan) -> tuple[Callable[[PieceStats], Callable[[Batch], None]],
+                                                                   list[PrincipalImages]]:
+    """The reader of pass 2 that keeps every head's top and bottom images along its first principal components
+    (docs/methods/retrieval.md#principal), built from pass 1's piece statistics; and the list it puts its reducer in."""
+    made: list[PrincipalImages] = []
+
+    def later(pieces: PieceStats) -> Callable[[Batch], None]:
+        name, texts, embeddings = candidate_texts(lens, fit_path, HEAD_POOL, pool=plan.pool, pool_size=plan.pool_size,
+                                                  pool_templates=plan.head_templates)
+        directions = head_directions(pieces, head_labels(pieces.labels), embeddings, texts,
+                                     pool=pool_record(name, plan.pool_size, plan.head_templates))
+        made.append(PrincipalImages(directions, plan.head_components, plan.head_top))
+        return lambda batch: made[0].update(lens, batch.images, batch.indices)
+
+    return later, made
 
 
 def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_path: Any = None, batch_size: int = 32,
@@ -233,9 +263,12 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_pa
     `segment_path`, in `plan.passes()` passes."""
     check_data(plan, fit_path, data_path, segment_path)
     started = time.perf_counter()
-    fit = fit_statistics(lens, fit_path, plan.fit, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    later, made = head_images(lens, fit_path, plan) if plan.fit.head_images else (None, [])
+    fit = fit_statistics(lens, fit_path, plan.fit, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                         later=later)
     seconds = {"fit": time.perf_counter() - started}
-    analysis = Analysis(plan, fit)
+    images = made[0].artifact(lens, as_source(fit_path), fit.ranked) if made else None
+    analysis = Analysis(plan, fit, images=images)
     evaluation = None
     if plan.passes()["evaluation"]:
         started = time.perf_counter()
@@ -254,7 +287,8 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_pa
                         "images": counts.report.loaded, "lenses": list(plan.segment.lenses)}
     analysis.record = {
         **lens.describe(), "architecture": lens.kind, "questions": list(plan.questions), "passes": plan.passes(),
-        "fit": {"data": _spec(fit_path), "fingerprint": fingerprint(as_source(fit_path)), "images": fit.report.loaded if fit.report else 0,
+        "fit": {"data": _spec(fit_path), "fingerprint": fingerprint(as_source(fit_path)),
+                "images": fit.report.loaded if fit.report else 0,
                 "mlp_layers": list(plan.fit.mlp_layers)},
         "evaluation": evaluation, "segmentation": segmentation, "presets": list(plan.presets), "seconds": seconds,
     }
@@ -346,7 +380,8 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
     source = as_source(fit_path)
     sample = Subset(source, range(min(len(source), SAMPLE_BATCHES * batch_size)))
     started = time.perf_counter()
-    fit = fit_statistics(lens, sample, plan.fit, batch_size=batch_size, num_workers=num_workers)
+    later, _ = head_images(lens, fit_path, plan) if plan.fit.head_images else (None, [])
+    fit = fit_statistics(lens, sample, plan.fit, batch_size=batch_size, num_workers=num_workers, later=later)
     per_image_pass = (time.perf_counter() - started) / (len(sample) * fit.passes) if fit.passes else 0.0
     sizes = {}
     if fit.pieces is not None:
@@ -357,6 +392,9 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
         sizes[NEURON_MOMENTS] = _bytes(Moments(fit.pairs.neurons, fit.pairs.heads).state())
     for layer, stats in fit.second_order.items():
         sizes[analysis_part(layer)] = _bytes(stats.artifact()[0])
+    if plan.fit.head_images:
+        sizes[PART] = image_bytes(len(head_labels(fit.pieces.labels)), plan.head_components, plan.head_top,
+                                  lens.spec.output_dim)
     return {"sizes": sizes, "passes": plan.passes(), "images": len(source),
             "seconds_per_image_and_pass": per_image_pass,
             "fit_seconds": per_image_pass * len(source) * plan.fit.passes()}

@@ -158,8 +158,8 @@ class SegmentationCounts:
                         for name in self.request.lenses}
         report = self.report
         metadata = {**self.model, "lenses": list(self.request.lenses), **self.request.key(),
-                    "predicted_by": self.predicted_by,
-                    "examples": self.request.examples, "kept": len(self.examples), **self.data, "class_metrics": bool(self.multi),
+                    "predicted_by": self.predicted_by, "examples": self.request.examples, "kept": len(self.examples),
+                    **self.data, "class_metrics": bool(self.multi),
                     "total": report.total, "loaded": report.loaded, "skipped": report.skipped,
                     "reasons": report.reasons}
         return tensors, metadata

@@ -204,6 +204,24 @@ const explorer = (() => {
     ].filter((part) => part != null);
   }
 
+  function principalImages(principal) {  // an analysis's head images: per component, each end with its pole's texts
+    const parts = [el("h2", { text: "Principal components: the images at both ends" }),
+      el("p", { class: "note", text: `score ${principal.score}, u oriented towards the dominant text pole; ` +
+        `the extremes of ${principal.count} images` })];
+    for (const component of principal.components) {
+      parts.push(el("h3", { text: `pc${component.component}` }));
+      for (const end of component.ends) {
+        const images = end.images.map(([index, score]) => principal.thumbs
+          ? el("img", { src: `${principal.thumbs}${index}.png`, class: "thumb", title: `#${index}: ${format(score)}`,
+            alt: `image ${index}` })
+          : el("span", { class: "thumb-text", text: `#${index} (${format(score)})` }));
+        parts.push(el("div", { class: "end" }, el("p", { class: "note", text: `towards the ${end.pole} pole: ` +
+          end.texts.join(" | ") }), el("div", { class: "thumbs" }, ...images)));
+      }
+    }
+    return parts;
+  }
+
   function showUnit(label, unit) {
     const parts = [el("p", {}, el("a", { href: "#", text: "← overview" })), el("h1", { text: label })];
     const scores = Object.entries(unit.scores);
@@ -222,6 +240,7 @@ const explorer = (() => {
         el("figure", {}, el("img", { src: image.src, alt: `top images of ${label}`, class: "grid-image" }),
           el("figcaption", { text: image.caption }))));
     }
+    if (unit.principal) parts.push(...principalImages(unit.principal));
     for (const maps of unit.maps || []) {
       parts.push(el("h2", { text: "Where it acts in each top image" }), ...imageMaps(maps));
     }
