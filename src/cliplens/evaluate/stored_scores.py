@@ -110,8 +110,8 @@ def stored_pairs(folder: str | os.PathLike, key: str, variant_keys: Sequence[str
     missing = [key for key in variant_keys if key not in task["variants"]]
     if missing:
         raise CliplensError(f"{folder} did not score {len(missing)} of these {len(variant_keys)} pair variants "
-                            "(another --keep, --pool, --omp-atoms or --dict-norm?); ask `cliplens analyze --ask pair-ablate` "
-                            "with the same settings")
+                            "(another --keep, --pool, --omp-atoms or --dict-norm?); ask `cliplens analyze --ask "
+                            "pair-ablate` with the same settings")
     return {"count": task["count"], "correct": [task["variants"][key] for key in variant_keys]}
 
 
