@@ -5,7 +5,7 @@ Prints the plain forwards of both networks over the same images (same loader, no
 cache: text encoding, CLIP image pass, target pass (hooks), similarity; and the ratio of the image passes to the
 plain forwards.
 
-    python benchmarks/dissect_overhead.py [--images 48] [--concepts words:20000] [--similarity soft_wpmi]
+    python benchmarks/dissect_overhead.py --images 2000 --concepts words:20000   # as measured in BENCHMARKS.md
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_all_segments_with_every_lens_the_model_has_when_given_images_with_masks
 
     lens = cliplens.load("toy:vit")
     plan = plan_analysis(lens, (), every=True, segmented=True)
-    assert plan.questions == ("statistics", "segment") and plan.passes()["segmentation"] == 1
+    assert plan.questions == ("statistics", "head-images", "segment") and plan.passes()["segmentation"] == 1
     assert plan.segment.lenses == ("heads", "second-order", "attention", "rollout", "gradcam", "centre")
     assert plan_analysis(lens, (), every=True).segment is None
 
