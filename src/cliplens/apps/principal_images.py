@@ -85,8 +85,8 @@ class PrincipalImages:
     """
 
     def __init__(self, directions: HeadDirections, components: int = COMPONENTS, top_k: int = TOP_K):
-        require_positive_int("components", components)
-        require_positive_int("top_k", top_k)
+        require_positive_int("--head-components", components)
+        require_positive_int("--head-top", top_k)
         self.directions, self.components, self.top_k = directions, components, top_k
         self.counts = torch.tensor([min(components, len(v)) for v in directions.vectors])
         heads = len(directions.heads)
