@@ -21,6 +21,7 @@ from cliplens.evaluate.second_order_ablation import (
 )
 from cliplens.evaluate.zeroshot import accuracy
 from cliplens.stats.second_order import SecondOrderStats, collect_second_order, load_second_order
+from cliplens.stats.top_rows import TopRows
 from conftest import random_images, tiny_vit, wrap
 
 LAYER = 0  # two later blocks of four heads: J = 8 coefficients per neuron, d = 32, F = 64
@@ -466,3 +467,27 @@ def test_command_writes_statistics_summaries_and_ablations(tmp_path, monkeypatch
     assert all(row["item"].startswith(str(fit)) for row in ranked)  # the file each row is
     result = CliRunner().invoke(cli_module.command, ["--mlp-layer", "2", "--data-path", str(fit)])
     assert isinstance(result.exception, CliplensError)
+
+
+@pytest.mark.parametrize("k, batches", [(7, [3, 5, 1, 8, 2, 9]), (4, [1] * 12), (30, [6, 6]), (5, [5])])
+def test_streamed_top_rows_are_the_whole_streams_top_k(k, batches):
+    """TopRows keeps entries in slots and sorts on reading: against one sort of everything streamed, with ties (small
+    integer scores) and with distinct scores; each payload stays with its position."""
+    generator = torch.Generator().manual_seed(k)
+    total = sum(batches)
+    for scores in (torch.randint(0, 4, (5, total), generator=generator).double(),
+                   torch.randn(5, total, generator=generator, dtype=torch.float64)):
+        positions = torch.arange(total).expand(5, -1)
+        payload = (torch.stack([positions * 10 + row for row in range(3)], -1) + torch.arange(5)[:, None, None]).double()
+        top = TopRows.empty(5, 3, k, dtype=torch.float64, device="cpu")
+        for start, size in zip(torch.tensor([0] + batches).cumsum(0).tolist(), batches):
+            part = slice(start, start + size)
+            top.push(scores[:, part], positions[:, part], payload[:, part])
+        values, index, kept = top.sorted()
+        expected = scores.sort(dim=1, descending=True, stable=True)
+        assert torch.equal(values, expected.values[:, :k])
+        assert torch.equal(kept, payload.gather(1, index[..., None].expand(-1, -1, 3)))
+        assert all(len(set(row)) == len(row) for row in index.tolist())
+        assert torch.equal(scores.gather(1, index), values)
+        if scores.frac().any():  # distinct: the very positions
+            assert torch.equal(index, expected.indices[:, :k])

@@ -30,6 +30,7 @@ from .checkpoint import EVERY, Checkpoints, Resumed
 from .distributed import Ranks, data_part, joined, part_name, together
 from .identity import check_compatible, data_record, merged_metadata
 from .moments import Moments
+from .top_rows import TopRows
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -56,9 +57,7 @@ class SecondOrderStats:
         self.moments = Moments(neurons, dim, device=device)
         self.centre: torch.Tensor | None = None  # x̄ [F, J + K] that pass 2 measured norms from
         self.ranked = 0
-        self.top_norms = torch.empty(neurons, 0, dtype=FLOAT, device=device)  # [F, k] descending
-        self.top_index = torch.empty(neurons, 0, dtype=torch.int64, device=device)  # image positions
-        self.top_deviations = torch.empty(neurons, 0, dim, dtype=FLOAT, device=device)  # δ [F, k, J + K]
+        self.top = TopRows.empty(neurons, dim, top_k, dtype=FLOAT, device=device)  # norms, positions, δ per neuron
         self._derived: dict[str, torch.Tensor] = {}
 
     @property
@@ -94,16 +93,15 @@ class SecondOrderStats:
             centre = self.moments.mean
         self.centre = centre.to(self.moments.mean).clone()
         self.ranked = 0
-        self.top_norms, self.top_index = self.top_norms[:, :0], self.top_index[:, :0]
-        self.top_deviations = self.top_deviations[:, :0]
+        self.top = TopRows.empty(*self.moments.mean.shape, self.top_k, dtype=FLOAT, device=self.moments.mean.device)
         self._derived.clear()
 
     def rank(self, effects: SecondOrderEffects, indices: torch.Tensor) -> None:
         """Measure a batch from the centre and keep each neuron's k largest norms; `indices` are image positions."""
         self._check(effects)
         deviations = self.deviations(effects)  # [F, B, J + K]
-        index = indices.to(self.top_index).view(1, -1).expand(len(deviations), -1)
-        self._keep_top(self.norms_of(deviations), index, deviations)
+        index = indices.to(self.top.index).view(1, -1).expand(len(deviations), -1)
+        self.top.push(self.norms_of(deviations), index, deviations)
         self.ranked += len(indices)
         self._derived.clear()
 
@@ -127,13 +125,23 @@ class SecondOrderStats:
         coordinates = self.principal_coordinates if coordinates is None else coordinates
         return ((deviations @ self.basis.gram) @ coordinates[..., None])[..., 0]
 
-    def _keep_top(self, norms: torch.Tensor, index: torch.Tensor, deviations: torch.Tensor) -> None:
-        norms = torch.cat([self.top_norms, norms], 1)
-        index = torch.cat([self.top_index, index], 1)
-        deviations = torch.cat([self.top_deviations, deviations], 1)
-        top = norms.topk(min(self.top_k, norms.shape[1]), dim=1)
-        self.top_norms, self.top_index = top.values, index.gather(1, top.indices)
-        self.top_deviations = deviations.gather(1, top.indices[..., None].expand(-1, -1, deviations.shape[-1]))
+    @property
+    def top_norms(self) -> torch.Tensor:
+        """Each neuron's k largest centred norms [F, k], largest first."""
+        return self._sorted_top()[0]
+
+    @property
+    def top_index(self) -> torch.Tensor:
+        """The images' positions [F, k], in `top_norms` order."""
+        return self._sorted_top()[1]
+
+    @property
+    def top_deviations(self) -> torch.Tensor:
+        """Their deviations δ [F, k, J + K], in `top_norms` order."""
+        return self._sorted_top()[2]
+
+    def _sorted_top(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._cached("top", self.top.sorted)
 
     def _check(self, effects: SecondOrderEffects) -> None:
         basis = effects.basis
@@ -166,7 +174,7 @@ class SecondOrderStats:
             merged.centre = self.centre.clone()
             shift = int(self.metadata.get("data_size", self.ranked))
             for source, offset in ((self, 0), (other, shift)):
-                merged._keep_top(source.top_norms, source.top_index + offset, source.top_deviations)
+                merged.top.push(source.top_norms, source.top_index + offset, source.top_deviations)
             merged.ranked = self.ranked + other.ranked
         merged.metadata = merged_metadata(self.metadata, other.metadata, merged.count)
         merged.metadata["ranked"] = merged.ranked
@@ -290,7 +298,7 @@ class SecondOrderStats:
 
 
     def _require_ranking(self) -> None:
-        if self.centre is None or self.top_norms.shape[1] == 0:
+        if self.centre is None or self.top.filled == 0:
             raise CliplensError("top-k results need the second pass: call start_ranking() and rank() (or use "
                                 "collect_second_order, which runs both passes)")
 
@@ -336,8 +344,8 @@ class SecondOrderStats:
         tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
         stats.moments, stats.ranked = Moments.from_tensors(tensors), int(tensors["ranked"][0])
         if "centre" in tensors:
-            stats.centre, stats.top_norms = tensors["centre"], tensors["top_norms"]
-            stats.top_index, stats.top_deviations = tensors["top_index"], tensors["top_deviations"]
+            stats.centre = tensors["centre"]
+            stats.top = TopRows(tensors["top_norms"], tensors["top_index"], tensors["top_deviations"], top_k)
             stats._derived.update({name: tensors[name] for name in DERIVED if name in tensors})
         return stats
 
