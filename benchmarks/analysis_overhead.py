@@ -38,7 +38,8 @@ def head_images(lens: cliplens.Lens, data: list, batch_size: int, layer: int) ->
     _, texts, embeddings = candidate_texts(lens, None, HEAD_POOL, pool="shapes")
 
     def later(pieces):
-        reducer = PrincipalImages(head_directions(pieces, head_labels(pieces.labels), embeddings, texts, pool={}))
+        reducer = PrincipalImages(head_directions(pieces, head_labels(pieces.labels), embeddings, texts, pool={},
+                                              spans=lens.decomposer.head_spans(pieces.settings)))
         return lambda batch: reducer.update(lens, batch.images, batch.indices)
 
     fixed = later(lens.collect(data, spatial=True, batch_size=batch_size))
@@ -58,7 +59,8 @@ def part_size(lens: cliplens.Lens, data: list, batch_size: int) -> None:
     """The part `head-images` on disk at the defaults (its tensors as saved; fixed by the model, not the images)."""
     _, texts, embeddings = candidate_texts(lens, None, HEAD_POOL, pool="shapes")
     pieces = lens.collect(data, spatial=True, batch_size=batch_size)
-    reducer = PrincipalImages(head_directions(pieces, head_labels(pieces.labels), embeddings, texts, pool={}))
+    reducer = PrincipalImages(head_directions(pieces, head_labels(pieces.labels), embeddings, texts, pool={},
+                                              spans=lens.decomposer.head_spans(pieces.settings)))
     report = one_pass(lens, data, lambda batch: reducer.update(lens, batch.images, batch.indices),
                       description="head images", batch_size=batch_size, num_workers=0, progress=False)
     tensors, _ = reducer.artifact(lens, data, report)

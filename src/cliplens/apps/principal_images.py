@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -55,16 +55,18 @@ class HeadDirections:
 
 
 def head_directions(stats: PieceStats, heads: Sequence[str], embeddings: torch.Tensor, texts: Sequence[str], *,
-                    pool: dict[str, Any], mass: float = 0.99, max_components: int = 80) -> HeadDirections:
+                    pool: dict[str, Any], spans: Mapping[str, torch.Tensor], mass: float = 0.99,
+                    max_components: int = 80) -> HeadDirections:
     """Every kept component of each of `heads`, oriented so that the dominant pole's best text has a positive
-    coordinate (docs/methods/retrieval.md#principal)."""
+    coordinate (docs/methods/retrieval.md#principal); `spans` are the heads' read-out rows
+    (`decomposer.head_spans`), the components found in their span as `components` finds them."""
     explainer = ComponentTexts(min(POLE_TEXTS, len(texts)), max_components, mass)
     index = torch.tensor([stats.labels.index(head) for head in heads])
     means = stats.mean[index].to(torch.float64)
-    covariances = stats.covariance[index].to(torch.float64)  # once: it divides every piece (23 s per ViT-B-32 call)
+    covariances = stats.covariance_of(index).to(torch.float64)  # once, not per head (23 s per ViT-B-32 call)
     vectors, poles = [], []
     for i in range(len(index)):
-        explainer.fit(stats.count, means[i], covariances[i], embeddings, texts)
+        explainer.fit(stats.count, means[i], covariances[i], embeddings, texts, span=spans.get(heads[i]))
         dominant = [ends[0] for ends in explainer.poles_]
         signs = torch.tensor([1.0 if explainer.coordinates_[end.ids[0], j] >= 0 else -1.0
                               for j, end in enumerate(dominant)], dtype=torch.float64)

@@ -278,7 +278,8 @@ def principal_directions(lens: Lens, data: Any, parsed: list[Component], stats: 
     check_candidates(data, HEAD_POOL, pool=pool, pool_templates=pool_templates)
     name, texts, embeddings = candidate_texts(lens, data, HEAD_POOL, pool=pool, pool_size=pool_size,
                                               pool_templates=pool_templates)
-    found = head_directions(stats, heads, embeddings, texts, pool=pool_record(name, pool_size, pool_templates))
+    found = head_directions(stats, heads, embeddings, texts, pool=pool_record(name, pool_size, pool_templates),
+                            spans=lens.decomposer.head_spans(stats.settings))
     for c in parsed:
         kept = len(found.vectors[heads.index(c.head)]) if c.kind == "pc" else None
         if kept is not None and c.index[2] >= kept:

@@ -194,6 +194,14 @@ class ResNetDecomposer(SharedForward):
             labels = [pool_head_label(h) for h in range(spec.heads)]
         return labels + ([BIAS] if settings.convention == "separate" else [])
 
+    def head_spans(self, settings: Settings) -> dict[str, torch.Tensor]:
+        """Per pool head, rows [k, O] whose combinations make its piece for every image: W_o^h's columns, and in the
+        reference convention the head's share of c_bias. Principal components are found in their span."""
+        rows = self.out_weight.transpose(1, 2)  # [H, d_h, O]
+        if settings.convention == "reference":
+            rows = torch.cat([rows, self.spec.c_bias.expand(self.spec.heads, 1, -1)], 1)
+        return {pool_head_label(h): rows[h] for h in range(self.spec.heads)}
+
     def decompose(self, images: torch.Tensor, settings: Settings) -> Decomposition | PairDecomposition:
         settings.require_granularity(GRANULARITIES)
         granularity, spatial, convention = settings.granularity, settings.spatial, settings.convention

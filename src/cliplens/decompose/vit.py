@@ -310,6 +310,21 @@ class ViTDecomposer(SharedForward):
         settings.require_granularity(GRANULARITIES)
         return piece_labels(self.spec, settings)
 
+    def head_spans(self, settings: Settings) -> dict[str, torch.Tensor]:
+        """Per head label, rows [k, d] whose combinations make that head's piece for every image: its read-out basis
+        (`Factorised.basis`). A head's statistics live in their span, so its principal components are found there
+        in k dimensions instead of d. Empty through a MAP pool, whose heads have no fewer than d such rows."""
+        if self.spec.pool == "map":
+            return {}
+        spec, readout = self.spec, self.readout(settings.convention)
+        rows = readout.heads  # [L, H, d_h, d]
+        if settings.convention != "separate":  # the reference's per-image scalars ride on b_O, γ and β rows
+            shares = torch.stack([readout.out_bias, readout.gamma.expand_as(readout.out_bias),
+                                  readout.beta.expand_as(readout.out_bias)], 1)  # [L, 3, d]
+            rows = torch.cat([rows, shares[:, None].expand(-1, spec.heads, -1, -1)], 2)
+        return {head_label(layer, head): rows[layer, head] for layer in range(spec.layers)
+                for head in range(spec.heads)}
+
     def group(self, factors: Factorised) -> Decomposition:
         """The pieces of `factors` in residual order, as the settings they were made with define them."""
         heads = factors.tokens() if factors.settings.spatial else factors.heads()

@@ -12,7 +12,7 @@ copies of v, so nothing depends on the component's sign.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import torch
 
@@ -63,7 +63,7 @@ class HeadFamily:
         self.labels = head_labels(stats.labels) if heads is None else list(heads)
         self.index = torch.tensor([stats.labels.index(label) for label in self.labels])
         self.mean = stats.mean[self.index].to(torch.float64)  # [U, d]
-        self.covariance = stats.covariance[self.index].to(torch.float64)  # [U, d, d]
+        self.covariance = stats.covariance_of(self.index).to(torch.float64)  # [U, d, d]
 
     def variances(self, basis: torch.Tensor | None = None) -> torch.Tensor:
         if basis is None:
@@ -88,11 +88,13 @@ class ComponentFamily:
     kind = "pcs"
 
     def __init__(self, stats: PieceStats, *, heads: Sequence[str] | None = None, mass: float = 0.99,
-                 max_components: int = 80):
+                 max_components: int = 80, spans: Mapping[str, torch.Tensor] | None = None):
+        """`spans`: the heads' read-out rows (`decomposer.head_spans`), where their components are found."""
         self.heads = HeadFamily(stats, heads)
         variances, vectors, owners = [], [], []
-        for h, covariance in enumerate(self.heads.covariance):
-            values, directions = head_components(stats.count, covariance, mass=mass, max_components=max_components)
+        for h, (label, covariance) in enumerate(zip(self.heads.labels, self.heads.covariance)):
+            values, directions = head_components(stats.count, covariance, mass=mass, max_components=max_components,
+                                                 span=(spans or {}).get(label))
             variances.append(values)
             vectors.append(directions)
             owners += [h] * len(values)
@@ -163,7 +165,10 @@ def piece_family(kind: str, lens: Lens, stats: PieceStats | PairStats, *, mass: 
         require_model(stats.metadata, lens.fingerprint, "the pair statistics")
         return PairFamily(stats)
     stats = check_statistics(stats, lens)
-    return HeadFamily(stats) if kind == "heads" else ComponentFamily(stats, mass=mass, max_components=max_components)
+    if kind == "heads":
+        return HeadFamily(stats)
+    return ComponentFamily(stats, mass=mass, max_components=max_components,
+                           spans=lens.decomposer.head_spans(stats.settings))
 
 
 # scoring edits per group -------------------------------------------------------------------------------------------

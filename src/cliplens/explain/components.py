@@ -25,18 +25,27 @@ from .svd_poles import TEXT_MODES, nuclear_rank, prepare_texts, row_space_projec
 ENDS = ("dominant", "opposite")  # the pole that reaches farther from the origin, and the other one
 
 
-def head_components(count: int, covariance: torch.Tensor, *, mass: float = 0.99, max_components: int = 80
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def head_components(count: int, covariance: torch.Tensor, *, mass: float = 0.99, max_components: int = 80,
+                    span: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The principal components of one piece: variances λ [r] (decreasing) and unit vectors [r, d] (signs arbitrary).
 
     r is SVDPoles' rank rule (docs/methods/svd-poles.md): the smallest number of components whose singular values
-    S_i = sqrt(n·λ_i) reach `mass` of their sum, at most `max_components`.
+    S_i = sqrt(n·λ_i) reach `mass` of their sum, at most `max_components`. `span` [k, d], rows that every value of
+    the piece is a combination of (a head's read-out, `decomposer.head_spans`), moves the eigen-solve to their
+    k-dimensional span, QᵀΣQ for an orthonormal basis Q: the same components, the d − k others being zero up to
+    round-off (for ViT-B-32's heads, 64² instead of 512²: 2 ms instead of 30).
     """
     if not 0 < mass <= 1:
         raise CliplensError(f"mass must be in (0, 1], got {mass!r}")
     require_positive_int("max_components", max_components)
     covariance = torch.as_tensor(covariance).to(torch.float64)
-    eigenvalues, eigenvectors = torch.linalg.eigh((covariance + covariance.T) / 2)
+    if span is None or span.shape[0] >= span.shape[1]:
+        eigenvalues, eigenvectors = torch.linalg.eigh((covariance + covariance.T) / 2)
+    else:
+        basis = torch.linalg.qr(span.to(covariance).T).Q  # [d, k]
+        reduced = basis.T @ covariance @ basis
+        eigenvalues, eigenvectors = torch.linalg.eigh((reduced + reduced.T) / 2)
+        eigenvectors = basis @ eigenvectors
     variances = eigenvalues.flip(0).clamp(min=0)
     if variances.sum() <= 0:
         raise CliplensError("this piece does not vary over the data (zero covariance); it has no principal components")
@@ -103,13 +112,15 @@ class ComponentTexts(ThroughComponents):
                 "text_mode": self.text_mode}
 
     def fit(self, count: int, mean: Any, covariance: Any, text_embeddings: Any, texts: Sequence[str],
-            components: torch.Tensor | None = None) -> ComponentTexts:
-        """`components` [r, d] replaces the eigenvectors (any signs): the invariance tests pass flipped ones."""
+            components: torch.Tensor | None = None, span: torch.Tensor | None = None) -> ComponentTexts:
+        """`components` [r, d] replaces the eigenvectors (any signs): the invariance tests pass flipped ones; `span`
+        is the piece's (`head_components`)."""
         mean, covariance, pool = checked_piece(count, mean, covariance, text_embeddings, texts)
         if self.texts_per_pole > len(pool):
             raise CliplensError(f"--texts-per-pole {self.texts_per_pole} exceeds the text pool ({len(pool)} texts)")
         if components is None:
-            _, vectors = head_components(count, covariance, mass=self.mass, max_components=self.max_components)
+            _, vectors = head_components(count, covariance, mass=self.mass, max_components=self.max_components,
+                                         span=span)
         else:
             vectors = torch.as_tensor(components).to(mean.device, torch.float64)
         variances = torch.einsum("rd,de,re->r", vectors, covariance, vectors)  # vᵀΣv: bit-identical for −v

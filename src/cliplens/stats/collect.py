@@ -63,12 +63,17 @@ class PieceStats:
     def second_moment(self) -> torch.Tensor:
         return self.moments.second_moment
 
+    def covariance_of(self, index: torch.Tensor | int) -> torch.Tensor:
+        """The covariance of the pieces at `index` alone (`covariance` divides every piece's scatter: 0.3 s for
+        ViT-B-32's)."""
+        return self.moments.scatter[index] / max(self.count, 1)
+
     def __getitem__(self, label: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean [d], covariance [d, d]) of one piece."""
         if label not in self.labels:
             raise KeyError(f"no piece labelled {label!r} in these statistics")
         i = self.labels.index(label)
-        return self.mean[i], self.covariance[i]
+        return self.mean[i], self.covariance_of(i)
 
     def merge(self, other: "PieceStats") -> "PieceStats":
         """Statistics of both shards' images together (equal to one pass over all of them, to round-off)."""

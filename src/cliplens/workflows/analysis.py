@@ -250,7 +250,8 @@ def head_images(lens: Lens, fit_path: Any, plan: Plan) -> tuple[Callable[[PieceS
         name, texts, embeddings = candidate_texts(lens, fit_path, HEAD_POOL, pool=plan.pool, pool_size=plan.pool_size,
                                                   pool_templates=plan.head_templates)
         directions = head_directions(pieces, head_labels(pieces.labels), embeddings, texts,
-                                     pool=pool_record(name, plan.pool_size, plan.head_templates))
+                                     pool=pool_record(name, plan.pool_size, plan.head_templates),
+                                     spans=lens.decomposer.head_spans(pieces.settings))
         made.append(PrincipalImages(directions, plan.head_components, plan.head_top))
         return lambda batch: made[0].update(lens, batch.images, batch.indices)
 

@@ -69,11 +69,12 @@ def component_study(
     family: ComponentFamily = piece_family("pcs", lens, stats, mass=mass, max_components=max_components)
     _, texts, embeddings = candidate_texts(lens, data_path, HEAD_POOL, pool=pool, pool_size=pool_size,
                                            pool_templates=pool_templates)
-    explainer = ComponentTexts(texts_per_pole, max_components, mass)
+    explainer, spans = ComponentTexts(texts_per_pole, max_components, mass), lens.decomposer.head_spans(stats.settings)
     poles = []
     for head in chosen:
         h = family.heads.labels.index(head)
-        explainer.fit(stats.count, family.heads.mean[h], family.heads.covariance[h], embeddings, texts)
+        explainer.fit(stats.count, family.heads.mean[h], family.heads.covariance[h], embeddings, texts,
+                      span=spans.get(head))
         poles += explainer.rows(head)
     query_table = []
     if queries:
@@ -82,7 +83,7 @@ def component_study(
             query_table += query_rows(family, query, embedding - centre, top)
     edits = None
     if labelled:  # only the chosen heads' components are units of the pass: its logits are [B, U, classes]
-        edited = ComponentFamily(stats, heads=chosen, mass=mass, max_components=max_components)
+        edited = ComponentFamily(stats, heads=chosen, mass=mass, max_components=max_components, spans=spans)
         units = [u for h in range(len(chosen)) for u in (edited.owner == h).nonzero().flatten()[:edit_top].tolist()]
         board = GroupBoard(component_edits(edited, units, amplify), range(len(source.classnames)),
                            source.classnames)
