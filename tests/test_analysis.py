@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors import safe_open
 
 import cliplens
 from cliplens.cli import cli
@@ -16,7 +17,7 @@ from cliplens.errors import CliplensError
 from cliplens.settings import Settings
 from cliplens.stats.fit_passes import FitRequest, fit_statistics
 from cliplens.stats.second_order import collect_second_order
-from cliplens.workflows.analysis import plan_analysis
+from cliplens.workflows.analysis import analyze, plan_analysis, sample_plan
 from conftest import run_cli as run
 
 FIT, EVAL = "shapes:test:48:0", "shapes:test:40:1"
@@ -177,6 +178,23 @@ def test_the_dry_run_prints_the_plan_with_exact_sizes_and_writes_nothing(tmp_pat
     expected = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values()) / 2**20
     assert f"pieces: {expected:.1f} MiB" in text and "second-order-L2:" in text and "ms per image" in text
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("model, questions", [("toy:vit", ("statistics", "second-order", "head-images")),
+                                              ("toy:rn", ("statistics", "pairs"))])
+def test_the_dry_runs_sizes_are_those_of_the_parts_written(model, questions, tmp_path):
+    """Byte for byte, though the sample ranks 4 images and the top-k lists of the whole data keep 48 (second-order's
+    k = 100, the pairs' 50)."""
+    lens = cliplens.load(model)
+    plan = plan_analysis(lens, questions, mlp_layers=(2,) if model == "toy:vit" else ())
+    sizes = sample_plan(lens, FIT, plan, batch_size=2)["sizes"]
+    folder = analyze(lens, FIT, None, plan, batch_size=16).save(tmp_path / "analysis")
+    written = {}
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, "pt") as tensors:
+            written[file.stem] = sum(tensors.get_tensor(name).numel() * tensors.get_tensor(name).element_size()
+                                     for name in tensors.keys())
+    assert sizes == written and len(sizes) == len(questions)
 
 
 def test_every_preset_and_evaluation_with_all_on_a_vit():

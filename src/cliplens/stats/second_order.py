@@ -42,6 +42,9 @@ DERIVED = {  # results saved beside the accumulators, with their shapes (d: the 
     "topk_variance_explained": ("F",), "principal_directions_all": ("F", "d"),
     "principal_coordinates_all": ("F", "J+K"), "variance_explained": ("F",),
 }
+STATE_SHAPES = {"count": (1,), "ranked": (1,), "mean": ("F", "J+K"), "scatter": ("F", "J+K", "J+K")}
+RANKED_SHAPES = {"centre": ("F", "J+K"), "top_norms": ("F", "k"), "top_index": ("F", "k"),
+                 "top_deviations": ("F", "k", "J+K"), **DERIVED}  # once pass 2 ran (k: images ranked, ≤ top_k)
 
 
 class SecondOrderStats:
@@ -390,10 +393,7 @@ def load_second_order(path: str | Path, lens: Lens, layer: int | None = None, **
     tensors, metadata = load_artifact(path, {MODEL_KEY: lens.fingerprint, **expect}, fields, part=part)
     settings = Settings.from_metadata(metadata)
     basis = SecondOrderLens(lens.decomposer, int(metadata["layer"]), settings.convention).basis
-    shapes = {"count": (1,), "ranked": (1,), "mean": ("F", "J+K"), "scatter": ("F", "J+K", "J+K")}
-    if "centre" in tensors:
-        shapes.update(centre=("F", "J+K"), top_norms=("F", "k"), top_index=("F", "k"),
-                      top_deviations=("F", "k", "J+K"), **DERIVED)
+    shapes = {**STATE_SHAPES, **(RANKED_SHAPES if "centre" in tensors else {})}
     check_shapes(path, tensors, shapes, F=basis.num_neurons, **{"J+K": basis.dim})
     return SecondOrderStats.from_state(basis, tensors, scale=metadata["scale"], normalize=settings.normalize,
                                        top_k=int(metadata["top_k"]), metadata=metadata)

@@ -41,7 +41,8 @@ from ..settings import Settings
 from ..stats.collect import PAIRS, PIECES, PieceStats
 from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics, one_pass
 from ..stats.moments import Moments
-from ..stats.second_order import analysis_part
+from ..stats.pairs import PairStats
+from ..stats.second_order import RANKED_SHAPES, analysis_part
 from ..text.candidates import (
     HEAD_POOL, HEAD_POOL_TEMPLATES, UNIT_POOL, UNIT_POOL_TEMPLATES, candidate_texts, check_candidates,
 )
@@ -376,8 +377,9 @@ def evaluation_tasks(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, 
 
 def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
                 num_workers: int = 0) -> dict[str, Any]:
-    """What a dry run prints: each statistic's size on disk (exact: sizes do not grow with the images) and the time
-    of the passes, extrapolated from `SAMPLE_BATCHES` timed batches of the fit passes."""
+    """What a dry run prints: each statistic's size on disk (exact: sizes grow with the images only until the
+    top-k lists are full) and the time of the passes, extrapolated from `SAMPLE_BATCHES` timed batches of the fit
+    passes."""
     source = as_source(fit_path)
     sample = Subset(source, range(min(len(source), SAMPLE_BATCHES * batch_size)))
     started = time.perf_counter()
@@ -388,11 +390,13 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
     if fit.pieces is not None:
         sizes[PIECES] = _bytes(fit.pieces.artifact()[0])
     if fit.pairs is not None:
-        sizes[PAIRS] = _bytes(fit.pairs.artifact()[0])
+        sizes[PAIRS] = _bytes(fit.pairs.artifact()[0], PairStats.STATE_SHAPES, fit.pairs.high_index.shape[-1],
+                              min(fit.pairs.top_k, len(source)))
     if "pair-ablate" in plan.questions:
         sizes[NEURON_MOMENTS] = _bytes(Moments(fit.pairs.neurons, fit.pairs.heads).state())
     for layer, stats in fit.second_order.items():
-        sizes[analysis_part(layer)] = _bytes(stats.artifact()[0])
+        sizes[analysis_part(layer)] = _bytes(stats.artifact()[0], RANKED_SHAPES, stats.top.filled,
+                                             min(stats.top_k, len(source)))
     if plan.fit.head_images:
         sizes[PART] = image_bytes(len(head_labels(fit.pieces.labels)), plan.head_components, plan.head_top,
                                   lens.spec.output_dim)
@@ -401,8 +405,12 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
             "fit_seconds": per_image_pass * len(source) * plan.fit.passes()}
 
 
-def _bytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+def _bytes(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple] | None = None, kept: int = 1,
+           full: int = 1) -> int:
+    """The tensors' size; those with a top-k dimension "k" in `shapes` counted `full` wide instead of the sample's
+    `kept` (a dry run ranks a few batches, the whole data min(top_k, images))."""
+    return sum(tensor.numel() * tensor.element_size() * (full if "k" in (shapes or {}).get(name, ()) else kept)
+               // kept for name, tensor in tensors.items())
 
 
 def _spec(data: Any) -> str | None:
