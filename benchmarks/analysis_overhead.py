@@ -38,11 +38,14 @@ def head_images(lens: cliplens.Lens, data: list, batch_size: int, layer: int) ->
     _, texts, embeddings = candidate_texts(lens, None, HEAD_POOL, pool="shapes")
 
     def later(pieces):
-        reducer = PrincipalImages(head_directions(pieces, head_labels(pieces.labels), embeddings, texts, pool={},
-                                              spans=lens.decomposer.head_spans(pieces.settings)))
-        return lambda batch: reducer.update(lens, batch.images, batch.indices)
+        return PrincipalImages(head_directions(pieces, head_labels(pieces.labels), embeddings, texts, pool={},
+                                               spans=lens.decomposer.head_spans(pieces.settings)))
 
-    fixed = later(lens.collect(data, spatial=True, batch_size=batch_size))
+    reducer = later(lens.collect(data, spatial=True, batch_size=batch_size))
+
+    def fixed(batch):
+        reducer.update(lens, batch.images, batch.indices)
+
     fit = {"batch_size": batch_size}
     return {
         "head images: pass 2 alone": (lambda: one_pass(lens, data, fixed, description="head images",

@@ -119,6 +119,17 @@ class PrincipalImages:
                                                          self.top_k, descending=False)
         self.seen += len(indices)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The extremes kept so far, exactly (a checkpoint of the pass)."""
+        return {"top_values": self.top_values, "top_index": self.top_index, "bottom_values": self.bottom_values,
+                "bottom_index": self.bottom_index, "seen": torch.tensor([self.seen])}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`."""
+        self.top_values, self.top_index = tensors["top_values"], tensors["top_index"]
+        self.bottom_values, self.bottom_index = tensors["bottom_values"], tensors["bottom_index"]
+        self.seen = int(tensors["seen"][0])
+
     def artifact(self, lens: Lens, source: Any, report: LoadReport) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, metadata) of the part `head-images`; components a head does not have hold NaN and index -1."""
         missing = torch.arange(self.components)[None, :, None] >= self.counts[:, None, None]

@@ -18,8 +18,8 @@ from ..workflows.ablation_study import PRESETS
 from ..workflows.analysis import QUESTIONS, analyze, check_data, plan_analysis, sample_plan
 from ..workflows.pair_study import PAIR_ATOMS
 from .options import (
-    Options, batch_options, load_lens, model_options, needs_for_data, omp_only_options, output_option, parse_counts,
-    parse_list, pool_options, segment_options, templates_option,
+    Options, batch_options, load_lens, long_run_options, model_options, needs_for_data, omp_only_options, output_option,
+    parse_counts, parse_list, pool_options, segment_options, templates_option,
 )
 
 SPLITS = {"fit": "fit data", "evaluation": "evaluation data", "segmentation": "segmentation split"}
@@ -73,9 +73,11 @@ SPLITS = {"fit": "fit data", "evaluation": "evaluation data", "segmentation": "s
 @click.option("--dry-run", is_flag=True, help="Print the plan (statistics, size on disk, passes, estimated time from "
                                                "a few timed batches) and stop.")
 @output_option("cliplens-out/analyze")
+@long_run_options(None)
 @needs_for_data(IMAGENET_SEG_PREFIX, "segment", "h5py", option="segment_path")
 def command(model: Options, output_dir: Path, fit_path: str, data_path: str | None, segment_path: str | None,
-            batch_size: int, num_workers: int, methods: str, texts: str | None, dry_run: bool, **options: Any) -> None:
+            batch_size: int, num_workers: int, methods: str, texts: str | None, dry_run: bool, long_run: dict[str, Any],
+            **options: Any) -> None:
     """Collect every statistic and score every evaluation asked for, in the fewest passes over the data."""
     methods_list, counts = parse_list(methods, "methods"), parse_counts(texts)
     lens = load_lens(model)
@@ -93,7 +95,7 @@ def command(model: Options, output_dir: Path, fit_path: str, data_path: str | No
                    + ("; the evaluation pass costs about as much per image" if plan.evaluations else ""))
         return
     analysis = analyze(lens, fit_path, data_path, plan, segment_path=segment_path, batch_size=batch_size,
-                       num_workers=num_workers, progress=True)
+                       num_workers=num_workers, progress=True, **long_run)
     path = analysis.save(output_dir / "analysis")
     record = analysis.record
     click.echo(f"{lens.name}: {record['fit']['images']} fit images in {record['passes']['fit']} pass(es), "

@@ -155,16 +155,18 @@ def output_option(default: str) -> Callable:
                                 help="Folder for the results (created if missing).")
 
 
-def long_run_options(shard_help: str) -> Callable:
-    """--shard --checkpoint-every --checkpoint-dir --resume: what a run of hours needs. The command receives them as
-    one dict argument `long_run`, ready for the library (checkpoints default to OUTPUT_DIR/checkpoints)."""
+def long_run_options(shard_help: str | None) -> Callable:
+    """--shard --checkpoint-every --checkpoint-dir --resume (--shard only with its help): what a run of hours needs.
+    The command receives them as one dict argument `long_run`, ready for the library (checkpoints default to
+    OUTPUT_DIR/checkpoints)."""
 
     def default_folder(options: Options) -> None:
         options["checkpoint_dir"] = options["checkpoint_dir"] or options["output_dir"] / "checkpoints"
 
+    shard = [click.option("--shard", default=None, metavar="I/N", callback=lambda ctx, param, value: value and
+                          Shard.parse(value), help=shard_help)] if shard_help else []
     return stacked([
-        click.option("--shard", default=None, metavar="I/N", callback=lambda ctx, param, value: value and
-                     Shard.parse(value), help=shard_help),
+        *shard,
         click.option("--checkpoint-every", type=click.IntRange(min=0), default=EVERY, show_default=True,
                      help="Save the running state every this many batches (0: never), so an interrupted run can "
                           "--resume."),
@@ -174,7 +176,7 @@ def long_run_options(shard_help: str) -> Callable:
                      help="Continue from the checkpoint of an interrupted run with the same options (bit-identical "
                           "result); without one, start from the beginning."),
         before_body(default_folder),
-        grouped("long_run", ("shard", "checkpoint_every", "checkpoint_dir", "resume")),
+        grouped("long_run", ("shard",) * bool(shard) + ("checkpoint_every", "checkpoint_dir", "resume")),
     ])
 
 CONVENTION_HELP = ("Bias convention: separate (one explicit `bias` piece) or reference (LayerNorm and bias shares "

@@ -279,6 +279,16 @@ class VariantScorer:
             self.correct[t] += (predicted == labels[:, None]).sum(0)
             self.full_correct[t] += int(((result.embedding.to(torch.float64) @ w).argmax(-1) == labels).sum())
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The counts so far (a checkpoint of the pass)."""
+        return {**{f"correct.{t}": correct.cpu() for t, correct in enumerate(self.correct)},
+                "full_correct": torch.tensor(self.full_correct, dtype=torch.long)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`."""
+        self.correct = [tensors[f"correct.{t}"].to(self.lens.device) for t in range(len(self.tasks))]
+        self.full_correct = tensors["full_correct"].tolist()
+
     def scores(self, count: int, in_sample: bool | None) -> list[Scores]:
         return [Scores(bank.names, c.tolist(), full, count, w.shape[1], len(self.stats.labels), in_sample)
                 for bank, c, full, w in zip(self.banks, self.correct, self.full_correct, self.weights)]

@@ -278,6 +278,15 @@ class AccuracyBoard:
             self.correct[variant.name] += int((predict(embedding, self.weights).cpu() == labels).sum())
         self.count += len(labels)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The counts so far (a checkpoint of the pass)."""
+        return {"correct": torch.tensor([self.correct[v.name] for v in self.variants]), "count": torch.tensor([self.count])}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`."""
+        self.correct = dict(zip((v.name for v in self.variants), tensors["correct"].tolist()))
+        self.count = int(tensors["count"][0])
+
     def key(self, stats: PairStats) -> str:
         """What an analysis stores these counts under: the classifier with the statistics the variants rebuild from."""
         return pair_task_key(self.weights, stats.coef_mean, stats.factors)
@@ -333,6 +342,18 @@ class PairReading:
         self.lens, self.variants = lens, list(variants)
         self.moments = Moments(stats.neurons, stats.heads)
         self.boards = [(AccuracyBoard(weights.to(lens.device), variants), labels) for weights, labels in classifiers]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The neurons' moments and every board's counts so far (a checkpoint of the pass)."""
+        return {**self.moments.state("moments."), **{f"board{b}.{name}": tensor for b, (board, _) in
+                                                     enumerate(self.boards) for name, tensor in board.state().items()}}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`."""
+        self.moments = Moments.from_tensors(tensors, "moments.")
+        for b, (board, _) in enumerate(self.boards):
+            prefix = f"board{b}."
+            board.load_state({k.removeprefix(prefix): t for k, t in tensors.items() if k.startswith(prefix)})
 
     def update(self, batch: Batch) -> None:
         dec = self.lens.decomposer.pairs(batch.images)

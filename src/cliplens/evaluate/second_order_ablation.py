@@ -113,6 +113,16 @@ class SecondOrderBoard:
         self.significant += float(mask.double().sum())
         self.count += len(labels)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The counts so far (a checkpoint of the pass); the significant count is a float64 sum of 0/1."""
+        return {"correct": torch.tensor([self.correct[name] for name in VARIANTS]), "count": torch.tensor([self.count]),
+                "significant": torch.tensor([self.significant], dtype=torch.float64)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`."""
+        self.correct = dict(zip(VARIANTS, tensors["correct"].tolist()))
+        self.count, self.significant = int(tensors["count"][0]), float(tensors["significant"][0])
+
     def key(self) -> str:
         """What an analysis stores this board's counts under (evaluate/stored_scores.py)."""
         stats = self.stats

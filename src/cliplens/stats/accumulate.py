@@ -61,11 +61,16 @@ class DenseReducer:
         """The moments (and token means); the labels travel beside them, in `labels`."""
         return piece_state(self.moments, self.token_mean)
 
+    def load_state(self, tensors: dict[str, torch.Tensor], labels: list[str] | None = None) -> None:
+        """Continue from `state()`; the labels are the decomposer's for these settings unless given."""
+        self.labels = list(labels) if labels is not None else self.decomposer.labels(self.settings)
+        self.moments, self.token_mean = piece_from_state(tensors)
+
     @classmethod
     def from_state(cls, decomposer, settings: Settings, tensors: dict[str, torch.Tensor],
                    labels: list[str]) -> "DenseReducer":
         reducer = cls(decomposer, settings)
-        reducer.labels, (reducer.moments, reducer.token_mean) = list(labels), piece_from_state(tensors)
+        reducer.load_state(tensors, labels)
         return reducer
 
 
@@ -152,18 +157,22 @@ class HeadReducer:
             tensors.update(token_basis=self.token_basis, token_mean=self.token_mean)
         return tensors
 
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`."""
+        # checkpoints written before the embedded space existed hold coefficient moments
+        self.embedded = bool(tensors.get("embedded", torch.tensor([0]))[0])
+        if self.embedded:
+            self.pieces = Moments.from_tensors(tensors, "pieces.")
+        else:
+            self.heads = Moments.from_tensors(tensors, "heads.")
+            self.dense, self.basis = Moments.from_tensors(tensors, "dense."), tensors["basis"]
+        self.token_basis, self.token_mean = tensors.get("token_basis"), tensors.get("token_mean")
+
     @classmethod
     def from_state(cls, decomposer: ViTDecomposer, settings: Settings, tensors: dict[str, torch.Tensor],
                    labels: None = None) -> "HeadReducer":
         reducer = cls(decomposer, settings)
-        # checkpoints written before the embedded space existed hold coefficient moments
-        reducer.embedded = bool(tensors.get("embedded", torch.tensor([0]))[0])
-        if reducer.embedded:
-            reducer.pieces = Moments.from_tensors(tensors, "pieces.")
-        else:
-            reducer.heads = Moments.from_tensors(tensors, "heads.")
-            reducer.dense, reducer.basis = Moments.from_tensors(tensors, "dense."), tensors["basis"]
-        reducer.token_basis, reducer.token_mean = tensors.get("token_basis"), tensors.get("token_mean")
+        reducer.load_state(tensors)
         return reducer
 
 
@@ -191,9 +200,13 @@ class PairReducer:
     def state(self) -> dict[str, torch.Tensor]:
         return self.stats.state()
 
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`."""
+        self.stats = PairStats.from_state(tensors, {"top_k": self.top_k})
+
     @classmethod
     def from_state(cls, decomposer, settings: Settings, tensors: dict[str, torch.Tensor], labels: None = None, *,
                    top_k: int) -> "PairReducer":
         reducer = cls(decomposer, settings, top_k=top_k)
-        reducer.stats = PairStats.from_state(tensors, {"top_k": top_k})
+        reducer.load_state(tensors)
         return reducer

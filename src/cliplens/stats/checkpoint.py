@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol
 
 import torch
 
@@ -73,10 +73,7 @@ class Checkpoints:
         require_match(record, self.identity, what,
                       remedy="resume with the model, data and options of the interrupted run, or start over "
                              "without resuming")
-        saved = record.get("report") or {}
-        report = LoadReport(int(saved.get("total", 0)), int(saved.get("loaded", 0)), list(saved.get("skipped", [])),
-                            list(saved.get("reasons", [])))
-        return Resumed(record["stage"], int(record["position"]), tensors, record, report)
+        return Resumed(record["stage"], int(record["position"]), tensors, record, report_from(record.get("report")))
 
     def batches(self, lens: Lens, data: Any, *, stage: str, state: Callable[[], tuple[dict, dict]],
                 report: LoadReport, start: int = 0, **options: Any) -> Iterator[Batch]:
@@ -91,6 +88,83 @@ class Checkpoints:
     def save(self, stage: str, position: int, tensors: dict[str, torch.Tensor], extra: dict[str, Any],
              report: LoadReport) -> Path:
         record = {**extra, **self.identity, "kind": KIND, "stage": stage, "position": position,
-                  "report": {"total": report.total, "loaded": report.loaded, "skipped": report.skipped,
-                             "reasons": report.reasons}}
+                  "report": report_record(report)}
         return save_artifact(self.path, tensors, record)
+
+
+def report_record(report: LoadReport) -> dict[str, Any]:
+    """A load report as JSON."""
+    return {"total": report.total, "loaded": report.loaded, "skipped": report.skipped, "reasons": report.reasons}
+
+
+def report_from(record: Mapping[str, Any] | None) -> LoadReport:
+    """The inverse of `report_record` (an empty report for None)."""
+    record = record or {}
+    return LoadReport(int(record.get("total", 0)), int(record.get("loaded", 0)), list(record.get("skipped", [])),
+                      list(record.get("reasons", [])))
+
+
+class Resumable(Protocol):
+    """A reader of a pass whose running state is named tensors, exactly (float64 accumulators as they are)."""
+
+    def state(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+class Passes:
+    """The passes of one run, checkpointed together (`cliplens analyze`: two over the fit data, one over the
+    evaluation data, one over the segmentation split).
+
+    A checkpoint holds the final state of every reader of the passes already done and the running state of the one
+    under way, under `<pass>/<reader>/<name>`. A resumed run builds each pass's readers as an uninterrupted run would
+    (from the results of the passes before), restores a finished pass's readers without reading its data, and
+    continues the pass under way from its batch: the result is bit-identical.
+    """
+
+    def __init__(self, checkpoints: Checkpoints | None = None, resume: bool = False):
+        self.checkpoints = checkpoints or Checkpoints(None, "", {})  # none: never written
+        self.resumed = self.checkpoints.resume() if resume else None
+        self.done: dict[str, dict[str, Any]] = {}  # pass -> its load report (JSON)
+        self.final: dict[str, torch.Tensor] = {}  # the finished passes' readers' states
+
+    def run(self, lens: Lens, data: Any, name: str, readers: Mapping[str, Resumable], read: Callable[[Batch], None],
+            *, shared: bool = True, **stream_options: Any) -> LoadReport:
+        """Stream `data` once (or restore it), handing each batch to `read`; with `shared`, every decomposition of a
+        batch reuses one forward (decompose/shared.py). `readers` are what `read` accumulates into."""
+        resumed, report, start = self.resumed, LoadReport(), 0
+        if resumed is not None and name in resumed.record.get("done", {}):
+            _restore(readers, resumed.tensors, name)
+            return self._finish(name, readers, report_from(resumed.record["done"][name]))
+        if resumed is not None and resumed.stage == name:
+            _restore(readers, resumed.tensors, name)
+            report, start = resumed.report, resumed.position
+
+        def state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            return {**self.final, **_named(name, readers)}, {"done": dict(self.done)}
+
+        with torch.no_grad():
+            for batch in self.checkpoints.batches(lens, data, stage=name, state=state, report=report, start=start,
+                                                  **stream_options):
+                if shared:
+                    with lens.decomposer.sharing(batch.images):
+                        read(batch)
+                else:
+                    read(batch)
+        return self._finish(name, readers, report)
+
+    def _finish(self, name: str, readers: Mapping[str, Resumable], report: LoadReport) -> LoadReport:
+        self.final.update(_named(name, readers))
+        self.done[name] = report_record(report)
+        return report
+
+
+def _named(name: str, readers: Mapping[str, Resumable]) -> dict[str, torch.Tensor]:
+    return {f"{name}/{reader}/{key}": tensor for reader, resumable in readers.items()
+            for key, tensor in resumable.state().items()}
+
+
+def _restore(readers: Mapping[str, Resumable], tensors: dict[str, torch.Tensor], name: str) -> None:
+    for reader, resumable in readers.items():
+        prefix = f"{name}/{reader}/"
+        resumable.load_state({key.removeprefix(prefix): t for key, t in tensors.items() if key.startswith(prefix)})

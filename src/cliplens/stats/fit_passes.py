@@ -13,16 +13,17 @@ so a command reading it gives the numbers it would have computed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 
-from ..data.loader import Batch, LoadReport, as_source, stream
+from ..data.loader import Batch, LoadReport, as_source
 from ..decompose.finite import require_finite
 from ..decompose.second_order import SecondOrderLens
 from ..errors import CliplensError
 from ..settings import Settings
 from .accumulate import DenseReducer, HeadReducer, PairReducer
+from .checkpoint import Passes, Resumable
 from .collect import PieceStats, described
 from .pairs import PairStats
 from .second_order import SecondOrderStats, fit_metadata
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
     from ..lens import Lens
 
 PAIR_TOP_K, NEURON_TOP_K = 50, 100  # what `collect --granularity pair` and `second-order` keep by default
+
+
+class Later(Resumable, Protocol):
+    """A reader of pass 2 built from pass 1's piece statistics (head images), checkpointed."""
+
+    def update(self, lens: Lens, images: torch.Tensor, indices: torch.Tensor) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -59,31 +66,29 @@ class FitStatistics:
     passes: int = 0
     report: LoadReport | None = None
     ranked: LoadReport | None = None  # pass 2's
+    later: Later | None = None  # the reader `later` built, as pass 2 left it
 
 
 def one_pass(lens: Lens, data: Any, read: Callable[[Batch], None], *, description: str, batch_size: int,
              num_workers: int, progress: bool, labelled: bool = False) -> LoadReport:
     """Stream `data` once and hand each batch to `read`, inside which every decomposition of the batch shares one
-    forward (decompose/shared.py)."""
-    report = LoadReport()
-    with torch.no_grad():
-        for batch in stream(lens, data, batch_size=batch_size, num_workers=num_workers, progress=progress,
-                            description=description, labelled=labelled, report=report):
-            with lens.decomposer.sharing(batch.images):
-                read(batch)
-    return report
+    forward (decompose/shared.py); not checkpointed."""
+    return Passes().run(lens, data, "pass", {}, read, description=description, batch_size=batch_size,
+                        num_workers=num_workers, progress=progress, labelled=labelled)
 
 
 def fit_statistics(lens: Lens, data: Any, request: FitRequest, *, batch_size: int = 32, num_workers: int = 0,
-                   progress: bool = False,
-                   later: Callable[[PieceStats], Callable[[Batch], None]] | None = None) -> FitStatistics:
+                   progress: bool = False, later: Callable[[PieceStats], Later] | None = None,
+                   passes: Passes | None = None) -> FitStatistics:
     """Every statistic of `request` over `data`, in `request.passes()` passes; with `request.head_images`, `later`
-    builds from pass 1's piece statistics a reader that pass 2 feeds too."""
+    builds from pass 1's piece statistics a reader that pass 2 feeds too. `passes` checkpoints them (stats/checkpoint.py
+    `Passes`: "fit-1" and "fit-2")."""
     if request.head_images != (later is not None and request.pieces):
         raise CliplensError("head images are read in pass 2 by a reader built from the piece statistics: ask for "
                             "pieces and pass `later` together with head_images")
     if not request.passes():
         return FitStatistics()
+    passes = passes or Passes()
     source = as_source(data)
     settings = request.piece_settings(lens)
     pieces = None
@@ -93,6 +98,7 @@ def fit_statistics(lens: Lens, data: Any, request: FitRequest, *, batch_size: in
     neurons = {layer: SecondOrderLens(lens.decomposer, layer) for layer in request.mlp_layers}
     orders = {layer: SecondOrderStats(second.basis, scale=1.0, normalize=False, top_k=NEURON_TOP_K)
               for layer, second in neurons.items()}
+    ranked_readers = {f"L{layer}": stats for layer, stats in orders.items()}
 
     def first(batch: Batch) -> None:
         for reducer in (pieces, pairs):
@@ -104,7 +110,9 @@ def fit_statistics(lens: Lens, data: Any, request: FitRequest, *, batch_size: in
             orders[layer].update(effects)
 
     options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
-    report = one_pass(lens, source, first, description=f"analyse {lens.name} (fit, pass 1)", **options)
+    readers = {name: reader for name, reader in (("pieces", pieces), ("pairs", pairs)) if reader is not None}
+    report = passes.run(lens, source, "fit-1", {**readers, **ranked_readers}, first,
+                        description=f"analyse {lens.name} (fit, pass 1)", **options)
     result = FitStatistics(passes=1, report=report)
     if pieces is not None:
         labels, moments, token_mean = pieces.finish()
@@ -115,15 +123,17 @@ def fit_statistics(lens: Lens, data: Any, request: FitRequest, *, batch_size: in
         for layer, second in neurons.items():
             orders[layer].rank(second(batch.images), batch.indices)
         if images is not None:
-            images(batch)
+            images.update(lens, batch.images, batch.indices)
 
     if request.passes() == 2:
         for stats in orders.values():
             stats.start_ranking()
-        ranked = one_pass(lens, source, ranking, description=f"analyse {lens.name} (fit, pass 2)", **options)
+        readers = {**ranked_readers, **({"head-images": images} if images is not None else {})}
+        ranked = passes.run(lens, source, "fit-2", readers, ranking, description=f"analyse {lens.name} (fit, pass 2)",
+                            **options)
         for stats in orders.values():
             stats.metadata, stats.report = fit_metadata(lens, stats, source, ranked), ranked
-        result.second_order, result.passes, result.ranked = orders, 2, ranked
+        result.second_order, result.passes, result.ranked, result.later = orders, 2, ranked, images
     if pairs is not None:
         result.pairs = described(pairs.stats, lens, Settings("pair"), source, report)
     return result

@@ -343,14 +343,19 @@ class SecondOrderStats:
                    top_k: int, metadata: dict[str, Any] | None = None) -> "SecondOrderStats":
         """The inverse of `state` (any derived results among `tensors` are kept as well, on the basis's device)."""
         stats = cls(basis, scale=scale, normalize=normalize, top_k=top_k, metadata=metadata)
-        device = basis.neurons.device
-        tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
-        stats.moments, stats.ranked = Moments.from_tensors(tensors), int(tensors["ranked"][0])
-        if "centre" in tensors:
-            stats.centre = tensors["centre"]
-            stats.top = TopRows(tensors["top_norms"], tensors["top_index"], tensors["top_deviations"], top_k)
-            stats._derived.update({name: tensors[name] for name in DERIVED if name in tensors})
+        stats.load_state(tensors)
         return stats
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`: the moments, and the ranking once it started."""
+        device = self.basis.neurons.device
+        tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
+        self.moments, self.ranked = Moments.from_tensors(tensors), int(tensors["ranked"][0])
+        self._derived.clear()
+        if "centre" in tensors:
+            self.centre = tensors["centre"]
+            self.top = TopRows(tensors["top_norms"], tensors["top_index"], tensors["top_deviations"], self.top_k)
+            self._derived.update({name: tensors[name] for name in DERIVED if name in tensors})
 
 
 def _eigh(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@
 The entries are kept in slots, unsorted, and sorted only when read: a batch writes just the entries it promotes into
 the slots of those it evicts. Keeping them sorted instead re-orders every kept payload on every batch; for the
 second-order ranking of ViT-B-32 (3,072 neurons × 100 images × 65 coordinates in float64) that copy was 0.15 s per
-batch, a tenth of the forward it rides on.
+batch, a tenth of the forward it rides on. Equal scores are ordered by position (dataset order), for keeping and for
+reading, so what is kept depends neither on how the stream was batched nor on a resume from sorted lists.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class TopRows:
         candidates = torch.cat([self.scores[:, :filled], scores], 1)
         kept = min(self.k, candidates.shape[1])
         chosen = torch.zeros_like(candidates, dtype=torch.bool)
-        chosen.scatter_(1, candidates.topk(kept, dim=1).indices, True)
+        chosen.scatter_(1, _ranked(candidates, torch.cat([self.index[:, :filled], index], 1))[:, :kept], True)
         if self.scores.shape[1] < kept:
             self._reserve()
         # every row frees as many slots (evicted ones, then the new ones up to `kept`) as it promotes new entries;
@@ -53,7 +54,13 @@ class TopRows:
         self.scores, self.index, self.payload = grown
 
     def sorted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scores, positions, payloads), largest score first; equal scores in slot order."""
-        order = self.scores[:, : self.filled].argsort(dim=1, descending=True, stable=True)
+        """(scores, positions, payloads), largest score first; equal scores in dataset order."""
+        order = _ranked(self.scores[:, : self.filled], self.index[:, : self.filled])
         return (self.scores.gather(1, order), self.index.gather(1, order),
                 self.payload.gather(1, order[..., None].expand(-1, -1, self.payload.shape[2])))
+
+
+def _ranked(scores: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Per row, the order of largest score first, equal scores by position."""
+    by_position = positions.argsort(dim=1, stable=True)
+    return by_position.gather(1, scores.gather(1, by_position).argsort(dim=1, descending=True, stable=True))

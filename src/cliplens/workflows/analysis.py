@@ -11,6 +11,7 @@ answer from it without touching an image.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,10 +37,11 @@ from ..evaluate.stored_scores import SCORES, scores_file
 from ..evaluate.zeroshot import classifier_prompts, source_classifier
 from ..explain.omp import DictNorm, require_fewer_atoms
 from ..io.artifacts import ANALYSIS, save_parts
-from ..io.compat import fitted_on
+from ..io.compat import MODEL_KEY, fitted_on
 from ..settings import Settings
 from ..stats.collect import PAIRS, PIECES, PieceStats
-from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics, one_pass
+from ..stats.checkpoint import EVERY, Checkpoints, Passes
+from ..stats.fit_passes import FitRequest, FitStatistics, fit_statistics
 from ..stats.moments import Moments
 from ..stats.pairs import PairStats
 from ..stats.second_order import RANKED_SHAPES, analysis_part
@@ -98,6 +100,10 @@ class Plan:
     def head_templates(self) -> str:
         """The templates reconstruction texts are embedded with, as `reconstruct` embeds them."""
         return HEAD_POOL_TEMPLATES if self.pool_templates is None else self.pool_templates
+
+    def digest(self) -> str:
+        """Every setting of the plan, as one digest: what a resumed analysis must share with the interrupted one."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()
 
     def passes(self) -> dict[str, int]:
         scored = self.evaluations or (self.scored and self.fit.mlp_layers)
@@ -241,48 +247,56 @@ def check_data(plan: Plan, fit_path: Any, data_path: Any, segment_path: Any = No
         class_texts(segmentation_source(segment_path))
 
 
-def head_images(lens: Lens, fit_path: Any, plan: Plan) -> tuple[Callable[[PieceStats], Callable[[Batch], None]],
-                                                                   list[PrincipalImages]]:
-    """The reader of pass 2 that keeps every head's top and bottom images along its first principal components
-    (docs/methods/retrieval.md#principal), built from pass 1's piece statistics; and the list it puts its reducer in."""
-    made: list[PrincipalImages] = []
+def head_images(lens: Lens, fit_path: Any, plan: Plan) -> Callable[[PieceStats], PrincipalImages]:
+    """What builds, from pass 1's piece statistics, the reader of pass 2 that keeps every head's top and bottom images
+    along its first principal components (docs/methods/retrieval.md#principal)."""
 
-    def later(pieces: PieceStats) -> Callable[[Batch], None]:
+    def later(pieces: PieceStats) -> PrincipalImages:
         name, texts, embeddings = candidate_texts(lens, fit_path, HEAD_POOL, pool=plan.pool, pool_size=plan.pool_size,
                                                   pool_templates=plan.head_templates)
         directions = head_directions(pieces, head_labels(pieces.labels), embeddings, texts,
                                      pool=pool_record(name, plan.pool_size, plan.head_templates),
                                      spans=lens.decomposer.head_spans(pieces.settings))
-        made.append(PrincipalImages(directions, plan.head_components, plan.head_top))
-        return lambda batch: made[0].update(lens, batch.images, batch.indices)
+        return PrincipalImages(directions, plan.head_components, plan.head_top)
 
-    return later, made
+    return later
 
 
 def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_path: Any = None, batch_size: int = 32,
-            num_workers: int = 0, progress: bool = False) -> Analysis:
+            num_workers: int = 0, progress: bool = False, checkpoint_dir: str | os.PathLike | None = None,
+            checkpoint_every: int = EVERY, resume: bool = False) -> Analysis:
     """Collect the statistics of `plan` over `fit_path`, score its evaluations on `data_path` and segment
-    `segment_path`, in `plan.passes()` passes."""
+    `segment_path`, in `plan.passes()` passes.
+
+    Long runs: with `checkpoint_dir`, every pass's running state (and the finished passes' results) is saved there
+    every `checkpoint_every` batches, and `resume=True` continues from it: the analysis is bit-identical to an
+    uninterrupted one."""
     check_data(plan, fit_path, data_path, segment_path)
+    identity = {"pass": "analyze", MODEL_KEY: lens.fingerprint, "model": lens.name, "precision": lens.precision,
+                "plan": plan.digest(), "batch_size": batch_size,
+                **{f"{split}_fingerprint": None if path is None else fingerprint(as_source(path))
+                   for split, path in (("fit", fit_path), ("data", data_path))},
+                "segment_fingerprint": None if segment_path is None else fingerprint(segmentation_source(segment_path))}
+    passes = Passes(Checkpoints(checkpoint_dir, "analyze", identity, checkpoint_every), resume)
     started = time.perf_counter()
-    later, made = head_images(lens, fit_path, plan) if plan.fit.head_images else (None, [])
+    later = head_images(lens, fit_path, plan) if plan.fit.head_images else None
     fit = fit_statistics(lens, fit_path, plan.fit, batch_size=batch_size, num_workers=num_workers, progress=progress,
-                         later=later)
+                         later=later, passes=passes)
     seconds = {"fit": time.perf_counter() - started}
-    images = made[0].artifact(lens, as_source(fit_path), fit.ranked) if made else None
+    images = fit.later.artifact(lens, as_source(fit_path), fit.ranked) if fit.later is not None else None
     analysis = Analysis(plan, fit, images=images)
     evaluation = None
     if plan.passes()["evaluation"]:
         started = time.perf_counter()
         evaluation = evaluate(lens, plan, fit, fit_path, data_path, analysis, batch_size=batch_size,
-                              num_workers=num_workers, progress=progress)
+                              num_workers=num_workers, progress=progress, passes=passes)
         seconds["evaluation"] = time.perf_counter() - started
     segmentation = None
     if plan.segment is not None:
         started = time.perf_counter()
         analysis.segmentation = segmentation_pass(
             lens, segment_path, plan.segment, batch_size=batch_size, num_workers=num_workers, progress=progress,
-            description=f"analyse {lens.name} (segmentation)")
+            description=f"analyse {lens.name} (segmentation)", passes=passes)
         seconds["segmentation"] = time.perf_counter() - started
         counts = analysis.segmentation
         segmentation = {"data": counts.data["data_path"], "fingerprint": counts.data["data_fingerprint"],
@@ -298,7 +312,7 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_pa
 
 
 def evaluate(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_path: Any, analysis: Analysis, *,
-             batch_size: int, num_workers: int, progress: bool) -> dict[str, Any]:
+             batch_size: int, num_workers: int, progress: bool, passes: Passes) -> dict[str, Any]:
     """The one evaluation pass: every variant of every task and every second-order ablation, for every label, from
     one forward per batch; their counts go to `analysis.scores` and the pass's record is returned."""
     tasks, weights = evaluation_tasks(lens, plan, fit, fit_path, data_path, progress=progress)
@@ -316,8 +330,11 @@ def evaluate(lens: Lens, plan: Plan, fit: FitStatistics, fit_path: Any, data_pat
             pairs.update(batch)
 
     source = as_source(data_path)
-    report = one_pass(lens, source, read, description=f"analyse {lens.name} (evaluation)", labelled=True,
-                      batch_size=batch_size, num_workers=num_workers, progress=progress)
+    readers = {**({"variants": scorer} if scorer is not None else {}),
+               **{f"second-order-{b}": board for b, (board, _) in enumerate(boards)},
+               **({"pairs": pairs} if pairs is not None else {})}
+    report = passes.run(lens, source, "evaluation", readers, read, description=f"analyse {lens.name} (evaluation)",
+                        labelled=True, batch_size=batch_size, num_workers=num_workers, progress=progress)
     if scorer is not None:
         scores = scorer.scores(report.loaded, fitted_on(fit.pieces.metadata, fingerprint(source)))
         analysis.scores["tasks"] = scored_tasks(tasks, scores, fit.pieces)
@@ -383,7 +400,7 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
     source = as_source(fit_path)
     sample = Subset(source, range(min(len(source), SAMPLE_BATCHES * batch_size)))
     started = time.perf_counter()
-    later, _ = head_images(lens, fit_path, plan) if plan.fit.head_images else (None, [])
+    later = head_images(lens, fit_path, plan) if plan.fit.head_images else None
     fit = fit_statistics(lens, sample, plan.fit, batch_size=batch_size, num_workers=num_workers, later=later)
     per_image_pass = (time.perf_counter() - started) / (len(sample) * fit.passes) if fit.passes else 0.0
     sizes = {}

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from ..apps.segmentation import (
     Segmenter, Selection, check_lenses, check_selection, class_labels, foreground, prediction_reader,
 )
-from ..data.loader import LoadReport, fingerprint, stream
+from ..data.loader import LoadReport, fingerprint
 from ..data.segmentation import IGNORE, aligned_mask, segmentation_source
 from ..errors import CliplensError
 from ..evaluate.groups import select, split_patterns
@@ -35,6 +35,7 @@ from ..io.compat import MODEL_KEY, require_match
 from ..io.tables import SCHEMAS, write_table
 from ..report.grids import image_grid
 from ..labels import head_label, parse_label
+from ..stats.checkpoint import Passes
 from ..report.overlays import PALETTE, heat_overlay, label_overlay
 from ..text.embed import embed_texts
 from ..text.templates import resolve_templates
@@ -147,15 +148,7 @@ class SegmentationCounts:
 
     def artifact(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, metadata) as an analysis part: the accumulators exactly, the examples' pixels, truth and maps."""
-        tensors = {f"{name}.binary.{key}": value for name, metric in self.binary.items()
-                   for key, value in metric.state().items()}
-        tensors |= {f"{name}.multi.{key}": value for name, metric in self.multi.items()
-                    for key, value in metric.state().items()}
-        if self.examples:
-            tensors["examples.pixels"] = torch.from_numpy(np.stack([np.asarray(e.image) for e in self.examples]))
-            tensors["examples.truth"] = torch.from_numpy(np.stack([e.truth for e in self.examples]))
-            tensors |= {f"{name}.examples.soft": torch.stack([e.soft[name] for e in self.examples])
-                        for name in self.request.lenses}
+        tensors = counts_state(self.binary, self.multi, self.examples, self.request.lenses)
         report = self.report
         metadata = {**self.model, "lenses": list(self.request.lenses), **self.request.key(),
                     "predicted_by": self.predicted_by, "examples": self.request.examples, "kept": len(self.examples),
@@ -209,49 +202,96 @@ def segmentation_study(
 
 def segmentation_pass(lens: Lens, data: Any, request: SegmentationRequest, *, archive: zipfile.ZipFile | None = None,
                       batch_size: int = 32, num_workers: int = 0, progress: bool = False,
-                      description: str = "segment") -> SegmentationCounts:
-    """One pass over a segmentation source: per batch, one shared forward serves every lens (Grad-CAM adds its own
-    forward and backward), whose maps become soft maps, hard masks and class labels that update the metrics; only the
-    first `request.examples` images are kept whole. `archive` receives every image's label map per lens."""
+                      description: str = "segment", passes: Passes | None = None) -> SegmentationCounts:
+    """One pass over a segmentation source (`SegmentationReader`); `archive` receives every image's label map per
+    lens, and `passes` checkpoints the pass ("segmentation")."""
     source = segmentation_source(data)
-    classnames, phrases = class_texts(source)
-    templates = resolve_templates(source.templates)
-    segmenter = Segmenter(lens, request.lenses, embed_texts(lens, phrases, templates=templates).to(lens.dtype),
-                          request.selection)
-    names, size = segmenter.names, lens.spec.image_size
-    # binary truth exists only where the truth labels background
-    binary = {name: BinarySegmentation() for name in names} if source.background else {}
-    # per-class truth exists only where the source names the classes of its mask values
-    multi = ({name: MultiClassSegmentation(len(classnames) + 1, ignore=IGNORE) for name in names}
-             if source.classnames is not None else {})
-    kept: list[Example] = []
-    report = LoadReport()
-    with torch.no_grad():
-        for batch in stream(lens, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
-                            description=description, report=report):
-            positions = batch.indices.tolist()
-            truth = torch.from_numpy(np.stack([aligned_mask(source.mask(i), size) for i in positions]))
-            predicted, batch_maps = segmenter(batch.images, single_object=source.single_object)
-            room = positions[: max(0, request.examples - len(kept))]
-            fresh = [Example(_as_seen(source[i][0], size), truth[k].numpy()) for k, i in enumerate(room)]
-            for maps in batch_maps:
-                soft, hard = foreground(maps, predicted, single_object=source.single_object,
-                                        threshold=request.threshold)
-                labels = class_labels(maps, predicted, hard if binary else None) if multi else None
-                if binary:
-                    binary[maps.lens].update(soft, hard, truth > 0, truth != IGNORE)
-                if multi:
-                    multi[maps.lens].update(labels, truth)
-                if archive is not None:
-                    _save_masks(archive, maps.lens, positions, hard.long() if labels is None else labels)
-                for k, example in enumerate(fresh):
-                    example.soft[maps.lens] = soft[k].cpu()
-            kept.extend(fresh)
-    data_record = {"classes": classnames, "phrases": phrases, "templates": list(templates),
-                   "single_object": source.single_object, "background": source.background, "data_path": str(data),
-                   "data_fingerprint": fingerprint(source)}
-    return SegmentationCounts(request, lens.describe(), prediction_reader(lens.kind, names), data_record, binary,
-                              multi, kept, report)
+    reader = SegmentationReader(lens, source, request, archive)
+    report = (passes or Passes()).run(lens, source, "segmentation", {"segmentation": reader}, reader.read,
+                                      shared=False, description=description, batch_size=batch_size,
+                                      num_workers=num_workers, progress=progress)
+    return reader.counts(data, report)
+
+
+class SegmentationReader:
+    """What one pass over a segmentation source accumulates. Per batch, one shared forward serves every lens
+    (Grad-CAM adds its own forward and backward), whose maps become soft maps, hard masks and class labels that update
+    the metrics; only the first `request.examples` images are kept whole."""
+
+    def __init__(self, lens: Lens, source: Any, request: SegmentationRequest,
+                 archive: zipfile.ZipFile | None = None):
+        self.lens, self.source, self.request, self.archive = lens, source, request, archive
+        self.classnames, self.phrases = class_texts(source)
+        self.templates = resolve_templates(source.templates)
+        self.segmenter = Segmenter(lens, request.lenses,
+                                   embed_texts(lens, self.phrases, templates=self.templates).to(lens.dtype),
+                                   request.selection)
+        names = self.segmenter.names
+        # binary truth exists only where the truth labels background
+        self.binary = {name: BinarySegmentation() for name in names} if source.background else {}
+        # per-class truth exists only where the source names the classes of its mask values
+        self.multi = ({name: MultiClassSegmentation(len(self.classnames) + 1, ignore=IGNORE) for name in names}
+                      if source.classnames is not None else {})
+        self.kept: list[Example] = []
+
+    def read(self, batch: Any) -> None:
+        source, request, size = self.source, self.request, self.lens.spec.image_size
+        positions = batch.indices.tolist()
+        truth = torch.from_numpy(np.stack([aligned_mask(source.mask(i), size) for i in positions]))
+        predicted, batch_maps = self.segmenter(batch.images, single_object=source.single_object)
+        room = positions[: max(0, request.examples - len(self.kept))]
+        fresh = [Example(_as_seen(source[i][0], size), truth[k].numpy()) for k, i in enumerate(room)]
+        for maps in batch_maps:
+            soft, hard = foreground(maps, predicted, single_object=source.single_object, threshold=request.threshold)
+            labels = class_labels(maps, predicted, hard if self.binary else None) if self.multi else None
+            if self.binary:
+                self.binary[maps.lens].update(soft, hard, truth > 0, truth != IGNORE)
+            if self.multi:
+                self.multi[maps.lens].update(labels, truth)
+            if self.archive is not None:
+                _save_masks(self.archive, maps.lens, positions, hard.long() if labels is None else labels)
+            for k, example in enumerate(fresh):
+                example.soft[maps.lens] = soft[k].cpu()
+        self.kept.extend(fresh)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The metrics' accumulators and the examples kept so far, exactly (an analysis part's tensors)."""
+        return counts_state(self.binary, self.multi, self.kept, self.request.lenses)
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`."""
+        self.binary = {name: BinarySegmentation.restored(_under(tensors, f"{name}.binary.")) for name in self.binary}
+        self.multi = {name: MultiClassSegmentation.restored(_under(tensors, f"{name}.multi."), IGNORE)
+                      for name in self.multi}
+        kept = len(tensors["examples.pixels"]) if "examples.pixels" in tensors else 0
+        self.kept = examples_from(tensors, self.request.lenses, kept)
+
+    def counts(self, data: Any, report: LoadReport) -> SegmentationCounts:
+        source = self.source
+        data_record = {"classes": self.classnames, "phrases": self.phrases, "templates": list(self.templates),
+                       "single_object": source.single_object, "background": source.background, "data_path": str(data),
+                       "data_fingerprint": fingerprint(source)}
+        return SegmentationCounts(self.request, self.lens.describe(),
+                                  prediction_reader(self.lens.kind, self.segmenter.names), data_record, self.binary,
+                                  self.multi, self.kept, report)
+
+
+def counts_state(binary: dict[str, BinarySegmentation], multi: dict[str, MultiClassSegmentation],
+                 examples: Sequence[Example], lenses: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every lens's metric accumulators and the example images' pixels, truth and soft maps per lens, as tensors."""
+    tensors = {f"{name}.binary.{key}": value for name, metric in binary.items() for key, value in metric.state().items()}
+    tensors |= {f"{name}.multi.{key}": value for name, metric in multi.items() for key, value in metric.state().items()}
+    if not examples:
+        return tensors
+    return tensors | {"examples.pixels": torch.from_numpy(np.stack([np.asarray(e.image) for e in examples])),
+            "examples.truth": torch.from_numpy(np.stack([e.truth for e in examples])),
+            **{f"{name}.examples.soft": torch.stack([e.soft[name] for e in examples]) for name in lenses}}
+
+
+def examples_from(tensors: dict[str, torch.Tensor], lenses: Sequence[str], count: int) -> list[Example]:
+    """The first `count` examples of `counts_state`'s tensors, with the given lenses' maps."""
+    return [Example(Image.fromarray(tensors["examples.pixels"][k].numpy(), "RGB"), tensors["examples.truth"][k].numpy(),
+                    {name: tensors[f"{name}.examples.soft"][k] for name in lenses}) for k in range(count)]
 
 
 def stored_segmentation(lens: Lens, path: str | os.PathLike, request: SegmentationRequest) -> SegmentationCounts:
@@ -285,20 +325,20 @@ def stored_segmentation(lens: Lens, path: str | os.PathLike, request: Segmentati
                    **{f"{name}.examples.soft": ("kept", size, size) for name in names}}
     check_shapes(path, tensors, shapes)
 
-    def state(name: str, kind: str) -> dict[str, torch.Tensor]:
-        prefix = f"{name}.{kind}."
-        return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
-
-    binary = {name: BinarySegmentation.restored(state(name, "binary")) for name in names} if data["background"] else {}
-    multi = ({name: MultiClassSegmentation.restored(state(name, "multi"), IGNORE) for name in names}
+    binary = ({name: BinarySegmentation.restored(_under(tensors, f"{name}.binary.")) for name in names}
+              if data["background"] else {})
+    multi = ({name: MultiClassSegmentation.restored(_under(tensors, f"{name}.multi."), IGNORE) for name in names}
              if metadata["class_metrics"] else {})
-    examples = [Example(Image.fromarray(tensors["examples.pixels"][k].numpy(), "RGB"),
-                        tensors["examples.truth"][k].numpy(),
-                        {name: tensors[f"{name}.examples.soft"][k] for name in names}) for k in range(kept)]
+    examples = examples_from(tensors, names, kept)
     report = LoadReport(metadata["total"], metadata["loaded"], metadata["skipped"], metadata["reasons"])
     model = {key: metadata.get(key) for key in lens.describe()}
     return SegmentationCounts(request, model, metadata["predicted_by"], {**data, "analysis": str(path)}, binary,
                               multi, examples, report)
+
+
+def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named `prefix<key>`, by key."""
+    return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
 
 
 def segmentation_result(counts: SegmentationCounts, masks: Path | None = None) -> SegmentationResult:
