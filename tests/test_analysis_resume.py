@@ -118,9 +118,10 @@ def test_a_checkpoint_of_another_plan_or_data_is_refused_in_one_line(runs, tmp_p
             analyze(lens, FIT, EVAL, plan, **options)
     other = plan_analysis(lens, (), every=True, scored=True, segmented=True, mlp_layers=(1,), examples=2, omp_atoms=4,
                           head_top=3)
-    for fit, eval_data, asked in ((FIT, EVAL, other), (FIT, "shapes:test:12:5", plan), ("shapes:test:20:5", EVAL, plan)):
-        with pytest.raises(CliplensError, match="resume with the model, data and options of the interrupted run") as err:
-            analyze(lens, fit, eval_data, asked, resume=True, **options)
+    remedy = "resume with the model, data and options of the interrupted run"
+    for fit, data, asked in ((FIT, EVAL, other), (FIT, "shapes:test:12:5", plan), ("shapes:test:20:5", EVAL, plan)):
+        with pytest.raises(CliplensError, match=remedy) as err:
+            analyze(lens, fit, data, asked, resume=True, **options)
         assert "\n" not in str(err.value)
 
 

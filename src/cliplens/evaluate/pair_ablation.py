@@ -280,7 +280,8 @@ class AccuracyBoard:
 
     def state(self) -> dict[str, torch.Tensor]:
         """The counts so far (a checkpoint of the pass)."""
-        return {"correct": torch.tensor([self.correct[v.name] for v in self.variants]), "count": torch.tensor([self.count])}
+        return {"correct": torch.tensor([self.correct[v.name] for v in self.variants]),
+                "count": torch.tensor([self.count])}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Continue from `state()`."""

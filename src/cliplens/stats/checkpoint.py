@@ -7,6 +7,9 @@ batch boundary, so the batches after it have the same composition as in an unint
 far. It also records what must not change for the state to be continued: the model fingerprint, the settings, the
 data fingerprint, the batch size and which part of the data this process reads. Resuming refuses, in one line, a
 checkpoint that differs in any of them.
+
+`Passes` checkpoints the several passes of one run together (`cliplens analyze`): each reader of a pass says its
+exact state (`Resumable`), and a checkpoint holds the finished passes' readers beside the running one's.
 """
 
 from __future__ import annotations

@@ -279,8 +279,10 @@ class SegmentationReader:
 def counts_state(binary: dict[str, BinarySegmentation], multi: dict[str, MultiClassSegmentation],
                  examples: Sequence[Example], lenses: Sequence[str]) -> dict[str, torch.Tensor]:
     """Every lens's metric accumulators and the example images' pixels, truth and soft maps per lens, as tensors."""
-    tensors = {f"{name}.binary.{key}": value for name, metric in binary.items() for key, value in metric.state().items()}
-    tensors |= {f"{name}.multi.{key}": value for name, metric in multi.items() for key, value in metric.state().items()}
+    tensors = {f"{name}.binary.{key}": value for name, metric in binary.items()
+               for key, value in metric.state().items()}
+    tensors |= {f"{name}.multi.{key}": value for name, metric in multi.items()
+                for key, value in metric.state().items()}
     if not examples:
         return tensors
     return tensors | {"examples.pixels": torch.from_numpy(np.stack([np.asarray(e.image) for e in examples])),
