@@ -157,7 +157,8 @@ class Passes:
         return self._finish(name, readers, report)
 
     def _finish(self, name: str, readers: Mapping[str, Resumable], report: LoadReport) -> LoadReport:
-        self.final.update(_named(name, readers))
+        if self.checkpoints.every:  # later checkpoints carry them; without checkpoints nothing is kept
+            self.final.update(_named(name, readers))
         self.done[name] = report_record(report)
         return report
 
