@@ -6,7 +6,8 @@ in the machine's load hits them alike; the load average is printed before and af
 ratios: the forward waits for the CPU as much as the statistics do). Ratios are per pass: the second-order and
 `analyze --all` rows make two passes and are divided by two. `--head-images` adds the rows of `--ask head-images`:
 its pass 2 alone (directions fixed beforehand) and the fit passes with and without it, so the extra work it puts on
-a shared pass 2 is the difference of two rows; it also prints the part's size on disk.
+a shared pass 2 is the difference of two rows; it also prints the part's size on disk. `--checkpoint-every N` adds
+the `--all` fit checkpointed every N batches (what `analyze --checkpoint-every` writes, to a temporary folder).
 
     python benchmarks/analysis_overhead.py --model ViT-B-32 --images 64 --batch-size 16 --repeats 3
     python benchmarks/analysis_overhead.py --memory toy:vit   # peak memory at 128 and 1,024 images, one process each
@@ -20,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -28,6 +30,7 @@ import cliplens
 from cliplens.apps.principal_images import PrincipalImages, head_directions
 from cliplens.data.loader import stream
 from cliplens.evaluate.piece_edits import head_labels
+from cliplens.stats.checkpoint import Checkpoints, Passes
 from cliplens.stats.fit_passes import FitRequest, fit_statistics, one_pass
 from cliplens.text.candidates import HEAD_POOL, candidate_texts
 from measure import peak_rss_gib
@@ -72,13 +75,20 @@ def part_size(lens: cliplens.Lens, data: list, batch_size: int) -> None:
           f"{reducer.components} components, {reducer.top_k} images per end")
 
 
-def configurations(lens: cliplens.Lens, data: list, batch_size: int, layer: int) -> dict[str, tuple[object, int]]:
+def configurations(lens: cliplens.Lens, data: list, batch_size: int, layer: int,
+                   checkpoint_every: int) -> dict[str, tuple[object, int]]:
     """name -> (run, passes)."""
     def plain() -> None:
         with torch.no_grad():
             for batch in stream(lens, data, batch_size=batch_size):
                 lens.encode_image(batch.images)
 
+    def checkpointed() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            passes = Passes(Checkpoints(folder, "analyze", {}, checkpoint_every))
+            fit_statistics(lens, data, FitRequest(mlp_layers=(layer,)), batch_size=batch_size, passes=passes)
+
+    every = {f"the same, a checkpoint every {checkpoint_every} batches": (checkpointed, 2)} if checkpoint_every else {}
     return {
         "plain forward": (plain, 1),
         "head statistics": (lambda: lens.collect(data, batch_size=batch_size), 1),
@@ -87,16 +97,18 @@ def configurations(lens: cliplens.Lens, data: list, batch_size: int, layer: int)
                                                          batch_size=batch_size), 2),
         f"analyze --all fit (per-token heads + L{layer})": (
             lambda: fit_statistics(lens, data, FitRequest(mlp_layers=(layer,)), batch_size=batch_size), 2),
+        **every,
     }
 
 
-def overhead(model: str, images: int, batch_size: int, repeats: int, layer: int | None, images_rows: bool) -> None:
+def overhead(model: str, images: int, batch_size: int, repeats: int, layer: int | None, images_rows: bool,
+             checkpoint_every: int) -> None:
     lens = cliplens.load(model, seed=0)
     size = lens.spec.image_size
     pixels = torch.rand(images, 3, size, size, generator=torch.Generator().manual_seed(0))
     data = [(image, 0) for image in pixels]
     layer = lens.spec.layers // 2 if layer is None else layer
-    runs = configurations(lens, data, batch_size, layer)
+    runs = configurations(lens, data, batch_size, layer, checkpoint_every)
     if images_rows:
         runs.update(head_images(lens, data, batch_size, layer))
     for run, _ in runs.values():  # warm-up: folded read-outs, second-order bases, allocator
@@ -145,6 +157,9 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=None, help="second-order MLP layer [default: the middle one]")
     parser.add_argument("--memory", default=None, metavar="MODEL")
     parser.add_argument("--head-images", action="store_true", help="add the rows of analyze --ask head-images")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="add the --all fit with a checkpoint every this many batches (written to a temporary "
+                             "folder)")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -154,7 +169,8 @@ def main() -> None:
     if args.memory:
         memory(args.memory, 1 if args.layer is None else args.layer)
         return
-    overhead(args.model, args.images, args.batch_size, args.repeats, args.layer, args.head_images)
+    overhead(args.model, args.images, args.batch_size, args.repeats, args.layer, args.head_images,
+             args.checkpoint_every)
 
 
 if __name__ == "__main__":
