@@ -29,6 +29,7 @@ from ..io.compat import MODEL_KEY
 from ..settings import Settings
 from ..stats.collect import PieceStats
 from ..stats.identity import data_record
+from ..stats.top_rows import ranked
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -155,9 +156,7 @@ def extremes(values: torch.Tensor, index: torch.Tensor, new: torch.Tensor, posit
              descending: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest (or smallest) of kept and new values along the last dimension, ties in dataset order."""
     values, index = torch.cat([values, new], -1), torch.cat([index, positions], -1)
-    by_position = index.argsort(dim=-1, stable=True)
-    values, index = values.gather(-1, by_position), index.gather(-1, by_position)
-    order = values.argsort(dim=-1, descending=descending, stable=True)[..., :k]
+    order = ranked(values, index, descending=descending)[..., :k]
     return values.gather(-1, order), index.gather(-1, order)
 
 

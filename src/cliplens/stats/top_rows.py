@@ -31,7 +31,7 @@ class TopRows:
         candidates = torch.cat([self.scores[:, :filled], scores], 1)
         kept = min(self.k, candidates.shape[1])
         chosen = torch.zeros_like(candidates, dtype=torch.bool)
-        chosen.scatter_(1, _ranked(candidates, torch.cat([self.index[:, :filled], index], 1))[:, :kept], True)
+        chosen.scatter_(1, ranked(candidates, torch.cat([self.index[:, :filled], index], 1))[:, :kept], True)
         if self.scores.shape[1] < kept:
             self._reserve()
         # every row frees as many slots (evicted ones, then the new ones up to `kept`) as it promotes new entries;
@@ -55,12 +55,12 @@ class TopRows:
 
     def sorted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scores, positions, payloads), largest score first; equal scores in dataset order."""
-        order = _ranked(self.scores[:, : self.filled], self.index[:, : self.filled])
+        order = ranked(self.scores[:, : self.filled], self.index[:, : self.filled])
         return (self.scores.gather(1, order), self.index.gather(1, order),
                 self.payload.gather(1, order[..., None].expand(-1, -1, self.payload.shape[2])))
 
 
-def _ranked(scores: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Per row, the order of largest score first, equal scores by position."""
-    by_position = positions.argsort(dim=1, stable=True)
-    return by_position.gather(1, scores.gather(1, by_position).argsort(dim=1, descending=True, stable=True))
+def ranked(scores: torch.Tensor, positions: torch.Tensor, *, descending: bool = True) -> torch.Tensor:
+    """Along the last dimension, the order of largest (or smallest) score first, equal scores by position."""
+    by_position = positions.argsort(dim=-1, stable=True)
+    return by_position.gather(-1, scores.gather(-1, by_position).argsort(dim=-1, descending=descending, stable=True))
