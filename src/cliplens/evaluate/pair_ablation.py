@@ -25,7 +25,7 @@ from ..data.loader import Batch, as_source, fingerprint, require_labels, stream
 from ..decompose.resnet_pairs import PairDecomposition
 from ..errors import CliplensError
 from ..explain.omp import DictNorm, SparseTextDecomposition
-from ..io.artifacts import load_artifact
+from ..io.artifacts import load_artifact, under
 from ..io.compat import DATA_KEY, MODEL_KEY, fitted_on, require_model
 from ..stats.moments import Moments
 from ..stats.pairs import PairStats
@@ -353,8 +353,7 @@ class PairReading:
         """Continue from `state()`."""
         self.moments = Moments.from_tensors(tensors, "moments.")
         for b, (board, _) in enumerate(self.boards):
-            prefix = f"board{b}."
-            board.load_state({k.removeprefix(prefix): t for k, t in tensors.items() if k.startswith(prefix)})
+            board.load_state(under(tensors, f"board{b}."))
 
     def update(self, batch: Batch) -> None:
         dec = self.lens.decomposer.pairs(batch.images)

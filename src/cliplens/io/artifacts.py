@@ -66,6 +66,11 @@ def _tensor_writer(tensors: Mapping[str, torch.Tensor]) -> Callable[[Path], None
     return lambda file: save_file(state, file)
 
 
+def under(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named `<prefix><name>`, by name: one holder's share of named tensors saved beside others'."""
+    return {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
 def is_analysis(path: Any) -> bool:
     """Whether `path` names a folder `cliplens analyze` wrote (cheap: reads its metadata.json only)."""
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():

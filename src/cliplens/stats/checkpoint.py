@@ -22,7 +22,7 @@ import torch
 
 from ..data.loader import Batch, LoadReport, stream
 from ..errors import CliplensError
-from ..io.artifacts import load_artifact, read_metadata, save_artifact
+from ..io.artifacts import load_artifact, read_metadata, save_artifact, under
 from ..io.atomic import interrupted
 from ..io.compat import require_match
 
@@ -170,5 +170,4 @@ def _named(name: str, readers: Mapping[str, Resumable]) -> dict[str, torch.Tenso
 
 def _restore(readers: Mapping[str, Resumable], tensors: dict[str, torch.Tensor], name: str) -> None:
     for reader, resumable in readers.items():
-        prefix = f"{name}/{reader}/"
-        resumable.load_state({key.removeprefix(prefix): t for key, t in tensors.items() if key.startswith(prefix)})
+        resumable.load_state(under(tensors, f"{name}/{reader}/"))

@@ -15,7 +15,7 @@ import torch
 
 from ..decompose.resnet_pairs import pair_directions
 from ..errors import CliplensError
-from ..io.artifacts import save_artifact
+from ..io.artifacts import save_artifact, under
 from ..settings import Settings
 from .identity import check_compatible, merged_metadata
 
@@ -187,7 +187,7 @@ class PairStats:
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> "PairStats":
-        factors = {k.removeprefix("factor."): v for k, v in tensors.items() if k.startswith("factor.")}
+        factors = under(tensors, "factor.")
         stats = cls(factors, int(metadata["top_k"]), metadata)
         stats.count = int(tensors["count"][0])
         for name in ("coef_mean", "coef_scatter", "high_values", "high_index", "low_values", "low_index"):

@@ -41,7 +41,7 @@ from PIL import Image
 
 from ..data.loader import MAX_BATCH_SIZE
 from ..errors import CliplensError, require_positive_int
-from ..io.artifacts import load_artifact, save_artifact
+from ..io.artifacts import load_artifact, save_artifact, under
 from ..models.weights import load_weights
 from ..models.toy import (
     ARCHITECTURES, CLIP_MEAN, CLIP_STD, build_model, check_name, image_size, load_toy, make_preprocess, make_tokenizer,
@@ -252,8 +252,7 @@ def load_checkpoint(path: Path, config: TrainConfig, model: torch.nn.Module, hea
                                       fields={"step": int, "elapsed_s": (int, float)})
     remedy = "resume from a checkpoint this version of cliplens wrote for the same recipe"
     for prefix, module in (("model.", model), ("heads.", heads)):
-        load_weights(module, {key.removeprefix(prefix): value for key, value in tensors.items()
-                              if key.startswith(prefix)}, f"checkpoint {path}", f"the {config.model} toy", remedy)
+        load_weights(module, under(tensors, prefix), f"checkpoint {path}", f"the {config.model} toy", remedy)
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

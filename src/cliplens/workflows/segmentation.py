@@ -29,7 +29,7 @@ from ..data.segmentation import IGNORE, aligned_mask, segmentation_source
 from ..errors import CliplensError
 from ..evaluate.groups import select, split_patterns
 from ..evaluate.seg_metrics import BinarySegmentation, MultiClassSegmentation
-from ..io.artifacts import check_shapes, is_analysis, load_artifact
+from ..io.artifacts import check_shapes, is_analysis, load_artifact, under
 from ..io.atomic import write_folder
 from ..io.compat import MODEL_KEY, require_match
 from ..io.tables import SCHEMAS, write_table
@@ -260,8 +260,8 @@ class SegmentationReader:
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Continue from `state()`."""
-        self.binary = {name: BinarySegmentation.restored(_under(tensors, f"{name}.binary.")) for name in self.binary}
-        self.multi = {name: MultiClassSegmentation.restored(_under(tensors, f"{name}.multi."), IGNORE)
+        self.binary = {name: BinarySegmentation.restored(under(tensors, f"{name}.binary.")) for name in self.binary}
+        self.multi = {name: MultiClassSegmentation.restored(under(tensors, f"{name}.multi."), IGNORE)
                       for name in self.multi}
         kept = len(tensors["examples.pixels"]) if "examples.pixels" in tensors else 0
         self.kept = examples_from(tensors, self.request.lenses, kept)
@@ -327,20 +327,15 @@ def stored_segmentation(lens: Lens, path: str | os.PathLike, request: Segmentati
                    **{f"{name}.examples.soft": ("kept", size, size) for name in names}}
     check_shapes(path, tensors, shapes)
 
-    binary = ({name: BinarySegmentation.restored(_under(tensors, f"{name}.binary.")) for name in names}
+    binary = ({name: BinarySegmentation.restored(under(tensors, f"{name}.binary.")) for name in names}
               if data["background"] else {})
-    multi = ({name: MultiClassSegmentation.restored(_under(tensors, f"{name}.multi."), IGNORE) for name in names}
+    multi = ({name: MultiClassSegmentation.restored(under(tensors, f"{name}.multi."), IGNORE) for name in names}
              if metadata["class_metrics"] else {})
     examples = examples_from(tensors, names, kept)
     report = LoadReport(metadata["total"], metadata["loaded"], metadata["skipped"], metadata["reasons"])
     model = {key: metadata.get(key) for key in lens.describe()}
     return SegmentationCounts(request, model, metadata["predicted_by"], {**data, "analysis": str(path)}, binary,
                               multi, examples, report)
-
-
-def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors named `prefix<key>`, by key."""
-    return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
 
 
 def segmentation_result(counts: SegmentationCounts, masks: Path | None = None) -> SegmentationResult:
