@@ -184,9 +184,9 @@ def test_the_dry_run_prints_the_plan_with_exact_sizes_and_writes_nothing(tmp_pat
                                               ("toy:rn", ("statistics", "pairs"))])
 def test_the_dry_runs_sizes_are_those_of_the_parts_written(model, questions, tmp_path):
     """Byte for byte, though the sample ranks 4 images and the top-k lists of the whole data keep 48 (second-order's
-    k = 100, the pairs' 50)."""
+    k = 100, the pairs' 50, the head images' --head-top 64)."""
     lens = cliplens.load(model)
-    plan = plan_analysis(lens, questions, mlp_layers=(2,) if model == "toy:vit" else ())
+    plan = plan_analysis(lens, questions, mlp_layers=(2,) if model == "toy:vit" else (), head_top=64)
     sizes = sample_plan(lens, FIT, plan, batch_size=2)["sizes"]
     folder = analyze(lens, FIT, None, plan, batch_size=16).save(tmp_path / "analysis")
     written = {}

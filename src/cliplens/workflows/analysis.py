@@ -26,7 +26,7 @@ from ..apps.segmentation import usable_lenses
 from ..data.loader import Batch, as_source, fingerprint
 from ..data.segmentation import segmentation_source
 from ..decompose.second_order import check_layer
-from ..errors import CliplensError
+from ..errors import CliplensError, require_positive_int
 from ..evaluate.ablation import Relabelled, Task, VariantScorer, scored_tasks, true_classes
 from ..evaluate.pair_ablation import DEFAULT_KEEPS, NEURON_MOMENTS, PairReading, check_keep, neuron_moments_part
 from ..evaluate.reconstruction import METHODS, check_methods, check_text_counts, reconstruction_variants, split_heads
@@ -169,9 +169,8 @@ def plan_analysis(lens: Lens, questions: Sequence[str], *, every: bool = False, 
     keeps = tuple(dict.fromkeys(check_keep(keep) for keep in keeps))
     if "pair-ablate" in questions:
         require_fewer_atoms(omp_atoms, lens.spec.output_dim)
-    for name, value in (("--head-components", head_components), ("--head-top", head_top)):
-        if not isinstance(value, int) or value < 1:
-            raise CliplensError(f"{name} must be a positive whole number, got {value!r}")
+    require_positive_int("--head-components", head_components)
+    require_positive_int("--head-top", head_top)
     fit = FitRequest(pieces=questions != ("segment",), pairs=bool({"pairs", "pair-ablate"} & set(questions)),
                      mlp_layers=tuple(mlp_layers) if "second-order" in questions else (),
                      head_images="head-images" in questions)
@@ -415,8 +414,8 @@ def sample_plan(lens: Lens, fit_path: Any, plan: Plan, *, batch_size: int = 32,
         sizes[analysis_part(layer)] = _bytes(stats.artifact()[0], RANKED_SHAPES, stats.top.filled,
                                              min(stats.top_k, len(source)))
     if plan.fit.head_images:
-        sizes[PART] = image_bytes(len(head_labels(fit.pieces.labels)), plan.head_components, plan.head_top,
-                                  lens.spec.output_dim)
+        sizes[PART] = image_bytes(len(head_labels(fit.pieces.labels)), plan.head_components,
+                                  min(plan.head_top, len(source)), lens.spec.output_dim)  # fewer images keep fewer
     return {"sizes": sizes, "passes": plan.passes(), "images": len(source),
             "seconds_per_image_and_pass": per_image_pass,
             "fit_seconds": per_image_pass * len(source) * plan.fit.passes()}
