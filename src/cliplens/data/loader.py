@@ -116,24 +116,27 @@ def recorded_data(data: Any, role: str = "fit") -> Any:
     return record.get("data") if isinstance(record, dict) else None
 
 
-def analyzed_source(path: str | os.PathLike) -> AnalyzedData:
-    """The evaluation data an analysis recorded, rebuilt from its spec and checked against its fingerprint."""
-    record = read_metadata(path).get("evaluation")
+def _recorded(path: str | os.PathLike, role: str) -> dict[str, Any]:
+    """What an analysis recorded of its `role` data ("fit" or "evaluation"): its spec and fingerprint, refused in one
+    line where it recorded no spec that can be read again."""
+    record = read_metadata(path).get(role)
     record = record if isinstance(record, dict) else {}
     if not isinstance(record.get("data"), str):
-        raise CliplensError(f"{path} records no evaluation data it can be read as (it was given as a Python object, "
-                            "or none was given); pass --data-path and --stats separately")
+        raise CliplensError(f"{path} records no {role} data it can be read as (it was given as a Python object, or "
+                            "none was given); pass --data-path and --stats separately")
+    return record
+
+
+def analyzed_source(path: str | os.PathLike) -> AnalyzedData:
+    """The evaluation data an analysis recorded, rebuilt from its spec and checked against its fingerprint."""
+    record = _recorded(path, "evaluation")
     return AnalyzedData(path, as_source(record["data"]), record.get("fingerprint"))
 
 
 def analyzed_fit_source(path: str | os.PathLike) -> Any:
     """The fit data an analysis recorded, rebuilt from its spec with its images (the rankings it keeps are drawn from
     them) and checked against its fingerprint."""
-    record = read_metadata(path).get("fit")
-    record = record if isinstance(record, dict) else {}
-    if not isinstance(record.get("data"), str):
-        raise CliplensError(f"{path} records no fit data it can be read as (it was given as a Python object); pass "
-                            "--data-path and --stats separately")
+    record = _recorded(path, "fit")
     source = as_source(record["data"])
     if fingerprint(source) != record.get("fingerprint"):
         raise CliplensError(f"the fit data of {path} changed since it was analysed (fingerprint differs); run "
