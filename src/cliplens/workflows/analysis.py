@@ -271,10 +271,10 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_pa
     every `checkpoint_every` batches, and `resume=True` continues from it: the analysis is bit-identical to an
     uninterrupted one."""
     check_data(plan, fit_path, data_path, segment_path)
+    fit_source = as_source(fit_path)  # read once here: a folder's listing is a scan of it
     identity = {"pass": "analyze", MODEL_KEY: lens.fingerprint, "model": lens.name, "precision": lens.precision,
-                "plan": plan.digest(), "batch_size": batch_size,
-                **{f"{split}_fingerprint": None if path is None else fingerprint(as_source(path))
-                   for split, path in (("fit", fit_path), ("data", data_path))},
+                "plan": plan.digest(), "batch_size": batch_size, "fit_fingerprint": fingerprint(fit_source),
+                "data_fingerprint": None if data_path is None else fingerprint(as_source(data_path)),
                 "segment_fingerprint": None if segment_path is None else fingerprint(segmentation_source(segment_path))}
     passes = Passes(Checkpoints(checkpoint_dir, "analyze", identity, checkpoint_every), resume)
     started = time.perf_counter()
@@ -282,7 +282,7 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_pa
     fit = fit_statistics(lens, fit_path, plan.fit, batch_size=batch_size, num_workers=num_workers, progress=progress,
                          later=later, passes=passes)
     seconds = {"fit": time.perf_counter() - started}
-    images = fit.later.artifact(lens, as_source(fit_path), fit.ranked) if fit.later is not None else None
+    images = fit.later.artifact(lens, fit_source, fit.ranked) if fit.later is not None else None
     analysis = Analysis(plan, fit, images=images)
     evaluation = None
     if plan.passes()["evaluation"]:
@@ -302,7 +302,7 @@ def analyze(lens: Lens, fit_path: Any, data_path: Any, plan: Plan, *, segment_pa
                         "images": counts.report.loaded, "lenses": list(plan.segment.lenses)}
     analysis.record = {
         **lens.describe(), "architecture": lens.kind, "questions": list(plan.questions), "passes": plan.passes(),
-        "fit": {"data": _spec(fit_path), "fingerprint": fingerprint(as_source(fit_path)),
+        "fit": {"data": _spec(fit_path), "fingerprint": identity["fit_fingerprint"],
                 "images": fit.report.loaded if fit.report else 0,
                 "mlp_layers": list(plan.fit.mlp_layers)},
         "evaluation": evaluation, "segmentation": segmentation, "presets": list(plan.presets), "seconds": seconds,
